@@ -1,0 +1,278 @@
+"""Read CT volumes into one canonical patient orientation, keeping the original geometry.
+
+Canonical orientation: the numpy array is indexed ``[z, y, x]`` with x pointing to the
+patient's Left, y to Posterior and z to Superior (ITK's LPS, identity direction). Axial
+slices therefore run feet to head and every slice is displayed in radiological convention.
+Reorientation only permutes and flips axes (no resampling), so results computed on the
+canonical array map back onto the input grid exactly with :meth:`Volume.to_original`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .atomic import atomic_path
+
+VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+# Converts LPS (ITK) coordinates to RAS (Slicer) coordinates and back.
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+
+
+class VolumeError(ValueError):
+    """An input that is not a readable 3D CT volume; the message names the file and the fix."""
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Voxel grid of an image as stored: ITK index order (i, j, k), LPS world coordinates."""
+
+    size: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float]
+    direction: tuple[float, ...]  # 3x3 row-major; column c is the world direction of index axis c
+
+    @property
+    def direction_matrix(self) -> np.ndarray:
+        return np.asarray(self.direction, dtype=float).reshape(3, 3)
+
+    @classmethod
+    def from_sitk(cls, image: sitk.Image) -> Geometry:
+        return cls(
+            size=tuple(int(s) for s in image.GetSize()),
+            spacing=tuple(float(s) for s in image.GetSpacing()),
+            origin=tuple(float(o) for o in image.GetOrigin()),
+            direction=tuple(float(d) for d in image.GetDirection()),
+        )
+
+    def apply_to(self, image: sitk.Image) -> sitk.Image:
+        image.SetSpacing(self.spacing)
+        image.SetOrigin(self.origin)
+        image.SetDirection(self.direction)
+        return image
+
+    def ijk_to_lps(self) -> np.ndarray:
+        matrix = np.eye(4)
+        matrix[:3, :3] = self.direction_matrix @ np.diag(self.spacing)
+        matrix[:3, 3] = self.origin
+        return matrix
+
+    def ijk_to_ras(self) -> np.ndarray:
+        """The 4x4 matrix Slicer stores on a volume node."""
+        matrix = self.ijk_to_lps()
+        matrix[:3] = LPS_TO_RAS @ matrix[:3]
+        return matrix
+
+    @classmethod
+    def from_ijk_to_ras(cls, matrix: np.ndarray, size: tuple[int, int, int]) -> Geometry:
+        lps = np.asarray(matrix, dtype=float)[:3].copy()
+        lps = LPS_TO_RAS @ lps
+        spacing = np.linalg.norm(lps[:3, :3], axis=0)
+        if np.any(spacing <= 0):
+            raise VolumeError(f"IJK-to-RAS matrix has a zero-length axis: {matrix.tolist()}")
+        direction = lps[:3, :3] / spacing
+        return cls(
+            size=tuple(int(s) for s in size),
+            spacing=tuple(float(s) for s in spacing),
+            origin=tuple(float(o) for o in lps[:3, 3]),
+            direction=tuple(float(d) for d in direction.ravel()),
+        )
+
+    def to_dict(self) -> dict:
+        return {"size": list(self.size), "spacing": list(self.spacing), "origin": list(self.origin),
+                "direction": list(self.direction)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Geometry:
+        return cls(tuple(data["size"]), tuple(data["spacing"]), tuple(data["origin"]), tuple(data["direction"]))
+
+
+def canonical_axes(direction: np.ndarray) -> tuple[tuple[int, int, int], tuple[bool, bool, bool]]:
+    """For each LPS axis, the index axis closest to it and whether it runs backwards.
+
+    Oblique directions are assigned greedily by the largest cosine, so every index axis is
+    used exactly once even for 45-degree obliques.
+    """
+    cosines = np.abs(direction)
+    source = [-1, -1, -1]
+    for _ in range(3):
+        world, index = np.unravel_index(np.argmax(cosines), cosines.shape)
+        source[world] = int(index)
+        cosines[world, :] = -1
+        cosines[:, index] = -1
+    flips = tuple(bool(direction[world, source[world]] < 0) for world in range(3))
+    return tuple(source), flips
+
+
+@dataclass
+class Volume:
+    """Voxel values (HU) in canonical ``[z, y, x]`` order plus what is needed to map back."""
+
+    array: np.ndarray
+    spacing_zyx: tuple[float, float, float]
+    geometry: Geometry
+    source: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return study_name(self.source) if self.source else "volume"
+
+    @classmethod
+    def from_original(cls, array_kji: np.ndarray, geometry: Geometry, source: str = "",
+                      warnings: list[str] | None = None) -> Volume:
+        """Build from an array in storage order (numpy ``[k, j, i]``, as SimpleITK and Slicer give it)."""
+        source_axes, flips = canonical_axes(geometry.direction_matrix)
+        # numpy axis n of the canonical array is LPS axis 2 - n; its source numpy axis is 2 - source_axis.
+        order = [2 - source_axes[2 - n] for n in range(3)]
+        canonical = np.transpose(array_kji, order)
+        flip_axes = [n for n in range(3) if flips[2 - n]]
+        if flip_axes:
+            canonical = np.flip(canonical, axis=flip_axes)
+        spacing_zyx = tuple(float(geometry.spacing[source_axes[2 - n]]) for n in range(3))
+        return cls(canonical, spacing_zyx, geometry, source, list(warnings or []))
+
+    def to_original(self, canonical: np.ndarray) -> np.ndarray:
+        """Map an array on the canonical grid (e.g. an attention map) back to storage order ``[k, j, i]``."""
+        source_axes, flips = canonical_axes(self.geometry.direction_matrix)
+        flip_axes = [n for n in range(3) if flips[2 - n]]
+        if flip_axes:
+            canonical = np.flip(canonical, axis=flip_axes)
+        order = [2 - source_axes[2 - n] for n in range(3)]
+        return np.ascontiguousarray(np.transpose(canonical, np.argsort(order)))
+
+    def to_original_slices(self, values_z: np.ndarray) -> np.ndarray | None:
+        """Reorder per-axial-slice values (canonical z, feet to head) into the input's own slice order.
+
+        Returns None when the input's slice axis is not the axial one (e.g. a sagittal
+        acquisition), in which case the input has no axial slices of its own.
+        """
+        source_axes, flips = canonical_axes(self.geometry.direction_matrix)
+        if source_axes[2] != 2:
+            return None
+        values_z = np.asarray(values_z)
+        return values_z[::-1].copy() if flips[2] else values_z.copy()
+
+
+def study_name(path: str | os.PathLike) -> str:
+    """File name without volume extension, or a folder's name (DICOM series)."""
+    p = Path(path)
+    for suffix in sorted(VOLUME_SUFFIXES + (".dcm",), key=len, reverse=True):
+        if p.name.lower().endswith(suffix):
+            return p.name[: -len(suffix)]
+    return p.name
+
+
+def _first_line(error: Exception) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    useful = [line for line in lines if "ERROR" not in line.upper() or ":" in line]
+    return (useful or lines or [type(error).__name__])[-1][:300]
+
+
+def _read_dicom_series(folder: Path) -> tuple[sitk.Image, list[str]]:
+    reader = sitk.ImageSeriesReader()
+    series_ids = reader.GetGDCMSeriesIDs(str(folder))
+    if not series_ids:
+        raise VolumeError(
+            f"{folder}: no DICOM series found in this folder. Pass a folder holding the .dcm files of one "
+            f"CT series, or a volume file ({', '.join(VOLUME_SUFFIXES)})."
+        )
+    files_by_series = {sid: reader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series_ids}
+    chosen = max(series_ids, key=lambda sid: len(files_by_series[sid]))
+    warnings = []
+    if len(series_ids) > 1:
+        warnings.append(
+            f"{folder}: {len(series_ids)} DICOM series found; using the one with the most slices "
+            f"({len(files_by_series[chosen])} files, series {chosen})."
+        )
+    reader.SetFileNames(files_by_series[chosen])
+    try:
+        return reader.Execute(), warnings
+    except RuntimeError as error:
+        raise VolumeError(f"{folder}: the DICOM series could not be read ({_first_line(error)}).") from None
+
+
+def _read_file(path: Path) -> sitk.Image:
+    if not path.name.lower().endswith(VOLUME_SUFFIXES + (".dcm",)):
+        raise VolumeError(
+            f"{path}: unsupported file type. Use NIfTI (.nii, .nii.gz), NRRD (.nrrd), MetaImage "
+            f"(.mha, .mhd) or a folder holding a DICOM series."
+        )
+    try:
+        return sitk.ReadImage(str(path))
+    except RuntimeError as error:
+        raise VolumeError(
+            f"{path}: cannot be read as an image ({_first_line(error)}). The file may be truncated, "
+            f"corrupt, or not really a {study_suffix(path)} file; re-export it from its source."
+        ) from None
+
+
+def study_suffix(path: Path) -> str:
+    return path.name[len(study_name(path)):] or "volume"
+
+
+def _check_image(image: sitk.Image, path: Path) -> sitk.Image:
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise VolumeError(
+            f"{path}: has {image.GetNumberOfComponentsPerPixel()} values per voxel (colour or vector image); "
+            f"TwoFiveCNN needs a greyscale CT volume in Hounsfield units."
+        )
+    dimension = image.GetDimension()
+    if dimension == 4 and image.GetSize()[3] == 1:
+        image = image[:, :, :, 0]
+        dimension = 3
+    if dimension == 2:
+        raise VolumeError(
+            f"{path}: is a 2D image; TwoFiveCNN needs a 3D CT volume (a stack of axial slices). "
+            f"Pass the whole series (a DICOM folder or a 3D NIfTI/NRRD file)."
+        )
+    if dimension != 3:
+        raise VolumeError(
+            f"{path}: is a {dimension}D image (size {image.GetSize()}); TwoFiveCNN needs one 3D CT volume. "
+            f"Extract a single 3D frame first."
+        )
+    if min(image.GetSize()) < 1 or image.GetSize()[0] < 8 or image.GetSize()[1] < 8:
+        raise VolumeError(f"{path}: image size {image.GetSize()} is too small to be a CT volume.")
+    return image
+
+
+def read_image(path: str | os.PathLike) -> tuple[sitk.Image, list[str]]:
+    """Read a volume file or a DICOM series folder as a checked 3D SimpleITK image."""
+    p = Path(path)
+    if not p.exists():
+        raise VolumeError(f"{p}: no such file or folder.")
+    if p.is_dir():
+        image, warnings = _read_dicom_series(p)
+    else:
+        image, warnings = _read_file(p), []
+    return _check_image(image, p), warnings
+
+
+def read_volume(path: str | os.PathLike) -> Volume:
+    """Read NIfTI, NRRD, MetaImage or a DICOM series folder into a canonical :class:`Volume`.
+
+    Voxel values are in the units the file declares, with DICOM rescale and NIfTI scaling
+    applied (Hounsfield units for CT). Integer voxels keep their type to save memory.
+    """
+    image, warnings = read_image(path)
+    array = sitk.GetArrayViewFromImage(image)
+    if not np.issubdtype(array.dtype, np.integer) and not np.issubdtype(array.dtype, np.floating):
+        array = array.astype(np.float32)
+    return Volume.from_original(np.array(array), Geometry.from_sitk(image), str(path), warnings)
+
+
+def image_from_original(array_kji: np.ndarray, geometry: Geometry) -> sitk.Image:
+    return geometry.apply_to(sitk.GetImageFromArray(np.ascontiguousarray(array_kji), isVector=False))
+
+
+def write_volume(array_kji: np.ndarray, geometry: Geometry, path: str | os.PathLike) -> Path:
+    """Write an array in storage order with the given geometry, atomically (format from the extension)."""
+    image = image_from_original(array_kji, geometry)
+    with atomic_path(path) as tmp:
+        sitk.WriteImage(image, str(tmp), useCompression=True)
+    return Path(path)
