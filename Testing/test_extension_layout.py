@@ -1,0 +1,498 @@
+"""The Slicer extension skeleton stays consistent: CMake lists, catalog entry, module code, .ui files, icons.
+
+Slicer's Qt layer (qt, ctk, ScriptedLoadableModule) exists only inside the application, so module
+files are parsed with ``ast`` rather than imported, except in the last section, which runs the
+modules' own self-tests on real MRML nodes (slicer-core) with the Qt-only parts stubbed out.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import subprocess
+import sys
+import types
+import unittest
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MODULES = ("TwoFiveCNN", "TwoFiveCNNTraining")
+LIB = ROOT / "TwoFiveCNN" / "TwoFiveCNNLib"
+CATALOG = ROOT / "TwoFiveCNN.json"
+RAW_PREFIX = "https://raw.githubusercontent.com/twofivecnn/SlicerTwoFiveCNN/main/"
+
+# Properties allowed by slicer-extension-catalog-entry-schema-v1.0.1.json ("additionalProperties": false).
+CATALOG_PROPERTIES = {"$schema", "category", "scm_url", "scm_revision", "scm_type", "build_dependencies",
+                      "build_subdirectory", "enabled", "tier"}
+CATALOG_REQUIRED = {"$schema", "category", "scm_url"}
+CATALOG_SCHEMA = ("https://raw.githubusercontent.com/Slicer/Slicer/main/Schemas/"
+                  "slicer-extension-catalog-entry-schema-v1.0.1.json")
+
+# Top-level imports a module file may make: what Slicer's own Python provides, nothing heavy.
+ALLOWED_TOP_LEVEL_IMPORTS = {"logging", "os", "re", "json", "pathlib", "typing", "unittest", "numpy", "vtk",
+                             "qt", "ctk", "slicer"}
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+def cmake_commands(path: Path) -> list[tuple[str, list[str]]]:
+    """``(command, arguments)`` of every CMake command in a file; quoted arguments keep their quotes."""
+    text = path.read_text(encoding="utf-8")
+    token = re.compile(r'"(?:[^"\\]|\\.)*"|#[^\n]*|[()]|[^\s()#"]+')
+    commands, name, arguments, depth, previous = [], None, [], 0, None
+    for match in token.finditer(text):
+        word = match.group(0)
+        if word.startswith("#"):
+            continue
+        if name is None:
+            if word == "(" and previous is not None and re.fullmatch(r"\w+", previous):
+                name, arguments, depth = previous, [], 1
+            previous = word
+            continue
+        if word == "(":
+            depth += 1
+        elif word == ")":
+            depth -= 1
+            if depth == 0:
+                commands.append((name, arguments))
+                name, previous = None, None
+                continue
+        if depth >= 1 and word not in "()":
+            arguments.append(word)
+    return commands
+
+
+def cmake_variables(path: Path) -> dict[str, list[str]]:
+    """Values of ``set(NAME ...)`` with ``${MODULE_NAME}`` expanded and quotes stripped."""
+    values: dict[str, list[str]] = {}
+    for command, arguments in cmake_commands(path):
+        if command.lower() == "set" and arguments:
+            values[arguments[0]] = [a.strip('"') for a in arguments[1:]]
+    module_name = values.get("MODULE_NAME", [""])[0]
+    return {name: [v.replace("${MODULE_NAME}", module_name) for v in value] for name, value in values.items()}
+
+
+def module_tree(module: str) -> ast.Module:
+    path = ROOT / module / f"{module}.py"
+    return ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+
+
+def find_class(tree: ast.Module, name: str) -> ast.ClassDef:
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == name:
+            return node
+    raise AssertionError(f"class {name} not found")
+
+
+def base_names(cls: ast.ClassDef) -> set[str]:
+    return {b.id if isinstance(b, ast.Name) else ast.unparse(b) for b in cls.bases}
+
+
+def string_literals(node: ast.AST) -> str:
+    """All string constants inside an expression, joined (sees through ``_("...")`` and ``.format``)."""
+    return " ".join(n.value for n in ast.walk(node) if isinstance(n, ast.Constant) and isinstance(n.value, str))
+
+
+def parent_assignments(module: str) -> dict[str, ast.expr]:
+    """``self.parent.<attribute> = <value>`` in the module class's ``__init__``."""
+    init = next(n for n in find_class(module_tree(module), module).body
+                if isinstance(n, ast.FunctionDef) and n.name == "__init__")
+    assigned = {}
+    for node in ast.walk(init):
+        if isinstance(node, ast.Assign):
+            for target in node.targets:
+                if (isinstance(target, ast.Attribute) and isinstance(target.value, ast.Attribute)
+                        and target.value.attr == "parent"):
+                    assigned[target.attr] = node.value
+    return assigned
+
+
+def parameter_fields(module: str) -> dict[str, str]:
+    """Fields (name -> annotation source) of the class decorated with ``@parameterNodeWrapper``."""
+    for node in module_tree(module).body:
+        if isinstance(node, ast.ClassDef) and any(
+            (d.id if isinstance(d, ast.Name) else ast.unparse(d)) == "parameterNodeWrapper"
+            for d in node.decorator_list
+        ):
+            return {n.target.id: ast.unparse(n.annotation) for n in node.body
+                    if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)}
+    raise AssertionError(f"{module}.py has no @parameterNodeWrapper class")
+
+
+def ui_root(module: str) -> ET.Element:
+    return ET.parse(ROOT / module / "Resources" / "UI" / f"{module}.ui").getroot()
+
+
+def lib_python_files() -> list[Path]:
+    return sorted(LIB.glob("*.py"))
+
+
+# --- CMake lists ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_every_python_file_is_listed(module):
+    """Slicer installs only listed scripts: a file missing from the list works here and breaks in Slicer."""
+    listed = set(cmake_variables(ROOT / module / "CMakeLists.txt")["MODULE_PYTHON_SCRIPTS"])
+    present = {p.name for p in (ROOT / module).glob("*.py")}
+    if module == "TwoFiveCNN":
+        present |= {f"TwoFiveCNNLib/{p.name}" for p in lib_python_files()}
+    assert present - listed == set(), f"{module}/CMakeLists.txt: add to MODULE_PYTHON_SCRIPTS"
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_every_listed_script_exists(module):
+    listed = cmake_variables(ROOT / module / "CMakeLists.txt")["MODULE_PYTHON_SCRIPTS"]
+    assert f"{module}.py" in listed
+    missing = [name for name in listed if not (ROOT / module / name).is_file()]
+    assert missing == [], f"{module}/CMakeLists.txt lists files that do not exist"
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_every_listed_resource_exists(module):
+    resources = cmake_variables(ROOT / module / "CMakeLists.txt")["MODULE_PYTHON_RESOURCES"]
+    assert f"Resources/Icons/{module}.png" in resources
+    assert f"Resources/UI/{module}.ui" in resources
+    missing = [name for name in resources if not (ROOT / module / name).is_file()]
+    assert missing == [], f"{module}/CMakeLists.txt lists resources that do not exist"
+
+
+def test_lib_data_files_are_listed_as_resources():
+    """Non-Python files the library ships (JSON, model weights) must be installed as resources."""
+    resources = set(cmake_variables(ROOT / "TwoFiveCNN" / "CMakeLists.txt")["MODULE_PYTHON_RESOURCES"])
+    data = {f"TwoFiveCNNLib/{p.name}" for p in LIB.iterdir()
+            if p.is_file() and p.suffix not in (".py", ".pyc")}
+    assert data - resources == set()
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_module_cmake_builds_and_tests_the_module(module):
+    commands = cmake_commands(ROOT / module / "CMakeLists.txt")
+    build = [args for name, args in commands if name == "slicerMacroBuildScriptedModule"]
+    assert len(build) == 1
+    for keyword in ("NAME", "SCRIPTS", "RESOURCES", "WITH_GENERIC_TESTS"):
+        assert keyword in build[0]
+    assert ("slicer_add_python_unittest", ["SCRIPT", "${MODULE_NAME}.py"]) in commands
+    assert ("add_subdirectory", ["Testing"]) in commands
+    assert (ROOT / module / "Testing" / "CMakeLists.txt").is_file()
+    assert (ROOT / module / "Testing" / "Python" / "CMakeLists.txt").is_file()
+
+
+def test_top_level_cmake_describes_the_extension():
+    commands = cmake_commands(ROOT / "CMakeLists.txt")
+    names = [name for name, _ in commands]
+    variables = cmake_variables(ROOT / "CMakeLists.txt")
+    assert ("project", ["TwoFiveCNN"]) in commands
+    assert names.index("find_package") < names.index("add_subdirectory")
+    for module in MODULES:
+        assert ("add_subdirectory", [module]) in commands
+    for include in ("${Slicer_USE_FILE}", "${Slicer_EXTENSION_GENERATE_CONFIG}", "${Slicer_EXTENSION_CPACK}"):
+        assert ("include", [include]) in commands
+    for name in ("EXTENSION_HOMEPAGE", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION", "EXTENSION_ICONURL",
+                 "EXTENSION_SCREENSHOTURLS", "EXTENSION_DEPENDS", "EXTENSION_CATEGORY"):
+        assert variables.get(name) and all(v.strip() for v in variables[name]), f"{name} is empty"
+    assert variables["EXTENSION_HOMEPAGE"] == ["https://github.com/twofivecnn/SlicerTwoFiveCNN"]
+
+
+def test_icon_url_points_at_the_extension_icon():
+    (url,) = cmake_variables(ROOT / "CMakeLists.txt")["EXTENSION_ICONURL"]
+    assert url.startswith(RAW_PREFIX + "Resources/")
+    assert (ROOT / url[len(RAW_PREFIX):]).is_file()
+
+
+def test_screenshot_urls_point_into_resources():
+    urls = " ".join(cmake_variables(ROOT / "CMakeLists.txt")["EXTENSION_SCREENSHOTURLS"]).split()
+    assert urls and all(url.startswith(RAW_PREFIX + "Resources/") for url in urls)
+    missing = [url for url in urls if not (ROOT / url[len(RAW_PREFIX):]).is_file()]
+    if missing:
+        pytest.skip(f"screenshots not captured yet (take them in Slicer): {missing}")
+
+
+# --- Extensions Index entry ----------------------------------------------------------------------
+
+
+def test_catalog_entry_follows_the_schema():
+    entry = json.loads(CATALOG.read_text(encoding="utf-8"))
+    assert entry["$schema"] == CATALOG_SCHEMA
+    assert CATALOG_REQUIRED <= set(entry) <= CATALOG_PROPERTIES
+    assert entry["tier"] in (1, 3, 5)
+    assert entry["scm_url"] == "https://github.com/twofivecnn/SlicerTwoFiveCNN.git"
+    assert entry["scm_revision"] == "main"
+
+
+def test_catalog_entry_matches_cmake():
+    entry = json.loads(CATALOG.read_text(encoding="utf-8"))
+    variables = cmake_variables(ROOT / "CMakeLists.txt")
+    depends = " ".join(variables["EXTENSION_DEPENDS"]).split()
+    assert entry["build_dependencies"] == depends == ["PyTorch"]
+    assert [entry["category"]] == variables["EXTENSION_CATEGORY"]
+    homepage = variables["EXTENSION_HOMEPAGE"][0]
+    assert entry["scm_url"] == homepage + ".git"
+
+
+def test_license_is_apache_2():
+    text = (ROOT / "LICENSE").read_text(encoding="utf-8")
+    assert "Apache License" in text and "Version 2.0, January 2004" in text
+    assert "END OF TERMS AND CONDITIONS" in text
+
+
+# --- module code ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_module_classes_follow_the_template(module):
+    tree = module_tree(module)
+    assert "ScriptedLoadableModule" in base_names(find_class(tree, module))
+    assert "ScriptedLoadableModuleWidget" in base_names(find_class(tree, f"{module}Widget"))
+    assert "ScriptedLoadableModuleLogic" in base_names(find_class(tree, f"{module}Logic"))
+    assert "ScriptedLoadableModuleTest" in base_names(find_class(tree, f"{module}Test"))
+    test_methods = [n.name for n in find_class(tree, f"{module}Test").body
+                    if isinstance(n, ast.FunctionDef) and n.name.startswith("test_")]
+    assert test_methods, f"{module}Test has no test_ methods"
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_module_metadata_is_filled_in(module):
+    """Slicer's generic module test fails when any of these is empty."""
+    assigned = parent_assignments(module)
+    for attribute in ("title", "categories", "contributors", "helpText", "acknowledgementText"):
+        assert attribute in assigned, f"{module}: self.parent.{attribute} is not set"
+        assert string_literals(assigned[attribute]).strip(), f"{module}: self.parent.{attribute} is empty"
+    for attribute in ("categories", "contributors"):
+        assert isinstance(assigned[attribute], ast.List) and assigned[attribute].elts
+    category = cmake_variables(ROOT / "CMakeLists.txt")["EXTENSION_CATEGORY"][0]
+    assert category in string_literals(assigned["categories"])
+    help_text = string_literals(assigned["helpText"])
+    assert "synthetic" in help_text and "clinical" in help_text
+    acknowledgement = string_literals(assigned["acknowledgementText"])
+    assert "10.3390/electronics14132571" in acknowledgement and "MosMed" in acknowledgement
+
+
+def test_module_titles():
+    assert string_literals(parent_assignments("TwoFiveCNN")["title"]) == "TwoFiveCNN"
+    assert string_literals(parent_assignments("TwoFiveCNNTraining")["title"]) == "TwoFiveCNN Training"
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_module_imports_nothing_heavy_at_load_time(module):
+    """Slicer imports every module at startup: torch and TwoFiveCNNLib must wait until they are needed."""
+    for node in module_tree(module).body:
+        if isinstance(node, ast.Import):
+            roots = {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            roots = {(node.module or "").split(".")[0]}
+        else:
+            continue
+        assert roots <= ALLOWED_TOP_LEVEL_IMPORTS, f"{module}.py line {node.lineno} imports {roots}"
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_widget_setup_stays_silent(module):
+    """The generic tests instantiate the widget: setup() must not import torch or open dialogs."""
+    setup = next(n for n in find_class(module_tree(module), f"{module}Widget").body
+                 if isinstance(n, ast.FunctionDef) and n.name == "setup")
+    for node in ast.walk(setup):
+        assert not isinstance(node, (ast.Import, ast.ImportFrom)), f"setup() imports at line {node.lineno}"
+        if isinstance(node, ast.Call):
+            called = ast.unparse(node.func)
+            assert not re.search(r"checkTorch|installTorch|pip_install|Display|messageBox|QMessageBox", called), \
+                f"setup() calls {called}"
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_ui_names_used_in_code_exist(module):
+    used = {node.attr for node in ast.walk(module_tree(module))
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute)
+            and node.value.attr == "ui" and isinstance(node.value.value, ast.Name) and node.value.value.id == "self"}
+    declared = {w.get("name") for w in ui_root(module).iter("widget")}
+    assert used, f"{module}.py uses no self.ui widgets"
+    assert used - declared == set(), f"{module}.py uses widgets missing from {module}.ui"
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_ui_parameter_names_match_parameter_node(module):
+    fields = parameter_fields(module)
+    bound = {}
+    for widget in ui_root(module).iter("widget"):
+        for prop in widget.findall("property"):
+            if prop.get("name") == "SlicerParameterName":
+                bound[prop.findtext("string")] = widget.get("class")
+    assert bound, f"{module}.ui binds no widget to the parameter node"
+    assert set(bound) <= set(fields), f"{module}.ui binds unknown parameters"
+    assert set(fields) <= set(bound), f"{module}: parameter(s) without a widget"
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_loaded_ui_file_exists(module):
+    calls = [node for node in ast.walk(module_tree(module))
+             if isinstance(node, ast.Call) and ast.unparse(node.func) == "self.resourcePath"]
+    assert calls
+    for call in calls:
+        assert (ROOT / module / "Resources" / call.args[0].value).is_file()
+
+
+def test_module_files_pass_pyflakes_rules():
+    ruff = ROOT / ".venv" / "bin" / "ruff"
+    if not ruff.is_file():
+        ruff = Path(sys.executable).parent / "ruff"
+    files = [str(ROOT / module / f"{module}.py") for module in MODULES]
+    result = subprocess.run([str(ruff), "check", "--select", "F", "--no-cache", *files],
+                            check=False, capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- .ui files and icons -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_ui_file_is_a_qmrmlwidget_with_declared_custom_widgets(module):
+    root = ui_root(module)
+    assert root.tag == "ui" and root.findtext("class") == module
+    top = root.find("widget")
+    assert top.get("class") == "qMRMLWidget" and top.get("name") == module
+    declared = {c.findtext("class") for c in root.iter("customwidget")}
+    used = {w.get("class") for w in root.iter("widget")}
+    assert {c for c in used if not c.startswith("Q")} <= declared
+    assert "ctkCollapsibleButton" in used
+    buttons = {w.get("name"): w for w in root.iter("widget") if w.get("class") == "QPushButton"}
+    assert buttons, f"{module}.ui has no buttons"
+
+
+def test_main_ui_has_input_selector_apply_and_result():
+    root = ui_root("TwoFiveCNN")
+    widgets = {w.get("name"): w for w in root.iter("widget")}
+    selector = widgets["inputSelector"]
+    assert selector.get("class") == "qMRMLNodeComboBox"
+    node_types = [s.text for p in selector.findall("property") if p.get("name") == "nodeTypes"
+                  for s in p.iter("string")]
+    assert node_types == ["vtkMRMLScalarVolumeNode"]
+    assert widgets["applyButton"].get("class") == "QPushButton"
+    assert widgets["resultLabel"].get("class") == "QLabel"
+    connections = {(c.findtext("receiver"), c.findtext("slot")) for c in root.iter("connection")}
+    assert ("inputSelector", "setMRMLScene(vtkMRMLScene*)") in connections
+
+
+def test_training_buttons_are_disabled_with_a_reason():
+    widgets = {w.get("name"): w for w in ui_root("TwoFiveCNNTraining").iter("widget")}
+    for name in ("trainButton", "cancelButton"):
+        properties = {p.get("name"): p for p in widgets[name].findall("property")}
+        assert properties["enabled"].findtext("bool") == "false"
+        assert "not implemented" in properties["toolTip"].findtext("string").lower()
+    assert widgets["datasetPathLineEdit"].get("class") == "ctkPathLineEdit"
+    assert widgets["progressBar"].get("class") == "QProgressBar"
+    assert widgets["logTextEdit"].get("class") == "QPlainTextEdit"
+    assert widgets["summaryTextEdit"].get("class") == "QPlainTextEdit"
+
+
+@pytest.mark.parametrize("icon", ["Resources/Icons/TwoFiveCNN.png", "TwoFiveCNN/Resources/Icons/TwoFiveCNN.png",
+                                  "TwoFiveCNNTraining/Resources/Icons/TwoFiveCNNTraining.png"])
+def test_icons_are_128_pixel_pngs(icon):
+    from PIL import Image
+
+    with Image.open(ROOT / icon) as image:
+        assert image.format == "PNG"
+        assert image.size == (128, 128)
+        image.verify()
+
+
+# --- the modules' own self-tests, on real MRML nodes ---------------------------------------------
+
+
+class _ScriptedLoadableModule:
+    def __init__(self, parent):
+        self.parent = parent
+
+
+class _ScriptedLoadableModuleWidget:
+    def __init__(self, parent=None):
+        self.parent = parent
+
+
+class _ScriptedLoadableModuleLogic:
+    def __init__(self, parent=None):
+        pass
+
+
+class _ScriptedLoadableModuleTest(unittest.TestCase):
+    def delayDisplay(self, message, msec=None):
+        pass
+
+
+class _PyTorchUtilsLogic:
+    """What the PyTorch extension offers; in this environment torch is installed already."""
+
+    @staticmethod
+    def torchInstalled():
+        return True
+
+    def installTorch(self, *args, **kwargs):
+        raise AssertionError("torch is installed here; installTorch must not be called")
+
+
+@pytest.fixture
+def slicer_stubbed(monkeypatch, tmp_path):
+    """slicer-core's MRML plus stand-ins for the application-only modules."""
+    slicer = pytest.importorskip("slicer")
+    stubs = {
+        "slicer.ScriptedLoadableModule": {
+            "ScriptedLoadableModule": _ScriptedLoadableModule,
+            "ScriptedLoadableModuleWidget": _ScriptedLoadableModuleWidget,
+            "ScriptedLoadableModuleLogic": _ScriptedLoadableModuleLogic,
+            "ScriptedLoadableModuleTest": _ScriptedLoadableModuleTest,
+        },
+        "slicer.i18n": {"tr": lambda text: text},
+        "slicer.parameterNodeWrapper": {"parameterNodeWrapper": lambda cls: cls},
+        "PyTorchUtils": {"PyTorchUtilsLogic": _PyTorchUtilsLogic},
+    }
+    for name, attributes in stubs.items():
+        monkeypatch.setitem(sys.modules, name, types.SimpleNamespace(**attributes))
+    monkeypatch.setattr(slicer, "mrmlScene", slicer.vtkMRMLScene(), raising=False)
+    monkeypatch.setattr(slicer, "app", types.SimpleNamespace(temporaryPath=str(tmp_path),
+                                                             testingEnabled=lambda: True), raising=False)
+    return slicer
+
+
+def load_module(module: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"_slicer_module_{module}", ROOT / module / f"{module}.py")
+    loaded = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loaded)
+    return loaded
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_module_self_tests_pass_on_mrml(slicer_stubbed, module):
+    """Runs ``<Module>Test``'s test_ methods with the real logic, TwoFiveCNNLib and MRML volume nodes."""
+    loaded = load_module(module)
+    suite = unittest.TestLoader().loadTestsFromTestCase(getattr(loaded, f"{module}Test"))
+    assert suite.countTestCases() > 0
+    result = unittest.TextTestRunner(stream=sys.stderr, verbosity=0).run(suite)
+    problems = [f"{test}: {trace}" for test, trace in result.failures + result.errors]
+    assert result.wasSuccessful(), "\n".join(problems)
+
+
+def test_logic_matches_reading_the_same_volume_from_file(slicer_stubbed, tmp_path):
+    """A node's voxels + IJK-to-RAS give the same model grid as the file TwoFiveCNNLib reads itself."""
+    import numpy as np
+    from TwoFiveCNNLib.preprocess import PreprocessConfig, to_model_grid
+    from TwoFiveCNNLib.volume_io import Geometry, read_volume, write_volume
+
+    loaded = load_module("TwoFiveCNN")
+    rng = np.random.default_rng(0)
+    array = rng.integers(-1000, 400, size=(10, 30, 26)).astype(np.int16)
+    # Stored like many DICOM series: i to patient Left, j to Posterior, slices running head to feet.
+    geometry = Geometry(size=array.shape[::-1], spacing=(0.7, 0.8, 2.5), origin=(-10.0, 20.0, 30.0),
+                        direction=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, -1.0))
+    path = write_volume(array, geometry, tmp_path / "study.nrrd")
+    node = slicer_stubbed.util.addVolumeFromArray(array, geometry.ijk_to_ras(), name="study")
+
+    config = PreprocessConfig(in_plane=16, n_slices=8)
+    from_node = loaded.TwoFiveCNNLogic().preprocessVolumeNode(node, config)
+    from_file, _ = to_model_grid(read_volume(path), config)
+    np.testing.assert_allclose(from_node, from_file, atol=1e-6)

@@ -1,0 +1,369 @@
+"""Networks: slice backbones, the attention head, and the 3D baselines (ACS inflation)."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+
+import pytest
+import torch
+from torch import nn
+from TwoFiveCNNLib.backbones import (
+    SliceClassifier,
+    TorchvisionMobileNetV2,
+    TorchvisionResNet,
+    available_backbones,
+    build_backbone,
+    load_pretrained,
+)
+from TwoFiveCNNLib.heads import AttentionHead
+from TwoFiveCNNLib.volumetric import (
+    ACSConv,
+    Small3DCNN,
+    VolumeClassifier,
+    build_volume_baseline,
+    inflate_acs,
+)
+
+HAS_TORCHVISION = importlib.util.find_spec("torchvision") is not None
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+def _trained_statistics(model: nn.Module, x: torch.Tensor) -> nn.Module:
+    """Give BatchNorm non-trivial running statistics (one training-mode pass), then switch to eval."""
+    model.train()
+    with torch.no_grad():
+        model(x)
+    return model.eval()
+
+
+class _FakeResNet(nn.Module):
+    """torchvision ResNet's attribute layout in miniature, to test the wrapper without torchvision."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        self.layer1 = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.layer2 = nn.Sequential(nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.layer3 = nn.Identity()
+        self.layer4 = nn.Identity()
+        self.fc = nn.Linear(16, 1000)
+
+
+class _FakeMobileNetV2(nn.Module):
+    """torchvision MobileNetV2's layout in miniature, with a depthwise convolution."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 12, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(12),
+            nn.ReLU6(inplace=True),
+            nn.Conv2d(12, 12, 3, padding=1, groups=12, bias=False),
+            nn.BatchNorm2d(12),
+            nn.ReLU6(inplace=True),
+        )
+        self.last_channel = 12
+        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(12, 1000))
+
+
+# ---------------------------------------------------------------- backbones
+
+
+@pytest.mark.parametrize("name", available_backbones())
+def test_backbone_shapes(name: str) -> None:
+    if name != "compact_resnet" and not HAS_TORCHVISION:
+        with pytest.raises(ImportError, match="torchvision"):
+            build_backbone(name)
+        pytest.skip("torchvision is not installed")
+    backbone = build_backbone(name).eval()
+    size = 128 if name == "compact_resnet" else 64
+    x = torch.rand(2, 1, size, size)
+    with torch.inference_mode():
+        embeddings = backbone(x)
+        maps = backbone.feature_maps(x)
+    assert embeddings.shape == (2, backbone.embedding_dim)
+    assert maps.shape[:2] == (2, backbone.embedding_dim) and maps.dim() == 4
+    torch.testing.assert_close(embeddings, maps.mean(dim=(2, 3)))
+
+
+def test_build_backbone_unknown_name() -> None:
+    with pytest.raises(ValueError, match="compact_resnet"):
+        build_backbone("no_such_net")
+
+
+@pytest.mark.parametrize("size", [96, 128])
+def test_compact_resnet_forward_is_pooled_feature_maps(size: int) -> None:
+    backbone = _trained_statistics(build_backbone("compact_resnet"), torch.rand(4, 1, size, size))
+    x = torch.rand(3, 1, size, size).to(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        maps = backbone.feature_maps(x)
+        torch.testing.assert_close(backbone(x), maps.mean(dim=(2, 3)))
+    assert maps.shape == (3, 256, size // 32, size // 32)
+
+
+@pytest.mark.parametrize("fake", [_FakeResNet, _FakeMobileNetV2])
+def test_torchvision_wrappers_take_greyscale_and_drop_the_head(fake: type[nn.Module]) -> None:
+    model = fake()
+    wrapper = (TorchvisionResNet if fake is _FakeResNet else TorchvisionMobileNetV2)(model).eval()
+    embeddings = wrapper(torch.rand(2, 1, 32, 32))
+    assert embeddings.shape == (2, wrapper.embedding_dim)
+    # The wrapper's own keys equal the torchvision model's minus its head, so ImageNet files load as they are.
+    head = ("fc.", "classifier.")
+    assert set(wrapper.state_dict()) == {k for k in model.state_dict() if not k.startswith(head)}
+
+
+def test_class_activation_maps() -> None:
+    classifier = SliceClassifier(build_backbone("compact_resnet"), n_classes=5, dropout=0.5)
+    nn.init.normal_(classifier.classifier.weight)
+    x = torch.rand(3, 1, 96, 96)
+    classifier = _trained_statistics(classifier, x)
+    with torch.no_grad():
+        logits = classifier(x)
+        cams = classifier.class_activation_maps(x)
+        assert cams.shape == (3, 3, 3)
+        # CAM of the predicted class, averaged over the map, is that class's logit minus its bias.
+        predicted = logits.argmax(dim=1)
+        expected = logits.gather(1, predicted[:, None])[:, 0] - classifier.classifier.bias[predicted]
+        torch.testing.assert_close(cams.mean(dim=(1, 2)), expected)
+        grades = torch.arange(5.0)
+        severity = classifier.class_activation_maps(x, grades)
+        per_class = torch.stack(
+            [classifier.class_activation_maps(x, torch.eye(5)[c]) for c in range(5)], dim=1
+        )
+        torch.testing.assert_close(severity, (grades[None, :, None, None] * per_class).sum(dim=1))
+        probabilities = torch.softmax(logits, dim=1)
+        assert classifier.class_activation_maps(x, probabilities).shape == (3, 3, 3)
+    assert classifier.embed(x).shape == (3, 256)
+
+
+# ---------------------------------------------------------------- pretrained weights
+
+
+def test_load_pretrained_round_trip(tmp_path) -> None:
+    source = _trained_statistics(build_backbone("compact_resnet"), torch.rand(4, 1, 64, 64))
+    path = tmp_path / "backbone.pt"
+    torch.save(source.state_dict(), path)
+    target = build_backbone("compact_resnet").eval()
+    x = torch.rand(2, 1, 64, 64)
+    assert not torch.allclose(target(x), source(x))
+    report = load_pretrained(target, path)
+    assert report.missing == [] and report.unexpected == []
+    torch.testing.assert_close(target(x), source(x))
+
+
+def test_load_pretrained_ignores_a_classification_head_and_wrapper_prefix(tmp_path) -> None:
+    classifier = SliceClassifier(build_backbone("compact_resnet", widths=(8, 16), blocks=(1, 1)), 3)
+    path = tmp_path / "stage1.pt"
+    torch.save({"state_dict": classifier.state_dict()}, path)  # keys "backbone.*" and "classifier.*"
+    target = build_backbone("compact_resnet", widths=(8, 16), blocks=(1, 1))
+    report = load_pretrained(target, path)
+    torch.testing.assert_close(target.state_dict(), classifier.backbone.state_dict())
+    assert report.missing == [] and report.unexpected == []  # the stage-1 classifier is a head: expected
+    extras = {"fc.weight": torch.zeros(1000, 16), "projection.weight": torch.zeros(4, 16)}
+    torch.save({**classifier.backbone.state_dict(), **extras}, path)
+    assert load_pretrained(target, path).unexpected == ["projection.weight"]
+
+
+def test_load_pretrained_errors(tmp_path) -> None:
+    backbone = build_backbone("compact_resnet", widths=(8, 16), blocks=(1, 1))
+    missing = tmp_path / "absent.pt"
+    with pytest.raises(FileNotFoundError, match="absent.pt"):
+        load_pretrained(backbone, missing)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"this is not a torch file" * 10)
+    with pytest.raises(ValueError, match="garbage.pt"):
+        load_pretrained(backbone, garbage)
+    unrelated = tmp_path / "unrelated.pt"
+    torch.save(nn.LSTM(4, 4).state_dict(), unrelated)
+    with pytest.raises(ValueError, match=r"no weights in .*unrelated.pt match.*bn1.weight.*weight_hh_l0"):
+        load_pretrained(backbone, unrelated)
+    wrong_shape = tmp_path / "wider.pt"
+    torch.save(build_backbone("compact_resnet", widths=(16, 32), blocks=(1, 1)).state_dict(), wrong_shape)
+    with pytest.raises(ValueError, match="shape mismatches"):
+        load_pretrained(backbone, wrong_shape)
+
+
+# ---------------------------------------------------------------- attention head
+
+
+def test_attention_sums_to_one_and_any_slice_count_works() -> None:
+    head = AttentionHead(embedding_dim=16, n_classes=5, hidden=32).eval()
+    for slices in range(1, 101):
+        logits, attention = head(torch.randn(2, slices, 16))
+        assert logits.shape == (2, 5) and attention.shape == (2, slices)
+        torch.testing.assert_close(attention.sum(dim=1), torch.ones(2))
+
+
+def test_masked_slices_do_not_affect_outputs() -> None:
+    head = AttentionHead(embedding_dim=16, n_classes=3, hidden=32, context_kernel=5, extra_features=2).eval()
+    study = torch.randn(1, 9, 16)
+    extra = torch.randn(1, 2)
+    logits, attention = head(study, extra=extra)
+    garbage = torch.full((1, 6, 16), 1e4)
+    garbage[0, 2] = float("nan")
+    padded = torch.cat([study, garbage], dim=1)
+    mask = torch.arange(15)[None] < 9
+    padded_logits, padded_attention = head(padded, mask, extra)
+    torch.testing.assert_close(padded_logits, logits)
+    torch.testing.assert_close(padded_attention[:, :9], attention)
+    assert torch.all(padded_attention[:, 9:] == 0)
+    # Batched with a longer study, the short one still gets its own result.
+    batch = torch.cat([padded, torch.randn(1, 15, 16)])
+    batch_mask = torch.cat([mask, torch.ones(1, 15, dtype=torch.bool)])
+    batch_logits, _ = head(batch, batch_mask, torch.cat([extra, torch.randn(1, 2)]))
+    torch.testing.assert_close(batch_logits[:1], logits)
+
+
+def test_attention_head_rejects_bad_input() -> None:
+    with pytest.raises(ValueError, match="odd"):
+        AttentionHead(8, 2, context_kernel=2)
+    head = AttentionHead(8, 2)
+    with pytest.raises(ValueError, match="unmasked"):
+        head(torch.randn(1, 4, 8), torch.zeros(1, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="extra features"):
+        head(torch.randn(1, 4, 8), extra=torch.randn(1, 3))
+
+
+def test_attention_head_gradients_flow() -> None:
+    head = AttentionHead(embedding_dim=16, n_classes=4, hidden=32, extra_features=3)
+    embeddings = torch.randn(3, 12, 16, requires_grad=True)
+    mask = torch.ones(3, 12, dtype=torch.bool)
+    mask[0, 8:] = False
+    logits, _ = head(embeddings, mask, torch.randn(3, 3))
+    nn.functional.cross_entropy(logits, torch.tensor([0, 1, 3])).backward()
+    for name, parameter in head.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+    assert embeddings.grad[0, 8:].abs().sum() == 0 and embeddings.grad[0, :8].abs().sum() > 0
+
+
+def _lesion_studies(count: int, patterns: torch.Tensor, generator: torch.Generator):
+    """Toy studies of 20-40 noise slices; class c > 0 puts pattern c-1 on 3 random 'lesion' slices."""
+    max_slices, dim = 40, patterns.shape[1]
+    embeddings = torch.randn(count, max_slices, dim, generator=generator)
+    lengths = torch.randint(20, max_slices + 1, (count,), generator=generator)
+    mask = torch.arange(max_slices)[None] < lengths[:, None]
+    labels = torch.randint(0, len(patterns) + 1, (count,), generator=generator)
+    lesions = torch.zeros(count, max_slices, dtype=torch.bool)
+    for index in range(count):
+        where = torch.randperm(int(lengths[index]), generator=generator)[:3]
+        if labels[index] > 0:
+            lesions[index, where] = True
+            embeddings[index, where] += patterns[labels[index] - 1]
+    return embeddings, mask, labels, lesions
+
+
+def test_attention_head_learns_lesion_slices_and_attends_to_them() -> None:
+    generator = torch.Generator().manual_seed(1)
+    patterns = 5.0 * nn.functional.normalize(torch.randn(2, 16, generator=generator), dim=1)
+    train = _lesion_studies(512, patterns, generator)
+    test = _lesion_studies(256, patterns, generator)
+    head = AttentionHead(embedding_dim=16, n_classes=3, hidden=32, dropout=0.0)
+    optimiser = torch.optim.Adam(head.parameters(), lr=1e-2)
+    embeddings, mask, labels, _ = train
+    for _ in range(60):
+        optimiser.zero_grad()
+        logits, _ = head(embeddings, mask)
+        nn.functional.cross_entropy(logits, labels).backward()
+        optimiser.step()
+    head.eval()
+    embeddings, mask, labels, lesions = test
+    with torch.no_grad():
+        logits, attention = head(embeddings, mask)
+    accuracy = (logits.argmax(dim=1) == labels).float().mean().item()
+    lesion_studies = labels > 0
+    attention_on_lesions = (attention * lesions).sum(dim=1)[lesion_studies].mean().item()
+    uniform_share = (3 / mask.sum(dim=1).float())[lesion_studies].mean().item()
+    assert accuracy > 0.9, accuracy
+    assert attention_on_lesions > 0.6 > 4 * uniform_share, (attention_on_lesions, uniform_share)
+
+
+# ---------------------------------------------------------------- 3D baselines
+
+
+@pytest.mark.parametrize("squeeze_excitation", [False, True])
+def test_small_3d_cnn_shapes(squeeze_excitation: bool) -> None:
+    model = Small3DCNN(n_classes=5, width=4, squeeze_excitation=squeeze_excitation)
+    logits = model(torch.rand(2, 1, 3, 32, 32))  # thinner than the pooling factor along z
+    assert logits.shape == (2, 5)
+    logits.sum().backward()
+
+
+def test_build_volume_baseline() -> None:
+    assert isinstance(build_volume_baseline("cnn3d", 2, width=4), Small3DCNN)
+    backbone = build_backbone("compact_resnet", widths=(8, 16), blocks=(1, 1))
+    acs = build_volume_baseline("acs", 5, backbone)
+    assert isinstance(acs, VolumeClassifier) and acs(torch.rand(2, 1, 8, 32, 32)).shape == (2, 5)
+    with pytest.raises(ValueError, match="cnn3d"):
+        build_volume_baseline("vit", 2)
+
+
+def test_inflate_acs_shapes_and_carries_weights() -> None:
+    backbone2d = _trained_statistics(build_backbone("compact_resnet"), torch.rand(4, 1, 64, 64))
+    backbone3d = inflate_acs(backbone2d)
+    assert not any(isinstance(m, (nn.Conv2d, nn.BatchNorm2d)) for m in backbone3d.modules())
+    assert all(isinstance(m, nn.Conv2d) for m in [backbone2d.conv1, backbone2d.layer1[0].conv1])  # untouched
+    state2d, state3d = backbone2d.state_dict(), backbone3d.state_dict()
+    assert state2d.keys() == state3d.keys()
+    for key in state2d:  # kernels, BN affine weights and running statistics all carried over
+        torch.testing.assert_close(state3d[key], state2d[key], msg=key)
+    assert not backbone3d.training
+    volume = torch.rand(2, 1, 16, 64, 64)
+    with torch.no_grad():
+        embeddings, maps = backbone3d(volume), backbone3d.feature_maps(volume)
+    assert embeddings.shape == (2, 256) and maps.shape == (2, 256, 1, 2, 2)
+    torch.testing.assert_close(embeddings, maps.mean(dim=(2, 3, 4)))
+
+
+def test_acs_axial_group_reproduces_the_2d_convolution() -> None:
+    """On a volume constant along z, the axial third of an ACS convolution is the 2D convolution of the slice."""
+    conv2d = nn.Conv2d(4, 9, 3, padding=1)
+    acs = inflate_acs(nn.Sequential(conv2d))[0]
+    assert isinstance(acs, ACSConv)
+    assert acs.split == (3, 3, 3)
+    image = torch.randn(1, 4, 20, 24)
+    volume = image[:, :, None].expand(-1, -1, 5, -1, -1)
+    with torch.no_grad():
+        expected = conv2d(image)
+        out = acs(volume)
+    assert out.shape == (1, 9, 5, 20, 24)
+    for z in range(5):
+        torch.testing.assert_close(out[:, :3, z], expected[:, :3])
+    # The coronal and sagittal thirds use the same kernels in other planes, so on this input they differ.
+    assert not torch.allclose(out[:, 3:, 2], expected[:, 3:])
+
+
+def test_acs_handles_depthwise_convolutions_and_greyscale_wrappers() -> None:
+    wrapper = _trained_statistics(TorchvisionMobileNetV2(_FakeMobileNetV2()), torch.rand(4, 1, 32, 32))
+    inflated = inflate_acs(wrapper)
+    depthwise = inflated.features[3]
+    assert isinstance(depthwise, ACSConv) and depthwise.split == (4, 4, 4)
+    volume = torch.rand(2, 1, 6, 32, 32)
+    with torch.no_grad():
+        assert inflated(volume).shape == (2, 12)
+    resnet3d = inflate_acs(TorchvisionResNet(_FakeResNet()))
+    assert resnet3d(volume).shape == (2, 16)
+
+
+def test_acs_rejects_convolutions_it_cannot_inflate() -> None:
+    with pytest.raises(ValueError, match="same"):
+        inflate_acs(nn.Sequential(nn.Conv2d(1, 3, 3, padding=0)))
+    with pytest.raises(ValueError, match="isotropic"):
+        inflate_acs(nn.Sequential(nn.Conv2d(1, 3, (3, 1), padding=(1, 0))))
+    with pytest.raises(TypeError, match="InstanceNorm2d"):
+        inflate_acs(nn.Sequential(nn.InstanceNorm2d(3)))
+
+
+def test_acs_volume_classifier_trains() -> None:
+    model = build_volume_baseline("acs", 3, build_backbone("compact_resnet", widths=(8, 16), blocks=(1, 1)))
+    logits = model(torch.rand(2, 1, 8, 32, 32))
+    nn.functional.cross_entropy(logits, torch.tensor([0, 2])).backward()
+    assert all(p.grad is not None for p in model.parameters())
+    assert math.isfinite(logits.sum().item())

@@ -1,0 +1,177 @@
+"""Report pictures: written atomically, readable, not blank, and showing what they claim."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+from TwoFiveCNNLib import pictures
+from TwoFiveCNNLib.pictures import (
+    ACCENT,
+    attention_lut,
+    attention_montage_png,
+    colormap,
+    confusion_matrix_png,
+    curves_png,
+)
+
+NAMES5 = ["CT-0", "CT-1", "CT-2", "CT-3", "CT-4"]
+
+
+def open_rgb(path) -> np.ndarray:
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.mode == "RGB"
+        return np.asarray(image)
+
+
+def accent_runs(row: np.ndarray) -> int:
+    """Number of separate horizontal runs of accent-coloured pixels in one image row."""
+    hit = np.all(row == ACCENT, axis=-1).astype(int)
+    return int(np.sum(np.diff(np.concatenate([[0], hit])) == 1))
+
+
+def phantom(n_slices: int = 32, size: int = 48) -> tuple[np.ndarray, np.ndarray]:
+    z, y, x = np.mgrid[0:n_slices, 0:size, 0:size] / size
+    lungs = ((x - 0.5) ** 2 + (y - 0.5) ** 2 < 0.15).astype(float)
+    slices = 0.6 - 0.5 * lungs
+    evidence = np.exp(-(((x - 0.4) ** 2 + (y - 0.45) ** 2) / 0.01)) * np.ones_like(z)
+    return slices, evidence
+
+
+def test_colormap_and_lut_agree() -> None:
+    lut = attention_lut()
+    assert lut.shape == (256, 4) and lut.min() >= 0 and lut.max() <= 1
+    assert np.allclose(lut[:, 3], np.linspace(0, 1, 256))  # alpha ramp: weak evidence transparent
+    rgb = colormap(np.linspace(0, 1, 256))
+    assert rgb.dtype == np.uint8 and rgb.shape == (256, 3)
+    assert np.array_equal(rgb, np.round(lut[:, :3] * 255).astype(np.uint8))
+    luminance = rgb @ np.array([0.2126, 0.7152, 0.0722])
+    assert np.all(np.diff(luminance) > -1)  # perceptual: brightness never falls along the map
+    assert np.array_equal(colormap(np.array([np.nan, -3.0, 7.0])), rgb[[0, 0, 255]])
+    assert colormap(np.zeros((2, 3))).shape == (2, 3, 3)
+    assert attention_lut(8).shape == (8, 4)
+    with pytest.raises(ValueError):
+        attention_lut(1)
+
+
+def test_confusion_matrix_png(tmp_path) -> None:
+    path = tmp_path / "cm.png"
+    matrix = [[30, 5, 1, 0, 0], [4, 120, 20, 3, 0], [0, 10, 40, 8, 1], [0, 1, 5, 20, 3], [0, 0, 0, 0, 0]]
+    assert confusion_matrix_png(matrix, NAMES5, path, title="validation") == path
+    pixels = open_rgb(path)
+    assert pixels.shape[1] > 400 and pixels.shape[0] > 400
+    assert pixels.std() > 20
+    assert [p.name for p in tmp_path.iterdir()] == ["cm.png"]
+    with pytest.raises(ValueError, match="class names"):
+        confusion_matrix_png(matrix, NAMES5[:4], tmp_path / "bad.png")
+
+
+def test_montage_shows_the_top_k_slices_in_order(tmp_path) -> None:
+    slices, evidence = phantom()
+    attention = np.full(32, 0.01)
+    attention[[25, 5, 15]] = [0.3, 0.2, 0.25]
+    path = tmp_path / "montage.png"
+    shown = attention_montage_png(
+        slices, evidence, attention, path, "predicted CT-2", "demo — not clinical", top_k=3
+    )
+    assert shown == [5, 15, 25]
+    pixels = open_rgb(path)
+    assert pixels.shape[1] == pictures.WIDTH and pixels.std() > 20
+    accent_rows = np.array([accent_runs(row) for row in pixels])
+    tile_rows = np.flatnonzero(accent_rows == 2 * 3)  # a row through the tiles meets each frame twice
+    assert tile_rows.size > 0
+    assert accent_rows[tile_rows[-1] + 1 :].max() == 3  # below the tiles: the three marked bars
+    assert [p.name for p in tmp_path.iterdir()] == ["montage.png"]
+
+
+def test_montage_top_k_larger_than_the_study(tmp_path) -> None:
+    slices, evidence = phantom(n_slices=4)
+    labels = [f"z = {5 * k} mm" for k in range(4)]
+    shown = attention_montage_png(
+        slices,
+        evidence,
+        np.array([0.1, 0.4, 0.3, 0.2]),
+        tmp_path / "m.png",
+        "t",
+        "f",
+        top_k=10,
+        slice_labels=labels,
+    )
+    assert shown == [0, 1, 2, 3]
+
+
+def test_montage_grows_rows_for_many_slices(tmp_path) -> None:
+    slices, evidence = phantom()
+    attention = np.linspace(0.0, 1.0, 32)
+    attention_montage_png(slices, evidence, attention, tmp_path / "six.png", "t", "f", top_k=6)
+    attention_montage_png(slices, evidence, attention, tmp_path / "twelve.png", "t", "f", top_k=12)
+    six, twelve = open_rgb(tmp_path / "six.png"), open_rgb(tmp_path / "twelve.png")
+    assert six.shape[1] == twelve.shape[1] and twelve.shape[0] > six.shape[0]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"top_k": 0}, "top_k"),
+        ({"slice_attention": np.ones(5)}, "slice_attention"),
+        ({"slice_attention": np.full(32, np.nan)}, "NaN"),
+        ({"evidence": np.zeros((32, 10, 10))}, "evidence"),
+        ({"slices": np.zeros((32, 48))}, "slices"),
+        ({"slice_labels": ["a"]}, "labels"),
+    ],
+)
+def test_montage_rejects_bad_input(tmp_path, change, message) -> None:
+    slices, evidence = phantom()
+    arguments = {"slices": slices, "evidence": evidence, "slice_attention": np.ones(32), "top_k": 6}
+    arguments |= change
+    with pytest.raises(ValueError, match=message):
+        attention_montage_png(path=tmp_path / "m.png", title="t", footer="f", **arguments)
+    assert list(tmp_path.iterdir()) == []
+
+
+def history() -> list[dict]:
+    entries = [
+        {"stage": 1, "epoch": e, "train_loss": 1.5 * np.exp(-e / 4), "val_balanced_accuracy": 0.3 + 0.04 * e}
+        for e in range(1, 11)
+    ]
+    entries += [
+        {"stage": 2, "epoch": e, "train_loss": 0.6 / e, "val_balanced_accuracy": None} for e in range(1, 4)
+    ]
+    return entries
+
+
+def test_curves_png(tmp_path) -> None:
+    path = tmp_path / "curves.png"
+    assert curves_png(history(), path) == path
+    pixels = open_rgb(path)
+    assert pixels.shape == (500, pictures.WIDTH, 3) and pixels.std() > 10
+    for colour in pictures.STAGE_COLOURS[:2]:
+        assert np.all(pixels == colour, axis=-1).sum() > 100  # each stage has its own line
+    assert [p.name for p in tmp_path.iterdir()] == ["curves.png"]
+
+
+def test_curves_without_validation_and_single_epoch(tmp_path) -> None:
+    curves_png([{"stage": "only", "epoch": 1, "train_loss": 0.7}], tmp_path / "one.png")
+    assert open_rgb(tmp_path / "one.png").std() > 10
+
+
+def test_curves_reject_bad_history(tmp_path) -> None:
+    with pytest.raises(ValueError, match="empty"):
+        curves_png([], tmp_path / "c.png")
+    with pytest.raises(ValueError, match="train_loss"):
+        curves_png([{"stage": 1, "epoch": 1}], tmp_path / "c.png")
+
+
+def test_failed_write_leaves_nothing_behind(tmp_path, monkeypatch) -> None:
+    def broken_save(self, *args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Image.Image, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        confusion_matrix_png(np.eye(3, dtype=int), NAMES5[:3], tmp_path / "cm.png")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_text_the_font_cannot_draw_is_replaced() -> None:
+    assert pictures._printable("demo — not for clinical use") == "demo - not for clinical use"
+    assert pictures._printable("résumé") == "resume"

@@ -1,0 +1,363 @@
+"""Prediction results as real MRML nodes (slicer-core, no application), and scenes that save and reload."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+slicer = pytest.importorskip("slicer")
+vtk = pytest.importorskip("vtk")
+
+from TwoFiveCNNLib import scene as scene_module
+from TwoFiveCNNLib.prediction import Prediction
+from TwoFiveCNNLib.scene import (
+    jump_to_slice_ras,
+    save_prediction_scene,
+    save_scene,
+    show_in_slice_views,
+    volume_from_node,
+    write_prediction_nodes,
+)
+from TwoFiveCNNLib.volume_io import Volume, read_volume
+
+CLASSES = ("CT-0", "CT-1", "CT-2", "CT-3", "CT-4")
+
+
+@pytest.fixture(autouse=True)
+def mrml_scene():
+    slicer.mrmlScene = slicer.vtkMRMLScene()
+    yield slicer.mrmlScene
+    slicer.mrmlScene.Clear(1)
+
+
+@pytest.fixture(scope="module")
+def chest(chest_ct_path: Path) -> Volume:
+    return read_volume(chest_ct_path)
+
+
+def oblique(ijk_to_ras: np.ndarray, degrees: float = 20.0) -> np.ndarray:
+    """The same grid tilted about two axes, so no index axis stays aligned with RAS."""
+    a, b = np.radians(degrees), np.radians(degrees / 2)
+    about_z = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    about_x = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
+    tilted = ijk_to_ras.copy()
+    tilted[:3, :3] = about_x @ about_z @ ijk_to_ras[:3, :3]
+    return tilted
+
+
+def add_chest_node(volume: Volume, tilt: bool = False, name: str = "CTChest4"):
+    matrix = volume.geometry.ijk_to_ras()
+    return slicer.util.addVolumeFromArray(
+        volume.to_original(volume.array), oblique(matrix) if tilt else matrix, name=name
+    )
+
+
+def ijk_to_ras(node) -> np.ndarray:
+    matrix = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(matrix)
+    return slicer.util.arrayFromVTKMatrix(matrix)
+
+
+def fake_prediction(node, label: str = "CT-2", seed: int = 0) -> Prediction:
+    """A prediction with every property a real one has, made without a model."""
+    volume = volume_from_node(node)
+    shape = slicer.util.arrayFromVolume(node).shape
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(size=len(CLASSES))
+    logits[CLASSES.index(label)] += 5
+    probabilities = np.exp(logits) / np.exp(logits).sum()
+    slice_logits = rng.normal(size=shape[0])
+    return Prediction(
+        label=label,
+        probabilities={c: float(p) for c, p in zip(CLASSES, probabilities)},
+        slice_attention=np.exp(slice_logits) / np.exp(slice_logits).sum(),
+        attention_kji=rng.random(shape, dtype=np.float32),
+        geometry=volume.geometry,
+        model_name="test-model",
+        source=node.GetName(),
+        warnings=["a warning; with: separators"],
+    )
+
+
+def column(table_node, name: str) -> list:
+    array = table_node.GetTable().GetColumnByName(name)
+    assert array is not None, f"column {name!r} missing"
+    return [array.GetValue(row) for row in range(array.GetNumberOfTuples())]
+
+
+# ---------------------------------------------------------------------------------------------- input
+
+
+@pytest.mark.parametrize("tilt", [False, True], ids=["axial", "oblique"])
+def test_volume_from_node_round_trips_array_and_geometry(chest: Volume, tilt: bool):
+    node = add_chest_node(chest, tilt)
+    volume = volume_from_node(node)
+    np.testing.assert_array_equal(volume.to_original(volume.array), slicer.util.arrayFromVolume(node))
+    np.testing.assert_allclose(volume.geometry.ijk_to_ras(), ijk_to_ras(node), atol=1e-9)
+    if not tilt:
+        np.testing.assert_array_equal(volume.array, chest.array)
+        assert volume.spacing_zyx == pytest.approx(chest.spacing_zyx)
+    assert volume.name == "CTChest4" and volume.warnings == []
+    volume.array[...] = 0  # a copy: the node keeps its voxels
+    assert slicer.util.arrayFromVolume(node).any()
+
+
+def test_volume_from_node_refuses_what_is_not_a_ct(chest: Volume):
+    scene = slicer.mrmlScene
+    model = scene.AddNewNodeByClass("vtkMRMLModelNode", "lungs surface")
+    with pytest.raises(ValueError, match="'lungs surface'.*vtkMRMLModelNode.*select the chest CT"):
+        volume_from_node(model)
+    vector = slicer.util.addVolumeFromArray(
+        np.zeros((4, 8, 8, 3), np.uint8), name="colour photo", nodeClassName="vtkMRMLVectorVolumeNode"
+    )
+    with pytest.raises(ValueError, match="'colour photo'.*Vector to Scalar Volume"):
+        volume_from_node(vector)
+    labels = slicer.util.addVolumeFromArray(
+        np.zeros((4, 8, 8), np.uint8), name="labels", nodeClassName="vtkMRMLLabelMapVolumeNode"
+    )
+    with pytest.raises(ValueError, match="'labels' .*labelmap"):
+        volume_from_node(labels)
+    empty = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "not loaded")
+    with pytest.raises(ValueError, match="'not loaded'.*no voxels.*reload"):
+        volume_from_node(empty)
+    with pytest.raises(ValueError, match="No input volume"):
+        volume_from_node(None)
+
+
+def test_parent_transform_is_reported_and_followed(chest: Volume):
+    node = add_chest_node(chest)
+    transform = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "shift")
+    shift = vtk.vtkMatrix4x4()
+    shift.SetElement(0, 3, 25.0)
+    transform.SetMatrixTransformToParent(shift)
+    untransformed = jump_to_slice_ras(node, 3)
+    node.SetAndObserveTransformNodeID(transform.GetID())
+    assert "'shift'" in volume_from_node(node).warnings[0]
+    assert jump_to_slice_ras(node, 3) == pytest.approx(np.add(untransformed, (25.0, 0, 0)))
+    nodes = write_prediction_nodes(fake_prediction(node), node)
+    assert nodes.attention_node.GetTransformNodeID() == transform.GetID()
+
+
+@pytest.mark.parametrize("tilt", [False, True], ids=["axial", "oblique"])
+def test_jump_to_slice_ras_is_the_slice_centre(chest: Volume, tilt: bool):
+    node = add_chest_node(chest, tilt)
+    i, j, k = node.GetImageData().GetDimensions()
+    for index in (0, k // 2, k - 1):
+        ras = jump_to_slice_ras(node, index)
+        ijk = np.linalg.inv(ijk_to_ras(node)) @ np.array([*ras, 1.0])
+        np.testing.assert_allclose(ijk[:3], [(i - 1) / 2, (j - 1) / 2, index], atol=1e-6)
+    with pytest.raises(ValueError, match=f"slices 0..{k - 1}"):
+        jump_to_slice_ras(node, k)
+
+
+# ---------------------------------------------------------------------------------------------- nodes
+
+
+@pytest.mark.parametrize("tilt", [False, True], ids=["axial", "oblique"])
+def test_write_prediction_nodes(chest: Volume, tilt: bool):
+    node = add_chest_node(chest, tilt)
+    array_before, matrix_before = slicer.util.arrayFromVolume(node).copy(), ijk_to_ras(node)
+    prediction = fake_prediction(node)
+    nodes = write_prediction_nodes(prediction, node)
+
+    attention = nodes.attention_node
+    assert attention.GetName() == "CTChest4 attention"
+    assert attention.GetImageData().GetDimensions() == node.GetImageData().GetDimensions()
+    np.testing.assert_array_equal(ijk_to_ras(attention), matrix_before)
+    attention_array = slicer.util.arrayFromVolume(attention)
+    assert attention_array.dtype == np.float32
+    np.testing.assert_array_equal(attention_array, prediction.attention_kji)
+
+    display = attention.GetDisplayNode()
+    assert display.GetColorNodeID() == nodes.colour_node.GetID()
+    assert (display.GetWindow(), display.GetLevel()) == pytest.approx((1.0, 0.5))
+    assert display.GetApplyThreshold() and display.GetLowerThreshold() == pytest.approx(0.05)
+    colours = nodes.colour_node
+    assert colours.GetType() == colours.User and colours.GetNumberOfColors() == 256
+    assert colours.GetStorageNode() is not None
+    rgba = [0.0] * 4
+    colours.GetColor(255, rgba)
+    assert rgba[3] == pytest.approx(1.0)
+    colours.GetColor(0, rgba)
+    assert rgba[3] == pytest.approx(0.0)
+
+    table = nodes.table_node
+    assert table.GetName() == "CTChest4 severity"
+    assert column(table, "class") == list(CLASSES)
+    assert sum(column(table, "probability")) == pytest.approx(1.0)
+    assert column(table, "predicted") == [int(c == "CT-2") for c in CLASSES]
+    assert table.GetAttribute("TwoFiveCNN.label") == "CT-2"
+    assert table.GetAttribute("TwoFiveCNN.model") == "test-model"
+    assert table.GetAttribute("TwoFiveCNN.warnings") == prediction.warnings[0]
+    assert table.GetAttribute("TwoFiveCNN.notice") is None
+
+    slices = nodes.slice_table_node
+    k = node.GetImageData().GetDimensions()[2]
+    assert slices.GetNumberOfRows() == k
+    assert column(slices, "slice") == list(range(k))
+    np.testing.assert_allclose(column(slices, "attention"), prediction.slice_attention)
+    np.testing.assert_allclose(column(slices, "position_mm"), prediction.slice_positions_mm())
+    series, chart = nodes.plot_series_node, nodes.plot_chart_node
+    assert series.GetTableNodeID() == slices.GetID()
+    assert (series.GetXColumnName(), series.GetYColumnName()) == ("slice", "attention")
+    assert chart.GetName() == "CTChest4 attention chart"
+    assert chart.GetPlotSeriesNodeID() == series.GetID()
+    assert chart.GetXAxisTitle() and chart.GetYAxisTitle()
+
+    for role, result in nodes.by_role().items():
+        assert node.GetNodeReferenceID(f"TwoFiveCNN.{role}") == result.GetID()
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), array_before)
+    np.testing.assert_array_equal(ijk_to_ras(node), matrix_before)
+    assert show_in_slice_views(nodes, node) is False  # no application here
+
+
+def test_rerun_updates_the_same_nodes(chest: Volume):
+    scene = slicer.mrmlScene
+    node = add_chest_node(chest)
+    first = write_prediction_nodes(fake_prediction(node), node)
+    count = scene.GetNumberOfNodes()
+    demo = fake_prediction(node, label="CT-4", seed=1)
+    demo.is_demo_model, demo.warnings = True, []
+    second = write_prediction_nodes(demo, node)
+    assert scene.GetNumberOfNodes() == count
+    assert {r: n.GetID() for r, n in second.by_role().items()} == {
+        r: n.GetID() for r, n in first.by_role().items()
+    }
+    assert second.table_node.GetAttribute("TwoFiveCNN.label") == "CT-4"
+    assert second.table_node.GetAttribute("TwoFiveCNN.warnings") is None
+    assert "not for clinical use" in second.table_node.GetAttribute("TwoFiveCNN.notice")
+    assert second.plot_chart_node.GetNumberOfPlotSeriesNodes() == 1
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(second.attention_node), demo.attention_kji)
+
+    # Without the references (e.g. an older scene), the nodes are found again by name.
+    for role in second.by_role():
+        node.RemoveNodeReferenceIDs(f"TwoFiveCNN.{role}")
+    write_prediction_nodes(demo, node)
+    assert scene.GetNumberOfNodes() == count
+
+    # A second input gets its own nodes but shares the colour table.
+    other = add_chest_node(chest, name="other CT")
+    third = write_prediction_nodes(fake_prediction(other), other)
+    assert third.table_node.GetID() != first.table_node.GetID()
+    assert third.colour_node.GetID() == first.colour_node.GetID()
+
+
+def test_bad_prediction_adds_no_nodes_and_leaves_input_alone(chest: Volume):
+    scene = slicer.mrmlScene
+    node = add_chest_node(chest)
+    array_before, matrix_before = slicer.util.arrayFromVolume(node).copy(), ijk_to_ras(node)
+    count = scene.GetNumberOfNodes()
+    good = fake_prediction(node)
+    wrong_shape = fake_prediction(node)
+    wrong_shape.attention_kji = wrong_shape.attention_kji[:-1]
+    with pytest.raises(ValueError, match="attention map has shape.*another volume"):
+        write_prediction_nodes(wrong_shape, node)
+    wrong_slices = fake_prediction(node)
+    wrong_slices.slice_attention = wrong_slices.slice_attention[1:]
+    with pytest.raises(ValueError, match="slice attention has"):
+        write_prediction_nodes(wrong_slices, node)
+    bad_probabilities = fake_prediction(node)
+    bad_probabilities.probabilities = {c: 0.5 for c in CLASSES}
+    with pytest.raises(ValueError, match="sum to 1"):
+        write_prediction_nodes(bad_probabilities, node)
+    good.attention_kji = good.attention_kji * 2
+    with pytest.raises(ValueError, match="0..1"):
+        write_prediction_nodes(good, node)
+    assert scene.GetNumberOfNodes() == count
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), array_before)
+    np.testing.assert_array_equal(ijk_to_ras(node), matrix_before)
+
+
+def test_failure_while_building_removes_the_new_nodes(chest: Volume, monkeypatch):
+    """A fault injected after every node exists (the plot is filled last) must leave no orphans."""
+    scene = slicer.mrmlScene
+    node = add_chest_node(chest)
+    count = scene.GetNumberOfNodes()
+
+    def broken_plot(*args):
+        raise RuntimeError("injected failure")
+
+    monkeypatch.setattr(scene_module, "_fill_plot", broken_plot)
+    with pytest.raises(RuntimeError, match="injected"):
+        write_prediction_nodes(fake_prediction(node), node)
+    assert scene.GetNumberOfNodes() == count
+    assert node.GetNodeReference("TwoFiveCNN.table") is None
+
+
+# ---------------------------------------------------------------------------------------------- saving
+
+
+def node_named(scene, name: str, class_name: str):
+    found = [scene.GetNthNodeByClass(i, class_name) for i in range(scene.GetNumberOfNodesByClass(class_name))]
+    found = [n for n in found if n.GetName() == name and n.GetClassName() == class_name]
+    assert len(found) == 1, f"expected one {class_name} named {name!r}, found {len(found)}"
+    return found[0]
+
+
+def reload(mrml: Path):
+    scene = slicer.vtkMRMLScene()
+    scene.SetURL(str(mrml))
+    assert scene.Import() == 1, f"{mrml} did not reload"
+    return scene
+
+
+def check_reloaded(
+    scene, name: str, prediction: Prediction, input_array: np.ndarray, matrix: np.ndarray
+) -> None:
+    volume = node_named(scene, name, "vtkMRMLScalarVolumeNode")
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(volume), input_array)
+    attention = node_named(scene, f"{name} attention", "vtkMRMLScalarVolumeNode")
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(attention), prediction.attention_kji)
+    np.testing.assert_allclose(ijk_to_ras(attention), matrix, atol=1e-6)
+    assert volume.GetNodeReferenceID("TwoFiveCNN.attention") == attention.GetID()
+    colours = attention.GetDisplayNode().GetColorNode()
+    assert colours.GetName() == "TwoFiveCNN attention colours" and colours.GetNumberOfColors() == 256
+    table = node_named(scene, f"{name} severity", "vtkMRMLTableNode")
+    assert column(table, "class") == list(CLASSES)
+    assert sum(column(table, "probability")) == pytest.approx(1.0)
+    assert table.GetAttribute("TwoFiveCNN.label") == prediction.label
+    slices = node_named(scene, f"{name} slice attention", "vtkMRMLTableNode")
+    assert slices.GetNumberOfRows() == len(prediction.slice_attention)
+    chart = node_named(scene, f"{name} attention chart", "vtkMRMLPlotChartNode")
+    assert chart.GetPlotSeriesNode().GetTableNode().GetID() == slices.GetID()
+
+
+def test_save_prediction_scene_reloads(chest: Volume, chest_ct_path: Path, tmp_path: Path):
+    node = add_chest_node(chest)
+    prediction = fake_prediction(node)
+    before = slicer.mrmlScene.GetNumberOfNodes()
+    mrml = save_prediction_scene(prediction, chest_ct_path, tmp_path, "case 1")
+    assert slicer.mrmlScene.GetNumberOfNodes() == before  # the application's scene is not touched
+    assert mrml == tmp_path / "case 1.mrml" and mrml.is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["case 1.mrml", "case 1_data"]
+    data = sorted(p.name for p in (tmp_path / "case 1_data").iterdir())
+    assert {
+        "case_1.nrrd",
+        "case_1_attention.nrrd",
+        "case_1_severity.tsv",
+        "case_1_slice_attention.tsv",
+        "TwoFiveCNN_attention_colours.csv",
+    } <= set(data)
+    check_reloaded(
+        reload(mrml), "case 1", prediction, chest.to_original(chest.array), chest.geometry.ijk_to_ras()
+    )
+
+    # Saving again (from a Volume) replaces the result and leaves no staging folder behind.
+    again = fake_prediction(node, label="CT-1", seed=3)
+    save_prediction_scene(again, chest, tmp_path, "case 1")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["case 1.mrml", "case 1_data"]
+    check_reloaded(reload(mrml), "case 1", again, chest.to_original(chest.array), chest.geometry.ijk_to_ras())
+
+    with pytest.raises(ValueError, match="plain file name"):
+        save_prediction_scene(prediction, chest, tmp_path, "../escape")
+
+
+def test_application_scene_saves_and_reloads(chest: Volume, tmp_path: Path):
+    node = add_chest_node(chest, tilt=True)
+    prediction = fake_prediction(node)
+    write_prediction_nodes(prediction, node)
+    mrml = save_scene(slicer.mrmlScene, tmp_path / "session.mrml")
+    assert not (tmp_path / "session_Private").exists()
+    check_reloaded(reload(mrml), "CTChest4", prediction, slicer.util.arrayFromVolume(node), ijk_to_ras(node))

@@ -1,0 +1,164 @@
+"""On-disk cache of studies already prepared for the model, so each epoch skips reading and resampling.
+
+Entries are keyed by the study's content (not its path) and the preprocessing fingerprint, so
+renaming or copying a study still hits, while editing the file or any setting misses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import zipfile
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+from .atomic import atomic_path
+from .dataset import Study
+from .preprocess import GridMapping, PreprocessConfig, to_model_grid
+from .volume_io import read_volume
+
+CACHE_ENV = "TWOFIVECNN_CACHE"
+# Part of every entry's folder name; bump when the entry format changes so old entries are ignored.
+CACHE_FORMAT = "v1"
+_CHUNK = 1 << 20
+
+# Header formats whose voxels live in a separate file, and the header line that names it.
+_DATA_FILE_FIELDS = {".mhd": re.compile(r"^\s*ElementDataFile\s*=\s*(.+?)\s*$", re.MULTILINE),
+                     ".nhdr": re.compile(r"^\s*data ?file\s*:\s*(.+?)\s*$", re.MULTILINE | re.IGNORECASE)}
+
+Progress = Callable[[int, int], None]
+
+
+def default_cache_root() -> Path:
+    """``$TWOFIVECNN_CACHE`` if set, else ``~/.cache/twofivecnn``."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "twofivecnn").expanduser()
+
+
+def study_files(path: Path) -> list[Path]:
+    """Files whose bytes define a study: the file (plus a header's data file) or a DICOM folder's files."""
+    if path.is_dir():
+        return sorted((p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")),
+                      key=lambda p: p.name)
+    pattern = _DATA_FILE_FIELDS.get(path.suffix.lower())
+    if pattern is None:
+        return [path]
+    match = pattern.search(path.read_text(encoding="latin-1", errors="replace")[:65536])
+    data_file = path.parent / match.group(1) if match else None
+    return [path, data_file] if data_file is not None and data_file.is_file() else [path]
+
+
+class PreprocessedCache:
+    """Model-grid arrays of studies, stored as float16 ``.npz`` under ``root`` and returned as float32.
+
+    ``hits`` and ``misses`` count lookups; a corrupt entry counts as a miss and is rebuilt.
+    """
+
+    def __init__(self, root: str | os.PathLike | None = None) -> None:
+        self.root = Path(root) if root is not None else default_cache_root()
+        self.hits = 0
+        self.misses = 0
+        self._hashes: dict[tuple[str, int, int], str] = {}
+
+    def _file_hash(self, path: Path) -> str:
+        """sha256 of a file, memoized by (path, size, mtime) so unchanged files are read once per session."""
+        stat = path.stat()
+        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+        if key not in self._hashes:
+            digest = hashlib.sha256()
+            with open(path, "rb") as f:
+                while chunk := f.read(_CHUNK):
+                    digest.update(chunk)
+            self._hashes[key] = digest.hexdigest()
+        return self._hashes[key]
+
+    def content_hash(self, study_path: str | os.PathLike) -> str:
+        """Hash of the bytes of every file of a study, independent of where the study is stored."""
+        path = Path(study_path)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such study file or folder.")
+        digests = [self._file_hash(p) for p in study_files(path)]
+        if len(digests) == 1:
+            return digests[0]
+        return hashlib.sha256("\n".join(digests).encode()).hexdigest()
+
+    def entry_path(self, study_path: str | os.PathLike, config: PreprocessConfig) -> Path:
+        folder = self.root / f"{CACHE_FORMAT}-{config.fingerprint()}"
+        return folder / f"{self.content_hash(study_path)[:40]}.npz"
+
+    def get(self, study_path: str | os.PathLike, config: PreprocessConfig) -> np.ndarray:
+        """The study on the model grid, float32 in 0..1."""
+        return self.get_with_mapping(study_path, config)[0]
+
+    def get_with_mapping(self, study_path: str | os.PathLike,
+                         config: PreprocessConfig) -> tuple[np.ndarray, GridMapping]:
+        """The study on the model grid plus where that grid sits in the canonical volume."""
+        entry = self.entry_path(study_path, config)
+        if entry.exists():
+            cached = _read_entry(entry)
+            if cached is not None:
+                self.hits += 1
+                return cached
+            entry.unlink(missing_ok=True)
+        self.misses += 1
+        grid, mapping = to_model_grid(read_volume(study_path), config)
+        _write_entry(entry, grid, mapping)
+        # Return what later hits will return, so results never depend on whether the cache was warm.
+        return grid.astype(np.float16).astype(np.float32), mapping
+
+    def warm(self, studies: Iterable[Study | str | os.PathLike], config: PreprocessConfig,
+             progress: Progress | None = None, workers: int = 0) -> int:
+        """Make sure every study is cached; returns how many had to be preprocessed.
+
+        ``workers > 1`` preprocesses in that many processes (spawned, as forking after torch
+        has started threads can deadlock). ``progress(done, total)`` is called after each study.
+        """
+        paths = [s.path if isinstance(s, Study) else Path(s) for s in studies]
+        built = 0
+        if workers > 1:
+            with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+                jobs = pool.map(_warm_one, [self.root] * len(paths), paths, [config] * len(paths))
+                for done, was_built in enumerate(jobs, start=1):
+                    built += was_built
+                    if progress:
+                        progress(done, len(paths))
+            self.misses += built
+            self.hits += len(paths) - built
+        else:
+            for done, path in enumerate(paths, start=1):
+                misses = self.misses
+                self.get_with_mapping(path, config)
+                built += self.misses - misses
+                if progress:
+                    progress(done, len(paths))
+        return built
+
+
+def _warm_one(root: Path, path: Path, config: PreprocessConfig) -> bool:
+    """Cache one study in a worker process; True if it had to be preprocessed."""
+    cache = PreprocessedCache(root)
+    cache.get_with_mapping(path, config)
+    return cache.misses > 0
+
+
+def _write_entry(entry: Path, grid: np.ndarray, mapping: GridMapping) -> None:
+    with atomic_path(entry) as tmp, open(tmp, "wb") as f:
+        np.savez(f, grid=grid.astype(np.float16), mapping=np.array(json.dumps(mapping.to_dict())))
+
+
+def _read_entry(entry: Path) -> tuple[np.ndarray, GridMapping] | None:
+    """An entry's content, or None if it is unreadable or inconsistent (truncated, half-copied, ...)."""
+    try:
+        with np.load(entry, allow_pickle=False) as data:
+            grid = data["grid"].astype(np.float32)
+            mapping = GridMapping.from_dict(json.loads(str(data["mapping"])))
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile):
+        return None
+    if grid.shape != tuple(mapping.grid_shape) or not np.isfinite(grid).all():
+        return None
+    return grid, mapping

@@ -1,0 +1,286 @@
+"""The ``twofivecnn`` command line: phantoms, index, train, evaluate, predict, demo, bench."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from .dataset import DatasetError
+
+EXIT_USAGE, EXIT_FAILED_STUDIES, EXIT_INTERRUPTED = 2, 3, 130
+
+
+def _add_phantoms(sub) -> None:
+    p = sub.add_parser("phantoms", help="write a synthetic MosMed-style phantom cohort")
+    p.add_argument("out", type=Path)
+    p.add_argument("--counts", default="20,40,16,10,6", help="studies per class CT-0..CT-4 (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=run_phantoms)
+
+
+def run_phantoms(args) -> int:
+    from .phantoms import parse_counts, write_cohort
+
+    counts = parse_counts(args.counts)
+    paths = write_cohort(args.out, counts, args.seed, progress=_counter("phantoms"))
+    print(f"wrote {len(paths)} phantom studies to {args.out / 'studies'}")
+    return 0
+
+
+def _add_index(sub) -> None:
+    p = sub.add_parser("index", help="check a dataset, print its summary and optionally save a split")
+    p.add_argument("data", type=Path, help="MosMed-style folder or CSV (path,label)")
+    p.add_argument("--split", type=Path, help="write a patient-level split JSON here")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fractions", default="0.7,0.15,0.15", help="train,val,test")
+    p.set_defaults(run=run_index)
+
+
+def run_index(args) -> int:
+    from .dataset import DatasetIndex, make_split
+
+    index = DatasetIndex.load(args.data)
+    print(index.summary())
+    if args.split:
+        split = make_split(index, _fractions(args.fractions), args.seed)
+        split.save(args.split)
+        print(f"split train/val/test = {len(split.train)}/{len(split.val)}/{len(split.test)} -> {args.split}")
+    return 0
+
+
+def _fractions(text: str) -> tuple[float, float, float]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"--fractions {text!r}: give three numbers such as 0.7,0.15,0.15") from None
+    if len(values) != 3 or any(v < 0 for v in values) or abs(sum(values) - 1) > 1e-6:
+        raise ValueError(f"--fractions {text!r}: give three non-negative numbers summing to 1")
+    return values
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train both stages (torchrun for several processes)")
+    p.add_argument("--data", required=True, type=Path, help="MosMed-style folder or CSV (path,label)")
+    p.add_argument("--out", required=True, type=Path, help="model file to write (.pt)")
+    p.add_argument("--task", default="severity",
+                   help="severity (5 classes), binary (CT-0 vs CT-1..4) or groups like 'CT-0|CT-1,CT-2|CT-3,CT-4'")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fractions", default="0.7,0.15,0.15", help="train,val,test fractions of the split")
+    p.add_argument("--split", type=Path, help="reuse (or create) this split JSON; default: <out>.split.json")
+    p.add_argument("--backbone", default="compact_resnet")
+    p.add_argument("--pretrained", type=Path, help="local file of backbone weights (never downloaded)")
+    p.add_argument("--in-plane", type=int, default=96, help="model grid in-plane size (pixels)")
+    p.add_argument("--slices", type=int, default=32, help="model grid slices per study")
+    p.add_argument("--window", default="default", help="HU window preset or 'low,high'")
+    p.add_argument("--stage1-epochs", type=int, default=14)
+    p.add_argument("--stage2-epochs", type=int, default=150)
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--cache", type=Path, help="preprocessed cache folder (default ~/.cache/twofivecnn)")
+    p.add_argument("--resume", action="store_true", help="continue from <out>.ckpt after an interruption")
+    p.add_argument("--progress-json", nargs="?", const="-", metavar="PATH",
+                   help="emit one JSON object per line (stdout, or PATH) for programs such as Slicer")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--name", default="", help="model name shown with every prediction")
+    p.add_argument("--demo", action="store_true", help="mark as a synthetic-phantom demo model")
+    p.set_defaults(run=run_train)
+
+
+def train_config_from_args(args):
+    from .preprocess import PreprocessConfig
+    from .severity_model import Architecture
+    from .training import TrainConfig
+
+    window = tuple(float(v) for v in args.window.split(",")) if "," in args.window else args.window
+    return TrainConfig(
+        task=args.task, seed=args.seed, fractions=_fractions(args.fractions),
+        preprocess=PreprocessConfig.with_window(window, in_plane=args.in_plane, n_slices=args.slices),
+        architecture=Architecture(backbone=args.backbone),
+        pretrained=str(args.pretrained) if args.pretrained else None, stage1_epochs=args.stage1_epochs,
+        stage2_epochs=args.stage2_epochs, device=args.device, name=args.name, demo=args.demo,
+    )
+
+
+def run_train(args) -> int:
+    from .cache import PreprocessedCache
+    from .metrics import format_metrics
+    from .training import train
+
+    _init_distributed()
+    config = train_config_from_args(args)
+    with _json_stream(args.progress_json) as stream:
+        reporter = _reporter(stream, args.quiet)
+        model = train(args.data, args.out, config, reporter, PreprocessedCache(args.cache), args.split, args.resume)
+    test = model.metadata["metrics"].get("test")
+    if test and not args.quiet:
+        print(f"test split, 2.5D model:\n{format_metrics(test['twofive'])}", file=sys.stderr)
+    print(f"model written to {args.out}")
+    return 0
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="metrics of a model on a dataset")
+    p.add_argument("--model", type=Path, help="model file (default: the bundled demo model)")
+    p.add_argument("--data", required=True, type=Path)
+    p.add_argument("--subset", choices=("auto", "all", "train", "val", "test"), default="auto",
+                   help="auto: the model's test split if DATA is its training set, else every study")
+    p.add_argument("--json", type=Path, help="write metrics JSON here")
+    p.add_argument("--confusion", type=Path, help="write the confusion matrix picture here (.png)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--cache", type=Path)
+    p.set_defaults(run=run_evaluate)
+
+
+def run_evaluate(args) -> int:
+    from .atomic import write_json_atomic
+    from .evaluation import evaluate_dataset
+    from .inference import load_model
+    from .metrics import format_metrics
+    from .pictures import confusion_matrix_png
+
+    model = load_model(args.model, args.device)
+    report = evaluate_dataset(model, args.data, args.subset, args.cache, progress=_counter("evaluate"))
+    print(f"{report['subset_description']}\n{format_metrics(report['metrics'])}")
+    if args.json:
+        write_json_atomic(args.json, report)
+    if args.confusion:
+        confusion_matrix_png(report["metrics"]["confusion_matrix"], report["metrics"]["class_names"],
+                             args.confusion, title=f"{model.name} on {args.data.name}")
+    return 0
+
+
+def _add_predict(sub) -> None:
+    p = sub.add_parser("predict", help="grade studies and write JSON, attention volume, picture (and scene)")
+    p.add_argument("inputs", nargs="+", type=Path, help="volume files, DICOM series folders, or folders of volumes")
+    p.add_argument("--model", type=Path, help="model file (default: the bundled demo model)")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--scene", action="store_true", help="also write a Slicer scene <name>.mrml per study")
+    p.add_argument("--format", choices=(".nii.gz", ".nrrd"), default=".nii.gz", help="attention volume format")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(run=run_predict)
+
+
+def run_predict(args) -> int:
+    from .inference import load_model
+    from .outputs import predict_batch
+
+    model = load_model(args.model, args.device)
+    result = predict_batch(model, args.inputs, args.out, args.scene, attention_suffix=args.format,
+                           progress=lambda done, total, path: print(f"[{done}/{total}] {path}", file=sys.stderr))
+    for path, prediction in result.predictions.items():
+        probabilities = ", ".join(f"{k} {v:.2f}" for k, v in prediction.probabilities.items())
+        print(f"{path}: {prediction.label} ({probabilities})")
+        for warning in prediction.warnings:
+            print(f"  warning: {warning}")
+    if model.is_demo:
+        print("note: predictions by the synthetic-phantom demo model, not for clinical use")
+    for path, message in result.failures.items():
+        print(f"FAILED {message}", file=sys.stderr)
+    print(f"{len(result.predictions)} predicted, {len(result.failures)} failed; summary in {args.out / 'summary.tsv'}")
+    return EXIT_FAILED_STUDIES if result.failures else 0
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="phantom cohort, both stages, held-out evaluation, prediction with scene")
+    p.add_argument("--out", type=Path, default=Path("twofivecnn_demo"))
+    p.add_argument("--quick", action="store_true", help="a small, fast run (a smoke test, not a result)")
+    p.set_defaults(run=run_demo)
+
+
+def run_demo(args) -> int:
+    from .demo import run_demo as demo
+
+    demo(args.out, quick=args.quick)
+    return 0
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="measure speed and memory against references taken in the same run")
+    p.add_argument("--json", type=Path)
+    p.add_argument("--quick", action="store_true")
+    p.set_defaults(run=run_bench)
+
+
+def run_bench(args) -> int:
+    from .bench import run_benchmarks
+
+    run_benchmarks(args.json, quick=args.quick)
+    return 0
+
+
+def _counter(stage: str):
+    def report(done: int, total: int, *_) -> None:
+        if done == total or done % max(1, total // 10) == 0:
+            print(f"[{stage}] {done}/{total}", file=sys.stderr)
+    return report
+
+
+class _json_stream:
+    """Context manager giving the progress JSON stream: stdout, a file, or none."""
+
+    def __init__(self, target: str | None) -> None:
+        self.target, self.file = target, None
+
+    def __enter__(self):
+        if self.target is None:
+            return None
+        if self.target == "-":
+            return sys.stdout
+        self.file = open(self.target, "a", encoding="utf-8")
+        return self.file
+
+    def __exit__(self, *exc) -> None:
+        if self.file is not None:
+            self.file.close()
+
+
+def _reporter(stream, quiet: bool):
+    from .progress import ProgressReporter
+    from .training import distributed_rank_world
+
+    rank = distributed_rank_world()[0]
+    return ProgressReporter(stream if rank == 0 else None, quiet=quiet or rank != 0)
+
+
+def _init_distributed() -> None:
+    """Join the process group when started by torchrun (gloo on CPU, nccl on GPU)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import torch
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="twofivecnn", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_phantoms, _add_index, _add_train, _add_evaluate, _add_predict, _add_demo, _add_bench):
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .model_file import ModelFileError
+    from .volume_io import VolumeError
+
+    try:
+        return args.run(args)
+    except (VolumeError, DatasetError, ModelFileError, ValueError, FileNotFoundError, PermissionError) as error:
+        print(f"twofivecnn {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as error:
+        print(f"twofivecnn {args.command}: error: {error.strerror or error} ({error.filename or ''})",
+              file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        hint = " (resume with --resume)" if args.command == "train" else ""
+        print(f"twofivecnn {args.command}: interrupted{hint}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""Predict one study: model grid -> slice embeddings -> head -> probabilities, slice attention and a 3D
+evidence map mapped back onto the input's own grid."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .aeration import AERATION_FEATURES, aeration_features
+from .prediction import Prediction
+from .preprocess import GridMapping, grid_map_to_canonical, slice_values_to_canonical, to_model_grid
+from .severity_model import SLICE_BATCH, SeverityModel, resolve_device
+from .volume_io import Volume, read_volume
+
+BUNDLED_MODEL = Path(__file__).with_name("demo_model.pt")
+
+
+def load_model(path: str | os.PathLike | None = None, device: str = "auto") -> SeverityModel:
+    """Load a model file, or the bundled synthetic-phantom demo model when ``path`` is None."""
+    return SeverityModel.load(path or BUNDLED_MODEL, resolve_device(device))
+
+
+@torch.inference_mode()
+def in_plane_evidence(model: SeverityModel, slices: torch.Tensor, class_weights: torch.Tensor) -> torch.Tensor:
+    """Class activation maps (s, h, w) for ``class_weights``, computed slice chunk by chunk."""
+    device = next(model.parameters()).device
+    maps = [model.classifier.class_activation_maps(chunk.to(device).contiguous(memory_format=torch.channels_last),
+                                                   class_weights.to(device))
+            for chunk in slices.split(SLICE_BATCH)]
+    return torch.cat(maps).float().cpu()
+
+
+def disease_weights(probabilities: torch.Tensor) -> torch.Tensor:
+    """CAM weights for "evidence of disease": expected class map minus the least-severe class's map."""
+    weights = probabilities.clone()
+    weights[0] -= 1.0
+    return weights
+
+
+@dataclass
+class GridResult:
+    probabilities: np.ndarray  # (C,)
+    slice_attention: np.ndarray  # (S,) over the model's slices
+    evidence: np.ndarray  # (S, H, W) in 0..1
+    aeration: dict[str, float] = field(default_factory=dict)
+
+
+@torch.inference_mode()
+def predict_grid(model: SeverityModel, grid: np.ndarray) -> GridResult:
+    """Probabilities, slice attention, 3D evidence and aeration shares for one study on the model grid."""
+    device = next(model.parameters()).device
+    slices = torch.from_numpy(np.ascontiguousarray(grid, dtype=np.float32))[:, None]
+    embeddings = model.embed_slices(slices)
+    aeration = aeration_features(grid, model.preprocess.window)
+    extra = model.normalise_aeration(torch.from_numpy(aeration))[None].to(device) \
+        if model.architecture.aeration else None
+    logits, attention = model.head(embeddings[None].to(device), None, extra)
+    probabilities = logits[0].float().softmax(-1).cpu()
+    attention = attention[0].float().cpu()
+    cam = in_plane_evidence(model, slices, disease_weights(probabilities)).clamp_(min=0)
+    cam = torch.nn.functional.interpolate(cam[None, None], size=grid.shape, mode="trilinear",
+                                          align_corners=False)[0, 0]
+    cam /= cam.max().clamp(min=1e-6)
+    evidence = cam * (attention / attention.max())[:, None, None] * (1 - probabilities[0])
+    return GridResult(probabilities.numpy(), attention.numpy(), evidence.clamp_(0, 1).numpy(),
+                      {name: round(float(v), 4) for name, v in zip(AERATION_FEATURES, aeration)})
+
+
+def map_slice_attention(volume: Volume, attention: np.ndarray, mapping: GridMapping) -> tuple[np.ndarray, list[str]]:
+    """One weight per input slice (its own order, summing to 1), interpolated from the model's slices."""
+    canonical = np.clip(slice_values_to_canonical(attention, mapping), 0, None)
+    canonical /= max(canonical.sum(), 1e-12)
+    per_input = volume.to_original_slices(canonical)
+    if per_input is None:
+        return canonical, ["the input's slices are not axial; slice attention is given per axial slice, "
+                           "feet to head"]
+    return per_input, []
+
+
+def predict_volume(model: SeverityModel, volume: Volume) -> Prediction:
+    """Grade one canonical volume and map the evidence back onto its original grid."""
+    grid, mapping = to_model_grid(volume, model.preprocess)
+    result = predict_grid(model, grid)
+    probabilities = result.probabilities
+    slice_attention, warnings = map_slice_attention(volume, result.slice_attention, mapping)
+    evidence_kji = volume.to_original(grid_map_to_canonical(result.evidence, mapping))
+    names = model.class_names
+    return Prediction(
+        label=names[int(np.argmax(probabilities))],
+        probabilities={name: float(p) for name, p in zip(names, probabilities)},
+        slice_attention=slice_attention, attention_kji=evidence_kji.astype(np.float32),
+        geometry=volume.geometry, model_name=model.name, source=volume.source,
+        warnings=list(volume.warnings) + warnings + _plausibility_warnings(volume), is_demo_model=model.is_demo,
+        extra={"aeration": result.aeration},
+    )
+
+
+def _plausibility_warnings(volume: Volume) -> list[str]:
+    """Hints that an input may not be a chest CT in HU (the model will still answer)."""
+    warnings = []
+    sample = volume.array[:: max(1, volume.array.shape[0] // 8), ::4, ::4]
+    low, high = np.nanpercentile(sample, [1, 99]) if np.isfinite(sample).any() else (0.0, 0.0)
+    if low > -500:
+        warnings.append(f"no air found (1st percentile {low:.0f}); values may not be Hounsfield units")
+    if high - low < 100:
+        warnings.append("almost constant image; the result is meaningless")
+    if volume.array.shape[0] < 8:
+        warnings.append(f"only {volume.array.shape[0]} slices; a chest CT study normally has dozens")
+    return warnings
+
+
+def predict_path(model: SeverityModel, path: str | os.PathLike) -> tuple[Prediction, Volume]:
+    volume = read_volume(path)
+    return predict_volume(model, volume), volume

@@ -1,0 +1,146 @@
+"""Prediction outputs on disk, named after the input: JSON, attention volume, PNG montage, Slicer scene;
+and batch prediction over many inputs that reports bad studies instead of stopping at them."""
+
+from __future__ import annotations
+
+import os
+import traceback
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .atomic import write_json_atomic, write_text_atomic
+from .inference import predict_path
+from .pictures import attention_montage_png
+from .prediction import DEMO_MODEL_NOTICE, Prediction
+from .preprocess import WINDOW_PRESETS, apply_window
+from .severity_model import SeverityModel
+from .volume_io import VOLUME_SUFFIXES, Volume, VolumeError, study_name, write_volume
+
+MONTAGE_MAX_PIXELS = 256  # display tiles need no more in-plane resolution than this
+
+
+@dataclass
+class BatchResult:
+    written: dict[str, list[Path]] = field(default_factory=dict)
+    predictions: dict[str, Prediction] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)
+
+
+def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
+    """Volume files, DICOM series folders, and folders of volume files (each file one study)."""
+    studies: list[Path] = []
+    for item in map(Path, inputs):
+        volume_files = sorted(p for p in item.iterdir() if p.name.lower().endswith(VOLUME_SUFFIXES)) \
+            if item.is_dir() else []
+        studies.extend(volume_files or [item])
+    return studies
+
+
+def montage_slices(volume: Volume, evidence_canonical: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Lung-windowed canonical slices and their evidence, subsampled in-plane for display."""
+    step = max(1, int(np.ceil(max(volume.array.shape[1:]) / MONTAGE_MAX_PIXELS)))
+    grey = apply_window(volume.array[:, ::step, ::step], WINDOW_PRESETS["lung"]).numpy()
+    return grey, evidence_canonical[:, ::step, ::step]
+
+
+def write_montage(prediction: Prediction, volume: Volume, path: Path) -> Path:
+    evidence = volume_to_canonical(volume, prediction.attention_kji)
+    grey, evidence = montage_slices(volume, evidence)
+    canonical_attention = volume_to_canonical_slices(volume, prediction.slice_attention)
+    labels = _input_slice_labels(volume)
+    probabilities = ", ".join(f"{k} {v:.2f}" for k, v in prediction.probabilities.items())
+    footer = DEMO_MODEL_NOTICE if prediction.is_demo_model else f"model: {prediction.model_name}"
+    attention_montage_png(grey, evidence, canonical_attention, path,
+                          title=f"{study_name(volume.source) or 'study'}: {prediction.label}  ({probabilities})",
+                          footer=footer, slice_labels=labels)
+    return path
+
+
+def volume_to_canonical(volume: Volume, array_kji: np.ndarray) -> np.ndarray:
+    """The inverse of ``Volume.to_original`` for another array on the same grid."""
+    return Volume.from_original(array_kji, volume.geometry).array
+
+
+def volume_to_canonical_slices(volume: Volume, per_input_slice: np.ndarray) -> np.ndarray:
+    """Per-input-slice values back in canonical z order (the two orders differ only by a flip)."""
+    reordered = volume.to_original_slices(np.arange(volume.array.shape[0]))
+    if reordered is None:
+        return np.asarray(per_input_slice)
+    return np.asarray(per_input_slice)[np.argsort(reordered)]
+
+
+def _input_slice_labels(volume: Volume) -> list[str]:
+    order = volume.to_original_slices(np.arange(volume.array.shape[0]))
+    if order is None:
+        return [f"axial {z}" for z in range(volume.array.shape[0])]
+    input_index = np.argsort(order)
+    return [f"slice {int(k)}" for k in input_index]
+
+
+def write_prediction(prediction: Prediction, volume: Volume, out_dir: str | os.PathLike, name: str | None = None,
+                     scene: bool = False, attention_suffix: str = ".nii.gz") -> list[Path]:
+    """Write ``<name>.json``, ``<name>_attention<suffix>``, ``<name>.png`` and, with ``scene``, ``<name>.mrml``."""
+    out_dir = Path(out_dir)
+    name = name or volume.name
+    attention_path = write_volume(prediction.attention_kji, prediction.geometry,
+                                  out_dir / f"{name}_attention{attention_suffix}")
+    montage_path = write_montage(prediction, volume, out_dir / f"{name}.png")
+    written = [attention_path, montage_path]
+    if scene:
+        from .scene import save_prediction_scene  # needs the MRML library (Slicer or slicer-core)
+
+        written.append(save_prediction_scene(prediction, volume, out_dir, name))
+    record = {**prediction.to_json(), "outputs": [p.name for p in written]}
+    json_path = out_dir / f"{name}.json"
+    write_json_atomic(json_path, record)
+    return [json_path, *written]
+
+
+def unique_names(paths: list[Path]) -> list[str]:
+    """Study names for output files; clashing names (same file name in two folders) get a suffix."""
+    names, seen = [], {}
+    for path in paths:
+        base = study_name(path)
+        seen[base] = seen.get(base, 0) + 1
+        names.append(base if seen[base] == 1 else f"{base}_{seen[base]}")
+    return names
+
+
+def predict_batch(model: SeverityModel, inputs: Iterable[str | os.PathLike], out_dir: str | os.PathLike,
+                  scene: bool = False, attention_suffix: str = ".nii.gz",
+                  progress: Callable[[int, int, str], None] | None = None) -> BatchResult:
+    """Predict every study; a bad study is recorded in ``failures`` and the others still run."""
+    studies = expand_inputs(inputs)
+    result = BatchResult()
+    for done, (path, name) in enumerate(zip(studies, unique_names(studies)), start=1):
+        try:
+            prediction, volume = predict_path(model, path)
+            result.written[str(path)] = write_prediction(prediction, volume, out_dir, name, scene,
+                                                                attention_suffix)
+            result.predictions[str(path)] = prediction
+        except (VolumeError, ValueError, OSError) as error:
+            result.failures[str(path)] = str(error)
+        except Exception as error:  # noqa: BLE001 - one odd study must not stop a batch of thousands
+            result.failures[str(path)] = f"{path}: unexpected error {type(error).__name__}: {error}"
+            result.failures[str(path)] += "\n" + traceback.format_exc(limit=3)
+        if progress is not None:
+            progress(done, len(studies), str(path))
+    write_summary(result, Path(out_dir))
+    return result
+
+
+def write_summary(result: BatchResult, out_dir: Path) -> None:
+    """``summary.tsv`` (one row per study: label, probabilities or the error) for the whole batch."""
+    class_names = next(iter(result.predictions.values())).probabilities.keys() if result.predictions else []
+    rows = ["\t".join(["input", "status", "label", *class_names, "message"])]
+    for path, prediction in result.predictions.items():
+        rows.append("\t".join([path, "ok", prediction.label,
+                               *(f"{p:.4f}" for p in prediction.probabilities.values()),
+                               "; ".join(prediction.warnings)]))
+    for path, message in result.failures.items():
+        rows.append("\t".join([path, "failed", "", *([""] * len(class_names)),
+                               message.splitlines()[0]]))
+    write_text_atomic(out_dir / "summary.tsv", "\n".join(rows) + "\n")

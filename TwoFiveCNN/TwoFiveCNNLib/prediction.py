@@ -1,0 +1,56 @@
+"""What one prediction produces, in the input's own geometry, ready for files or scene nodes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .volume_io import Geometry
+
+DEMO_MODEL_NOTICE = "synthetic-phantom demo model: not for clinical use"
+
+
+@dataclass
+class Prediction:
+    """A study's severity grade with the evidence behind it.
+
+    ``attention_kji`` is the 3D evidence map (0..1) in the input's storage order and geometry, so it
+    overlays the input voxel for voxel; ``slice_attention`` has one weight per input slice (its own k
+    order) and sums to 1.
+    """
+
+    label: str
+    probabilities: dict[str, float]
+    slice_attention: np.ndarray
+    attention_kji: np.ndarray
+    geometry: Geometry
+    model_name: str
+    source: str = ""
+    warnings: list[str] = field(default_factory=list)
+    is_demo_model: bool = False
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def most_attended_slice(self) -> int:
+        return int(np.argmax(self.slice_attention))
+
+    def slice_positions_mm(self) -> np.ndarray:
+        """Position of each input slice along its slice axis (mm from the first slice)."""
+        return np.arange(len(self.slice_attention)) * self.geometry.spacing[2]
+
+    def to_json(self) -> dict:
+        """The JSON record written beside the outputs (plain types only)."""
+        record = {
+            "source": self.source,
+            "label": self.label,
+            "probabilities": {name: float(p) for name, p in self.probabilities.items()},
+            "slice_attention": [float(a) for a in self.slice_attention],
+            "most_attended_slice": self.most_attended_slice,
+            "model": self.model_name,
+            "warnings": list(self.warnings),
+            **self.extra,
+        }
+        if self.is_demo_model:
+            record["notice"] = DEMO_MODEL_NOTICE
+        return record

@@ -1,0 +1,481 @@
+"""A prediction as MRML nodes: severity table, 3D evidence overlay, slice-attention plot, saved scenes.
+
+Only imported where MRML exists (3D Slicer, or the ``slicer-core`` wheel headless); no Qt here, so
+the widget, the batch command line and the tests share one code path.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import slicer
+import slicer.util
+import vtk
+
+from .prediction import DEMO_MODEL_NOTICE, Prediction
+from .volume_io import Geometry, Volume, read_volume
+
+ATTRIBUTE_PREFIX = "TwoFiveCNN."
+COLOUR_NODE_NAME = "TwoFiveCNN attention colours"
+EVIDENCE_THRESHOLD = 0.05  # evidence below this is left transparent in the slice views
+LUNG_WINDOW_LEVEL = (1500.0, -600.0)  # window, level (HU) for the saved input volume
+PLOT_COLOUR = (0.0, 114 / 255, 178 / 255)  # the accent blue of pictures.py
+
+# role: (MRML class, node name given the input's name). The role names the node reference on the input.
+_NODES = {
+    "table": ("vtkMRMLTableNode", "{} severity"),
+    "attention": ("vtkMRMLScalarVolumeNode", "{} attention"),
+    "slice_table": ("vtkMRMLTableNode", "{} slice attention"),
+    "plot_series": ("vtkMRMLPlotSeriesNode", "{} slice attention"),
+    "plot_chart": ("vtkMRMLPlotChartNode", "{} attention chart"),
+    "colour": ("vtkMRMLColorTableNode", COLOUR_NODE_NAME),
+}
+
+
+@dataclass
+class PredictionNodes:
+    """The nodes showing one prediction; re-running on the same input updates these same nodes."""
+
+    table_node: slicer.vtkMRMLTableNode
+    attention_node: slicer.vtkMRMLScalarVolumeNode
+    slice_table_node: slicer.vtkMRMLTableNode
+    plot_series_node: slicer.vtkMRMLPlotSeriesNode
+    plot_chart_node: slicer.vtkMRMLPlotChartNode
+    colour_node: slicer.vtkMRMLColorTableNode
+
+    def by_role(self) -> dict[str, slicer.vtkMRMLNode]:
+        return {f.name.removesuffix("_node"): getattr(self, f.name) for f in fields(self)}
+
+
+# ---------------------------------------------------------------------------------------------- input
+
+
+def _node_label(node: slicer.vtkMRMLNode) -> str:
+    return f"{node.GetName()!r} ({node.GetID() or 'not in a scene'})"
+
+
+def _check_volume_node(node: slicer.vtkMRMLNode | None) -> None:
+    """Refuse anything the model cannot read as one greyscale CT, saying what to select instead."""
+    if node is None:
+        raise ValueError("No input volume selected: select the chest CT volume node.")
+    if not node.IsA("vtkMRMLScalarVolumeNode"):
+        raise ValueError(
+            f"{_node_label(node)} is a {node.GetClassName()}, not a volume: select the chest CT "
+            f"volume node (load the CT with Add Data or the DICOM module first)."
+        )
+    # Vector and tensor volumes derive from vtkMRMLScalarVolumeNode, labelmaps too: refuse them by name.
+    if node.IsA("vtkMRMLTensorVolumeNode"):
+        raise ValueError(
+            f"{_node_label(node)} is a {node.GetClassName()} (several values per voxel); "
+            f"convert it with the 'Vector to Scalar Volume' module or select the CT itself."
+        )
+    if node.IsA("vtkMRMLLabelMapVolumeNode"):
+        raise ValueError(
+            f"{_node_label(node)} is a labelmap (segment labels), not a CT: select the CT volume."
+        )
+    image = node.GetImageData()
+    if image is None or image.GetNumberOfPoints() == 0:
+        raise ValueError(
+            f"{_node_label(node)} holds no voxels (its loading failed or it was never filled): "
+            f"reload the CT and select it again."
+        )
+    if image.GetNumberOfScalarComponents() != 1:
+        raise ValueError(
+            f"{_node_label(node)} has {image.GetNumberOfScalarComponents()} values per voxel; "
+            f"TwoFiveCNN needs a greyscale CT in Hounsfield units."
+        )
+
+
+def _ijk_to_ras(node: slicer.vtkMRMLVolumeNode) -> np.ndarray:
+    matrix = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(matrix)
+    return slicer.util.arrayFromVTKMatrix(matrix)
+
+
+def volume_from_node(volume_node: slicer.vtkMRMLScalarVolumeNode) -> Volume:
+    """The node's voxels and geometry as a canonical :class:`Volume`, the same as reading its file.
+
+    The array is copied, so neither the model nor later edits of the Volume can change the node.
+    A parent transform is ignored (the model sees the voxel grid); it is reported in the warnings.
+    """
+    _check_volume_node(volume_node)
+    array_kji = np.array(slicer.util.arrayFromVolume(volume_node), copy=True)
+    geometry = Geometry.from_ijk_to_ras(_ijk_to_ras(volume_node), size=array_kji.shape[::-1])
+    warnings = []
+    transform = volume_node.GetParentTransformNode()
+    if transform is not None:
+        warnings.append(
+            f"{_node_label(volume_node)} is under the transform {transform.GetName()!r}, which the "
+            f"prediction ignores; the results are shown under the same transform."
+        )
+    return Volume.from_original(array_kji, geometry, source=volume_node.GetName(), warnings=warnings)
+
+
+def jump_to_slice_ras(
+    input_node: slicer.vtkMRMLScalarVolumeNode, slice_index: int
+) -> tuple[float, float, float]:
+    """World RAS centre of input slice ``k``: where the widget moves the views (e.g. the most attended slice).
+
+    World, not the node's own RAS, so the views land on the slice even under a parent transform.
+    """
+    _check_volume_node(input_node)
+    dims = input_node.GetImageData().GetDimensions()
+    if not 0 <= slice_index < dims[2]:
+        raise ValueError(
+            f"slice {slice_index} is outside {_node_label(input_node)}, which has slices 0..{dims[2] - 1}."
+        )
+    centre = _ijk_to_ras(input_node) @ np.array([(dims[0] - 1) / 2, (dims[1] - 1) / 2, slice_index, 1.0])
+    point = tuple(float(c) for c in centre[:3])
+    transform = input_node.GetParentTransformNode()
+    if transform is not None:
+        to_world = vtk.vtkGeneralTransform()
+        transform.GetTransformToWorld(to_world)
+        point = tuple(float(c) for c in to_world.TransformPoint(point))
+    return point
+
+
+def _check_prediction(prediction: Prediction, shape_kji: tuple[int, int, int]) -> None:
+    """Refuse a prediction that does not fit the input before any node is touched."""
+    attention = np.asarray(prediction.attention_kji)
+    if attention.shape != shape_kji:
+        raise ValueError(
+            f"attention map has shape {attention.shape} but the input volume has {shape_kji} "
+            f"voxels (k, j, i): the prediction was made on another volume."
+        )
+    if not np.all(np.isfinite(attention)) or attention.min() < -1e-6 or attention.max() > 1 + 1e-6:
+        raise ValueError("attention map must hold finite values in 0..1.")
+    if len(prediction.slice_attention) != shape_kji[0]:
+        raise ValueError(
+            f"slice attention has {len(prediction.slice_attention)} weights but the input volume "
+            f"has {shape_kji[0]} slices."
+        )
+    probabilities = np.array(list(prediction.probabilities.values()), dtype=float)
+    if probabilities.size == 0 or prediction.label not in prediction.probabilities:
+        raise ValueError(
+            f"label {prediction.label!r} is not among the classes {list(prediction.probabilities)}."
+        )
+    if not np.all(np.isfinite(probabilities)) or abs(probabilities.sum() - 1.0) > 1e-3:
+        raise ValueError(f"class probabilities must sum to 1, got {probabilities.sum():.4f}.")
+
+
+# ---------------------------------------------------------------------------------------------- nodes
+
+
+def _named_node(scene: slicer.vtkMRMLScene, class_name: str, name: str) -> slicer.vtkMRMLNode | None:
+    for index in range(scene.GetNumberOfNodesByClass(class_name)):
+        node = scene.GetNthNodeByClass(index, class_name)
+        if node.GetClassName() == class_name and node.GetName() == name:
+            return node
+    return None
+
+
+def _find_or_add(
+    scene: slicer.vtkMRMLScene, input_node: slicer.vtkMRMLNode, role: str, created: list[slicer.vtkMRMLNode]
+) -> slicer.vtkMRMLNode:
+    """This role's node from an earlier run (by reference, then name), or a new one noted in ``created``."""
+    class_name, template = _NODES[role]
+    name = template.format(input_node.GetName() or input_node.GetID())
+    node = input_node.GetNodeReference(ATTRIBUTE_PREFIX + role)
+    if node is None or node.GetClassName() != class_name or not scene.IsNodePresent(node):
+        node = _named_node(scene, class_name, name)
+    if node is None:
+        node = scene.AddNewNodeByClass(class_name, name)
+        created.append(node)
+    return node
+
+
+def _add_to(
+    scene: slicer.vtkMRMLScene, node: slicer.vtkMRMLNode, created: list[slicer.vtkMRMLNode]
+) -> slicer.vtkMRMLNode:
+    scene.AddNode(node)
+    created.append(node)
+    return node
+
+
+def _column(
+    name: str, values: np.ndarray | list, array_type: type = vtk.vtkDoubleArray
+) -> vtk.vtkAbstractArray:
+    column = array_type()
+    column.SetName(name)
+    for value in values:
+        column.InsertNextValue(value)
+    return column
+
+
+def _fill_table(table: slicer.vtkMRMLTableNode, columns: list[vtk.vtkAbstractArray]) -> None:
+    table.RemoveAllColumns()
+    for column in columns:
+        table.AddColumn(column)
+
+
+def _fill_severity_table(table: slicer.vtkMRMLTableNode, prediction: Prediction) -> None:
+    classes = list(prediction.probabilities)
+    _fill_table(
+        table,
+        [
+            _column("class", classes, vtk.vtkStringArray),
+            _column("probability", [float(prediction.probabilities[c]) for c in classes]),
+            _column("predicted", [int(c == prediction.label) for c in classes], vtk.vtkIntArray),
+        ],
+    )
+    attributes = {
+        "label": prediction.label,
+        "model": prediction.model_name,
+        "source": prediction.source,
+        "warnings": "\n".join(prediction.warnings),
+        "mostAttendedSlice": str(prediction.most_attended_slice),
+        "notice": DEMO_MODEL_NOTICE if prediction.is_demo_model else "",
+    }
+    for key, value in attributes.items():
+        if value:
+            table.SetAttribute(ATTRIBUTE_PREFIX + key, value)
+        else:  # a re-run must not keep the previous run's warnings or notice
+            table.RemoveAttribute(ATTRIBUTE_PREFIX + key)
+
+
+def _fill_colours(
+    colour: slicer.vtkMRMLColorTableNode, scene: slicer.vtkMRMLScene, created: list[slicer.vtkMRMLNode]
+) -> None:
+    """A user colour table from pictures.attention_lut, so the overlay matches the PNG reports.
+
+    It gets its own storage node and stays visible to editors: slicer-core's ``Commit()`` moves the
+    file of a hidden colour table into ``<scene>_Private/``, away from the scene's data folder.
+    """
+    from .pictures import attention_lut
+
+    lut = attention_lut(256)
+    colour.SetTypeToUser()
+    colour.SetHideFromEditors(False)
+    colour.SetNumberOfColors(len(lut))
+    for index, (red, green, blue, alpha) in enumerate(lut):
+        colour.SetColor(index, f"{index / (len(lut) - 1):.3f}", red, green, blue, alpha)
+    colour.SetDescription("TwoFiveCNN evidence 0..1: inferno, opacity rising with the evidence")
+    if colour.GetStorageNode() is None:
+        storage = _add_to(scene, colour.CreateDefaultStorageNode(), created)
+        colour.SetAndObserveStorageNodeID(storage.GetID())
+
+
+def _fill_attention(
+    nodes: PredictionNodes,
+    prediction: Prediction,
+    input_node: slicer.vtkMRMLScalarVolumeNode,
+    scene: slicer.vtkMRMLScene,
+    created: list[slicer.vtkMRMLNode],
+) -> None:
+    attention = nodes.attention_node
+    slicer.util.updateVolumeFromArray(attention, np.clip(prediction.attention_kji, 0, 1).astype(np.float32))
+    matrix = vtk.vtkMatrix4x4()
+    input_node.GetIJKToRASMatrix(matrix)
+    attention.SetIJKToRASMatrix(matrix)
+    # Under the input's own parent transform, so the overlay stays on the input wherever it is moved.
+    attention.SetAndObserveTransformNodeID(input_node.GetTransformNodeID())
+    display = attention.GetDisplayNode()
+    if display is None:
+        display = _add_to(scene, slicer.vtkMRMLScalarVolumeDisplayNode(), created)
+        attention.SetAndObserveDisplayNodeID(display.GetID())
+    display.SetAndObserveColorNodeID(nodes.colour_node.GetID())
+    display.AutoWindowLevelOff()
+    display.SetWindowLevelMinMax(0.0, 1.0)
+    display.AutoThresholdOff()
+    display.SetThreshold(EVIDENCE_THRESHOLD, 1.0)
+    display.ApplyThresholdOn()
+    display.SetInterpolate(True)
+
+
+def _fill_plot(nodes: PredictionNodes, prediction: Prediction, input_name: str) -> None:
+    weights = np.asarray(prediction.slice_attention, dtype=float)
+    table = nodes.slice_table_node
+    _fill_table(
+        table,
+        [
+            _column("slice", range(len(weights)), vtk.vtkIntArray),
+            _column("position_mm", prediction.slice_positions_mm()),
+            _column("attention", weights),
+        ],
+    )
+    table.SetColumnUnitLabel("position_mm", "mm")
+    table.SetColumnDescription("attention", "share of the model's attention on this slice (sums to 1)")
+    series = nodes.plot_series_node
+    series.SetAndObserveTableNodeID(table.GetID())
+    series.SetXColumnName("slice")
+    series.SetYColumnName("attention")
+    series.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeScatter)
+    series.SetMarkerStyle(slicer.vtkMRMLPlotSeriesNode.MarkerStyleNone)
+    series.SetColor(*PLOT_COLOUR)
+    chart = nodes.plot_chart_node
+    if not chart.HasPlotSeriesNodeID(series.GetID()):
+        chart.AddAndObservePlotSeriesNodeID(series.GetID())
+    chart.SetTitle(f"{input_name}: attention per slice ({prediction.label})")
+    chart.SetXAxisTitle("slice (k index)")
+    chart.SetYAxisTitle("attention weight")
+    chart.SetLegendVisibility(False)
+
+
+def _default_scene(scene: slicer.vtkMRMLScene | None) -> slicer.vtkMRMLScene:
+    scene = scene if scene is not None else getattr(slicer, "mrmlScene", None)
+    if scene is None:
+        raise ValueError(
+            "No MRML scene: pass scene=..., or set slicer.mrmlScene when running outside Slicer."
+        )
+    return scene
+
+
+def write_prediction_nodes(
+    prediction: Prediction,
+    input_node: slicer.vtkMRMLScalarVolumeNode,
+    scene: slicer.vtkMRMLScene | None = None,
+) -> PredictionNodes:
+    """Show a prediction in the scene, updating the nodes of an earlier run on the same input.
+
+    All or nothing: the prediction is checked before any node is touched, and a failure while
+    building removes every node this call added. The input node only gains references to its
+    result nodes (``TwoFiveCNN.<role>``), which is how a re-run finds them.
+    """
+    scene = _default_scene(scene)
+    _check_volume_node(input_node)
+    if not scene.IsNodePresent(input_node):
+        raise ValueError(f"{_node_label(input_node)} is not in the scene the results should go to.")
+    _check_prediction(prediction, tuple(input_node.GetImageData().GetDimensions())[::-1])
+    created: list[slicer.vtkMRMLNode] = []
+    try:
+        nodes = PredictionNodes(
+            **{f"{role}_node": _find_or_add(scene, input_node, role, created) for role in _NODES}
+        )
+        _fill_severity_table(nodes.table_node, prediction)
+        _fill_colours(nodes.colour_node, scene, created)
+        _fill_attention(nodes, prediction, input_node, scene, created)
+        _fill_plot(nodes, prediction, input_node.GetName())
+    except BaseException:
+        for node in reversed(created):
+            scene.RemoveNode(node)
+        raise
+    for role, node in nodes.by_role().items():
+        input_node.SetNodeReferenceID(ATTRIBUTE_PREFIX + role, node.GetID())
+    return nodes
+
+
+def show_in_slice_views(
+    nodes: PredictionNodes, input_node: slicer.vtkMRMLScalarVolumeNode, opacity: float = 0.4
+) -> bool:
+    """Overlay the evidence on the input in every slice view; returns False (and does nothing) headless."""
+    if getattr(slicer, "app", None) is None:
+        return False
+    slicer.util.setSliceViewerLayers(
+        background=input_node, foreground=nodes.attention_node, foregroundOpacity=opacity
+    )
+    return True
+
+
+# ---------------------------------------------------------------------------------------------- saving
+
+
+def _file_stem(name: str, used: set[str]) -> str:
+    """A portable file name from a node name, unique within one data folder."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "node"
+    unique, number = stem, 2
+    while unique.lower() in used:
+        unique, number = f"{stem}_{number}", number + 1
+    used.add(unique.lower())
+    return unique
+
+
+def save_scene(scene: slicer.vtkMRMLScene, mrml_path: str | os.PathLike) -> Path:
+    """Save a scene as ``<stem>.mrml`` beside a ``<stem>_data/`` folder holding every node's data.
+
+    ``Commit()`` writes only the XML (and hidden colour tables): nodes without a storage node would
+    reload empty, so every storable node saved with the scene gets one, pointing into the data folder.
+    Data is written before the .mrml, so a .mrml never refers to files not yet written.
+    """
+    mrml_path = Path(mrml_path).resolve()
+    data_dir = mrml_path.parent / f"{mrml_path.stem}_data"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    used: set[str] = set()
+    storable = [
+        scene.GetNthNodeByClass(i, "vtkMRMLStorableNode")
+        for i in range(scene.GetNumberOfNodesByClass("vtkMRMLStorableNode"))
+    ]
+    for node in storable:
+        if not node.GetSaveWithScene():  # e.g. Slicer's built-in colour tables
+            continue
+        storage = node.GetStorageNode()
+        if storage is None:
+            storage = node.CreateDefaultStorageNode()
+            if storage is None:  # a node type with no file format: nothing to write
+                continue
+            scene.AddNode(storage)
+            node.SetAndObserveStorageNodeID(storage.GetID())
+        path = data_dir / f"{_file_stem(node.GetName(), used)}.{storage.GetDefaultWriteFileExtension()}"
+        storage.SetFileName(str(path))
+        if not storage.WriteData(node):
+            raise OSError(
+                f"Could not write {_node_label(node)} to {path}: check the disk space and permissions "
+                f"of {data_dir}."
+            )
+    scene.SetRootDirectory(str(mrml_path.parent))
+    scene.SetURL(str(mrml_path))
+    if not scene.Commit():
+        raise OSError(f"Could not write the scene file {mrml_path}: check the permissions of its folder.")
+    return mrml_path
+
+
+def _add_input_volume(
+    scene: slicer.vtkMRMLScene, volume: Volume, name: str
+) -> slicer.vtkMRMLScalarVolumeNode:
+    """The input as Slicer would load it: storage order, the file's own geometry, a lung window."""
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+    node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(volume.geometry.ijk_to_ras()))
+    slicer.util.updateVolumeFromArray(node, volume.to_original(volume.array))
+    node.CreateDefaultDisplayNodes()
+    display = node.GetDisplayNode()
+    display.AutoWindowLevelOff()
+    display.SetWindowLevel(*LUNG_WINDOW_LEVEL)
+    return node
+
+
+def _move_into(source_dir: Path, target_dir: Path) -> None:
+    """Move every entry of ``source_dir`` onto ``target_dir``, folders first so the .mrml lands last."""
+    for entry in sorted(source_dir.iterdir(), key=lambda p: (not p.is_dir(), p.name)):
+        target = target_dir / entry.name
+        if entry.is_dir() and target.exists():
+            old = source_dir / f".old-{entry.name}"  # removed with source_dir by the caller
+            os.replace(target, old)
+        os.replace(entry, target)
+
+
+def save_prediction_scene(
+    prediction: Prediction,
+    input_path_or_volume: str | os.PathLike | Volume,
+    out_dir: str | os.PathLike,
+    name: str,
+) -> Path:
+    """Write ``<out_dir>/<name>.mrml`` and ``<out_dir>/<name>_data/``: the input CT and every result node.
+
+    Headless and independent of ``slicer.mrmlScene``: a new scene is built and written into a
+    temporary folder inside ``out_dir``, then moved into place, so an interrupted run leaves the
+    previous result (or nothing) rather than a scene referring to missing files.
+    """
+    if not name or name.startswith(".") or any(sep in name for sep in "/\\"):
+        raise ValueError(f"scene name {name!r} must be a plain file name (no folders, not hidden).")
+    volume = (
+        input_path_or_volume
+        if isinstance(input_path_or_volume, Volume)
+        else read_volume(input_path_or_volume)
+    )
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    scene = slicer.vtkMRMLScene()
+    input_node = _add_input_volume(scene, volume, name)
+    write_prediction_nodes(prediction, input_node, scene)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=out_dir))
+    try:
+        save_scene(scene, staging / f"{name}.mrml")
+        _move_into(staging, out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out_dir / f"{name}.mrml"

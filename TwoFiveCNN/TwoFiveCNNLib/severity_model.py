@@ -1,0 +1,129 @@
+"""The assembled 2.5D model: stage-1 slice classifier (backbone + linear) and stage-2 attention head.
+
+Saved as one model file (see :mod:`model_file`) with everything needed to rebuild and use it:
+architecture, task classes, preprocessing, and the record of how it was trained.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .backbones import SliceClassifier, build_backbone
+from .dataset import TaskDefinition
+from .aeration import AERATION_FEATURES
+from .heads import AttentionHead
+from .model_file import MODEL_FORMAT, ModelFileError, load_archive, save_archive
+from .preprocess import PreprocessConfig
+
+SLICE_BATCH = 64  # slices per forward pass: fast on CPU, bounded memory on GPU
+
+
+@dataclass
+class Architecture:
+    backbone: str = "compact_resnet"
+    backbone_kwargs: dict = field(default_factory=dict)
+    dropout: float = 0.25
+    head_hidden: int = 128
+    head_context_kernel: int = 3
+    head_dropout: float = 0.25
+    aeration: bool = True  # feed quantitative lung-aeration shares to the head beside the embeddings
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+class SeverityModel(nn.Module):
+    """Stage 1 (``classifier``) embeds and classifies slices; stage 2 (``head``) grades the study."""
+
+    def __init__(self, task: TaskDefinition, preprocess: PreprocessConfig, architecture: Architecture,
+                 metadata: dict | None = None) -> None:
+        super().__init__()
+        self.task, self.preprocess, self.architecture = task, preprocess, architecture
+        self.metadata = dict(metadata or {})
+        backbone = build_backbone(architecture.backbone, **architecture.backbone_kwargs)
+        self.classifier = SliceClassifier(backbone, task.num_classes, architecture.dropout)
+        self.head = self.build_head(architecture.aeration)
+
+    def build_head(self, aeration: bool) -> AttentionHead:
+        architecture = self.architecture
+        return AttentionHead(self.classifier.backbone.embedding_dim, self.task.num_classes,
+                             architecture.head_hidden, architecture.head_context_kernel,
+                             architecture.head_dropout, len(AERATION_FEATURES) if aeration else 0)
+
+    def set_aeration_normalisation(self, features: torch.Tensor) -> None:
+        """Standardise aeration features with the training studies' mean and spread (kept in metadata)."""
+        self.metadata["aeration_mean"] = features.mean(0).tolist()
+        self.metadata["aeration_std"] = features.std(0).clamp(min=1e-3).tolist()
+
+    def normalise_aeration(self, features: torch.Tensor) -> torch.Tensor:
+        mean = torch.tensor(self.metadata["aeration_mean"])
+        std = torch.tensor(self.metadata["aeration_std"])
+        return (features - mean) / std
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.task.class_names
+
+    @property
+    def name(self) -> str:
+        return self.metadata.get("name", "TwoFiveCNN model")
+
+    @property
+    def is_demo(self) -> bool:
+        return bool(self.metadata.get("demo", False))
+
+    @torch.inference_mode()
+    def embed_slices(self, slices: torch.Tensor) -> torch.Tensor:
+        """``(s, 1, H, W)`` slices -> ``(s, D)`` embeddings, in chunks to bound memory."""
+        device = next(self.parameters()).device
+        chunks = [self.classifier.embed(chunk.to(device).contiguous(memory_format=torch.channels_last))
+                  for chunk in slices.split(SLICE_BATCH)]
+        return torch.cat(chunks).float()
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the model file; float weights are stored as float16 to keep files small."""
+        tensors = {name: _compact(module.state_dict()) for name, module in
+                   (("classifier", self.classifier), ("head", self.head))}
+        metadata = {**self.metadata, "task": self.task.to_dict(), "preprocess": self.preprocess.to_dict(),
+                    "architecture": self.architecture.to_dict()}
+        return save_archive(path, MODEL_FORMAT, tensors, metadata)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> SeverityModel:
+        """Rebuild a model from its file without executing any code stored in it."""
+        tensors, metadata = load_archive(path)
+        try:
+            model = cls(TaskDefinition.from_dict(metadata["task"]),
+                        PreprocessConfig.from_dict(metadata["preprocess"]),
+                        Architecture(**metadata["architecture"]), metadata)
+            for name in ("classifier", "head"):
+                module = getattr(model, name)
+                reference = module.state_dict()
+                module.load_state_dict({k: v.to(reference[k].dtype) for k, v in tensors[name].items()})
+        except (KeyError, TypeError, ValueError, RuntimeError) as error:
+            raise ModelFileError(
+                f"{path}: the model does not match this version of TwoFiveCNN ({str(error)[:200]}); "
+                f"retrain it or update TwoFiveCNN."
+            ) from None
+        return model.to(device).eval()
+
+
+def _compact(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: (v.half() if v.is_floating_point() else v).cpu() for k, v in state.items()}
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when available, else the CPU; an unavailable explicit choice is an error."""
+    name = name.lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("cpu")
+    if name in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but no CUDA GPU is available to this torch build; use --device cpu.")
+    return torch.device("cuda" if name == "gpu" else name)
