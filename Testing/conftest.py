@@ -29,3 +29,29 @@ def sitk_image(array_zyx: np.ndarray, spacing=(0.7, 0.8, 2.5), origin=(-10.0, 20
     image.SetSpacing(spacing)
     image.SetOrigin(origin)
     return image
+
+
+TINY_TRAIN_ARGS = ["--in-plane", "48", "--slices", "12", "--stage1-epochs", "1", "--stage2-epochs", "4",
+                   "--stage2-views", "2", "--quiet"]
+
+
+@pytest.fixture(scope="session")
+def phantom_cohort(tmp_path_factory) -> Path:
+    """A small MosMed-style phantom folder (3 studies per class), written once per test session."""
+    from TwoFiveCNNLib.phantoms import write_cohort
+
+    root = tmp_path_factory.mktemp("phantoms")
+    write_cohort(root, [3, 3, 3, 3, 3], seed=7)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_model(phantom_cohort, tmp_path_factory) -> Path:
+    """A really trained (if tiny and weak) model file, for tests of everything downstream of training."""
+    from TwoFiveCNNLib.cli import main
+
+    out = tmp_path_factory.mktemp("model") / "tiny.pt"
+    cache = tmp_path_factory.mktemp("cache")
+    assert main(["train", "--data", str(phantom_cohort), "--out", str(out), "--cache", str(cache),
+                 *TINY_TRAIN_ARGS]) == 0
+    return out

@@ -41,12 +41,23 @@ def lung_envelope(hu: np.ndarray, body: np.ndarray) -> np.ndarray:
     return filled & eroded
 
 
-def aeration_features(grid: np.ndarray, window: tuple[float, float]) -> np.ndarray:
-    """Shares of the lung envelope per aeration band, and lung-to-body volume ratio (float32, 4 values)."""
+def grid_to_hu(grid: np.ndarray, window: tuple[float, float]) -> np.ndarray:
     low, high = window
-    hu = np.asarray(grid, dtype=np.float32) * (high - low) + low
+    return np.asarray(grid, dtype=np.float32) * (high - low) + low
+
+
+def lung_mask_on_grid(grid: np.ndarray, window: tuple[float, float]) -> np.ndarray:
+    """The lung envelope of a study on the model grid (boolean, same shape)."""
+    hu = grid_to_hu(grid, window)
+    return lung_envelope(hu, body_mask(hu))
+
+
+def aeration_features(grid: np.ndarray, window: tuple[float, float],
+                      lung: np.ndarray | None = None) -> np.ndarray:
+    """Shares of the lung envelope per aeration band, and lung-to-body volume ratio (float32, 4 values)."""
+    hu = grid_to_hu(grid, window)
     body = body_mask(hu)
-    lung = lung_envelope(hu, body)
+    lung = lung_envelope(hu, body) if lung is None else lung
     n_lung = max(int(lung.sum()), 1)
     values = hu[lung]
     return np.array([

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from .dataset import DatasetError
@@ -77,6 +78,11 @@ def _add_train(sub) -> None:
     p.add_argument("--window", default="default", help="HU window preset or 'low,high'")
     p.add_argument("--stage1-epochs", type=int, default=14)
     p.add_argument("--stage2-epochs", type=int, default=150)
+    p.add_argument("--stage2-views", type=int, default=6, help="augmented embedding views per training study")
+    p.add_argument("--baselines", action="store_true",
+                   help="also train the pure-3D baselines (3D CNN, ACS-inflated backbone) on the same split")
+    p.add_argument("--no-aeration", action="store_true",
+                   help="pure CNN head: do not feed lung-aeration shares to stage 2")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--cache", type=Path, help="preprocessed cache folder (default ~/.cache/twofivecnn)")
     p.add_argument("--resume", action="store_true", help="continue from <out>.ckpt after an interruption")
@@ -97,9 +103,10 @@ def train_config_from_args(args):
     return TrainConfig(
         task=args.task, seed=args.seed, fractions=_fractions(args.fractions),
         preprocess=PreprocessConfig.with_window(window, in_plane=args.in_plane, n_slices=args.slices),
-        architecture=Architecture(backbone=args.backbone),
+        architecture=Architecture(backbone=args.backbone, aeration=not args.no_aeration),
         pretrained=str(args.pretrained) if args.pretrained else None, stage1_epochs=args.stage1_epochs,
-        stage2_epochs=args.stage2_epochs, device=args.device, name=args.name, demo=args.demo,
+        stage2_epochs=args.stage2_epochs, stage2_views=args.stage2_views, device=args.device,
+        baselines=args.baselines, name=args.name, demo=args.demo,
     )
 
 
@@ -262,8 +269,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)  # a clean stop: temporary files removed, checkpoint kept
     from .model_file import ModelFileError
     from .volume_io import VolumeError
 

@@ -40,7 +40,9 @@ def run_demo(out: str | Path, quick: bool = False) -> dict:
 
     reporter.message("2/4 training stage 1 (slices) and stage 2 (attention head)")
     model = train(out / "phantoms_train", out / "model.pt", demo_config(quick), reporter, cache)
-    curves_png(model.metadata["history"]["stage1"] + model.metadata["history"]["stage2"],
+    curves_png([{"stage": stage, "epoch": r["epoch"], "train_loss": r["loss"],
+                 "val_balanced_accuracy": r["val_balanced_accuracy"]}
+                for stage, records in model.metadata["history"].items() for r in records],
                out / "training_curves.png")
 
     reporter.message("3/4 evaluating on held-out phantoms")

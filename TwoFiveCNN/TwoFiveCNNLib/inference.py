@@ -9,8 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import ndimage
 
-from .aeration import AERATION_FEATURES, aeration_features
+from .aeration import AERATION_FEATURES, aeration_features, lung_mask_on_grid
 from .prediction import Prediction
 from .preprocess import GridMapping, grid_map_to_canonical, slice_values_to_canonical, to_model_grid
 from .severity_model import SLICE_BATCH, SeverityModel, resolve_device
@@ -55,7 +56,8 @@ def predict_grid(model: SeverityModel, grid: np.ndarray) -> GridResult:
     device = next(model.parameters()).device
     slices = torch.from_numpy(np.ascontiguousarray(grid, dtype=np.float32))[:, None]
     embeddings = model.embed_slices(slices)
-    aeration = aeration_features(grid, model.preprocess.window)
+    lung = lung_mask_on_grid(grid, model.preprocess.window)
+    aeration = aeration_features(grid, model.preprocess.window, lung)
     extra = model.normalise_aeration(torch.from_numpy(aeration))[None].to(device) \
         if model.architecture.aeration else None
     logits, attention = model.head(embeddings[None].to(device), None, extra)
@@ -64,6 +66,8 @@ def predict_grid(model: SeverityModel, grid: np.ndarray) -> GridResult:
     cam = in_plane_evidence(model, slices, disease_weights(probabilities)).clamp_(min=0)
     cam = torch.nn.functional.interpolate(cam[None, None], size=grid.shape, mode="trilinear",
                                           align_corners=False)[0, 0]
+    # The CAM is coarse (a few cells per slice); the lung envelope gives the map its anatomical shape.
+    cam *= torch.from_numpy(ndimage.binary_dilation(lung, iterations=1)).float()
     cam /= cam.max().clamp(min=1e-6)
     evidence = cam * (attention / attention.max())[:, None, None] * (1 - probabilities[0])
     return GridResult(probabilities.numpy(), attention.numpy(), evidence.clamp_(0, 1).numpy(),

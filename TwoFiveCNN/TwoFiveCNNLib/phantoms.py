@@ -21,7 +21,6 @@ the slice count and slice spacing.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +61,8 @@ class Phantom:
 
     The masks are on the canonical ``[z, y, x]`` grid (what :func:`volume_io.read_volume`
     returns), so tests can check the class and the lesion distribution without reorienting.
+    ``info`` holds label, involved_fraction (lesion voxels / lung voxels), consolidation_share
+    (of the lesions), size ([x, y] voxels), slices, spacing ([x, y, z] mm), orientation and seed.
     """
 
     array_kji: np.ndarray  # int16 HU, storage order
@@ -102,13 +103,15 @@ def _check_counts(counts: Sequence[int]) -> list[int]:
     """Counts padded to five classes; a clear error rather than an empty or negative cohort."""
     counts = list(counts)
     if not 1 <= len(counts) <= N_CLASSES:
-        raise ValueError(f"counts {counts}: give 1 to {N_CLASSES} numbers of studies, one per class CT-0..CT-4.")
+        raise ValueError(
+            f"counts {counts}: give 1 to {N_CLASSES} numbers of studies, one per class CT-0..CT-4.")
     if any(isinstance(c, bool) or not isinstance(c, (int, np.integer)) for c in counts):
         raise ValueError(f"counts {counts}: numbers of studies must be whole numbers.")
     if any(c < 0 for c in counts):
         raise ValueError(f"counts {counts}: numbers of studies cannot be negative.")
     if sum(counts) == 0:
-        raise ValueError(f"counts {counts}: all zero, so there is nothing to generate; ask for at least one study.")
+        raise ValueError(
+            f"counts {counts}: all zero, so there is nothing to generate; ask for at least one study.")
     return [int(c) for c in counts] + [0] * (N_CLASSES - len(counts))
 
 
@@ -159,7 +162,7 @@ def _smooth_fields(rng: np.random.Generator, shape: tuple[int, int, int],
     for octaves in scales:
         total = np.zeros(coarse, dtype=np.float32)
         for sigma, weight in octaves:
-            noise = ndimage.gaussian_filter(rng.standard_normal(coarse).astype(np.float32), sigma, mode="wrap")
+            noise = ndimage.gaussian_filter(rng.standard_normal(coarse, dtype=np.float32), sigma, mode="wrap")
             total += weight * (noise - noise.mean()) / noise.std()
         total = (total - total.mean()) / total.std()
         fields.append(_stretch(_stretch(_stretch(total, 2, nx), 1, ny), 0, nz))
@@ -241,7 +244,7 @@ def _thorax(hu: np.ndarray, grid: _Grid, rng: np.random.Generator, centre: tuple
 
     hu += np.where(cavity & ~lung, 25 * texture, 0)
 
-    heart = (_ellipse(xb, yb, 0.12 * ac, -0.28 * bc, 0.42 * ac, 0.46 * bc) + ((tau - 0.2) / 0.24) ** 2) < 1
+    heart = (_ellipse(xb, yb, 0.12 * ac, -0.3 * bc, 0.36 * ac, 0.42 * bc) + ((tau - 0.2) / 0.24) ** 2) < 1
     aorta = (_ellipse(xb, yb, 0.14 * ac, 0.48 * bc, 0.08 * ac, 0.08 * ac) < 1) & (tau < 0.75)
     trachea_r2 = np.where(tau > 0.62, _ellipse(xb, yb, 0, 0.18 * bc, 9.0, 9.0), np.inf)
     spine = _ellipse(xb, yb, 0, bc * 0.92, 0.15 * bc, 0.14 * bc)
@@ -257,7 +260,7 @@ def _thorax(hu: np.ndarray, grid: _Grid, rng: np.random.Generator, centre: tuple
     ribs = ((cavity_r2 > 1.02) & (_ellipse(xb, yb, 0, 0, ac + 9, bc + 9) < 1) & (rib_phase < 0.28)
             & (tau > -0.1) & (tau < 1.02) & ~((np.abs(xb) < 0.25 * ac) & (v < 0)))
 
-    lung &= ~heart & ~aorta & ~(spine < 1.6) & ~(trachea_r2 < 2.5) & (cavity_r2 < 0.97)
+    lung &= ~heart & ~aorta & ~(spine < 1.4) & ~(trachea_r2 < 2.5) & (cavity_r2 < 0.97)
     hu[heart] = 40.0
     hu[aorta] = 45.0
     hu[(spine < 1) & disc] = 80.0
@@ -278,7 +281,7 @@ def _thorax(hu: np.ndarray, grid: _Grid, rng: np.random.Generator, centre: tuple
     hilum_x = np.minimum(*[np.abs(x - c) for c in hila_x]) / ax_l
     hilum_r2 = hilum_x**2 + ((y - cy0 - cy_l) / ay_l) ** 2 + ((tau - 0.55) / 0.6) ** 2
     closeness = np.clip(1.1 - np.sqrt(hilum_r2), 0.3, 1.0)
-    width = rng.uniform(0.22, 0.3) * closeness
+    width = rng.uniform(0.3, 0.38) * closeness
     vessels = lung & (np.abs(f1) < width) & (np.abs(f2) < width)
     hu[vessels] = (40 + 140 * closeness)[vessels]
 
@@ -305,7 +308,7 @@ def _lesions(hu: np.ndarray, lung: np.ndarray, coords: dict[str, np.ndarray], la
         return np.zeros_like(lung), 0.0, 0.0
     (patches,) = _smooth_fields(rng, hu.shape, [[(3.0, 0.6), (1.5, 0.35), (0.8, 0.2)]])
     score = (patches[lung]
-             + rng.uniform(0.6, 1.2) * _values_in(lung, coords["posterior"])
+             + rng.uniform(0.9, 1.5) * _values_in(lung, coords["posterior"])
              + rng.uniform(0.3, 0.8) * (1 - np.clip(_values_in(lung, coords["tau"]), 0, 1))
              + rng.uniform(0.5, 1.0) * _values_in(lung, coords["peripheral"])
              + rng.uniform(-0.3, 0.3) * _values_in(lung, coords["side"]))
@@ -345,7 +348,8 @@ def _embed(mask_box: np.ndarray, box: tuple[slice, slice], shape: tuple[int, int
     return mask
 
 
-def _store(canonical: np.ndarray, grid: _Grid, orientation: str, z_origin: float) -> tuple[np.ndarray, Geometry]:
+def _store(canonical: np.ndarray, grid: _Grid, orientation: str,
+           z_origin: float) -> tuple[np.ndarray, Geometry]:
     """Flip the canonical array into the stored orientation with a geometry that keeps the anatomy in place.
 
     A flipped index axis runs backwards in LPS, so its origin moves to the far end of the axis.
@@ -384,7 +388,7 @@ def generate_phantom(label: int, seed: int, orientation: str | None = None) -> P
     hu_box[:] = ndimage.gaussian_filter(hu_box, (0, 0.6, 0.6), truncate=2.5)
     hu += store_rng.standard_normal(hu.shape, dtype=np.float32) * store_rng.uniform(8, 25)
     canonical = np.clip(np.rint(hu), -1024, 3071).astype(np.int16)
-    drawn = str(store_rng.choice(sorted(ORIENTATIONS)))
+    drawn = str(store_rng.choice(sorted(ORIENTATIONS)))  # drawn even when forced, so the origin stays put
     orientation = orientation or drawn
     z_origin = round(float(store_rng.uniform(-400, -100)), 2)
     array_kji, geometry = _store(canonical, grid, orientation, z_origin)
@@ -410,9 +414,8 @@ def write_cohort(out_dir: str | Path, counts: Sequence[int], seed: int,
     out = Path(out_dir)
     labels = [label for label, count in enumerate(counts) for _ in range(count)]
     relative = [Path("studies", f"CT-{label}", f"study_{n:04d}{suffix}") for n, label in enumerate(labels, 1)]
-    studies = out / "studies"
-    stale = sorted(p for p in studies.rglob("*") if p.is_file() and p.relative_to(out) not in set(relative)) \
-        if studies.is_dir() else []
+    studies, planned = out / "studies", set(relative)
+    stale = sorted(p for p in studies.rglob("*") if p.is_file() and p.relative_to(out) not in planned)
     if stale:
         raise ValueError(
             f"{studies} already holds {len(stale)} file(s) this cohort would not replace (e.g. {stale[0]}); "

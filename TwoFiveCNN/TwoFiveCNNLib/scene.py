@@ -12,6 +12,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import slicer
@@ -20,6 +21,9 @@ import vtk
 
 from .prediction import DEMO_MODEL_NOTICE, Prediction
 from .volume_io import Geometry, Volume, read_volume
+
+if TYPE_CHECKING:
+    from .severity_model import SeverityModel
 
 ATTRIBUTE_PREFIX = "TwoFiveCNN."
 COLOUR_NODE_NAME = "TwoFiveCNN attention colours"
@@ -479,3 +483,42 @@ def save_prediction_scene(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out_dir / f"{name}.mrml"
+
+
+@dataclass
+class NodePrediction:
+    """What :func:`predict_volume_node` returns: the grade and the scene nodes that show it."""
+
+    label: str
+    probabilities: dict[str, float]
+    prediction: Prediction
+    nodes: PredictionNodes
+
+    @property
+    def table_node(self) -> slicer.vtkMRMLTableNode:
+        return self.nodes.table_node
+
+    @property
+    def attention_node(self) -> slicer.vtkMRMLScalarVolumeNode:
+        return self.nodes.attention_node
+
+    @property
+    def plot_chart_node(self) -> slicer.vtkMRMLPlotChartNode:
+        return self.nodes.plot_chart_node
+
+
+def predict_volume_node(volume_node: slicer.vtkMRMLScalarVolumeNode, model_path: str | os.PathLike | None = None,
+                        scene: slicer.vtkMRMLScene | None = None, device: str = "auto",
+                        model: SeverityModel | None = None) -> NodePrediction:
+    """Grade a volume node and show the result in the scene (re-running updates the same nodes).
+
+    ``model_path`` None uses the bundled synthetic-phantom demo model; an already loaded ``model``
+    saves reloading it for many volumes. The input node is never modified.
+    """
+    from .inference import load_model, predict_volume
+
+    volume = volume_from_node(volume_node)
+    model = model or load_model(model_path, device)
+    prediction = predict_volume(model, volume)
+    nodes = write_prediction_nodes(prediction, volume_node, scene)
+    return NodePrediction(prediction.label, prediction.probabilities, prediction, nodes)

@@ -20,6 +20,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
+from .atomic import remove_stale_temporaries
 from .augment import AugmentConfig, augment_slices, augment_study
 from .backbones import load_pretrained
 from .heads import AttentionHead
@@ -57,6 +58,7 @@ class TrainConfig:
     stage2_lr: float = 1e-3
     stage2_views: int = 6  # augmented embedding views per training study
     device: str = "auto"
+    baselines: bool = False  # also train the pure-3D baselines (3D CNN, ACS-inflated) on the same split
     name: str = ""
     demo: bool = False
 
@@ -384,6 +386,8 @@ def train(data: str | os.PathLike, out: str | os.PathLike, config: TrainConfig,
                                  with_aeration=config.architecture.aeration)
                for name in ("train", "val", "test") if getattr(split, name)}
     checkpoint = Checkpoint(out.with_name(out.name + ".ckpt"), config)
+    for leftover in (out, checkpoint.path):
+        remove_stale_temporaries(leftover)
     resume_state = checkpoint.load() if resume else None
     model = SeverityModel(task, config.preprocess, config.architecture).to(device)
     if config.pretrained:
@@ -405,6 +409,10 @@ def train(data: str | os.PathLike, out: str | os.PathLike, config: TrainConfig,
         train_head(cnn_only_head, data, model.class_names, config, reporter, device, stage="stage2_cnn_only")
     evaluation = {name: evaluate_cohort(model, cohort, cnn_only_head)
                   for name, cohort in cohorts.items() if name != "train"}
+    if config.baselines:
+        from .baselines import evaluate_baselines
+
+        model.metadata["baselines"] = evaluate_baselines(model, cohorts, config, reporter, device)
     model.metadata.update({
         "name": config.name or out.stem, "demo": config.demo, "train_config": config.to_dict(),
         "split": split.to_dict(), "split_fingerprint": split.fingerprint(),

@@ -1,0 +1,98 @@
+"""Pure-3D baselines trained on the same split and cohorts as the 2.5D model, for an honest comparison:
+a small 3D CNN from scratch, and the stage-1 backbone inflated to 3D (ACS convolutions) from its 2D weights.
+(The pure-2D baseline, slice probabilities pooled per study, comes free with stage 1.)"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .augment import augment_study
+from .cohort import Cohort
+from .metrics import compute_metrics
+from .progress import ProgressReporter
+from .severity_model import SeverityModel
+from .training import TrainConfig, class_weights, epoch_generator, score
+from .volumetric import build_volume_baseline
+
+VOLUME_BASELINES = ("cnn3d", "acs")
+
+
+@dataclass(frozen=True)
+class BaselineConfig:
+    epochs: int = 30
+    batch: int = 4
+    lr: float = 1e-3
+
+
+def volumes(cohort: Cohort, indices: torch.Tensor) -> torch.Tensor:
+    """(B, 1, S, H, W) float32 volumes; every study has the same slice count in "count" mode."""
+    return cohort.grids[indices].float()[:, None]
+
+
+@torch.inference_mode()
+def volume_probabilities(network: nn.Module, cohort: Cohort, device: torch.device, batch: int = 4) -> np.ndarray:
+    network.eval()
+    out = [network(volumes(cohort, chunk).to(device)).float().softmax(-1).cpu()
+           for chunk in torch.arange(len(cohort)).split(batch)]
+    return torch.cat(out).numpy()
+
+
+def _augmented_batch(cohort: Cohort, indices: torch.Tensor, config: TrainConfig,
+                     generator: torch.Generator) -> torch.Tensor:
+    studies = [augment_study(cohort.study_slices(int(i)), config.augment, generator)[:, 0] for i in indices]
+    return torch.stack(studies)[:, None]
+
+
+def train_volume_baseline(name: str, model: SeverityModel, train: Cohort, val: Cohort, config: TrainConfig,
+                          baseline: BaselineConfig, reporter: ProgressReporter,
+                          device: torch.device) -> tuple[nn.Module, dict]:
+    """Train one 3D baseline; returns the best network (by validation score) and its training record."""
+    backbone2d = copy.deepcopy(model.classifier.backbone).float() if name == "acs" else None
+    network = build_volume_baseline(name, model.task.num_classes, backbone2d).to(device)
+    optimizer = torch.optim.AdamW(network.parameters(), lr=baseline.lr, weight_decay=config.weight_decay)
+    weights = class_weights(train.labels, model.task.num_classes).to(device)
+    best, started = None, time.monotonic()
+    for epoch in range(1, baseline.epochs + 1):
+        generator = epoch_generator(config.seed, "stage1", 1000 + epoch)
+        network.train()
+        losses = []
+        for indices in torch.randperm(len(train), generator=generator).split(baseline.batch):
+            batch = _augmented_batch(train, indices, config, generator).to(device)
+            loss = F.cross_entropy(network(batch), train.labels[indices].to(device), weight=weights,
+                                   label_smoothing=config.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        metrics = compute_metrics(val.labels.tolist(), volume_probabilities(network, val, device), model.class_names)
+        if best is None or score(metrics) > best[0]:
+            best = (score(metrics), copy.deepcopy(network.state_dict()))
+        reporter.event(f"baseline_{name}", epoch=epoch, epochs=baseline.epochs, loss=float(np.mean(losses)),
+                       val_balanced_accuracy=metrics["balanced_accuracy"],
+                       val_kappa=metrics["quadratic_weighted_kappa"])
+    network.load_state_dict(best[1])
+    return network, {"seconds": round(time.monotonic() - started, 1),
+                     "seconds_per_epoch": round((time.monotonic() - started) / baseline.epochs, 2)}
+
+
+def evaluate_baselines(model: SeverityModel, cohorts: dict[str, Cohort], config: TrainConfig,
+                       reporter: ProgressReporter, device: torch.device,
+                       baseline: BaselineConfig = BaselineConfig()) -> dict:
+    """Train each 3D baseline on the model's training cohort; metrics on every held-out cohort."""
+    results = {}
+    for name in VOLUME_BASELINES:
+        network, record = train_volume_baseline(name, model, cohorts["train"], cohorts["val"], config, baseline,
+                                                reporter, device)
+        record["metrics"] = {subset: compute_metrics(cohort.labels.tolist(),
+                                                     volume_probabilities(network, cohort, device),
+                                                     model.class_names)
+                             for subset, cohort in cohorts.items() if subset != "train"}
+        results[name] = record
+    return results
