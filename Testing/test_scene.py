@@ -13,7 +13,9 @@ vtk = pytest.importorskip("vtk")
 from TwoFiveCNNLib import scene as scene_module
 from TwoFiveCNNLib.prediction import Prediction
 from TwoFiveCNNLib.scene import (
+    find_prediction_nodes,
     jump_to_slice_ras,
+    predict_volume_node,
     save_prediction_scene,
     save_scene,
     show_in_slice_views,
@@ -361,3 +363,64 @@ def test_application_scene_saves_and_reloads(chest: Volume, tmp_path: Path):
     mrml = save_scene(slicer.mrmlScene, tmp_path / "session.mrml")
     assert not (tmp_path / "session_Private").exists()
     check_reloaded(reload(mrml), "CTChest4", prediction, slicer.util.arrayFromVolume(node), ijk_to_ras(node))
+
+
+# ---------------------------------------------------------------------------------------------- a real model
+
+
+def test_predict_volume_node_with_a_trained_model(chest: Volume, tiny_model: Path, tmp_path: Path):
+    """The real chest CT, tilted, through a really trained model: results on the input's grid, saved and found."""
+    from TwoFiveCNNLib.inference import load_model
+
+    scene = slicer.mrmlScene
+    node = add_chest_node(chest, tilt=True)
+    matrix = ijk_to_ras(node)
+    assert find_prediction_nodes(node) is None
+    result = predict_volume_node(node, model_path=tiny_model, device="cpu")
+
+    assert result.label == result.prediction.label == max(result.probabilities, key=result.probabilities.get)
+    assert list(result.probabilities) == list(CLASSES)
+    assert sum(result.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+    assert column(result.table_node, "class") == list(CLASSES)
+    assert column(result.table_node, "probability") == pytest.approx(list(result.probabilities.values()))
+    assert result.attention_node.GetImageData().GetDimensions() == node.GetImageData().GetDimensions()
+    np.testing.assert_allclose(ijk_to_ras(result.attention_node), matrix, atol=1e-9)
+    k = node.GetImageData().GetDimensions()[2]
+    assert result.plot_chart_node.GetPlotSeriesNode().GetTableNode().GetNumberOfRows() == k
+    assert {r: n.GetID() for r, n in find_prediction_nodes(node).by_role().items()} == \
+        {r: n.GetID() for r, n in result.nodes.by_role().items()}
+
+    # An already loaded model gives the same result and updates the same nodes.
+    count = scene.GetNumberOfNodes()
+    again = predict_volume_node(node, model=load_model(tiny_model, "cpu"))
+    assert scene.GetNumberOfNodes() == count
+    assert again.table_node.GetID() == result.table_node.GetID()
+    assert again.probabilities == pytest.approx(result.probabilities, abs=1e-5)
+
+    mrml = save_scene(scene, tmp_path / "graded.mrml")
+    reloaded_scene = reload(mrml)  # kept referenced: a node's references resolve through its scene
+    found = find_prediction_nodes(node_named(reloaded_scene, "CTChest4", "vtkMRMLScalarVolumeNode"))
+    assert found is not None and found.table_node.GetAttribute("TwoFiveCNN.label") == result.label
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(found.attention_node),
+                                  slicer.util.arrayFromVolume(result.attention_node))
+
+    # A result with a node removed by the user is no result.
+    scene.RemoveNode(result.plot_chart_node)
+    assert find_prediction_nodes(node) is None
+
+
+def test_predict_volume_node_failures_add_no_nodes(chest: Volume, tiny_model: Path, tmp_path: Path):
+    scene = slicer.mrmlScene
+    node = add_chest_node(chest)
+    count = scene.GetNumberOfNodes()
+    with pytest.raises(ValueError, match="no such model file"):
+        predict_volume_node(node, model_path=tmp_path / "missing.pt")
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(tiny_model.read_bytes()[:2000])
+    with pytest.raises(ValueError, match="not a readable model file"):
+        predict_volume_node(node, model_path=truncated)
+    with pytest.raises(ValueError, match="No input volume"):
+        predict_volume_node(None, model_path=tiny_model)
+    assert scene.GetNumberOfNodes() == count
+    assert find_prediction_nodes(node) is None
+    assert find_prediction_nodes(None) is None

@@ -7,14 +7,17 @@ after :meth:`TwoFiveCNNLogic.checkTorch`, never when Slicer loads this module.
 """
 
 import logging
+import os
+import pathlib
 import re
+from typing import Annotated
 
 import numpy as np
 import slicer
 import vtk
 from slicer import vtkMRMLScalarVolumeNode
 from slicer.i18n import tr as _
-from slicer.parameterNodeWrapper import parameterNodeWrapper
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -28,6 +31,12 @@ TORCH_VERSION_REQUIREMENT = ">=2.1"
 TORCH_MINIMUM_VERSION = (2, 1)
 
 HOMEPAGE = "https://github.com/twofivecnn/SlicerTwoFiveCNN"
+
+# Where TwoFiveCNNLib.inference.BUNDLED_MODEL lives, known without importing torch (the widget shows
+# whether the demo model is there before anything heavy is loaded). A test keeps the two equal.
+BUNDLED_MODEL_PATH = pathlib.Path(__file__).resolve().parent / "TwoFiveCNNLib" / "demo_model.pt"
+LAST_MODEL_FILE_SETTING = "TwoFiveCNN/LastModelFile"
+DEVICE_CHOICES = ("auto", "CPU", "GPU")  # passed to TwoFiveCNNLib's resolve_device (case-insensitive)
 
 logger = logging.getLogger(__name__)
 
@@ -52,9 +61,12 @@ CT-1: under 25% of the lungs involved, CT-2: 25-50%, CT-3: 50-75%, CT-4: over 75
 2.5D convolutional network: a 2D network embeds every axial slice, and a light volumetric head combines
 the slice embeddings into class probabilities. It also shows where the evidence lies: per-slice attention
 and in-plane activation are combined into a 3D evidence map on the input's own voxel grid.
-<p>Select a chest CT volume in Hounsfield units (any orientation) and press Apply. The volume is
-reoriented, windowed, cropped to the body and resampled to the model grid. At this stage of development
-Apply runs the preprocessing only and reports the model grid size.</p>
+<p>Select a chest CT volume in Hounsfield units (any orientation), choose the model (the bundled demo
+model or a model file trained with the TwoFiveCNN Training module or <code>twofivecnn train</code>) and
+press Apply. The grade and the class probabilities appear in the panel and in a table node, the evidence
+map is overlaid on the slice views, and "Jump to most-attended slice" shows the slice the model relied on
+most. The Batch section grades every volume file of a folder and writes one JSON, evidence volume and
+picture per study plus a summary.tsv, exactly like <code>twofivecnn predict</code>.</p>
 <p>PyTorch is needed: install the "PyTorch" extension from the Extensions Manager; PyTorch itself is
 then installed on first use, after asking you.</p>
 <p><b>The bundled demo model was trained on synthetic phantoms only. It is not a medical device and
@@ -82,9 +94,27 @@ class TwoFiveCNNParameterNode:
     """What the user chose, saved with the scene.
 
     inputVolume: the chest CT (HU) to grade.
+    useDemoModel: grade with the bundled synthetic-phantom demo model instead of ``modelPath``.
+    modelPath: a model file written by TwoFiveCNN training.
+    device: "auto" (GPU when available), "CPU" or "GPU".
+    showOverlay, overlayOpacity: the evidence map as the slice views' foreground layer.
+    batchInputFolder, batchOutputFolder, batchWriteScenes: the Batch section.
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
+    useDemoModel: bool = True
+    modelPath: pathlib.Path
+    device: Annotated[str, Choice(list(DEVICE_CHOICES))] = "auto"
+    showOverlay: bool = True
+    overlayOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.4
+    batchInputFolder: pathlib.Path
+    batchOutputFolder: pathlib.Path
+    batchWriteScenes: bool = False
+
+
+def _isSet(path) -> bool:
+    """Whether a path parameter holds a path (an empty ctkPathLineEdit reads as ``Path(".")``)."""
+    return path is not None and str(path) not in ("", ".")
 
 
 #
@@ -101,6 +131,8 @@ class TwoFiveCNNWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
+        self._shownVolume = None  # the input whose results the panel shows
+        self._connectingGui = False  # binding writes the widgets: that must not touch the slice views
 
     def setup(self) -> None:
         # Must stay cheap and silent: the generic tests instantiate the widget. No torch, no dialogs.
@@ -112,11 +144,17 @@ class TwoFiveCNNWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget.setMRMLScene(slicer.mrmlScene)
 
         self.logic = TwoFiveCNNLogic()
+        self.logic.logCallback = self.log
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
 
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.overlayCheckBox.connect("toggled(bool)", self.onOverlayChanged)
+        self.ui.opacitySliderWidget.connect("valueChanged(double)", self.onOverlayChanged)
+        self.ui.jumpButton.connect("clicked(bool)", self.onJumpButton)
+        self.ui.showPlotButton.connect("clicked(bool)", self.onShowPlotButton)
+        self.ui.runBatchButton.connect("clicked(bool)", self.onRunBatchButton)
 
         self.initializeParameterNode()
 
@@ -142,6 +180,12 @@ class TwoFiveCNNWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             firstVolumeNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
             if firstVolumeNode:
                 self._parameterNode.inputVolume = firstVolumeNode
+        if not _isSet(self._parameterNode.modelPath):
+            lastModelFile = str(slicer.app.userSettings().value(LAST_MODEL_FILE_SETTING, "") or "")
+            if lastModelFile and os.path.isfile(lastModelFile):
+                self._parameterNode.modelPath = pathlib.Path(lastModelFile)
+        if self._parameterNode.useDemoModel and not BUNDLED_MODEL_PATH.is_file():
+            self._parameterNode.useDemoModel = False
 
     def setParameterNode(self, inputParameterNode) -> None:
         if self._parameterNode:
@@ -149,32 +193,145 @@ class TwoFiveCNNWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNodeGuiTag = None
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
         self._parameterNode = inputParameterNode
+        self._shownVolume = None
         if self._parameterNode:
             # Binds every widget with a SlicerParameterName property in the .ui to its parameter.
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self._connectingGui = True
+            try:
+                self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            finally:
+                self._connectingGui = False
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
             self._onParameterNodeModified()
 
+    def _modelPathOrProblem(self):
+        """``(modelPath, None)`` for the chosen model (None: the demo model), or ``(None, reason)``."""
+        if self._parameterNode.useDemoModel:
+            if BUNDLED_MODEL_PATH.is_file():
+                return None, None
+            return None, _("The demo model is not included in this build: choose a model file.")
+        if not _isSet(self._parameterNode.modelPath):
+            return None, _("Choose a model file (.pt), or use the bundled demo model.")
+        return self._parameterNode.modelPath, None
+
     def _onParameterNodeModified(self, caller=None, event=None) -> None:
-        if self._parameterNode and self._parameterNode.inputVolume:
-            self.ui.applyButton.toolTip = _("Prepare the selected volume for the model.")
-            self.ui.applyButton.enabled = True
-        else:
+        if not self._parameterNode:
+            return
+        parameters = self._parameterNode
+        demoAvailable = BUNDLED_MODEL_PATH.is_file()
+        self.ui.useDemoModelCheckBox.enabled = demoAvailable or parameters.useDemoModel
+        self.ui.useDemoModelCheckBox.toolTip = (
+            _("Grade with the demo model bundled with the extension (trained on synthetic phantoms only).")
+            if demoAvailable else _("The demo model is not included in this build: choose a model file."))
+        self.ui.modelPathLineEdit.enabled = not parameters.useDemoModel
+        self.ui.demoModelWarningLabel.visible = parameters.useDemoModel
+
+        _modelPath, modelProblem = self._modelPathOrProblem()
+        if not parameters.inputVolume:
             self.ui.applyButton.toolTip = _("Select a chest CT volume first.")
             self.ui.applyButton.enabled = False
+        elif modelProblem:
+            self.ui.applyButton.toolTip = modelProblem
+            self.ui.applyButton.enabled = False
+        else:
+            self.ui.applyButton.toolTip = _("Grade the selected volume and show the evidence map.")
+            self.ui.applyButton.enabled = True
+
+        if not (_isSet(parameters.batchInputFolder) and _isSet(parameters.batchOutputFolder)):
+            self.ui.runBatchButton.toolTip = _("Choose an input folder and an output folder first.")
+            self.ui.runBatchButton.enabled = False
+        elif modelProblem:
+            self.ui.runBatchButton.toolTip = modelProblem
+            self.ui.runBatchButton.enabled = False
+        else:
+            self.ui.runBatchButton.toolTip = _("Grade every volume file of the input folder.")
+            self.ui.runBatchButton.enabled = True
+
+        if parameters.inputVolume is not self._shownVolume:
+            self._showResults()
+
+    def _showResults(self) -> None:
+        """Show the results stored in the scene for the selected input (none yet: say so)."""
+        volumeNode = self._parameterNode.inputVolume if self._parameterNode else None
+        self._shownVolume = volumeNode
+        nodes = self.logic.resultNodes(volumeNode)
+        self.ui.resultTableView.setMRMLTableNode(nodes.table_node if nodes else None)
+        for widget in (self.ui.jumpButton, self.ui.showPlotButton, self.ui.overlayCheckBox,
+                       self.ui.opacitySliderWidget):
+            widget.enabled = nodes is not None
+        if nodes is None:
+            self.ui.resultLabel.text = _("No result yet for {name}.").format(name=volumeNode.GetName()) \
+                if volumeNode else _("No result yet.")
+            return
+        self.ui.resultLabel.text = self.logic.resultSummary(nodes)
+
+    def log(self, message: str) -> None:
+        """Append a line to the log box (the logic reports warnings and batch progress here)."""
+        self.ui.logTextEdit.appendPlainText(message)
 
     def onApplyButton(self) -> None:
         volumeNode = self._parameterNode.inputVolume
-        self.ui.resultLabel.text = ""
-        with slicer.util.tryWithErrorDisplay(_("Failed to prepare the volume."), waitCursor=True):
+        modelPath, _problem = self._modelPathOrProblem()
+        with slicer.util.tryWithErrorDisplay(_("Failed to grade the volume."), waitCursor=True):
             self.logic.checkTorch()
-            grid = self.logic.preprocessVolumeNode(volumeNode)
-            slices, height, width = grid.shape
-            self.ui.resultLabel.text = _(
-                "{name}: model grid of {slices} slices of {height} x {width} pixels "
-                "(intensities {low:.2f} to {high:.2f}). Severity grading arrives with the model."
-            ).format(name=volumeNode.GetName(), slices=slices, height=height, width=width,
-                     low=float(grid.min()), high=float(grid.max()))
+            result = self.logic.process(volumeNode, modelPath, self._parameterNode.device)
+            if modelPath is not None:
+                slicer.app.userSettings().setValue(LAST_MODEL_FILE_SETTING, str(modelPath))
+            self._showResults()
+            if self._parameterNode.showOverlay:
+                self.logic.showOverlay(volumeNode, result.attention_node, True,
+                                       self._parameterNode.overlayOpacity)
+
+    def onOverlayChanged(self, *args) -> None:
+        if self._connectingGui or not self._parameterNode:
+            return
+        nodes = self.logic.resultNodes(self._parameterNode.inputVolume)
+        if nodes is None:
+            return
+        self.logic.showOverlay(self._parameterNode.inputVolume, nodes.attention_node,
+                               self.ui.overlayCheckBox.checked, self.ui.opacitySliderWidget.value)
+
+    def onJumpButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Failed to jump to the most-attended slice.")):
+            volumeNode = self._parameterNode.inputVolume
+            sliceIndex, _ras = self.logic.jumpToMostAttendedSlice(volumeNode, self.logic.resultNodes(volumeNode))
+            slicer.util.showStatusMessage(
+                _("{name}: slice {index} has the most attention.").format(name=volumeNode.GetName(),
+                                                                         index=sliceIndex), 3000)
+
+    def onShowPlotButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Failed to show the attention plot.")):
+            nodes = self.logic.resultNodes(self._parameterNode.inputVolume)
+            if nodes is not None:
+                slicer.modules.plots.logic().ShowChartInLayout(nodes.plot_chart_node)
+
+    def onRunBatchButton(self) -> None:
+        parameters = self._parameterNode
+        modelPath, _problem = self._modelPathOrProblem()
+        self.ui.batchProgressBar.value = 0
+
+        def progress(done: int, total: int, path: str) -> None:
+            self.ui.batchProgressBar.maximum = total
+            self.ui.batchProgressBar.value = done
+            self.log(f"[{done}/{total}] {path}")
+            slicer.app.processEvents()  # keep the panel painted between studies
+
+        self.ui.runBatchButton.enabled = False
+        try:
+            with slicer.util.tryWithErrorDisplay(_("Batch prediction failed."), waitCursor=True):
+                self.logic.checkTorch()
+                result = self.logic.runOnFiles([parameters.batchInputFolder], parameters.batchOutputFolder,
+                                               modelPath, scene=parameters.batchWriteScenes,
+                                               device=parameters.device, progress=progress)
+                if modelPath is not None:
+                    slicer.app.userSettings().setValue(LAST_MODEL_FILE_SETTING, str(modelPath))
+                self.log(_("{ok} studies graded, {failed} failed; see {summary}").format(
+                    ok=len(result.predictions), failed=len(result.failures),
+                    summary=pathlib.Path(parameters.batchOutputFolder) / "summary.tsv"))
+                for path, message in result.failures.items():
+                    self.log(_("FAILED {path}: {message}").format(path=path, message=message.splitlines()[0]))
+        finally:
+            self._onParameterNodeModified()
 
 
 #
@@ -186,23 +343,36 @@ class TwoFiveCNNLogic(ScriptedLoadableModuleLogic):
     """MRML <-> TwoFiveCNNLib. Usable from the Python console without the widget::
 
         logic = slicer.util.getModuleLogic("TwoFiveCNN")  # or TwoFiveCNNLogic()
-        logic.checkTorch()
-        grid = logic.preprocessVolumeNode(getNode("CTChest"))
+        result = logic.process(getNode("CTChest"))        # bundled demo model; or modelPath="my.pt"
+        print(result.label, result.probabilities)
+        logic.showOverlay(getNode("CTChest"), result.attention_node)
+        logic.jumpToMostAttendedSlice(getNode("CTChest"), result)
+        batch = logic.runOnFiles(["/data/cts"], "/data/out", modelPath="my.pt")
     """
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
+        self.logCallback = None
+        self._model = None
+        self._modelKey = None
 
     def getParameterNode(self):
         return TwoFiveCNNParameterNode(super().getParameterNode())
 
-    def checkTorch(self, askConfirmation: bool = True):
+    def log(self, message: str) -> None:
+        logger.info(message)
+        if self.logCallback:
+            self.logCallback(message)
+
+    def checkTorch(self, askConfirmation=None):
         """Make sure a recent enough PyTorch is importable and return the ``torch`` module.
 
         Installs PyTorch through the PyTorch extension when it is missing, asking the user first
-        (PyTorchUtils skips the question when Slicer runs its tests). Call it from an action the
+        (``askConfirmation`` None: ask unless Slicer runs its tests). Call it from an action the
         user started, never at import time.
         """
+        if askConfirmation is None:
+            askConfirmation = not slicer.app.testingEnabled()
         try:
             import PyTorchUtils
         except ModuleNotFoundError as error:
@@ -227,33 +397,137 @@ class TwoFiveCNNLogic(ScriptedLoadableModuleLogic):
                 "Uninstall it in the PyTorch Utils module, restart Slicer, and press Apply again to install a "
                 "current version."
             )
-        logger.info(f"TwoFiveCNN: using PyTorch {torch.__version__}")
+        logger.debug(f"TwoFiveCNN: using PyTorch {torch.__version__}")
         return torch
+
+    def loadModel(self, modelPath=None, device: str = "auto"):
+        """The model of a file (None: the bundled demo model), loaded once and reused.
+
+        The last model stays loaded, keyed by its path, the device and the file's time stamp, so
+        grading many volumes reads the file once and a retrained file is picked up.
+        """
+        self.checkTorch()
+        from TwoFiveCNNLib.inference import BUNDLED_MODEL, load_model
+
+        path = pathlib.Path(modelPath) if _isSet(modelPath) else BUNDLED_MODEL
+        try:
+            stat = path.stat()
+            stamp = (stat.st_mtime_ns, stat.st_size)
+        except OSError:
+            stamp = None  # load_model says clearly that the file is missing
+        key = (str(path.resolve()), str(device).lower(), stamp)
+        if self._modelKey != key:
+            self._model = self._modelKey = None  # release the previous model (GPU memory) first
+            self._model = load_model(path if _isSet(modelPath) else None, device)
+            self._modelKey = key
+            self.log(f"Loaded model {self._model.name} ({path.name}) on {device}")
+        return self._model
+
+    def process(self, inputVolume, modelPath=None, device: str = "auto"):
+        """Grade ``inputVolume`` and show the result in the scene; returns a ``NodePrediction``.
+
+        ``modelPath`` None uses the bundled synthetic-phantom demo model. Re-running on the same
+        volume updates the same result nodes. A failure (unreadable model, unusable volume) adds
+        no node: loading and inference happen before any node is touched.
+        """
+        from TwoFiveCNNLib.scene import predict_volume_node
+
+        model = self.loadModel(modelPath, device)
+        result = predict_volume_node(inputVolume, scene=slicer.mrmlScene, model=model)
+        for warning in result.prediction.warnings:
+            self.log(f"{inputVolume.GetName()}: {warning}")
+        return result
+
+    def runOnFiles(self, paths, outputDir, modelPath=None, scene: bool = False, device: str = "auto",
+                   progress=None):
+        """Grade volume files, DICOM folders or folders of volume files into ``outputDir``.
+
+        The same code as ``twofivecnn predict``: per study a JSON, an evidence volume and a PNG
+        (and with ``scene`` a .mrml), plus ``summary.tsv``. A bad study is reported in the returned
+        ``BatchResult.failures`` and the others still run. ``progress(done, total, path)`` is called
+        after every study.
+        """
+        if isinstance(paths, (str, os.PathLike)):
+            paths = [paths]
+        paths = [pathlib.Path(p) for p in paths if _isSet(p)]
+        if not paths:
+            raise ValueError(_("Choose the volume files or the folder to grade."))
+        if not _isSet(outputDir):
+            raise ValueError(_("Choose an output folder."))
+        outputDir = pathlib.Path(outputDir)
+        # Outputs include volume files (the evidence maps): in an input folder, the next run would grade them.
+        for path in paths:
+            if path.is_dir() and outputDir.resolve() == path.resolve():
+                raise ValueError(_("The output folder must differ from the input folder {path}: the "
+                                   "evidence volumes written there would be graded as studies next time.")
+                                 .format(path=path))
+        from TwoFiveCNNLib.outputs import predict_batch
+
+        model = self.loadModel(modelPath, device)
+        outputDir.mkdir(parents=True, exist_ok=True)
+        return predict_batch(model, paths, outputDir, scene=scene, progress=progress)
+
+    def resultNodes(self, inputVolume):
+        """The result nodes of the last run on ``inputVolume`` (``PredictionNodes``), or None."""
+        if inputVolume is None:
+            return None
+        from TwoFiveCNNLib.scene import find_prediction_nodes
+
+        return find_prediction_nodes(inputVolume)
+
+    def resultSummary(self, nodes) -> str:
+        """One line for the panel: grade, its probability, and any warning or demo-model notice."""
+        from TwoFiveCNNLib.scene import ATTRIBUTE_PREFIX
+
+        table = nodes.table_node
+        label = table.GetAttribute(ATTRIBUTE_PREFIX + "label") or "?"
+        classes = table.GetTable().GetColumnByName("class")
+        probabilities = table.GetTable().GetColumnByName("probability")
+        probability = next((probabilities.GetValue(row) for row in range(classes.GetNumberOfValues())
+                            if classes.GetValue(row) == label), float("nan"))
+        lines = [_("{label} (probability {probability:.2f})").format(label=label, probability=probability)]
+        for key in ("notice", "warnings"):
+            text = table.GetAttribute(ATTRIBUTE_PREFIX + key)
+            if text:
+                lines.append(text)
+        return "\n".join(lines)
+
+    def showOverlay(self, inputVolume, attentionNode, visible: bool = True, opacity: float = 0.4) -> None:
+        """The evidence map as foreground over ``inputVolume`` in every slice view (or remove it)."""
+        if visible:
+            slicer.util.setSliceViewerLayers(background=inputVolume, foreground=attentionNode,
+                                             foregroundOpacity=opacity)
+        else:
+            slicer.util.setSliceViewerLayers(foreground=None)
+
+    def jumpToMostAttendedSlice(self, inputVolume, nodes=None):
+        """Centre every slice view on the input slice with the most attention; returns ``(k, ras)``.
+
+        ``nodes`` is what :meth:`process` returned or :meth:`resultNodes` finds (None: look it up).
+        """
+        from TwoFiveCNNLib.scene import ATTRIBUTE_PREFIX, jump_to_slice_ras
+
+        nodes = nodes if nodes is not None else self.resultNodes(inputVolume)
+        index = nodes.table_node.GetAttribute(ATTRIBUTE_PREFIX + "mostAttendedSlice") if nodes else None
+        if index is None:
+            raise ValueError(_("{name} has no result yet: press Apply first.").format(
+                name=inputVolume.GetName() if inputVolume else "The input"))
+        sliceIndex = int(index)
+        ras = jump_to_slice_ras(inputVolume, sliceIndex)
+        scene = inputVolume.GetScene() or slicer.mrmlScene
+        for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceNode")):
+            scene.GetNthNodeByClass(i, "vtkMRMLSliceNode").JumpSliceByCentering(*ras)
+        return sliceIndex, ras
 
     def volumeFromNode(self, volumeNode):
         """The node's voxels and geometry as a TwoFiveCNNLib ``Volume`` (canonical orientation).
 
-        The voxel array is a view into the node's image data: do not modify it. A parent transform
-        is ignored, because results are mapped back onto this same voxel grid.
+        A copy of the voxels; a parent transform is ignored (and reported in ``warnings``), because
+        results are mapped back onto this same voxel grid.
         """
-        if volumeNode is None or volumeNode.GetImageData() is None:
-            raise ValueError(_("Select a volume that contains image data."))
-        array = slicer.util.arrayFromVolume(volumeNode)  # numpy [k, j, i]
-        if array.ndim != 3:
-            raise ValueError(
-                _("{name} has {components} components per voxel; a single-component CT volume in HU is needed.")
-                .format(name=volumeNode.GetName(), components=array.shape[-1])
-            )
-        ijkToRas = vtk.vtkMatrix4x4()
-        volumeNode.GetIJKToRASMatrix(ijkToRas)
+        from TwoFiveCNNLib.scene import volume_from_node
 
-        from TwoFiveCNNLib.volume_io import Geometry, Volume
-
-        geometry = Geometry.from_ijk_to_ras(slicer.util.arrayFromVTKMatrix(ijkToRas), array.shape[::-1])
-        warnings = []
-        if volumeNode.GetParentTransformNode() is not None:
-            warnings.append(f"{volumeNode.GetName()}: its parent transform is ignored; results use its own voxel grid.")
-        return Volume.from_original(array, geometry, source=volumeNode.GetName(), warnings=warnings)
+        return volume_from_node(volumeNode)
 
     def preprocessVolumeNode(self, volumeNode, config=None) -> np.ndarray:
         """Window, crop and resample the node's voxels to the model grid.
@@ -286,17 +560,46 @@ class TwoFiveCNNTest(ScriptedLoadableModuleTest):
     """Self-tests on synthetic volume nodes, run with "Reload and Test" or by CTest.
 
     They exercise the real logic and TwoFiveCNNLib (PyTorch is installed through the PyTorch
-    extension if missing, without asking, as Slicer does when testing).
+    extension if missing, without asking, as Slicer does when testing). The grading tests use the
+    bundled demo model and are skipped, with a message, while it is not bundled; the project's pytest
+    suite runs them with a small model it trains itself (``modelPath``).
     """
+
+    modelPath = None  # None: the bundled demo model
 
     def setUp(self):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
         for test in (self.test_versionAtLeast, self.test_volumeFromNode_keeps_geometry,
-                     self.test_preprocessVolumeNode_grid, self.test_preprocessVolumeNode_ignores_storage_order):
+                     self.test_preprocessVolumeNode_grid, self.test_preprocessVolumeNode_ignores_storage_order,
+                     self.test_process_phantom_volume, self.test_process_failure_adds_no_nodes,
+                     self.test_runOnFiles_reports_bad_studies):
             self.setUp()
             test()
+
+    def _modelOrSkip(self):
+        """``(usable, modelPath)``: the model to grade with, or False after saying why the test is skipped."""
+        path = pathlib.Path(self.modelPath) if self.modelPath else BUNDLED_MODEL_PATH
+        if not path.is_file():
+            self.delayDisplay(f"Skipped: no model at {path} (the demo model is not bundled yet).")
+            return False, None
+        return True, self.modelPath
+
+    @staticmethod
+    def _phantomNode(label: int = 3, seed: int = 11):
+        """A synthetic chest CT of MosMed class ``label`` as a volume node, in its stored orientation."""
+        from TwoFiveCNNLib.phantoms import generate_phantom
+
+        phantom = generate_phantom(label, seed)
+        return slicer.util.addVolumeFromArray(phantom.array_kji, phantom.geometry.ijk_to_ras(),
+                                              name=f"Phantom CT-{label}")
+
+    @staticmethod
+    def _ijkToRas(volumeNode) -> np.ndarray:
+        matrix = vtk.vtkMatrix4x4()
+        volumeNode.GetIJKToRASMatrix(matrix)
+        return slicer.util.arrayFromVTKMatrix(matrix)
 
     @staticmethod
     def _syntheticChest(shape=(24, 72, 64)):
@@ -364,4 +667,106 @@ class TwoFiveCNNTest(ScriptedLoadableModuleTest):
         config = PreprocessConfig(in_plane=32, n_slices=16)
         np.testing.assert_allclose(logic.preprocessVolumeNode(nodeA, config),
                                    logic.preprocessVolumeNode(nodeB, config), atol=1e-6)
+        self.delayDisplay("Test passed")
+
+
+    def test_process_phantom_volume(self):
+        self.delayDisplay("Grading a synthetic phantom volume")
+        usable, modelPath = self._modelOrSkip()
+        if not usable:
+            return
+        logic = TwoFiveCNNLogic()
+        volumeNode = self._phantomNode()
+        result = logic.process(volumeNode, modelPath)
+
+        probabilities = result.probabilities
+        self.assertEqual(len(probabilities), 5)
+        self.assertAlmostEqual(sum(probabilities.values()), 1.0, places=4)
+        self.assertEqual(result.label, max(probabilities, key=probabilities.get))
+        table = result.table_node.GetTable()
+        self.assertEqual(table.GetNumberOfRows(), len(probabilities))
+        attention = result.attention_node
+        self.assertEqual(attention.GetImageData().GetDimensions(), volumeNode.GetImageData().GetDimensions())
+        np.testing.assert_allclose(self._ijkToRas(attention), self._ijkToRas(volumeNode), atol=1e-9)
+        slices = volumeNode.GetImageData().GetDimensions()[2]
+        self.assertEqual(result.plot_chart_node.GetPlotSeriesNode().GetTableNode().GetNumberOfRows(), slices)
+        self.assertIn(logic.resultSummary(result.nodes).split(" ")[0], probabilities)
+
+        # A second run reuses the loaded model and updates the same nodes.
+        count = slicer.mrmlScene.GetNumberOfNodes()
+        model = logic.loadModel(modelPath)
+        again = logic.process(volumeNode, modelPath)
+        self.assertIs(logic.loadModel(modelPath), model)
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), count)
+        self.assertEqual(again.table_node.GetID(), result.table_node.GetID())
+        self.assertEqual(logic.resultNodes(volumeNode).attention_node.GetID(), attention.GetID())
+
+        # Overlay and jump act on the scene's slice views (created here when Slicer has none, headless).
+        if slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode") == 0:
+            slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSliceCompositeNode")
+        if slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSliceNode") == 0:
+            slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSliceNode")
+        logic.showOverlay(volumeNode, attention, True, 0.3)
+        composite = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLSliceCompositeNode")
+        self.assertEqual(composite.GetForegroundVolumeID(), attention.GetID())
+        self.assertEqual(composite.GetBackgroundVolumeID(), volumeNode.GetID())
+        self.assertAlmostEqual(composite.GetForegroundOpacity(), 0.3)
+        logic.showOverlay(volumeNode, attention, False)
+        self.assertIsNone(composite.GetForegroundVolumeID())
+        sliceIndex, ras = logic.jumpToMostAttendedSlice(volumeNode, result)
+        self.assertEqual(sliceIndex, result.prediction.most_attended_slice)
+        sliceToRas = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLSliceNode").GetSliceToRAS()
+        np.testing.assert_allclose([sliceToRas.GetElement(row, 3) for row in range(3)], ras, atol=1e-6)
+        self.delayDisplay("Test passed")
+
+    def test_process_failure_adds_no_nodes(self):
+        self.delayDisplay("A model file that is not a model fails without leaving nodes behind")
+        import tempfile
+
+        logic = TwoFiveCNNLogic()
+        volumeNode = slicer.util.addVolumeFromArray(self._syntheticChest(), np.diag([0.8, 0.8, 2.0, 1.0]))
+        count = slicer.mrmlScene.GetNumberOfNodes()
+        with tempfile.TemporaryDirectory(dir=slicer.app.temporaryPath) as folder:
+            notAModel = pathlib.Path(folder) / "notes.pt"
+            notAModel.write_text("not a model\n", encoding="utf-8")
+            # Which error depends on the text (TwoFiveCNNLib's model_file lets some of torch.load's through);
+            # what this module guarantees is that nothing is left in the scene.
+            with self.assertRaises(Exception):  # noqa: B017
+                logic.process(volumeNode, notAModel)
+            with self.assertRaises(ValueError):
+                logic.process(volumeNode, pathlib.Path(folder) / "missing.pt")
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), count)
+        self.assertIsNone(logic.resultNodes(volumeNode))
+        with self.assertRaises(ValueError):
+            logic.jumpToMostAttendedSlice(volumeNode)
+        self.delayDisplay("Test passed")
+
+    def test_runOnFiles_reports_bad_studies(self):
+        self.delayDisplay("Batch prediction on a folder with one good and one broken study")
+        usable, modelPath = self._modelOrSkip()
+        if not usable:
+            return
+        import tempfile
+
+        from TwoFiveCNNLib.phantoms import generate_phantom
+        from TwoFiveCNNLib.volume_io import write_volume
+
+        logic = TwoFiveCNNLogic()
+        count = slicer.mrmlScene.GetNumberOfNodes()
+        with tempfile.TemporaryDirectory(dir=slicer.app.temporaryPath) as folder:
+            studies, output = pathlib.Path(folder) / "studies", pathlib.Path(folder) / "out"
+            studies.mkdir()
+            phantom = generate_phantom(2, seed=5)
+            good = write_volume(phantom.array_kji, phantom.geometry, studies / "good.nrrd")
+            bad = studies / "broken.nrrd"
+            bad.write_text("not a volume\n", encoding="utf-8")
+            with self.assertRaises(ValueError):
+                logic.runOnFiles(studies, studies, modelPath)
+            result = logic.runOnFiles(studies, output, modelPath)
+            self.assertEqual(list(result.predictions), [str(good)])
+            self.assertEqual(list(result.failures), [str(bad)])
+            rows = (output / "summary.tsv").read_text(encoding="utf-8").splitlines()
+            self.assertEqual(len(rows), 3)
+            self.assertTrue((output / "good.json").is_file())
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), count)  # the batch leaves the scene alone
         self.delayDisplay("Test passed")

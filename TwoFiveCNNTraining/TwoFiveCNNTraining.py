@@ -1,15 +1,20 @@
-"""TwoFiveCNN Training: index a labelled chest CT dataset and (soon) train a TwoFiveCNN model on it.
+"""TwoFiveCNN Training: build a labelled chest CT dataset and train a TwoFiveCNN model on it in Slicer.
 
-A thin Slicer front end over TwoFiveCNNLib, which the TwoFiveCNN module installs into the same
-scripted-modules folder. Training will run in a separate PythonSlicer process that the widget
-polls, so the GUI never freezes; until then the Train and Cancel buttons stay disabled.
+A thin Slicer front end over TwoFiveCNNLib (``training_session``), which the TwoFiveCNN module
+installs into the same scripted-modules folder. Training runs in a separate PythonSlicer process;
+a timer polls its progress events, so the GUI never freezes.
 """
 
+import os
 import pathlib
+from typing import Annotated
 
+import qt
 import slicer
+import vtk
+from slicer import vtkMRMLTableNode
 from slicer.i18n import tr as _
-from slicer.parameterNodeWrapper import parameterNodeWrapper
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -19,6 +24,10 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 HOMEPAGE = "https://github.com/twofivecnn/SlicerTwoFiveCNN"
+# Read by the TwoFiveCNN module when its model path is unset (TwoFiveCNN.LAST_MODEL_FILE_SETTING).
+LAST_MODEL_FILE_SETTING = "TwoFiveCNN/LastModelFile"
+DEVICE_CHOICES = ["auto", "cpu", "cuda"]
+POLL_INTERVAL_MS = 500
 
 
 #
@@ -33,14 +42,18 @@ class TwoFiveCNNTraining(ScriptedLoadableModule):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("TwoFiveCNN Training")
         self.parent.categories = [_("Chest Imaging")]
-        self.parent.dependencies = []
+        self.parent.dependencies = ["TwoFiveCNN"]
         self.parent.contributors = ["TwoFiveCNN developers"]
         self.parent.helpText = _("""
-Prepares and (in a coming version) runs the training of a TwoFiveCNN model, the two-stage 2.5D network
-that grades COVID-19 pneumonia severity on chest CT with the MosMed classes CT-0 to CT-4.
-<p>Choose a dataset folder of chest CT studies with their severity labels (for example MosMedData) and
-press "Summarize dataset" to see how many studies each class holds. Training from within Slicer is not
-implemented yet: the Train and Cancel buttons are disabled until it is.</p>
+Trains a TwoFiveCNN model, the two-stage 2.5D network that grades COVID-19 pneumonia severity on chest CT
+with the MosMed classes CT-0 to CT-4, on your own labelled studies.
+<p><b>Dataset</b>: a folder of studies in class folders CT-0..CT-4 (for example MosMedData) or a .csv
+file with path,label columns; or volumes loaded in the scene, labelled in an editable table (they are
+exported once as NRRD files beside the model). "Show summary" checks it before training.</p>
+<p><b>Training</b> runs in a separate process, so Slicer stays usable: the progress bar, the log and the
+curves follow it live; Cancel keeps the last completed epoch and Resume continues from it.</p>
+<p><b>Results</b>: per-class metrics and the confusion matrix of the held-out test split; "Use in
+TwoFiveCNN" selects the new model in the TwoFiveCNN module.</p>
 <p>The demo model bundled with the TwoFiveCNN module was trained on synthetic phantoms only; it is not a
 medical device and must not be used for clinical decisions. A model you train is only as good as your
 data and its validation.</p>
@@ -66,10 +79,26 @@ licensed CC BY-NC-ND 3.0). The module layout follows the 3D Slicer scripted modu
 class TwoFiveCNNTrainingParameterNode:
     """What the user chose, saved with the scene.
 
-    datasetPath: folder of labelled chest CT studies.
+    datasetPath: MosMed-style folder (CT-0..CT-4 class folders) or .csv file with path,label columns.
+    useSceneVolumes: train on the volumes listed in ``labelTable`` instead of ``datasetPath``.
+    labelTable: table with 'volume' (node name or ID) and 'label' (CT-0..CT-4) columns.
+    modelPath: model file to write; its checkpoint and split are written beside it.
+    stage1Epochs, stage2Epochs, seed, device: the training settings (``twofivecnn train`` options).
     """
 
     datasetPath: pathlib.Path
+    useSceneVolumes: bool = False
+    labelTable: vtkMRMLTableNode
+    modelPath: pathlib.Path
+    stage1Epochs: Annotated[int, WithinRange(1, 1000)] = 14
+    stage2Epochs: Annotated[int, WithinRange(1, 10000)] = 150
+    seed: Annotated[int, WithinRange(0, 2**31 - 1)] = 0
+    device: Annotated[str, Choice(DEVICE_CHOICES)] = "auto"
+
+
+def _isSet(path) -> bool:
+    """An unset pathlib.Path parameter reads as "."; never train on or write into the working directory."""
+    return path is not None and str(path) not in ("", ".")
 
 
 #
@@ -78,7 +107,7 @@ class TwoFiveCNNTrainingParameterNode:
 
 
 class TwoFiveCNNTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """GUI only: binds the .ui to the parameter node and hands the work to TwoFiveCNNTrainingLogic."""
+    """GUI only: binds the .ui to the parameter node, polls the training process, shows its results."""
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -86,6 +115,8 @@ class TwoFiveCNNTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
+        self._plotViewNode = None
+        self.timer = None
 
     def setup(self) -> None:
         # Must stay cheap and silent: the generic tests instantiate the widget. No torch, no dialogs.
@@ -97,19 +128,33 @@ class TwoFiveCNNTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         uiWidget.setMRMLScene(slicer.mrmlScene)
 
         self.logic = TwoFiveCNNTrainingLogic()
+        self.logic.logCallback = self.log
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
 
         self.ui.summarizeButton.connect("clicked(bool)", self.onSummarizeButton)
-        # Train and Cancel stay disabled (see their tooltips in the .ui) until training is implemented.
-        self.ui.trainButton.enabled = False
-        self.ui.cancelButton.enabled = False
+        self.ui.addVolumesButton.connect("clicked(bool)", self.onAddVolumesButton)
+        self.ui.trainButton.connect("clicked(bool)", self.onTrainButton)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
+        self.ui.resumeButton.connect("clicked(bool)", self.onResumeButton)
+        self.ui.useInTwoFiveCNNButton.connect("clicked(bool)", self.onUseInTwoFiveCNNButton)
+        self.ui.curveChartComboBox.addItems([_("Training loss"), _("Validation balanced accuracy")])
+        self.ui.curveChartComboBox.connect("currentIndexChanged(int)", self.showCurves)
         self.ui.progressBar.value = 0
+
+        # The training process is polled, never waited for: the GUI stays responsive.
+        self.timer = qt.QTimer()
+        self.timer.setInterval(POLL_INTERVAL_MS)
+        self.timer.connect("timeout()", self.onTimer)
 
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
+        if self.timer is not None:
+            self.timer.stop()
+        if self.logic is not None and self.logic.isTraining():
+            self.logic.cancelTraining()  # no orphan training process after the module is gone
         self.removeObservers()
 
     def enter(self) -> None:
@@ -122,6 +167,7 @@ class TwoFiveCNNTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
+        self._plotViewNode = None
         if self.parent.isEntered:
             self.initializeParameterNode()
 
@@ -132,22 +178,133 @@ class TwoFiveCNNTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
         self._parameterNode = inputParameterNode
         if self._parameterNode:
             # Binds every widget with a SlicerParameterName property in the .ui to its parameter.
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+            self._onParameterNodeModified()
+
+    def _onParameterNodeModified(self, caller=None, event=None) -> None:
+        parameters = self._parameterNode
+        if parameters is None:
+            return
+        useScene = parameters.useSceneVolumes
+        for widget in (self.ui.labelTableSelector, self.ui.addVolumesButton, self.ui.labelTableView):
+            widget.enabled = useScene
+        self.ui.datasetPathLineEdit.enabled = not useScene
+        self.ui.labelTableView.setMRMLTableNode(parameters.labelTable)
+        self._updateButtons()
+
+    def _updateButtons(self) -> None:
+        parameters, training = self._parameterNode, self.logic.isTraining()
+        problem = self.logic.trainingProblem(parameters) if parameters else _("No parameter node.")
+        self.ui.trainButton.enabled = not training and problem is None
+        self.ui.trainButton.toolTip = problem or _("Train a model in a separate process; Slicer stays usable.")
+        self.ui.cancelButton.enabled = training
+        canResume = not training and parameters is not None and self.logic.canResume(parameters.modelPath)
+        self.ui.resumeButton.enabled = canResume
+        self.ui.resumeButton.toolTip = (
+            _("Continue the interrupted run from its checkpoint, with the same settings.") if canResume
+            else _("Only after a cancelled or failed run that left a checkpoint beside the model."))
 
     def log(self, message: str) -> None:
-        """Append a line to the log box (the logic and, later, the training process report here)."""
+        """Append a line to the log box (the logic and the training process report here)."""
         self.ui.logTextEdit.appendPlainText(message)
 
     def onSummarizeButton(self) -> None:
         self.ui.summaryTextEdit.setPlainText("")
         with slicer.util.tryWithErrorDisplay(_("Failed to summarize the dataset."), waitCursor=True):
-            path = self._parameterNode.datasetPath
-            summary = self.logic.datasetSummary(path)
-            self.ui.summaryTextEdit.setPlainText(summary)
+            path = self.logic.datasetForTraining(self._parameterNode)
+            self.ui.summaryTextEdit.setPlainText(self.logic.datasetSummary(path))
             self.log(_("Summarized dataset {path}").format(path=path))
+
+    def onAddVolumesButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Failed to list the scene volumes."), waitCursor=True):
+            table = self.logic.updateLabelTable(tableNode=self._parameterNode.labelTable)
+            self._parameterNode.labelTable = table
+            self.log(_("Listed {count} volumes in {table}: type each one's class (CT-0..CT-4) in the label "
+                       "column.").format(count=table.GetNumberOfRows(), table=table.GetName()))
+
+    def onTrainButton(self) -> None:
+        self._start(resume=False)
+
+    def onResumeButton(self) -> None:
+        self._start(resume=True)
+
+    def _start(self, resume: bool) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Failed to start training."), waitCursor=True):
+            slicer.util.getModuleLogic("TwoFiveCNN").checkTorch()
+            parameters = self._parameterNode
+            data = self.logic.datasetForTraining(parameters)
+            self.logic.startTraining(data, parameters.modelPath, parameters.stage1Epochs, parameters.stage2Epochs,
+                                     parameters.seed, parameters.device, resume=resume)
+            if not resume:
+                self.ui.logTextEdit.setPlainText("")
+                self.ui.progressBar.value = 0
+            self.log(_("Training {model} on {data} ({how}).").format(
+                model=parameters.modelPath, data=data, how=_("resumed") if resume else _("new run")))
+            self.ui.statusLabel.text = _("Starting the training process...")
+            self.ui.useInTwoFiveCNNButton.enabled = False
+            self.showCurves()
+            self.timer.start()
+        self._updateButtons()
+
+    def onCancelButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Failed to cancel training."), waitCursor=True):
+            self.logic.cancelTraining()
+        self.onTimer()  # collects the exit event at once
+
+    def onTimer(self) -> None:
+        from TwoFiveCNNLib.training_session import describe_event, progress_percent
+
+        for event in self.logic.processEvents():
+            text = describe_event(event)
+            percent = progress_percent(event)
+            if percent is not None:
+                self.ui.progressBar.value = percent
+            if event["stage"] == "preprocess" and event.get("epoch") != event.get("epochs"):
+                self.ui.statusLabel.text = text  # one log line per subset is enough
+                continue
+            self.log(text)
+            self.ui.statusLabel.text = text
+            if event["stage"] == "exit":
+                self.timer.stop()
+                self._onFinished(event)
+        self._updateButtons()
+
+    def _onFinished(self, event: dict) -> None:
+        if event["returncode"] == 0:
+            self.ui.progressBar.value = 100
+            with slicer.util.tryWithErrorDisplay(_("Training finished but its metrics could not be shown.")):
+                self.showResults(self.logic.lastModelPath)
+        elif not event.get("cancelled"):
+            slicer.util.errorDisplay(_("Training failed: {error}").format(error=event.get("error")),
+                                     detailedText=self.logic.stderrTail())
+
+    def showResults(self, modelPath) -> None:
+        metricsNode, confusionNode = self.logic.showMetrics(modelPath)
+        self.ui.metricsTableView.setMRMLTableNode(metricsNode)
+        self.ui.confusionTableView.setMRMLTableNode(confusionNode)
+        self.ui.metricsLabel.text = metricsNode.GetDescription()
+        self.ui.useInTwoFiveCNNButton.enabled = True
+        self.ui.resultsCollapsibleButton.collapsed = False
+
+    def showCurves(self, index=None) -> None:
+        """Show the chosen curve chart in the panel's plot view."""
+        nodes = self.logic.progressNodes()
+        chart = nodes.loss_chart_node if self.ui.curveChartComboBox.currentIndex <= 0 else nodes.accuracy_chart_node
+        if self._plotViewNode is None or not slicer.mrmlScene.IsNodePresent(self._plotViewNode):
+            self._plotViewNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLPlotViewNode", "TwoFiveCNNTraining plot")
+            self._plotViewNode.SetSaveWithScene(False)
+            self.ui.curvesPlotWidget.setMRMLPlotViewNode(self._plotViewNode)
+        self._plotViewNode.SetPlotChartNodeID(chart.GetID())
+
+    def onUseInTwoFiveCNNButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Failed to select the model in TwoFiveCNN.")):
+            self.logic.useModelInTwoFiveCNN(self.logic.lastModelPath)
+            slicer.util.selectModule("TwoFiveCNN")
 
 
 #
@@ -156,17 +313,29 @@ class TwoFiveCNNTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
 
 
 class TwoFiveCNNTrainingLogic(ScriptedLoadableModuleLogic):
-    """Dataset and training operations. Usable from the Python console without the widget::
+    """MRML <-> TwoFiveCNNLib.training_session. Usable from the Python console without the widget::
 
         logic = slicer.util.getModuleLogic("TwoFiveCNNTraining")  # or TwoFiveCNNTrainingLogic()
         print(logic.datasetSummary("/data/MosMedData"))
+        logic.startTraining("/data/MosMedData", "/models/mine.pt", stage1Epochs=14, stage2Epochs=150)
+        events = logic.processEvents()  # call repeatedly (the widget does, from a timer)
     """
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
+        self.process = None
+        self.lastModelPath = None
+        self.logCallback = None
+        self._progressNodes = None
 
     def getParameterNode(self):
         return TwoFiveCNNTrainingParameterNode(super().getParameterNode())
+
+    def log(self, message: str) -> None:
+        if self.logCallback:
+            self.logCallback(message)
+
+    # ------------------------------------------------------------------ dataset
 
     def datasetSummary(self, path) -> str:
         """Index the dataset at ``path`` with TwoFiveCNNLib and describe it (studies per class, warnings).
@@ -174,13 +343,139 @@ class TwoFiveCNNTrainingLogic(ScriptedLoadableModuleLogic):
         ``path`` is a MosMed-style folder (``studies/CT-0..CT-4/...`` or ``CT-0..CT-4/...``) or a ``.csv``
         file with ``path,label`` columns.
         """
-        # An unset pathlib.Path parameter reads as "."; never index the working directory by accident.
-        if path is None or str(path) in ("", "."):
+        if not _isSet(path):
             raise ValueError(_("Choose a dataset folder, or a .csv file with path,label columns."))
 
-        from TwoFiveCNNLib.dataset import DatasetIndex
+        from TwoFiveCNNLib.training_session import dataset_summary_text
 
-        return DatasetIndex.load(path).summary()
+        return dataset_summary_text(path)
+
+    def updateLabelTable(self, volumeNodes=None, labels=None, tableNode=None):
+        """List volumes (default: every scalar volume of the scene) in the label table, keeping typed labels."""
+        from TwoFiveCNNLib.training_session import label_table_node
+
+        if volumeNodes is None:
+            volumeNodes = [node for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
+                           if not node.IsA("vtkMRMLLabelMapVolumeNode")]
+        return label_table_node(slicer.mrmlScene, volumeNodes, labels, tableNode)
+
+    def exportDataset(self, tableNode, exportDir) -> pathlib.Path:
+        """Write the labelled volumes as NRRD files (once each) and a dataset CSV; returns the CSV path."""
+        from TwoFiveCNNLib.training_session import dataset_from_nodes
+
+        if tableNode is None:
+            raise ValueError(_("Choose the label table (press 'Add scene volumes to the label table' first)."))
+        return dataset_from_nodes(tableNode, slicer.mrmlScene, exportDir, log=self.log)
+
+    @staticmethod
+    def exportFolder(modelPath) -> pathlib.Path:
+        """Where scene volumes are exported for a model: ``<model folder>/<model name>_dataset``."""
+        modelPath = pathlib.Path(modelPath)
+        return modelPath.parent / f"{modelPath.stem}_dataset"
+
+    def datasetForTraining(self, parameters) -> pathlib.Path:
+        """The dataset the parameters choose: the folder/CSV, or the scene volumes exported beside the model."""
+        if not parameters.useSceneVolumes:
+            if not _isSet(parameters.datasetPath):
+                raise ValueError(_("Choose a dataset folder, or a .csv file with path,label columns."))
+            return pathlib.Path(parameters.datasetPath)
+        if not _isSet(parameters.modelPath):
+            raise ValueError(_("Choose the output model file first: scene volumes are exported beside it."))
+        return self.exportDataset(parameters.labelTable, self.exportFolder(parameters.modelPath))
+
+    def trainingProblem(self, parameters):
+        """Why Train cannot be pressed yet, or None."""
+        if not _isSet(parameters.modelPath):
+            return _("Choose the output model file (.pt).")
+        if parameters.useSceneVolumes and parameters.labelTable is None:
+            return _("Choose or create the label table of the scene volumes.")
+        if not parameters.useSceneVolumes and not _isSet(parameters.datasetPath):
+            return _("Choose a dataset folder or .csv file.")
+        return None
+
+    # ------------------------------------------------------------------ training
+
+    @staticmethod
+    def pythonExecutable() -> str:
+        """PythonSlicer inside Slicer (the Slicer binary itself would start a second application)."""
+        import shutil
+        import sys
+
+        return shutil.which("PythonSlicer") or sys.executable
+
+    def progressNodes(self):
+        """The curve table and chart nodes of the current scene (recreated after a scene close)."""
+        from TwoFiveCNNLib.training_session import ProgressNodes
+
+        nodes = self._progressNodes
+        if nodes is None or not slicer.mrmlScene.IsNodePresent(nodes.curves_table_node):
+            self._progressNodes = ProgressNodes(slicer.mrmlScene)
+        return self._progressNodes
+
+    def startTraining(self, data, modelPath, stage1Epochs=None, stage2Epochs=None, seed=None, device=None,
+                      extraArgs=(), resume=False):
+        """Start ``twofivecnn train`` in a child process; returns its TrainingProcess (poll with processEvents)."""
+        from TwoFiveCNNLib.training_session import TrainingProcess, train_arguments
+
+        if self.isTraining():
+            raise RuntimeError(_("Training is already running: cancel it first."))
+        if not _isSet(modelPath):
+            raise ValueError(_("Choose the output model file (.pt)."))
+        modelPath = pathlib.Path(modelPath)
+        if modelPath.suffix.lower() != ".pt":
+            modelPath = modelPath.with_name(modelPath.name + ".pt")
+        args = [*train_arguments(stage1Epochs, stage2Epochs, seed, device), *extraArgs]
+        self.process = TrainingProcess(data, modelPath, args, python=self.pythonExecutable())
+        self.lastModelPath = modelPath
+        if not resume:
+            self.progressNodes().clear()
+        self.process.start(resume=resume)
+        return self.process
+
+    def isTraining(self) -> bool:
+        return self.process is not None and self.process.is_running
+
+    def processEvents(self) -> list:
+        """New progress events of the training process, also appended to the curve nodes. Never blocks."""
+        if self.process is None:
+            return []
+        events = self.process.poll()
+        self.progressNodes().add_events(events)
+        return events
+
+    def cancelTraining(self) -> None:
+        """Stop the training process; the checkpoint of the last completed epoch stays for Resume."""
+        if self.process is not None:
+            self.process.cancel()
+
+    def canResume(self, modelPath) -> bool:
+        if not _isSet(modelPath):
+            return False
+        modelPath = pathlib.Path(modelPath)
+        return modelPath.with_name(modelPath.name + ".ckpt").is_file()
+
+    def stderrTail(self) -> str:
+        return self.process.stderr_tail if self.process is not None else ""
+
+    # ------------------------------------------------------------------ results
+
+    def showMetrics(self, modelPath):
+        """The model's test metrics as a per-class table node and a confusion matrix table node."""
+        from TwoFiveCNNLib.training_session import metrics_to_tables
+
+        return metrics_to_tables(modelPath, slicer.mrmlScene)
+
+    def useModelInTwoFiveCNN(self, modelPath) -> None:
+        """Make ``modelPath`` the TwoFiveCNN module's model: its parameter node and its remembered model file."""
+        if not _isSet(modelPath) or not os.path.isfile(modelPath):
+            raise ValueError(_("No trained model file yet: train a model first."))
+        slicer.app.userSettings().setValue(LAST_MODEL_FILE_SETTING, str(modelPath))
+        mainLogic = slicer.util.getModuleLogic("TwoFiveCNN")
+        if mainLogic is not None:
+            parameters = mainLogic.getParameterNode()
+            parameters.modelPath = pathlib.Path(modelPath)
+            if hasattr(parameters, "useDemoModel"):
+                parameters.useDemoModel = False
 
 
 #
@@ -195,7 +490,8 @@ class TwoFiveCNNTrainingTest(ScriptedLoadableModuleTest):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
-        for test in (self.test_datasetSummary_of_phantom_cohort, self.test_datasetSummary_rejects_unset_path):
+        for test in (self.test_datasetSummary_of_phantom_cohort, self.test_datasetSummary_rejects_unset_path,
+                     self.test_train_from_volume_nodes):
             self.setUp()
             test()
 
@@ -218,3 +514,48 @@ class TwoFiveCNNTrainingTest(ScriptedLoadableModuleTest):
         for unset in (None, "", pathlib.Path()):
             with self.assertRaises(ValueError):
                 logic.datasetSummary(unset)
+
+    def test_train_from_volume_nodes(self):
+        """Phantom volume nodes -> label table -> dataset -> a tiny training process -> curves and metrics."""
+        self.delayDisplay("Training a tiny model on phantom volume nodes (about half a minute)")
+        import tempfile
+        import time
+
+        from TwoFiveCNNLib.phantoms import generate_phantom
+
+        logic = TwoFiveCNNTrainingLogic()
+        nodes, labels = [], []
+        for label in range(5):
+            for n in range(3):  # three per class: one each for train, validation and test
+                phantom = generate_phantom(label, seed=10 * label + n)
+                nodes.append(slicer.util.addVolumeFromArray(phantom.array_kji, phantom.geometry.ijk_to_ras(),
+                                                            name=f"phantom CT-{label} #{n}"))
+                labels.append(f"CT-{label}")
+        table = logic.updateLabelTable(nodes, labels)
+        self.assertEqual(table.GetNumberOfRows(), 15)
+        with tempfile.TemporaryDirectory(dir=slicer.app.temporaryPath) as folder:
+            folder = pathlib.Path(folder)
+            model = folder / "tiny.pt"
+            data = logic.exportDataset(table, logic.exportFolder(model))
+            self.assertIn("15 studies", logic.datasetSummary(data))
+            tiny = ["--in-plane", "48", "--slices", "12", "--stage2-views", "2", "--quiet",
+                    "--cache", str(folder / "cache")]
+            logic.startTraining(data, model, stage1Epochs=1, stage2Epochs=4, seed=0, device="cpu", extraArgs=tiny)
+            events, deadline = [], time.monotonic() + 300
+            while not any(e["stage"] == "exit" for e in events):
+                self.assertLess(time.monotonic(), deadline, "training did not finish in 5 minutes")
+                if hasattr(slicer.app, "processEvents"):
+                    slicer.app.processEvents()
+                events += logic.processEvents()
+                time.sleep(0.1)
+            self.assertEqual(events[-1]["returncode"], 0, logic.stderrTail())
+            self.assertTrue(model.is_file())
+
+            curves = logic.progressNodes()
+            self.assertEqual(curves.curves_table_node.GetNumberOfRows(), 3)  # stage 1, stage 2, CNN-only head
+            self.assertEqual(curves.loss_chart_node.GetNumberOfPlotSeriesNodes(), 3)
+            metricsNode, confusionNode = logic.showMetrics(model)
+            self.assertEqual(metricsNode.GetNumberOfRows(), 5)
+            self.assertEqual(confusionNode.GetNumberOfRows(), 5)
+            self.assertEqual(confusionNode.GetNumberOfColumns(), 6)
+        self.delayDisplay("Test passed")

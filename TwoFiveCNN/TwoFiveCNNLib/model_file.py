@@ -43,6 +43,9 @@ def load_archive(path: str | os.PathLike, kind: str = MODEL_FORMAT,
     what = "model" if kind == MODEL_FORMAT else "training checkpoint"
     if not path.is_file():
         raise ModelFileError(f"{path}: no such {what} file.")
+    if not zipfile.is_zipfile(path):
+        raise ModelFileError(f"{path}: not a readable {what} file (not a torch archive); it may be truncated "
+                             f"or not a TwoFiveCNN file.")
     try:
         archive = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
@@ -51,7 +54,7 @@ def load_archive(path: str | os.PathLike, kind: str = MODEL_FORMAT,
             f"({str(error).splitlines()[0][:200]}). TwoFiveCNN models hold only tensors and JSON; "
             f"use a model written by `twofivecnn train`."
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, IndexError, KeyError) as error:
         raise ModelFileError(
             f"{path}: not a readable {what} file ({str(error).splitlines()[0][:200]}). "
             f"It may be truncated or not a TwoFiveCNN file."
@@ -59,7 +62,7 @@ def load_archive(path: str | os.PathLike, kind: str = MODEL_FORMAT,
     if not isinstance(archive, dict) or archive.get("format") != kind:
         found = archive.get("format") if isinstance(archive, dict) else type(archive).__name__
         raise ModelFileError(f"{path}: not a TwoFiveCNN {what} (found {found!r}); train one with "
-                             f"`twofivecnn train` or pass the bundled demo model.")
+                             f"`twofivecnn train`, or use the bundled demo model.")
     if archive.get("format_version") != FORMAT_VERSION:
         raise ModelFileError(
             f"{path}: {what} format version {archive.get('format_version')} is not supported by this "

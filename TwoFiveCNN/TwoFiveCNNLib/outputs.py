@@ -113,6 +113,10 @@ def predict_batch(model: SeverityModel, inputs: Iterable[str | os.PathLike], out
                   scene: bool = False, attention_suffix: str = ".nii.gz",
                   progress: Callable[[int, int, str], None] | None = None) -> BatchResult:
     """Predict every study; a bad study is recorded in ``failures`` and the others still run."""
+    inputs = [Path(p) for p in inputs]
+    if any(p.is_dir() and p.resolve() == Path(out_dir).resolve() for p in inputs):
+        raise ValueError(f"{out_dir}: the output folder is also an input folder; the attention volumes written "
+                         f"there would be graded as studies next time. Choose another output folder.")
     studies = expand_inputs(inputs)
     result = BatchResult()
     for done, (path, name) in enumerate(zip(studies, unique_names(studies)), start=1):

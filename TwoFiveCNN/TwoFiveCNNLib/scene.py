@@ -518,7 +518,25 @@ def predict_volume_node(volume_node: slicer.vtkMRMLScalarVolumeNode, model_path:
     from .inference import load_model, predict_volume
 
     volume = volume_from_node(volume_node)
-    model = model or load_model(model_path, device)
+    if model is None:
+        model = load_model(model_path, device)
     prediction = predict_volume(model, volume)
     nodes = write_prediction_nodes(prediction, volume_node, scene)
     return NodePrediction(prediction.label, prediction.probabilities, prediction, nodes)
+
+
+def find_prediction_nodes(input_node: slicer.vtkMRMLNode | None) -> PredictionNodes | None:
+    """The result nodes of the last run on ``input_node`` (from its references), or None if it has none.
+
+    Works on a reloaded scene too, since the references are saved with it; None when any node is
+    missing (removed by the user), so callers treat a partial result as no result.
+    """
+    if input_node is None:
+        return None
+    found = {}
+    for role, (class_name, _template) in _NODES.items():
+        node = input_node.GetNodeReference(ATTRIBUTE_PREFIX + role)
+        if node is None or not node.IsA(class_name):
+            return None
+        found[f"{role}_node"] = node
+    return PredictionNodes(**found)

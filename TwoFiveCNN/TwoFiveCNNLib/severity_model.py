@@ -125,5 +125,5 @@ def resolve_device(name: str = "auto") -> torch.device:
             return torch.device("cuda")
         return torch.device("cpu")
     if name in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but no CUDA GPU is available to this torch build; use --device cpu.")
+        raise ValueError("device 'cuda' requested but no CUDA GPU is available to this torch build; choose the CPU device.")
     return torch.device("cuda" if name == "gpu" else name)

@@ -1,0 +1,186 @@
+"""Two-stage training, model file, resume, evaluation and prediction, on real phantoms and a real CT."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from conftest import TINY_TRAIN_ARGS
+
+from TwoFiveCNNLib.cache import PreprocessedCache
+from TwoFiveCNNLib.cli import main
+from TwoFiveCNNLib.inference import load_model, predict_path
+from TwoFiveCNNLib.model_file import ModelFileError
+from TwoFiveCNNLib.preprocess import PreprocessConfig
+from TwoFiveCNNLib.progress import ProgressReporter
+from TwoFiveCNNLib.training import TrainConfig, train
+
+TINY_CONFIG = TrainConfig(preprocess=PreprocessConfig(in_plane=48, n_slices=12), stage1_epochs=2,
+                          stage2_epochs=4, stage2_views=2)
+
+
+def test_model_file_records_how_it_was_made(tiny_model):
+    model = load_model(tiny_model, "cpu")
+    meta = model.metadata
+    assert model.class_names == ("CT-0", "CT-1", "CT-2", "CT-3", "CT-4")
+    assert meta["preprocess"]["in_plane"] == 48 and meta["architecture"]["backbone"] == "compact_resnet"
+    assert set(meta["split"]) >= {"train", "val", "test", "seed"}
+    assert not set(meta["split"]["train"]) & set(meta["split"]["test"])
+    assert meta["versions"]["torch"] == torch.__version__
+    test_metrics = meta["metrics"]["test"]["twofive"]
+    for key in ("accuracy", "balanced_accuracy", "quadratic_weighted_kappa", "macro_f1", "roc_auc", "per_class",
+                "confusion_matrix", "n_studies"):
+        assert key in test_metrics
+    assert Path(str(tiny_model) + ".ckpt").exists() is False, "the checkpoint is removed once the model is written"
+
+
+def test_prediction_on_the_real_chest_ct(tiny_model, chest_ct_path, tmp_path):
+    prediction, volume = predict_path(load_model(tiny_model, "cpu"), chest_ct_path)
+    assert sum(prediction.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+    assert prediction.slice_attention.shape == (34,)
+    assert prediction.slice_attention.sum() == pytest.approx(1.0, abs=1e-6)
+    assert main(["predict", "--model", str(tiny_model), str(chest_ct_path), "--out", str(tmp_path)]) == 0
+    record = json.loads((tmp_path / "CTChest4.json").read_text())
+    assert len(record["slice_attention"]) == 34 and record["label"] in record["probabilities"]
+    attention = sitk.ReadImage(str(tmp_path / "CTChest4_attention.nii.gz"))
+    original = sitk.ReadImage(str(chest_ct_path))
+    assert attention.GetSize() == original.GetSize()
+    assert np.allclose(attention.GetSpacing(), original.GetSpacing())
+    assert np.allclose(attention.GetOrigin(), original.GetOrigin(), atol=1e-4)
+    assert np.allclose(attention.GetDirection(), original.GetDirection())
+    values = sitk.GetArrayFromImage(attention)
+    assert values.min() >= 0 and values.max() <= 1
+    assert (tmp_path / "CTChest4.png").stat().st_size > 10_000
+
+
+def test_batch_prediction_reports_bad_studies_and_keeps_going(tiny_model, chest_ct_path, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "good.nrrd").write_bytes(chest_ct_path.read_bytes())
+    (folder / "broken.nii.gz").write_text("not an image")
+    code = main(["predict", "--model", str(tiny_model), str(folder), "--out", str(tmp_path / "out")])
+    assert code == 3
+    summary = (tmp_path / "out" / "summary.tsv").read_text().splitlines()
+    assert len(summary) == 3
+    assert any("broken.nii.gz" in row and "failed" in row for row in summary)
+    assert (tmp_path / "out" / "good.json").exists() and not (tmp_path / "out" / "broken.json").exists()
+
+
+class PickleBomb:
+    """Unpickling this would run ``touch`` on a marker file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_model_files_that_are_not_models_are_refused_without_running_code(tmp_path):
+    marker = tmp_path / "code_ran"
+    bomb = tmp_path / "bomb.pt"
+    bomb.write_bytes(pickle.dumps(PickleBomb(marker)))
+    zipped_bomb = tmp_path / "zipped_bomb.pt"
+    torch.save({"format": "twofivecnn-model", "payload": PickleBomb(marker)}, zipped_bomb)
+    for path in (bomb, zipped_bomb):
+        with pytest.raises(ModelFileError, match=path.name):
+            load_model(path, "cpu")
+    assert not marker.exists(), "loading a model file must never execute code"
+
+    text = tmp_path / "notes.pt"
+    text.write_text("hello")
+    with pytest.raises(ModelFileError, match="notes.pt.*not a readable model"):
+        load_model(text, "cpu")
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(3)}, foreign)
+    with pytest.raises(ModelFileError, match="foreign.pt.*not a TwoFiveCNN model"):
+        load_model(foreign, "cpu")
+    with pytest.raises(ModelFileError, match="missing.pt.*no such model file"):
+        load_model(tmp_path / "missing.pt", "cpu")
+    assert main(["predict", "--model", str(text), str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+
+
+def test_model_file_from_an_incompatible_version_is_refused(tiny_model, tmp_path):
+    archive = torch.load(tiny_model, weights_only=True)
+    archive["format_version"] = 99
+    future = tmp_path / "future.pt"
+    torch.save(archive, future)
+    with pytest.raises(ModelFileError, match="future.pt.*format version 99"):
+        load_model(future, "cpu")
+
+
+class StopAfter(ProgressReporter):
+    """Interrupts training after a given stage-1 epoch, as a crash would."""
+
+    def __init__(self, epoch: int) -> None:
+        super().__init__(quiet=True)
+        self.epoch = epoch
+
+    def event(self, stage, **fields):
+        record = super().event(stage, **fields)
+        if stage == "stage1" and fields.get("epoch") == self.epoch:
+            raise KeyboardInterrupt
+        return record
+
+
+def test_interrupted_training_resumes_to_the_same_model(phantom_cohort, tmp_path):
+    cache = PreprocessedCache(tmp_path / "cache")
+    reference = train(phantom_cohort, tmp_path / "reference.pt", TINY_CONFIG, ProgressReporter(quiet=True), cache)
+
+    out = tmp_path / "resumed.pt"
+    with pytest.raises(KeyboardInterrupt):
+        train(phantom_cohort, out, TINY_CONFIG, StopAfter(1), cache)
+    assert not out.exists() and Path(str(out) + ".ckpt").exists()
+    assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name], "no half-written files"
+    resumed = train(phantom_cohort, out, TINY_CONFIG, ProgressReporter(quiet=True), cache, resume=True)
+
+    for name, tensor in reference.state_dict().items():
+        assert torch.equal(tensor, resumed.state_dict()[name]), name
+    assert reference.metadata["metrics"] == resumed.metadata["metrics"]
+
+
+def test_resume_with_other_settings_is_refused(phantom_cohort, tmp_path):
+    cache = PreprocessedCache(tmp_path / "cache")
+    out = tmp_path / "m.pt"
+    with pytest.raises(KeyboardInterrupt):
+        train(phantom_cohort, out, TINY_CONFIG, StopAfter(1), cache)
+    with pytest.raises(ValueError, match="other settings"):
+        train(phantom_cohort, out, replace(TINY_CONFIG, seed=5), ProgressReporter(quiet=True), cache, resume=True)
+
+
+def test_binary_task_and_evaluation_json(phantom_cohort, tmp_path):
+    out = tmp_path / "binary.pt"
+    assert main(["train", "--data", str(phantom_cohort), "--out", str(out), "--task", "binary",
+                 "--cache", str(tmp_path / "cache"), *TINY_TRAIN_ARGS]) == 0
+    assert load_model(out, "cpu").class_names == ("CT-0", "CT-1..4")
+    metrics_path = tmp_path / "metrics.json"
+    assert main(["evaluate", "--model", str(out), "--data", str(phantom_cohort), "--cache", str(tmp_path / "cache"),
+                 "--json", str(metrics_path), "--confusion", str(tmp_path / "cm.png")]) == 0
+    report = json.loads(metrics_path.read_text())
+    assert report["subset_description"].startswith("test split"), "never scored on its own training studies"
+    assert report["metrics"]["n_studies"] == len(report["studies"]) > 0
+    assert (tmp_path / "cm.png").exists()
+
+
+def test_progress_json_lines(phantom_cohort, tmp_path):
+    log = tmp_path / "progress.jsonl"
+    assert main(["train", "--data", str(phantom_cohort), "--out", str(tmp_path / "m.pt"), "--cache",
+                 str(tmp_path / "cache"), "--progress-json", str(log), *TINY_TRAIN_ARGS]) == 0
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    stages = {event["stage"] for event in events}
+    assert {"preprocess", "stage1", "stage2", "done"} <= stages
+    stage1 = [e for e in events if e["stage"] == "stage1"]
+    assert {"epoch", "epochs", "loss", "val_balanced_accuracy", "eta_s"} <= set(stage1[-1])
+
+
+def test_bad_data_gives_a_clear_error(tmp_path, capsys):
+    (tmp_path / "studies" / "CT-9").mkdir(parents=True)
+    assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "m.pt"), "--quiet"]) == 2
+    assert "CT-9" in capsys.readouterr().err

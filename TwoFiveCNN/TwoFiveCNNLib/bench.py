@@ -1,0 +1,182 @@
+"""``twofivecnn bench``: speed and memory, each figure a ratio to a reference measured in the same run,
+so the numbers hold on a noisy or different machine."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from .atomic import write_json_atomic
+from .dataset import TaskDefinition
+from .inference import predict_grid
+from .preprocess import PreprocessConfig, to_model_grid
+from .severity_model import Architecture, SeverityModel
+from .volume_io import Geometry, Volume
+from .volumetric import build_volume_baseline
+
+BENCH_GRID = PreprocessConfig(in_plane=128, n_slices=64)  # the issue's reference study: 64 slices at 128 px
+
+
+def best_time(function: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+    """Fastest of ``repeats`` runs (the least disturbed by other work on the machine)."""
+    for _ in range(warmup):
+        function()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    return 2 * size**3 / best_time(lambda: a @ b, repeats) / 1e9
+
+
+def synthetic_ct(shape_zyx: tuple[int, int, int], seed: int = 0) -> Volume:
+    """An int16 chest-like volume (air, body, dark lungs, noise) of the given size."""
+    z, y, x = shape_zyx
+    rng = np.random.default_rng(seed)
+    yy, xx = np.ogrid[:y, :x]
+    body = ((yy - y / 2) / (0.4 * y)) ** 2 + ((xx - x / 2) / (0.45 * x)) ** 2 < 1
+    lungs = (((yy - y / 2) / (0.25 * y)) ** 2 + ((np.abs(xx - x / 2) - 0.2 * x) / (0.15 * x)) ** 2) < 1
+    axial = np.where(body, 40, -1000).astype(np.int16)
+    axial[lungs] = -850
+    volume = np.broadcast_to(axial, (z, y, x)).copy()
+    volume += rng.integers(-20, 20, size=(1, y, x), dtype=np.int16)
+    geometry = Geometry((x, y, z), (0.7, 0.7, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    return Volume.from_original(volume, geometry)
+
+
+def untrained_model(grid: PreprocessConfig) -> SeverityModel:
+    """Speed does not depend on the weights, so the benchmark needs no trained model."""
+    model = SeverityModel(TaskDefinition.severity(), grid, Architecture())
+    model.metadata.update(aeration_mean=[0.0] * 4, aeration_std=[1.0] * 4)
+    model.classifier.to(memory_format=torch.channels_last)
+    return model.eval()
+
+
+def backbone_gflop_per_slice(model: SeverityModel, size: int) -> float:
+    counter = FlopCounterMode(display=False)
+    with counter, torch.inference_mode():
+        model.classifier.embed(torch.zeros(1, 1, size, size))
+    return counter.get_total_flops() / 1e9
+
+
+def bench_preprocessing(quick: bool) -> dict:
+    results = {}
+    for slices in (64,) if quick else (64, 300):
+        volume = synthetic_ct((slices, 512, 512))
+        copy_time = best_time(lambda: volume.array.astype(np.float32), 3)
+        seconds = best_time(lambda: to_model_grid(volume, BENCH_GRID), 3)
+        results[f"512x512x{slices}"] = {"seconds": round(seconds, 3),
+                                        "vs_float32_copy": round(seconds / copy_time, 2)}
+    return results
+
+
+def bench_inference(quick: bool) -> dict:
+    model = untrained_model(BENCH_GRID)
+    grid = to_model_grid(synthetic_ct((64, 512, 512)), BENCH_GRID)[0]
+    repeats = 2 if quick else 5
+    twofive = best_time(lambda: predict_grid(model, grid), repeats)
+    slices = torch.from_numpy(grid)[:, None]
+    embed = best_time(lambda: model.embed_slices(slices), repeats)
+    volume = torch.from_numpy(grid)[None, None]
+    results = {"twofive_seconds": round(twofive, 3), "slices_per_second": round(grid.shape[0] / embed, 1)}
+    for name in ("cnn3d", "acs"):
+        network = build_volume_baseline(name, 5, model.classifier.backbone if name == "acs" else None).eval()
+        with torch.inference_mode():
+            seconds = best_time(lambda: network(volume), repeats)
+        results[f"{name}_seconds"] = round(seconds, 3)
+        results[f"speedup_vs_{name}"] = round(seconds / twofive, 2)
+    results["speedup_vs_3d"] = min(results["speedup_vs_cnn3d"], results["speedup_vs_acs"])
+    gflop = backbone_gflop_per_slice(model, BENCH_GRID.in_plane)
+    results["backbone_gflop_per_slice"] = round(gflop, 3)
+    results["backbone_gflops"] = round(gflop * grid.shape[0] / embed, 1)
+    return results
+
+
+def bench_stage2_epoch(quick: bool) -> dict:
+    """One stage-2 epoch on cached embeddings against one 3D-baseline epoch on the same studies."""
+    from .heads import AttentionHead
+
+    n_studies = 8 if quick else 32
+    grid = PreprocessConfig(in_plane=96, n_slices=32)  # the default training grid
+    head = AttentionHead(256, 5)
+    embeddings, labels = torch.randn(n_studies, grid.n_slices, 256), torch.randint(0, 5, (n_studies,))
+    network = build_volume_baseline("cnn3d", 5)
+    volumes = torch.rand(n_studies, 1, grid.n_slices, grid.in_plane, grid.in_plane)
+
+    def epoch(module, inputs, batch):
+        optimizer = torch.optim.AdamW(module.parameters())
+        for index in torch.arange(n_studies).split(batch):
+            output = module(inputs[index])
+            logits = output[0] if isinstance(output, tuple) else output
+            loss = torch.nn.functional.cross_entropy(logits, labels[index])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+    stage2 = best_time(lambda: epoch(head, embeddings, 16), 3)
+    cnn3d = best_time(lambda: epoch(network, volumes, 4), 1 if quick else 2)
+    return {"studies": n_studies, "stage2_epoch_seconds": round(stage2, 4), "cnn3d_epoch_seconds": round(cnn3d, 2),
+            "stage2_vs_3d_epoch_cost": round(stage2 / cnn3d, 4)}
+
+
+def peak_rss_child(slices: int) -> dict:
+    """Peak resident memory of a fresh process predicting a 512 x 512 x ``slices`` int16 study."""
+    code = (f"import resource, json; from TwoFiveCNNLib.bench import *; from TwoFiveCNNLib.inference import "
+            f"predict_volume; m = untrained_model(PreprocessConfig()); v = synthetic_ct(({slices}, 512, 512)); "
+            f"base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; predict_volume(m, v); "
+            f"print(json.dumps([base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss]))")
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    before, peak = json.loads(output.stdout.strip().splitlines()[-1])
+    volume_mb = slices * 512 * 512 * 2 / 2**20
+    return {"study": f"512x512x{slices} int16", "volume_mb": round(volume_mb), "peak_rss_mb": round(peak / 1024),
+            "rss_before_predict_mb": round(before / 1024), "peak_vs_volume": round(peak / 1024 / volume_mb, 2)}
+
+
+def machine() -> dict:
+    return {"python": platform.python_version(), "torch": torch.__version__, "cpu": platform.processor() or
+            platform.machine(), "threads": torch.get_num_threads(), "cores": os.cpu_count(),
+            "cuda": torch.cuda.is_available()}
+
+
+def run_benchmarks(json_path: Path | None = None, quick: bool = False) -> dict:
+    matmul = matmul_gflops(1024 if quick else 2048)
+    results = {"machine": machine(), "matmul_gflops": round(matmul, 1),
+               "preprocessing": bench_preprocessing(quick), "inference": bench_inference(quick),
+               "stage2_epoch": bench_stage2_epoch(quick),
+               "memory": peak_rss_child(64 if quick else 400)}
+    results["inference"]["backbone_efficiency"] = round(results["inference"]["backbone_gflops"] / matmul, 3)
+    print(format_bench(results))
+    if json_path is not None:
+        write_json_atomic(json_path, results)
+    return results
+
+
+def format_bench(results: dict) -> str:
+    inference, memory, stage2 = results["inference"], results["memory"], results["stage2_epoch"]
+    lines = [f"machine: {results['machine']}", f"float32 matmul: {results['matmul_gflops']} GFLOP/s"]
+    lines += [f"preprocess {size}: {r['seconds']} s ({r['vs_float32_copy']}x a float32 copy)"
+              for size, r in results["preprocessing"].items()]
+    lines += [
+        f"2.5D inference, 64 x 128 x 128: {inference['twofive_seconds']} s; {inference['slices_per_second']} slices/s",
+        f"speedup vs 3D CNN {inference['speedup_vs_cnn3d']}x, vs ACS-inflated 3D {inference['speedup_vs_acs']}x",
+        f"backbone {inference['backbone_gflops']} GFLOP/s = {inference['backbone_efficiency']} of matmul",
+        f"peak RSS {memory['study']}: {memory['peak_rss_mb']} MB ({memory['peak_vs_volume']}x the volume)",
+        f"stage-2 epoch vs 3D epoch ({stage2['studies']} studies): {stage2['stage2_vs_3d_epoch_cost']}",
+    ]
+    return "\n".join(lines)
