@@ -13,12 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import TINY_TRAIN_ARGS
 
 slicer = pytest.importorskip("slicer")
 
-from TwoFiveCNNLib.training_session import (  # noqa: E402
+from TwoFiveCNNLib.training_session import (
     LABEL_TABLE_NAME,
     ProgressNodes,
     TrainingProcess,
@@ -136,8 +135,8 @@ def test_volume_nodes_become_a_dataset_without_duplicate_files(scene, dataset_cs
     assert by_id["patient_2-1"].label == "CT-2"
 
     # The exported file holds the node's voxels and geometry.
-    from TwoFiveCNNLib.volume_io import read_volume
     from TwoFiveCNNLib.scene import volume_from_node
+    from TwoFiveCNNLib.volume_io import read_volume
 
     node = scene.GetFirstNodeByName("patient 2-1")
     exported, original = read_volume(by_id["patient_2-1"].path), volume_from_node(node)

@@ -235,10 +235,13 @@ def train_stage1(model: SeverityModel, train: Cohort, val: Cohort, config: Train
         record = {"epoch": epoch, "epochs": config.stage1_epochs, "loss": float(np.mean(losses)),
                   "val_balanced_accuracy": val_metrics["balanced_accuracy"],
                   "val_kappa": val_metrics["quadratic_weighted_kappa"], "lr": scheduler.get_last_lr()[0]}
-        history.append(reporter.event("stage1", **record) if rank == 0 else record)
+        history.append(record)
+        # Save before reporting: a user who cancels on seeing the epoch must find it checkpointed.
         checkpoint.save("stage1", epoch, {"classifier": classifier.state_dict(), "optimizer": optimizer.state_dict(),
                                           "scheduler": scheduler.state_dict(), "best": best[1]},
                         history, {"best_score": list(best[0])})
+        if rank == 0:
+            reporter.event("stage1", **record)
     classifier.load_state_dict(best[1])
     return history
 
