@@ -184,3 +184,20 @@ def test_bad_data_gives_a_clear_error(tmp_path, capsys):
     (tmp_path / "studies" / "CT-9").mkdir(parents=True)
     assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "m.pt"), "--quiet"]) == 2
     assert "CT-9" in capsys.readouterr().err
+
+
+def test_torchrun_trains_with_two_cpu_processes(phantom_cohort, tmp_path):
+    """DistributedDataParallel over gloo: two processes share stage 1, rank 0 writes the model."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp.pt"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "TwoFiveCNNLib", "train", "--data", str(phantom_cohort), "--out", str(out),
+               "--cache", str(tmp_path / "cache"), *TINY_TRAIN_ARGS]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    model = load_model(out, "cpu")
+    assert model.metadata["metrics"]["test"]["twofive"]["n_studies"] > 0
+    assert not Path(str(out) + ".ckpt").exists()

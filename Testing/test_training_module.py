@@ -192,7 +192,7 @@ def test_non_volumes_and_empty_tables_are_refused(scene, tmp_path):
 def test_event_text_and_progress():
     event = {"stage": "stage1", "epoch": 2, "epochs": 4, "loss": 1.5, "val_balanced_accuracy": 0.4, "eta_s": 75}
     assert describe_event(event) == "stage1, 2/4, loss 1.500, val bal. acc. 0.400, stage1 ends in ~1 min 15 s"
-    assert progress_percent(event) == 42
+    assert progress_percent(event) == 45
     assert progress_percent({"stage": "preprocess", "subset": "val", "epoch": 5, "epochs": 5}) == 7
     assert progress_percent({"stage": "done"}) == 100 and progress_percent({"stage": "log"}) is None
     assert train_arguments(3, 20, seed=1, device="cpu") == ["--stage1-epochs", "3", "--stage2-epochs", "20",
@@ -221,16 +221,16 @@ def test_training_process_fills_curves_and_the_model_grades_a_node(scene, datase
     assert end["returncode"] == 0, process.stderr_tail
     print(f"tiny training run: {time.monotonic() - started:.1f} s")
     stages = [e["stage"] for e in events]
-    for stage in ("log", "preprocess", "stage1", "embed", "stage2", "stage2_cnn_only", "done"):
+    for stage in ("log", "preprocess", "stage1", "embed", "stage2", "done"):
         assert stage in stages
     assert out.is_file() and not process.checkpoint_path.exists() and not atomic_leftovers(out)
 
     table = curves.curves_table_node
-    assert column(table, "stage") == ["stage1", "stage2", "stage2_cnn_only"]
-    assert column(table, "epoch") == [1, 4, 4]
+    assert column(table, "stage") == ["stage1", "stage2"]
+    assert column(table, "epoch") == [1, 4]
     assert all(0 <= v <= 1 for v in column(table, "val_balanced_accuracy"))
     for chart in (curves.loss_chart_node, curves.accuracy_chart_node):
-        assert chart.GetNumberOfPlotSeriesNodes() == 3
+        assert chart.GetNumberOfPlotSeriesNodes() == 2
         series = chart.GetNthPlotSeriesNode(0)
         assert series.GetTableNode().GetTable().GetNumberOfRows() == 1
     # A later instance (module reloaded) finds the same nodes instead of adding new ones.
@@ -257,8 +257,8 @@ def test_cancel_leaves_no_model_and_resume_finishes(scene, dataset_csv, cache_di
     out = tmp_path / "resumable.pt"
     args = [*TINY_TRAIN_ARGS, "--stage1-epochs", "3", "--stage2-epochs", "4", "--cache", str(cache_dir)]
     process = TrainingProcess(dataset_csv, out, args).start()
-    events = run_until_exit(process, stop_when=lambda e: e["stage"] == "stage1")
-    assert [e["epoch"] for e in events if e["stage"] == "stage1"] == [1]
+    events = run_until_exit(process, stop_when=lambda e: e["stage"] == "stage1" and e.get("epoch", 0) >= 1)
+    assert [e["epoch"] for e in events if e["stage"] == "stage1"] == [0, 1]
     started = time.monotonic()
     process.cancel(timeout=20)
     cancel_seconds = time.monotonic() - started
@@ -276,7 +276,7 @@ def test_cancel_leaves_no_model_and_resume_finishes(scene, dataset_csv, cache_di
     resumed = run_until_exit(process.resume())
     assert exit_event(resumed)["returncode"] == 0, process.stderr_tail
     assert out.is_file() and not process.checkpoint_path.exists()
-    stage1 = [e["epoch"] for e in resumed if e["stage"] == "stage1"]
+    stage1 = [e["epoch"] for e in resumed if e["stage"] == "stage1" and "loss" in e]  # epochs trained
     if had_checkpoint:
         assert any("resuming from" in e.get("message", "") for e in resumed)
         assert stage1 == [2, 3]

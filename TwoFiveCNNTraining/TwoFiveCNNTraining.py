@@ -552,8 +552,8 @@ class TwoFiveCNNTrainingTest(ScriptedLoadableModuleTest):
             self.assertTrue(model.is_file())
 
             curves = logic.progressNodes()
-            self.assertEqual(curves.curves_table_node.GetNumberOfRows(), 3)  # stage 1, stage 2, CNN-only head
-            self.assertEqual(curves.loss_chart_node.GetNumberOfPlotSeriesNodes(), 3)
+            self.assertEqual(curves.curves_table_node.GetNumberOfRows(), 2)  # one stage-1 epoch, the last stage-2 report
+            self.assertEqual(curves.loss_chart_node.GetNumberOfPlotSeriesNodes(), 2)
             metricsNode, confusionNode = logic.showMetrics(model)
             self.assertEqual(metricsNode.GetNumberOfRows(), 5)
             self.assertEqual(confusionNode.GetNumberOfRows(), 5)

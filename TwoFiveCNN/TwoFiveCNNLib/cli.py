@@ -82,7 +82,7 @@ def _add_train(sub) -> None:
     p.add_argument("--baselines", action="store_true",
                    help="also train the pure-3D baselines (3D CNN, ACS-inflated backbone) on the same split")
     p.add_argument("--no-aeration", action="store_true",
-                   help="pure CNN head: do not feed lung-aeration shares to stage 2")
+                   help="the CNN head alone decides (no fusion with the lung-aeration model)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--cache", type=Path, help="preprocessed cache folder (default ~/.cache/twofivecnn)")
     p.add_argument("--resume", action="store_true", help="continue from <out>.ckpt after an interruption")
@@ -150,6 +150,9 @@ def run_evaluate(args) -> int:
     model = load_model(args.model, args.device)
     report = evaluate_dataset(model, args.data, args.subset, args.cache, progress=_counter("evaluate"))
     print(f"{report['subset_description']}\n{format_metrics(report['metrics'])}")
+    for name, metrics in report["components"].items():
+        print(f"  {name}: balanced accuracy {metrics['balanced_accuracy']:.3f}, "
+              f"QWK {metrics['quadratic_weighted_kappa']:.3f}")
     if args.json:
         write_json_atomic(args.json, report)
     if args.confusion:

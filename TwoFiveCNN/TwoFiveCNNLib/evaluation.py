@@ -41,14 +41,19 @@ def evaluate_dataset(model: SeverityModel, data: str | os.PathLike, subset: str 
     index = DatasetIndex.load(data)
     studies, description = choose_studies(model, index, subset)
     cohort = load_cohort(studies, model.task, model.preprocess, PreprocessedCache(cache_root), progress)
-    probabilities = np.stack([
-        predict_grid(model, cohort.grids[i, : int(cohort.lengths[i])].float().numpy()).probabilities
-        for i in range(len(cohort))
-    ])
-    metrics = compute_metrics(cohort.labels.tolist(), probabilities, model.class_names)
+    results = [predict_grid(model, cohort.grids[i, : int(cohort.lengths[i])].float().numpy())
+               for i in range(len(cohort))]
+    probabilities = np.stack([r.probabilities for r in results])
+    labels = cohort.labels.tolist()
+    metrics = compute_metrics(labels, probabilities, model.class_names)
+    components = {}
+    if model.aeration is not None:  # the parts of the fused model, reported beside it
+        cnn = np.stack([r.cnn_probabilities for r in results])
+        components = {"cnn_only": compute_metrics(labels, cnn, model.class_names),
+                      "aeration_only": compute_metrics(labels, 2 * probabilities - cnn, model.class_names)}
     per_study = [{"study_id": sid, "label": model.class_names[int(label)],
                   "predicted": model.class_names[int(np.argmax(p))],
                   "probabilities": {n: float(v) for n, v in zip(model.class_names, p)}}
                  for sid, label, p in zip(cohort.study_ids, cohort.labels, probabilities)]
     return {"model": model.name, "data": str(data), "subset_description": description, "metrics": metrics,
-            "studies": per_study, "demo_model": model.is_demo}
+            "components": components, "studies": per_study, "demo_model": model.is_demo}

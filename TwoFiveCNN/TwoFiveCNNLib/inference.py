@@ -48,6 +48,7 @@ class GridResult:
     slice_attention: np.ndarray  # (S,) over the model's slices
     evidence: np.ndarray  # (S, H, W) in 0..1
     aeration: dict[str, float] = field(default_factory=dict)
+    cnn_probabilities: np.ndarray | None = None  # the CNN head's alone, before fusion with aeration
 
 
 @torch.inference_mode()
@@ -58,10 +59,9 @@ def predict_grid(model: SeverityModel, grid: np.ndarray) -> GridResult:
     embeddings = model.embed_slices(slices)
     lung = lung_mask_on_grid(grid, model.preprocess.window)
     aeration = aeration_features(grid, model.preprocess.window, lung)
-    extra = model.normalise_aeration(torch.from_numpy(aeration))[None].to(device) \
-        if model.architecture.aeration else None
-    logits, attention = model.head(embeddings[None].to(device), None, extra)
-    probabilities = logits[0].float().softmax(-1).cpu()
+    logits, attention = model.head(embeddings[None].to(device))
+    cnn_probabilities = logits[0].float().softmax(-1).cpu()
+    probabilities = model.fuse(cnn_probabilities, torch.from_numpy(aeration)[None])[0]
     attention = attention[0].float().cpu()
     cam = in_plane_evidence(model, slices, disease_weights(probabilities)).clamp_(min=0)
     cam = torch.nn.functional.interpolate(cam[None, None], size=grid.shape, mode="trilinear",
@@ -71,7 +71,8 @@ def predict_grid(model: SeverityModel, grid: np.ndarray) -> GridResult:
     cam /= cam.max().clamp(min=1e-6)
     evidence = cam * (attention / attention.max())[:, None, None] * (1 - probabilities[0])
     return GridResult(probabilities.numpy(), attention.numpy(), evidence.clamp_(0, 1).numpy(),
-                      {name: round(float(v), 4) for name, v in zip(AERATION_FEATURES, aeration)})
+                      {name: round(float(v), 4) for name, v in zip(AERATION_FEATURES, aeration)},
+                      cnn_probabilities.numpy())
 
 
 def map_slice_attention(volume: Volume, attention: np.ndarray, mapping: GridMapping) -> tuple[np.ndarray, list[str]]:
@@ -99,7 +100,8 @@ def predict_volume(model: SeverityModel, volume: Volume) -> Prediction:
         slice_attention=slice_attention, attention_kji=evidence_kji.astype(np.float32),
         geometry=volume.geometry, model_name=model.name, source=volume.source,
         warnings=list(volume.warnings) + warnings + _plausibility_warnings(volume), is_demo_model=model.is_demo,
-        extra={"aeration": result.aeration},
+        extra={"aeration": result.aeration,
+               "cnn_probabilities": {name: float(p) for name, p in zip(names, result.cnn_probabilities)}},
     )
 
 

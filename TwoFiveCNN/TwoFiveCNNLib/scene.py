@@ -7,7 +7,6 @@ the widget, the batch command line and the tests share one code path.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass, fields
@@ -20,7 +19,7 @@ import slicer.util
 import vtk
 
 from .prediction import DEMO_MODEL_NOTICE, Prediction
-from .volume_io import Geometry, Volume, read_volume
+from .volume_io import Geometry, Volume, read_volume, unique_stem
 
 if TYPE_CHECKING:
     from .severity_model import SeverityModel
@@ -379,16 +378,6 @@ def show_in_slice_views(
 # ---------------------------------------------------------------------------------------------- saving
 
 
-def _file_stem(name: str, used: set[str]) -> str:
-    """A portable file name from a node name, unique within one data folder."""
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "node"
-    unique, number = stem, 2
-    while unique.lower() in used:
-        unique, number = f"{stem}_{number}", number + 1
-    used.add(unique.lower())
-    return unique
-
-
 def save_scene(scene: slicer.vtkMRMLScene, mrml_path: str | os.PathLike) -> Path:
     """Save a scene as ``<stem>.mrml`` beside a ``<stem>_data/`` folder holding every node's data.
 
@@ -414,7 +403,7 @@ def save_scene(scene: slicer.vtkMRMLScene, mrml_path: str | os.PathLike) -> Path
                 continue
             scene.AddNode(storage)
             node.SetAndObserveStorageNodeID(storage.GetID())
-        path = data_dir / f"{_file_stem(node.GetName(), used)}.{storage.GetDefaultWriteFileExtension()}"
+        path = data_dir / f"{unique_stem(node.GetName(), used)}.{storage.GetDefaultWriteFileExtension()}"
         storage.SetFileName(str(path))
         if not storage.WriteData(node):
             raise OSError(

@@ -31,7 +31,7 @@ class Architecture:
     head_hidden: int = 128
     head_context_kernel: int = 3
     head_dropout: float = 0.25
-    aeration: bool = True  # feed quantitative lung-aeration shares to the head beside the embeddings
+    aeration: bool = True  # fuse the CNN with a logistic model on quantitative lung-aeration shares
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -47,13 +47,12 @@ class SeverityModel(nn.Module):
         self.metadata = dict(metadata or {})
         backbone = build_backbone(architecture.backbone, **architecture.backbone_kwargs)
         self.classifier = SliceClassifier(backbone, task.num_classes, architecture.dropout)
-        self.head = self.build_head(architecture.aeration)
-
-    def build_head(self, aeration: bool) -> AttentionHead:
-        architecture = self.architecture
-        return AttentionHead(self.classifier.backbone.embedding_dim, self.task.num_classes,
-                             architecture.head_hidden, architecture.head_context_kernel,
-                             architecture.head_dropout, len(AERATION_FEATURES) if aeration else 0)
+        self.head = AttentionHead(backbone.embedding_dim, task.num_classes, architecture.head_hidden,
+                                  architecture.head_context_kernel, architecture.head_dropout)
+        # Late fusion: a logistic model on aeration shares, trained apart from the CNN head, whose
+        # probabilities are averaged with the head's. Trained jointly, the head learned to ignore the
+        # features, because the backbone's embeddings of its own training slices looked more certain.
+        self.aeration = nn.Linear(len(AERATION_FEATURES), task.num_classes) if architecture.aeration else None
 
     def set_aeration_normalisation(self, features: torch.Tensor) -> None:
         """Standardise aeration features with the training studies' mean and spread (kept in metadata)."""
@@ -64,6 +63,18 @@ class SeverityModel(nn.Module):
         mean = torch.tensor(self.metadata["aeration_mean"])
         std = torch.tensor(self.metadata["aeration_std"])
         return (features - mean) / std
+
+    @torch.inference_mode()
+    def fuse(self, cnn_probabilities: torch.Tensor, aeration_features: torch.Tensor | None) -> torch.Tensor:
+        """The model's probabilities: the CNN head's, averaged with the aeration model's when it has one."""
+        if self.aeration is None or aeration_features is None:
+            return cnn_probabilities
+        device = self.aeration.weight.device
+        aeration = self.aeration(self.normalise_aeration(aeration_features.cpu()).to(device)).float().softmax(-1)
+        return (cnn_probabilities + aeration.to(cnn_probabilities.device)) / 2
+
+    def weight_groups(self) -> tuple[str, ...]:
+        return ("classifier", "head", "aeration") if self.aeration is not None else ("classifier", "head")
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -87,8 +98,7 @@ class SeverityModel(nn.Module):
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the model file; float weights are stored as float16 to keep files small."""
-        tensors = {name: _compact(module.state_dict()) for name, module in
-                   (("classifier", self.classifier), ("head", self.head))}
+        tensors = {name: _compact(getattr(self, name).state_dict()) for name in self.weight_groups()}
         metadata = {**self.metadata, "task": self.task.to_dict(), "preprocess": self.preprocess.to_dict(),
                     "architecture": self.architecture.to_dict()}
         return save_archive(path, MODEL_FORMAT, tensors, metadata)
@@ -101,7 +111,7 @@ class SeverityModel(nn.Module):
             model = cls(TaskDefinition.from_dict(metadata["task"]),
                         PreprocessConfig.from_dict(metadata["preprocess"]),
                         Architecture(**metadata["architecture"]), metadata)
-            for name in ("classifier", "head"):
+            for name in model.weight_groups():
                 module = getattr(model, name)
                 reference = module.state_dict()
                 module.load_state_dict({k: v.to(reference[k].dtype) for k, v in tensors[name].items()})

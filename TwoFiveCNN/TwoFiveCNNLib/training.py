@@ -133,11 +133,10 @@ def embed_cohort(model: SeverityModel, cohort: Cohort) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def head_probabilities(head: AttentionHead, embeddings: torch.Tensor, mask: torch.Tensor,
-                       features: torch.Tensor | None = None) -> np.ndarray:
+def head_probabilities(head: AttentionHead, embeddings: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
     head.eval()
     device = next(head.parameters()).device
-    logits, _ = head(embeddings.to(device), mask.to(device), None if features is None else features.to(device))
+    logits, _ = head(embeddings.to(device), mask.to(device))
     return logits.float().softmax(-1).cpu().numpy()
 
 
@@ -213,6 +212,8 @@ def train_stage1(model: SeverityModel, train: Cohort, val: Cohort, config: Train
         scheduler.load_state_dict(tensors["scheduler"])
         best = (tuple(metadata["best_score"]), tensors["best"])
         history, start = metadata["history"], metadata["epoch"] + 1
+    if rank == 0:
+        reporter.event("stage1", epoch=start - 1, epochs=config.stage1_epochs)  # starts the ETA clock
     for epoch in range(start, config.stage1_epochs + 1):
         generator = epoch_generator(config.seed, "stage1", epoch)
         classifier.train()
@@ -258,7 +259,9 @@ def augmented_views(model: SeverityModel, cohort: Cohort, config: TrainConfig, r
     to trust features that are cleaner than they will ever be on new studies; augmented views
     narrow that gap.
     """
+    reporter.event("embed", epoch=0, epochs=config.stage2_views)
     views = [embed_cohort(model, cohort)]
+    reporter.event("embed", epoch=1, epochs=config.stage2_views)
     for view in range(1, config.stage2_views):
         generator = epoch_generator(config.seed, "views", view)
         embeddings = torch.zeros_like(views[0])
@@ -266,13 +269,13 @@ def augmented_views(model: SeverityModel, cohort: Cohort, config: TrainConfig, r
             slices = augment_study(cohort.study_slices(i), config.augment, generator)
             embeddings[i, : slices.shape[0]] = model.embed_slices(slices.to(device)).cpu()
         views.append(embeddings)
-        reporter.event("embed", epoch=view, epochs=config.stage2_views - 1)
+        reporter.event("embed", epoch=view + 1, epochs=config.stage2_views)
     return torch.stack(views)
 
 
 @dataclass
 class Stage2Data:
-    """Everything stage 2 trains on: cached embeddings (with augmented views), masks and features."""
+    """What the head trains on: cached embeddings (with augmented views) and masks."""
 
     train_views: torch.Tensor  # (V, N, S, D)
     train_mask: torch.Tensor
@@ -280,27 +283,38 @@ class Stage2Data:
     val_embeddings: torch.Tensor
     val_mask: torch.Tensor
     val_labels: torch.Tensor
-    train_features: torch.Tensor | None
-    val_features: torch.Tensor | None
 
 
 def stage2_data(model: SeverityModel, train: Cohort, val: Cohort, config: TrainConfig,
                 reporter: ProgressReporter, device: torch.device) -> Stage2Data:
-    normalise = model.normalise_aeration
     return Stage2Data(augmented_views(model, train, config, reporter, device), train.mask(), train.labels,
-                      embed_cohort(model, val), val.mask(), val.labels,
-                      None if train.features is None else normalise(train.features),
-                      None if val.features is None else normalise(val.features))
+                      embed_cohort(model, val), val.mask(), val.labels)
+
+
+def train_aeration_model(model: SeverityModel, train: Cohort, config: TrainConfig, steps: int = 2000) -> None:
+    """Fit the logistic model on standardised aeration shares (class-weighted, full batch, convex)."""
+    model.set_aeration_normalisation(train.features)
+    linear = model.aeration.cpu()
+    torch.manual_seed(config.seed)
+    linear.reset_parameters()
+    inputs = model.normalise_aeration(train.features)
+    weights = class_weights(train.labels, model.task.num_classes)
+    optimizer = torch.optim.AdamW(linear.parameters(), lr=1e-2, weight_decay=1e-2)
+    for _ in range(steps):
+        loss = F.cross_entropy(linear(inputs), train.labels, weight=weights)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
 
 
 def train_head(head: AttentionHead, data: Stage2Data, class_names: tuple[str, ...], config: TrainConfig,
                reporter: ProgressReporter, device: torch.device, stage: str = "stage2") -> list[dict]:
     """Train an attention head on cached embeddings of the frozen stage-1 backbone; keeps the best epoch."""
-    use_features = head.extra_features > 0
     optimizer = torch.optim.AdamW(head.parameters(), lr=config.stage2_lr, weight_decay=1e-2)
     weights = class_weights(data.train_labels, len(class_names)).to(device)
     n_train = data.train_views.shape[1]
     history, best = [], None
+    reporter.event(stage, epoch=0, epochs=config.stage2_epochs)
     for epoch in range(1, config.stage2_epochs + 1):
         generator = epoch_generator(config.seed, "stage2", epoch)
         head.train()
@@ -308,17 +322,14 @@ def train_head(head: AttentionHead, data: Stage2Data, class_names: tuple[str, ..
         view = torch.randint(data.train_views.shape[0], (n_train,), generator=generator)
         losses = []
         for batch in order.split(config.stage2_batch):
-            extra = data.train_features[batch].to(device) if use_features else None
-            logits, _ = head(data.train_views[view[batch], batch].to(device), data.train_mask[batch].to(device),
-                             extra)
+            logits, _ = head(data.train_views[view[batch], batch].to(device), data.train_mask[batch].to(device))
             loss = F.cross_entropy(logits, data.train_labels[batch].to(device), weight=weights,
                                    label_smoothing=config.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             losses.append(loss.item())
-        probabilities = head_probabilities(head, data.val_embeddings, data.val_mask,
-                                           data.val_features if use_features else None)
+        probabilities = head_probabilities(head, data.val_embeddings, data.val_mask)
         val_metrics = compute_metrics(data.val_labels.tolist(), probabilities, class_names)
         if best is None or score(val_metrics) > best[0]:
             best = (score(val_metrics), {k: v.detach().clone() for k, v in head.state_dict().items()})
@@ -335,16 +346,17 @@ def train_head(head: AttentionHead, data: Stage2Data, class_names: tuple[str, ..
 # ---------------------------------------------------------------- the whole run
 
 
-def evaluate_cohort(model: SeverityModel, cohort: Cohort, cnn_only_head: AttentionHead | None = None) -> dict:
-    """Metrics of the 2.5D model, its pure-CNN head (no aeration features) and its pure-2D baseline."""
-    embeddings, mask, labels = embed_cohort(model, cohort), cohort.mask(), cohort.labels.tolist()
-    features = None if cohort.features is None else model.normalise_aeration(cohort.features)
-    results = {"twofive": compute_metrics(labels, head_probabilities(model.head, embeddings, mask, features),
-                                          model.class_names),
-               "pooled_2d": compute_metrics(labels, pooled_2d_probabilities(model, cohort), model.class_names)}
-    if cnn_only_head is not None:
-        results["twofive_cnn_only"] = compute_metrics(labels, head_probabilities(cnn_only_head, embeddings, mask),
-                                                      model.class_names)
+def evaluate_cohort(model: SeverityModel, cohort: Cohort) -> dict:
+    """Metrics of the 2.5D model (fused), its parts (CNN head alone, aeration model alone) and pure 2D."""
+    labels, names = cohort.labels.tolist(), model.class_names
+    cnn = head_probabilities(model.head, embed_cohort(model, cohort), cohort.mask())
+    results = {"twofive": compute_metrics(labels, model.fuse(torch.from_numpy(cnn), cohort.features).numpy(), names),
+               "pooled_2d": compute_metrics(labels, pooled_2d_probabilities(model, cohort), names)}
+    if model.aeration is not None:
+        results["twofive_cnn_only"] = compute_metrics(labels, cnn, names)
+        uniform = torch.zeros_like(torch.from_numpy(cnn))
+        aeration_only = 2 * model.fuse(uniform, cohort.features)  # (0 + p) / 2, doubled
+        results["aeration_only"] = compute_metrics(labels, aeration_only.numpy(), names)
     return results
 
 
@@ -402,16 +414,12 @@ def train(data: str | os.PathLike, out: str | os.PathLike, config: TrainConfig,
     stage1_state = resume_state if resume_state and resume_state[1]["stage"] == "stage1" else None
     stage1 = train_stage1(model, cohorts["train"], cohorts["val"], config, reporter, checkpoint, stage1_state,
                           device)
-    if config.architecture.aeration:
-        model.set_aeration_normalisation(cohorts["train"].features)
     data = stage2_data(model, cohorts["train"], cohorts["val"], config, reporter, device)
     stage2 = train_head(model.head, data, model.class_names, config, reporter, device)
-    cnn_only_head = None
-    if config.architecture.aeration:  # the pure-CNN figure, reported beside the combined one
-        cnn_only_head = model.build_head(aeration=False).to(device)
-        train_head(cnn_only_head, data, model.class_names, config, reporter, device, stage="stage2_cnn_only")
-    evaluation = {name: evaluate_cohort(model, cohort, cnn_only_head)
-                  for name, cohort in cohorts.items() if name != "train"}
+    if model.aeration is not None:
+        train_aeration_model(model, cohorts["train"], config)
+    evaluation = {name: evaluate_cohort(model, cohort) for name, cohort in cohorts.items() if name != "train"}
+    training_seconds = round(time.monotonic() - started, 1)
     if config.baselines:
         from .baselines import evaluate_baselines
 
@@ -421,7 +429,7 @@ def train(data: str | os.PathLike, out: str | os.PathLike, config: TrainConfig,
         "split": split.to_dict(), "split_fingerprint": split.fingerprint(),
         "dataset_fingerprint": index.fingerprint(), "dataset_counts": index.counts(),
         "metrics": evaluation, "history": {"stage1": stage1, "stage2": stage2},
-        "training_seconds": round(time.monotonic() - started, 1), "versions": package_versions(),
+        "training_seconds": training_seconds, "versions": package_versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     })
     if distributed_rank_world()[0] == 0:

@@ -27,6 +27,7 @@ import numpy as np
 
 from .atomic import write_text_atomic
 from .dataset import CLASS_NAMES, MIN_STUDIES_PER_CLASS, DatasetIndex, normalize_label
+from .volume_io import unique_stem
 
 LABEL_TABLE_NAME = "TwoFiveCNN training labels"
 VOLUME_COLUMN, LABEL_COLUMN = "volume", "label"
@@ -36,12 +37,11 @@ EXPORT_SUBFOLDER = "volumes"
 FEW_STUDIES_PER_CLASS = 10
 # Slice thickness or pixel size varying more than this factor across a dataset deserves a look.
 SPACING_RATIO_WARNING = 2.0
-CURVE_STAGES = ("stage1", "stage2", "stage2_cnn_only")
-STAGE_COLOURS = {"stage1": (0.0, 0.447, 0.698), "stage2": (0.835, 0.369, 0.0),
-                 "stage2_cnn_only": (0.0, 0.620, 0.451)}  # Okabe-Ito blue, vermillion, green
+CURVE_STAGES = ("stage1", "stage2")
+STAGE_COLOURS = {"stage1": (0.0, 0.447, 0.698), "stage2": (0.835, 0.369, 0.0)}  # Okabe-Ito blue, vermillion
 # Share of the whole run each stage takes, for one progress bar over all of them (rough, CPU).
-STAGE_PROGRESS = {"preprocess": (0, 10), "stage1": (10, 75), "embed": (75, 80), "stage2": (80, 90),
-                  "stage2_cnn_only": (90, 99), "done": (100, 100)}
+STAGE_PROGRESS = {"preprocess": (0, 10), "stage1": (10, 80), "embed": (80, 90), "stage2": (90, 99),
+                  "done": (100, 100)}
 STDERR_TAIL_LINES = 40
 
 
@@ -113,15 +113,6 @@ def _content_hash(array_kji: np.ndarray, geometry) -> str:
     return digest.hexdigest()[:20]
 
 
-def _study_id(name: str, used: set[str]) -> str:
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "volume"
-    unique, number = stem, 2
-    while unique.lower() in used:
-        unique, number = f"{stem}_{number}", number + 1
-    used.add(unique.lower())
-    return unique
-
-
 def dataset_from_nodes(volume_label_pairs, scene=None, export_dir: str | os.PathLike = ".",
                        log: Callable[[str], None] | None = None) -> Path:
     """Write ``export_dir/dataset.csv`` (path,label,study_id) for volume nodes and their labels.
@@ -172,7 +163,7 @@ def dataset_from_nodes(volume_label_pairs, scene=None, export_dir: str | os.Path
         for warning in volume.warnings:
             if log:
                 log(f"warning: {warning}")
-        rows.append((path.relative_to(export).as_posix(), label, _study_id(node.GetName() or content, used_ids)))
+        rows.append((path.relative_to(export).as_posix(), label, unique_stem(node.GetName() or content, used_ids)))
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(["path", "label", "study_id"])

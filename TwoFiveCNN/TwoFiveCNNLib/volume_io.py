@@ -10,6 +10,7 @@ canonical array map back onto the input grid exactly with :meth:`Volume.to_origi
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -166,6 +167,16 @@ def study_name(path: str | os.PathLike) -> str:
         if p.name.lower().endswith(suffix):
             return p.name[: -len(suffix)]
     return p.name
+
+
+def unique_stem(name: str, used: set[str], fallback: str = "volume") -> str:
+    """A portable file-name stem from any name, made unique (case-insensitively) against ``used``."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or fallback
+    unique, number = stem, 2
+    while unique.lower() in used:
+        unique, number = f"{stem}_{number}", number + 1
+    used.add(unique.lower())
+    return unique
 
 
 def _first_line(error: Exception) -> str:
