@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 
 from .dataset import DatasetError
+from .prediction import DEMO_MODEL_NOTICE
 
 EXIT_USAGE, EXIT_FAILED_STUDIES, EXIT_INTERRUPTED = 2, 3, 130
 
@@ -37,15 +38,22 @@ def _add_index(sub) -> None:
     p.add_argument("--split", type=Path, help="write a patient-level split JSON here")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fractions", default="0.7,0.15,0.15", help="train,val,test")
+    p.add_argument("--folds", type=int, default=0,
+                   help="instead, write K stratified cross-validation splits (<split stem>_foldN.json)")
     p.set_defaults(run=run_index)
 
 
 def run_index(args) -> int:
-    from .dataset import DatasetIndex, make_split
+    from .dataset import DatasetIndex, make_kfold, make_split
 
     index = DatasetIndex.load(args.data)
     print(index.summary())
-    if args.split:
+    if args.split and args.folds:
+        for fold, split in enumerate(make_kfold(index, args.folds, args.seed)):
+            path = args.split.with_name(f"{args.split.stem}_fold{fold}.json")
+            split.save(path)
+            print(f"fold {fold}: train/val = {len(split.train)}/{len(split.val)} -> {path}")
+    elif args.split:
         split = make_split(index, _fractions(args.fractions), args.seed)
         split.save(args.split)
         print(f"split train/val/test = {len(split.train)}/{len(split.val)}/{len(split.test)} -> {args.split}")
@@ -79,6 +87,7 @@ def _add_train(sub) -> None:
     p.add_argument("--stage1-epochs", type=int, default=14)
     p.add_argument("--stage2-epochs", type=int, default=150)
     p.add_argument("--stage2-views", type=int, default=6, help="augmented embedding views per training study")
+    p.add_argument("--held-out", type=Path, help="another dataset to score the model (and baselines) on")
     p.add_argument("--baselines", action="store_true",
                    help="also train the pure-3D baselines (3D CNN, ACS-inflated backbone) on the same split")
     p.add_argument("--no-aeration", action="store_true",
@@ -119,12 +128,32 @@ def run_train(args) -> int:
     config = train_config_from_args(args)
     with _json_stream(args.progress_json) as stream:
         reporter = _reporter(stream, args.quiet)
-        model = train(args.data, args.out, config, reporter, PreprocessedCache(args.cache), args.split, args.resume)
-    test = model.metadata["metrics"].get("test")
-    if test and not args.quiet:
-        print(f"test split, 2.5D model:\n{format_metrics(test['twofive'])}", file=sys.stderr)
+        model = train(args.data, args.out, config, reporter, PreprocessedCache(args.cache), args.split, args.resume,
+                      args.held_out)
+    for subset in ("test", "held_out"):
+        metrics = model.metadata["metrics"].get(subset)
+        if metrics and not args.quiet:
+            print(f"{subset}, 2.5D model:\n{format_metrics(metrics['twofive'])}", file=sys.stderr)
+    if "baselines" in model.metadata:
+        print(comparison_table(model.metadata))
     print(f"model written to {args.out}")
     return 0
+
+
+def comparison_table(metadata: dict) -> str:
+    """Balanced accuracy / QWK of the 2.5D model, its parts and the baselines, per held-out subset."""
+    subsets = [s for s in ("val", "test", "held_out") if s in metadata["metrics"]]
+    lines = ["model".ljust(24) + "".join(f"{s:>22}" for s in subsets)]
+    names = list(metadata["metrics"][subsets[0]]) + list(metadata.get("baselines", {}))
+    for name in names:
+        cells = []
+        for subset in subsets:
+            metrics = metadata["metrics"][subset].get(name) or \
+                metadata.get("baselines", {}).get(name, {}).get("metrics", {}).get(subset)
+            cells.append(f"{metrics['balanced_accuracy']:.3f} / {metrics['quadratic_weighted_kappa']:.3f}"
+                         if metrics else "-")
+        lines.append(name.ljust(24) + "".join(f"{c:>22}" for c in cells))
+    return "balanced accuracy / QWK\n" + "\n".join(lines)
 
 
 def _add_evaluate(sub) -> None:
@@ -149,6 +178,9 @@ def run_evaluate(args) -> int:
 
     model = load_model(args.model, args.device)
     report = evaluate_dataset(model, args.data, args.subset, args.cache, progress=_counter("evaluate"))
+    if model.is_demo:
+        report["notice"] = DEMO_MODEL_NOTICE
+        print(f"note: {DEMO_MODEL_NOTICE}")
     print(f"{report['subset_description']}\n{format_metrics(report['metrics'])}")
     for name, metrics in report["components"].items():
         print(f"  {name}: balanced accuracy {metrics['balanced_accuracy']:.3f}, "
@@ -185,7 +217,7 @@ def run_predict(args) -> int:
         for warning in prediction.warnings:
             print(f"  warning: {warning}")
     if model.is_demo:
-        print("note: predictions by the synthetic-phantom demo model, not for clinical use")
+        print(f"note: {DEMO_MODEL_NOTICE}")
     for path, message in result.failures.items():
         print(f"FAILED {message}", file=sys.stderr)
     print(f"{len(result.predictions)} predicted, {len(result.failures)} failed; summary in {args.out / 'summary.tsv'}")

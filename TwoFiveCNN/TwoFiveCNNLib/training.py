@@ -382,8 +382,13 @@ def package_versions() -> dict:
 
 def train(data: str | os.PathLike, out: str | os.PathLike, config: TrainConfig,
           reporter: ProgressReporter | None = None, cache: PreprocessedCache | None = None,
-          split_path: str | os.PathLike | None = None, resume: bool = False) -> SeverityModel:
-    """Train both stages on a dataset (MosMed-style folder or CSV) and write the model file ``out``."""
+          split_path: str | os.PathLike | None = None, resume: bool = False,
+          held_out: str | os.PathLike | None = None) -> SeverityModel:
+    """Train both stages on a dataset (MosMed-style folder or CSV) and write the model file ``out``.
+
+    ``held_out``: an extra dataset never used for training or selection, on which the model (and
+    the baselines) are also scored and the scores recorded in the model file.
+    """
     reporter = reporter or ProgressReporter()
     out = Path(out)
     started = time.monotonic()
@@ -400,6 +405,9 @@ def train(data: str | os.PathLike, out: str | os.PathLike, config: TrainConfig,
                                      "preprocess", subset=name, epoch=done, epochs=total),
                                  with_aeration=config.architecture.aeration)
                for name in ("train", "val", "test") if getattr(split, name)}
+    if held_out is not None:
+        cohorts["held_out"] = load_cohort(DatasetIndex.load(held_out).studies, task, config.preprocess, cache,
+                                          with_aeration=config.architecture.aeration)
     checkpoint = Checkpoint(out.with_name(out.name + ".ckpt"), config)
     for leftover in (out, checkpoint.path):
         remove_stale_temporaries(leftover)
