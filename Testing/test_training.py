@@ -201,3 +201,12 @@ def test_torchrun_trains_with_two_cpu_processes(phantom_cohort, tmp_path):
     model = load_model(out, "cpu")
     assert model.metadata["metrics"]["test"]["twofive"]["n_studies"] > 0
     assert not Path(str(out) + ".ckpt").exists()
+
+
+def test_end_to_end_finetuning_runs_and_is_recorded(phantom_cohort, tmp_path):
+    config = replace(TINY_CONFIG, stage1_epochs=1, finetune_epochs=1)
+    model = train(phantom_cohort, tmp_path / "ft.pt", config, ProgressReporter(quiet=True),
+                  PreprocessedCache(tmp_path / "cache"))
+    assert [r["epoch"] for r in model.metadata["history"]["finetune"]] == [1]
+    reloaded = load_model(tmp_path / "ft.pt", "cpu")
+    assert reloaded.metadata["train_config"]["finetune_epochs"] == 1

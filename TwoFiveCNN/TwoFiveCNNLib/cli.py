@@ -87,6 +87,8 @@ def _add_train(sub) -> None:
     p.add_argument("--stage1-epochs", type=int, default=14)
     p.add_argument("--stage2-epochs", type=int, default=150)
     p.add_argument("--stage2-views", type=int, default=6, help="augmented embedding views per training study")
+    p.add_argument("--finetune-epochs", type=int, default=0,
+                   help="after stage 2, fine-tune backbone and head end to end for N epochs (low learning rate)")
     p.add_argument("--held-out", type=Path, help="another dataset to score the model (and baselines) on")
     p.add_argument("--baselines", action="store_true",
                    help="also train the pure-3D baselines (3D CNN, ACS-inflated backbone) on the same split")
@@ -114,7 +116,7 @@ def train_config_from_args(args):
         preprocess=PreprocessConfig.with_window(window, in_plane=args.in_plane, n_slices=args.slices),
         architecture=Architecture(backbone=args.backbone, aeration=not args.no_aeration),
         pretrained=str(args.pretrained) if args.pretrained else None, stage1_epochs=args.stage1_epochs,
-        stage2_epochs=args.stage2_epochs, stage2_views=args.stage2_views, device=args.device,
+        stage2_epochs=args.stage2_epochs, stage2_views=args.stage2_views, finetune_epochs=args.finetune_epochs, device=args.device,
         baselines=args.baselines, name=args.name, demo=args.demo,
     )
 

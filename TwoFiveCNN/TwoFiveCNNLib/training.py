@@ -8,6 +8,7 @@ one would. Under ``torchrun`` stage 1 runs data-parallel (DistributedDataParalle
 
 from __future__ import annotations
 
+import copy
 import os
 import platform
 import time
@@ -33,7 +34,7 @@ from .preprocess import PreprocessConfig
 from .progress import ProgressReporter
 from .severity_model import Architecture, SeverityModel, resolve_device
 
-STAGE_SEEDS = {"stage1": 1, "stage2": 2, "views": 3}
+STAGE_SEEDS = {"stage1": 1, "stage2": 2, "views": 3, "finetune": 4}
 
 
 @dataclass
@@ -57,6 +58,8 @@ class TrainConfig:
     stage2_batch: int = 16
     stage2_lr: float = 1e-3
     stage2_views: int = 6  # augmented embedding views per training study
+    finetune_epochs: int = 0  # optional end-to-end fine-tuning of backbone and head after stage 2
+    finetune_lr: float = 1e-4
     device: str = "auto"
     baselines: bool = False  # also train the pure-3D baselines (3D CNN, ACS-inflated) on the same split
     name: str = ""
@@ -343,6 +346,49 @@ def train_head(head: AttentionHead, data: Stage2Data, class_names: tuple[str, ..
     return history
 
 
+def finetune(model: SeverityModel, train: Cohort, val: Cohort, config: TrainConfig, reporter: ProgressReporter,
+             device: torch.device, studies_per_step: int = 2) -> list[dict]:
+    """End-to-end fine-tuning of backbone and head on whole studies at a low learning rate.
+
+    Batch-norm statistics stay frozen (a few studies per step are too few to estimate them).
+    """
+    parameters = list(model.classifier.backbone.parameters()) + list(model.head.parameters())
+    optimizer = torch.optim.AdamW(parameters, lr=config.finetune_lr, weight_decay=config.weight_decay)
+    weights = class_weights(train.labels, model.task.num_classes).to(device)
+    val_embeddings = embed_cohort(model, val)
+    best = (score(compute_metrics(val.labels.tolist(), head_probabilities(model.head, val_embeddings, val.mask()),
+                                  model.class_names)), copy.deepcopy(model.state_dict()))
+    history = []
+    reporter.event("finetune", epoch=0, epochs=config.finetune_epochs)
+    for epoch in range(1, config.finetune_epochs + 1):
+        generator = epoch_generator(config.seed, "finetune", epoch)
+        model.eval()
+        model.head.train()
+        losses = []
+        for batch in torch.randperm(len(train), generator=generator).split(studies_per_step):
+            logits = []
+            for i in batch.tolist():
+                slices = augment_study(train.study_slices(i), config.augment, generator).to(device)
+                embeddings = model.classifier.embed(slices.contiguous(memory_format=torch.channels_last))
+                logits.append(model.head(embeddings[None])[0])
+            loss = F.cross_entropy(torch.cat(logits), train.labels[batch].to(device), weight=weights,
+                                   label_smoothing=config.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        metrics = compute_metrics(val.labels.tolist(), head_probabilities(model.head, embed_cohort(model, val),
+                                                                          val.mask()), model.class_names)
+        if score(metrics) > best[0]:
+            best = (score(metrics), copy.deepcopy(model.state_dict()))
+        record = {"epoch": epoch, "epochs": config.finetune_epochs, "loss": float(np.mean(losses)),
+                  "val_balanced_accuracy": metrics["balanced_accuracy"],
+                  "val_kappa": metrics["quadratic_weighted_kappa"]}
+        history.append(reporter.event("finetune", **record))
+    model.load_state_dict(best[1])
+    return history
+
+
 # ---------------------------------------------------------------- the whole run
 
 
@@ -424,6 +470,9 @@ def train(data: str | os.PathLike, out: str | os.PathLike, config: TrainConfig,
                           device)
     data = stage2_data(model, cohorts["train"], cohorts["val"], config, reporter, device)
     stage2 = train_head(model.head, data, model.class_names, config, reporter, device)
+    history = {"stage1": stage1, "stage2": stage2}
+    if config.finetune_epochs > 0:
+        history["finetune"] = finetune(model, cohorts["train"], cohorts["val"], config, reporter, device)
     if model.aeration is not None:
         train_aeration_model(model, cohorts["train"], config)
     evaluation = {name: evaluate_cohort(model, cohort) for name, cohort in cohorts.items() if name != "train"}
@@ -436,7 +485,7 @@ def train(data: str | os.PathLike, out: str | os.PathLike, config: TrainConfig,
         "name": config.name or out.stem, "demo": config.demo, "train_config": config.to_dict(),
         "split": split.to_dict(), "split_fingerprint": split.fingerprint(),
         "dataset_fingerprint": index.fingerprint(), "dataset_counts": index.counts(),
-        "metrics": evaluation, "history": {"stage1": stage1, "stage2": stage2},
+        "metrics": evaluation, "history": history,
         "training_seconds": training_seconds, "versions": package_versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     })
