@@ -46,23 +46,24 @@ def grid_to_hu(grid: np.ndarray, window: tuple[float, float]) -> np.ndarray:
     return np.asarray(grid, dtype=np.float32) * (high - low) + low
 
 
-def lung_mask_on_grid(grid: np.ndarray, window: tuple[float, float]) -> np.ndarray:
-    """The lung envelope of a study on the model grid (boolean, same shape)."""
-    hu = grid_to_hu(grid, window)
-    return lung_envelope(hu, body_mask(hu))
+def measure_aeration(grid: np.ndarray, window: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """Aeration features (float32, one per ``AERATION_FEATURES``) and the lung envelope on the model grid.
 
-
-def aeration_features(grid: np.ndarray, window: tuple[float, float],
-                      lung: np.ndarray | None = None) -> np.ndarray:
-    """Shares of the lung envelope per aeration band, and lung-to-body volume ratio (float32, 4 values)."""
+    Shares of the lung envelope per aeration band, and the lung-to-body volume ratio.
+    """
     hu = grid_to_hu(grid, window)
     body = body_mask(hu)
-    lung = lung_envelope(hu, body) if lung is None else lung
+    lung = lung_envelope(hu, body)
     n_lung = max(int(lung.sum()), 1)
     values = hu[lung]
-    return np.array([
+    features = np.array([
         (values < AERATED_HU).sum() / n_lung,
         ((values >= AERATED_HU) & (values < CONSOLIDATION_HU)).sum() / n_lung,
         (values >= CONSOLIDATION_HU).sum() / n_lung,
         lung.sum() / max(int(body.sum()), 1),
     ], dtype=np.float32)
+    return features, lung
+
+
+def aeration_features(grid: np.ndarray, window: tuple[float, float]) -> np.ndarray:
+    return measure_aeration(grid, window)[0]

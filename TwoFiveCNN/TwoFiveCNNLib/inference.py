@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from .aeration import AERATION_FEATURES, aeration_features, lung_mask_on_grid
+from .aeration import AERATION_FEATURES, measure_aeration
 from .prediction import Prediction
 from .preprocess import GridMapping, grid_map_to_canonical, slice_values_to_canonical, to_model_grid
 from .severity_model import SLICE_BATCH, SeverityModel, resolve_device
@@ -26,13 +26,12 @@ def load_model(path: str | os.PathLike | None = None, device: str = "auto") -> S
 
 
 @torch.inference_mode()
-def in_plane_evidence(model: SeverityModel, slices: torch.Tensor, class_weights: torch.Tensor) -> torch.Tensor:
-    """Class activation maps (s, h, w) for ``class_weights``, computed slice chunk by chunk."""
+def slice_feature_maps(model: SeverityModel, slices: torch.Tensor) -> torch.Tensor:
+    """The backbone's last feature maps (s, D, h, w), computed once for embeddings and evidence alike."""
     device = next(model.parameters()).device
-    maps = [model.classifier.class_activation_maps(chunk.to(device).contiguous(memory_format=torch.channels_last),
-                                                   class_weights.to(device))
-            for chunk in slices.split(SLICE_BATCH)]
-    return torch.cat(maps).float().cpu()
+    backbone = model.classifier.backbone
+    return torch.cat([backbone.feature_maps(chunk.to(device).contiguous(memory_format=torch.channels_last))
+                      for chunk in slices.split(SLICE_BATCH)]).float()
 
 
 def disease_weights(probabilities: torch.Tensor) -> torch.Tensor:
@@ -56,14 +55,16 @@ def predict_grid(model: SeverityModel, grid: np.ndarray) -> GridResult:
     """Probabilities, slice attention, 3D evidence and aeration shares for one study on the model grid."""
     device = next(model.parameters()).device
     slices = torch.from_numpy(np.ascontiguousarray(grid, dtype=np.float32))[:, None]
-    embeddings = model.embed_slices(slices)
-    lung = lung_mask_on_grid(grid, model.preprocess.window)
-    aeration = aeration_features(grid, model.preprocess.window, lung)
+    maps = slice_feature_maps(model, slices)
+    embeddings = maps.mean(dim=(2, 3))  # global average pooling, as in the backbone's forward
+    aeration, lung = measure_aeration(grid, model.preprocess.window)
     logits, attention = model.head(embeddings[None].to(device))
     cnn_probabilities = logits[0].float().softmax(-1).cpu()
     probabilities = model.fuse(cnn_probabilities, torch.from_numpy(aeration)[None])[0]
     attention = attention[0].float().cpu()
-    cam = in_plane_evidence(model, slices, disease_weights(probabilities)).clamp_(min=0)
+    # Class activation map (Zhou et al. 2016) for "evidence of disease", from the same feature maps.
+    channel_weights = disease_weights(probabilities).to(device) @ model.classifier.classifier.weight.float()
+    cam = torch.einsum("d,sdhw->shw", channel_weights, maps).cpu().clamp_(min=0)
     cam = torch.nn.functional.interpolate(cam[None, None], size=grid.shape, mode="trilinear",
                                           align_corners=False)[0, 0]
     # The CAM is coarse (a few cells per slice); the lung envelope gives the map its anatomical shape.
