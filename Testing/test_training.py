@@ -210,3 +210,11 @@ def test_end_to_end_finetuning_runs_and_is_recorded(phantom_cohort, tmp_path):
     assert [r["epoch"] for r in model.metadata["history"]["finetune"]] == [1]
     reloaded = load_model(tmp_path / "ft.pt", "cpu")
     assert reloaded.metadata["train_config"]["finetune_epochs"] == 1
+
+
+def test_unwritable_output_folder_fails_up_front(tiny_model, chest_ct_path, tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    code = main(["predict", "--model", str(tiny_model), str(chest_ct_path), "--out", str(blocker / "out")])
+    assert code == 2
+    assert "cannot write to the output folder" in capsys.readouterr().err

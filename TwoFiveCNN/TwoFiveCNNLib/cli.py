@@ -323,8 +323,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"twofivecnn {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as error:
-        print(f"twofivecnn {args.command}: error: {error.strerror or error} ({error.filename or ''})",
-              file=sys.stderr)
+        where = f" ({error.filename})" if error.filename else ""
+        print(f"twofivecnn {args.command}: error: {error.strerror or error}{where}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         hint = " (resume with --resume)" if args.command == "train" else ""

@@ -4,6 +4,7 @@ and batch prediction over many inputs that reports bad studies instead of stoppi
 from __future__ import annotations
 
 import os
+import tempfile
 import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -117,6 +118,7 @@ def predict_batch(model: SeverityModel, inputs: Iterable[str | os.PathLike], out
     if any(p.is_dir() and p.resolve() == Path(out_dir).resolve() for p in inputs):
         raise ValueError(f"{out_dir}: the output folder is also an input folder; the attention volumes written "
                          f"there would be graded as studies next time. Choose another output folder.")
+    check_writable(Path(out_dir))
     studies = expand_inputs(inputs)
     result = BatchResult()
     for done, (path, name) in enumerate(zip(studies, unique_names(studies)), start=1):
@@ -134,6 +136,17 @@ def predict_batch(model: SeverityModel, inputs: Iterable[str | os.PathLike], out
             progress(done, len(studies), str(path))
     write_summary(result, Path(out_dir))
     return result
+
+
+def check_writable(folder: Path) -> None:
+    """Fail before any work when the output folder cannot be created or written (full, read-only, a file)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise OSError(error.errno, f"cannot write to the output folder {folder} ({error.strerror}); "
+                      f"choose a writable folder with free space") from None
 
 
 def write_summary(result: BatchResult, out_dir: Path) -> None:
