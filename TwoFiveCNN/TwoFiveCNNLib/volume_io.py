@@ -9,8 +9,10 @@ canonical array map back onto the input grid exactly with :meth:`Volume.to_origi
 
 from __future__ import annotations
 
+import gzip
 import os
 import re
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -208,12 +210,31 @@ def _read_dicom_series(folder: Path) -> tuple[sitk.Image, list[str]]:
         raise VolumeError(f"{folder}: the DICOM series could not be read ({_first_line(error)}).") from None
 
 
+def _check_gzip_complete(path: Path) -> None:
+    """ITK reads a truncated .gz without complaint (the missing voxels come back as zeros), so check
+    that the compressed stream is whole before trusting it."""
+    with open(path, "rb") as raw:
+        if raw.read(2) != b"\x1f\x8b":
+            return  # not gzip at all: the image reader's own error says so
+    try:
+        with gzip.open(path, "rb") as stream:
+            while stream.read(1 << 22):
+                pass
+    except (EOFError, OSError, zlib.error) as error:
+        raise VolumeError(
+            f"{path}: the compressed file is incomplete or corrupt ({error}); it was probably cut off while "
+            f"copying or downloading. Copy it again from its source."
+        ) from None
+
+
 def _read_file(path: Path) -> sitk.Image:
     if not path.name.lower().endswith(VOLUME_SUFFIXES + (".dcm",)):
         raise VolumeError(
             f"{path}: unsupported file type. Use NIfTI (.nii, .nii.gz), NRRD (.nrrd), MetaImage "
             f"(.mha, .mhd) or a folder holding a DICOM series."
         )
+    if path.name.lower().endswith(".gz"):
+        _check_gzip_complete(path)
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as error:
