@@ -60,6 +60,8 @@ def run_demo(out: str | Path, quick: bool = False) -> dict:
                "predictions": {Path(p).name: pred.label for p, pred in batch.predictions.items()},
                "failures": batch.failures}
     write_json_atomic(out / "demo_summary.json", summary)
+    for path, message in batch.failures.items():
+        print(f"FAILED to predict {path}: {message}")
     print(f"\nheld-out phantoms ({report['metrics']['n_studies']} studies):\n{format_metrics(report['metrics'])}")
     print(f"\ndemo finished in {summary['seconds']:.0f} s; outputs in {out}/ "
           f"(model.pt, held_out_metrics.json, predictions/*.png, predictions/*.mrml)")
