@@ -20,13 +20,6 @@ def test_truncated_nifti_is_refused_with_its_name(phantom_cohort, tmp_path):
         read_volume(truncated)
 
 
-def test_text_file_named_nrrd_is_refused(tmp_path):
-    path = tmp_path / "scan.nrrd"
-    path.write_text("hello, not a volume\n")
-    with pytest.raises(VolumeError, match="scan.nrrd.*cannot be read"):
-        read_volume(path)
-
-
 def test_csv_naming_missing_files_is_refused(tmp_path):
     (tmp_path / "data.csv").write_text("path,label\nmissing_study.nii.gz,CT-1\n")
     with pytest.raises(DatasetError, match="missing_study.nii.gz"):

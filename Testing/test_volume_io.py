@@ -205,10 +205,11 @@ def test_write_volume_round_trip_keeps_geometry_and_leaves_no_temp_files(tmp_pat
     np.testing.assert_array_equal(sitk.GetArrayFromImage(image), data)
 
 
-def test_text_file_named_nifti_is_refused_with_its_name(tmp_path):
-    path = tmp_path / "notes.nii.gz"
+@pytest.mark.parametrize("name", ["notes.nii.gz", "scan.nrrd"])
+def test_text_file_named_like_a_volume_is_refused_with_its_name(tmp_path, name):
+    path = tmp_path / name
     path.write_text("this is not an image")
-    with pytest.raises(VolumeError, match="notes.nii.gz.*cannot be read"):
+    with pytest.raises(VolumeError, match=f"{name}.*cannot be read"):
         read_volume(path)
 
 

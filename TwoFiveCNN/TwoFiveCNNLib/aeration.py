@@ -2,8 +2,9 @@
 
 A lung envelope is found by HU thresholds and morphology on the model grid; its voxels are counted
 in HU bands: well aerated (< -700), poorly aerated (-700..-250, ground glass) and non-aerated
-(> -250, consolidation). The shares feed the stage-2 head as study-level features and are
-reported to the user; they are only as good as a threshold lung mask.
+(> -250, consolidation). A logistic model on the shares is fused with the 2.5D head (see
+``SeverityModel.fuse``) and the shares are reported to the user; they are only as good as a
+threshold lung mask.
 """
 
 from __future__ import annotations

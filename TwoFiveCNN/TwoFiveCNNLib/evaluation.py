@@ -49,8 +49,9 @@ def evaluate_dataset(model: SeverityModel, data: str | os.PathLike, subset: str 
     components = {}
     if model.aeration is not None:  # the parts of the fused model, reported beside it
         cnn = np.stack([r.cnn_probabilities for r in results])
+        aeration = np.stack([r.aeration_probabilities for r in results])
         components = {"cnn_only": compute_metrics(labels, cnn, model.class_names),
-                      "aeration_only": compute_metrics(labels, 2 * probabilities - cnn, model.class_names)}
+                      "aeration_only": compute_metrics(labels, aeration, model.class_names)}
     per_study = [{"study_id": sid, "label": model.class_names[int(label)],
                   "predicted": model.class_names[int(np.argmax(p))],
                   "probabilities": {n: float(v) for n, v in zip(model.class_names, p)}}

@@ -14,7 +14,7 @@ from scipy import ndimage
 from .aeration import AERATION_FEATURES, measure_aeration
 from .prediction import Prediction
 from .preprocess import GridMapping, grid_map_to_canonical, slice_values_to_canonical, to_model_grid
-from .severity_model import SLICE_BATCH, SeverityModel, resolve_device
+from .severity_model import SeverityModel, resolve_device
 from .volume_io import Volume, read_volume
 
 BUNDLED_MODEL = Path(__file__).with_name("demo_model.pt")
@@ -23,15 +23,6 @@ BUNDLED_MODEL = Path(__file__).with_name("demo_model.pt")
 def load_model(path: str | os.PathLike | None = None, device: str = "auto") -> SeverityModel:
     """Load a model file, or the bundled synthetic-phantom demo model when ``path`` is None."""
     return SeverityModel.load(path or BUNDLED_MODEL, resolve_device(device))
-
-
-@torch.inference_mode()
-def slice_feature_maps(model: SeverityModel, slices: torch.Tensor) -> torch.Tensor:
-    """The backbone's last feature maps (s, D, h, w), computed once for embeddings and evidence alike."""
-    device = next(model.parameters()).device
-    backbone = model.classifier.backbone
-    return torch.cat([backbone.feature_maps(chunk.to(device).contiguous(memory_format=torch.channels_last))
-                      for chunk in slices.split(SLICE_BATCH)]).float()
 
 
 def disease_weights(probabilities: torch.Tensor) -> torch.Tensor:
@@ -48,6 +39,7 @@ class GridResult:
     evidence: np.ndarray  # (S, H, W) in 0..1
     aeration: dict[str, float] = field(default_factory=dict)
     cnn_probabilities: np.ndarray | None = None  # the CNN head's alone, before fusion with aeration
+    aeration_probabilities: np.ndarray | None = None  # the aeration model's alone (None without one)
 
 
 @torch.inference_mode()
@@ -55,12 +47,15 @@ def predict_grid(model: SeverityModel, grid: np.ndarray) -> GridResult:
     """Probabilities, slice attention, 3D evidence and aeration shares for one study on the model grid."""
     device = next(model.parameters()).device
     slices = torch.from_numpy(np.ascontiguousarray(grid, dtype=np.float32))[:, None]
-    maps = slice_feature_maps(model, slices)
+    maps = model.slice_feature_maps(slices)
     embeddings = maps.mean(dim=(2, 3))  # global average pooling, as in the backbone's forward
     aeration, lung = measure_aeration(grid, model.preprocess.window)
     logits, attention = model.head(embeddings[None].to(device))
     cnn_probabilities = logits[0].float().softmax(-1).cpu()
-    probabilities = model.fuse(cnn_probabilities, torch.from_numpy(aeration)[None])[0]
+    aeration_probabilities = model.aeration_probabilities(torch.from_numpy(aeration)[None])
+    if aeration_probabilities is not None:
+        aeration_probabilities = aeration_probabilities[0]
+    probabilities = model.fuse(cnn_probabilities, aeration_probabilities)
     attention = attention[0].float().cpu()
     # Class activation map (Zhou et al. 2016) for "evidence of disease", from the same feature maps.
     channel_weights = disease_weights(probabilities).to(device) @ model.classifier.classifier.weight.float()
@@ -73,7 +68,8 @@ def predict_grid(model: SeverityModel, grid: np.ndarray) -> GridResult:
     evidence = cam * (attention / attention.max())[:, None, None] * (1 - probabilities[0])
     return GridResult(probabilities.numpy(), attention.numpy(), evidence.clamp_(0, 1).numpy(),
                       {name: round(float(v), 4) for name, v in zip(AERATION_FEATURES, aeration)},
-                      cnn_probabilities.numpy())
+                      cnn_probabilities.numpy(),
+                      None if aeration_probabilities is None else aeration_probabilities.numpy())
 
 
 def map_slice_attention(volume: Volume, attention: np.ndarray, mapping: GridMapping) -> tuple[np.ndarray, list[str]]:

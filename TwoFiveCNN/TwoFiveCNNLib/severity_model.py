@@ -65,13 +65,19 @@ class SeverityModel(nn.Module):
         return (features - mean) / std
 
     @torch.inference_mode()
-    def fuse(self, cnn_probabilities: torch.Tensor, aeration_features: torch.Tensor | None) -> torch.Tensor:
-        """The model's probabilities: the CNN head's, averaged with the aeration model's when it has one."""
-        if self.aeration is None or aeration_features is None:
-            return cnn_probabilities
+    def aeration_probabilities(self, features: torch.Tensor | None) -> torch.Tensor | None:
+        """The aeration model's class probabilities (N, C) for raw aeration features; None without one."""
+        if self.aeration is None or features is None:
+            return None
         device = self.aeration.weight.device
-        aeration = self.aeration(self.normalise_aeration(aeration_features.cpu()).to(device)).float().softmax(-1)
-        return (cnn_probabilities + aeration.to(cnn_probabilities.device)) / 2
+        return self.aeration(self.normalise_aeration(features.cpu()).to(device)).float().softmax(-1).cpu()
+
+    @staticmethod
+    def fuse(cnn_probabilities: torch.Tensor, aeration_probabilities: torch.Tensor | None) -> torch.Tensor:
+        """The model's probabilities: the CNN head's, averaged with the aeration model's when there is one."""
+        if aeration_probabilities is None:
+            return cnn_probabilities
+        return (cnn_probabilities + aeration_probabilities.to(cnn_probabilities.device)) / 2
 
     def weight_groups(self) -> tuple[str, ...]:
         return ("classifier", "head", "aeration") if self.aeration is not None else ("classifier", "head")
@@ -88,13 +94,21 @@ class SeverityModel(nn.Module):
     def is_demo(self) -> bool:
         return bool(self.metadata.get("demo", False))
 
+    def _per_chunk(self, function, slices: torch.Tensor) -> torch.Tensor:
+        """Apply ``function`` to ``(s, 1, H, W)`` slices in chunks (bounded memory), on the model's device."""
+        device = next(self.parameters()).device
+        return torch.cat([function(chunk.to(device).contiguous(memory_format=torch.channels_last))
+                          for chunk in slices.split(SLICE_BATCH)]).float()
+
     @torch.inference_mode()
     def embed_slices(self, slices: torch.Tensor) -> torch.Tensor:
-        """``(s, 1, H, W)`` slices -> ``(s, D)`` embeddings, in chunks to bound memory."""
-        device = next(self.parameters()).device
-        chunks = [self.classifier.embed(chunk.to(device).contiguous(memory_format=torch.channels_last))
-                  for chunk in slices.split(SLICE_BATCH)]
-        return torch.cat(chunks).float()
+        """``(s, 1, H, W)`` slices -> ``(s, D)`` embeddings."""
+        return self._per_chunk(self.classifier.embed, slices)
+
+    @torch.inference_mode()
+    def slice_feature_maps(self, slices: torch.Tensor) -> torch.Tensor:
+        """The backbone's last feature maps ``(s, D, h, w)``: embeddings and evidence from one pass."""
+        return self._per_chunk(self.classifier.backbone.feature_maps, slices)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the model file; float weights are stored as float16 to keep files small."""

@@ -396,13 +396,12 @@ def evaluate_cohort(model: SeverityModel, cohort: Cohort) -> dict:
     """Metrics of the 2.5D model (fused), its parts (CNN head alone, aeration model alone) and pure 2D."""
     labels, names = cohort.labels.tolist(), model.class_names
     cnn = head_probabilities(model.head, embed_cohort(model, cohort), cohort.mask())
-    results = {"twofive": compute_metrics(labels, model.fuse(torch.from_numpy(cnn), cohort.features).numpy(), names),
+    aeration = model.aeration_probabilities(cohort.features)
+    results = {"twofive": compute_metrics(labels, model.fuse(torch.from_numpy(cnn), aeration).numpy(), names),
                "pooled_2d": compute_metrics(labels, pooled_2d_probabilities(model, cohort), names)}
-    if model.aeration is not None:
+    if aeration is not None:
         results["twofive_cnn_only"] = compute_metrics(labels, cnn, names)
-        uniform = torch.zeros_like(torch.from_numpy(cnn))
-        aeration_only = 2 * model.fuse(uniform, cohort.features)  # (0 + p) / 2, doubled
-        results["aeration_only"] = compute_metrics(labels, aeration_only.numpy(), names)
+        results["aeration_only"] = compute_metrics(labels, aeration.numpy(), names)
     return results
 
 
