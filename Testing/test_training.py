@@ -13,7 +13,6 @@ import pytest
 import SimpleITK as sitk
 import torch
 from conftest import TINY_TRAIN_ARGS
-
 from TwoFiveCNNLib.cache import PreprocessedCache
 from TwoFiveCNNLib.cli import main
 from TwoFiveCNNLib.inference import load_model, predict_path

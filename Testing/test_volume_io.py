@@ -6,11 +6,10 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-from scipy import ndimage
 from conftest import asymmetric_anatomy, sitk_image
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
-
+from scipy import ndimage
 from TwoFiveCNNLib.volume_io import Geometry, Volume, VolumeError, canonical_axes, read_volume, write_volume
 
 # ITK's own reorientation filter stores the same anatomy with other direction matrices; each code names

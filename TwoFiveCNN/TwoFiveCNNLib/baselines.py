@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -23,12 +22,6 @@ from .volumetric import build_volume_baseline
 
 VOLUME_BASELINES = ("cnn3d", "acs")
 
-
-@dataclass(frozen=True)
-class BaselineConfig:
-    epochs: int = 30
-    batch: int = 4
-    lr: float = 1e-3
 
 
 def volumes(cohort: Cohort, indices: torch.Tensor) -> torch.Tensor:
@@ -51,19 +44,19 @@ def _augmented_batch(cohort: Cohort, indices: torch.Tensor, config: TrainConfig,
 
 
 def train_volume_baseline(name: str, model: SeverityModel, train: Cohort, val: Cohort, config: TrainConfig,
-                          baseline: BaselineConfig, reporter: ProgressReporter,
+                          reporter: ProgressReporter,
                           device: torch.device) -> tuple[nn.Module, dict]:
     """Train one 3D baseline; returns the best network (by validation score) and its training record."""
     backbone2d = copy.deepcopy(model.classifier.backbone).float() if name == "acs" else None
     network = build_volume_baseline(name, model.task.num_classes, backbone2d).to(device)
-    optimizer = torch.optim.AdamW(network.parameters(), lr=baseline.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(network.parameters(), lr=config.baseline_lr, weight_decay=config.weight_decay)
     weights = class_weights(train.labels, model.task.num_classes).to(device)
     best, started = None, time.monotonic()
-    for epoch in range(1, baseline.epochs + 1):
+    for epoch in range(1, config.baseline_epochs + 1):
         generator = epoch_generator(config.seed, "stage1", 1000 + epoch)
         network.train()
         losses = []
-        for indices in torch.randperm(len(train), generator=generator).split(baseline.batch):
+        for indices in torch.randperm(len(train), generator=generator).split(config.baseline_batch):
             batch = _augmented_batch(train, indices, config, generator).to(device)
             loss = F.cross_entropy(network(batch), train.labels[indices].to(device), weight=weights,
                                    label_smoothing=config.label_smoothing)
@@ -74,21 +67,20 @@ def train_volume_baseline(name: str, model: SeverityModel, train: Cohort, val: C
         metrics = compute_metrics(val.labels.tolist(), volume_probabilities(network, val, device), model.class_names)
         if best is None or score(metrics) > best[0]:
             best = (score(metrics), copy.deepcopy(network.state_dict()))
-        reporter.event(f"baseline_{name}", epoch=epoch, epochs=baseline.epochs, loss=float(np.mean(losses)),
+        reporter.event(f"baseline_{name}", epoch=epoch, epochs=config.baseline_epochs, loss=float(np.mean(losses)),
                        val_balanced_accuracy=metrics["balanced_accuracy"],
                        val_kappa=metrics["quadratic_weighted_kappa"])
     network.load_state_dict(best[1])
     return network, {"seconds": round(time.monotonic() - started, 1),
-                     "seconds_per_epoch": round((time.monotonic() - started) / baseline.epochs, 2)}
+                     "seconds_per_epoch": round((time.monotonic() - started) / config.baseline_epochs, 2)}
 
 
 def evaluate_baselines(model: SeverityModel, cohorts: dict[str, Cohort], config: TrainConfig,
-                       reporter: ProgressReporter, device: torch.device,
-                       baseline: BaselineConfig = BaselineConfig()) -> dict:
+                       reporter: ProgressReporter, device: torch.device) -> dict:
     """Train each 3D baseline on the model's training cohort; metrics on every held-out cohort."""
     results = {}
     for name in VOLUME_BASELINES:
-        network, record = train_volume_baseline(name, model, cohorts["train"], cohorts["val"], config, baseline,
+        network, record = train_volume_baseline(name, model, cohorts["train"], cohorts["val"], config,
                                                 reporter, device)
         record["metrics"] = {subset: compute_metrics(cohort.labels.tolist(),
                                                      volume_probabilities(network, cohort, device),

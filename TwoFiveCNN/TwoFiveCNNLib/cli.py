@@ -244,14 +244,35 @@ def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="measure speed and memory against references taken in the same run")
     p.add_argument("--json", type=Path)
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--accuracy", type=Path, metavar="DIR",
+                   help="instead: the accuracy study (2.5D vs 2D vs 3D vs ACS against training-set size, default "
+                        "settings, several seeds) in DIR; runs again to resume. About 2 hours on 2 cores")
+    p.add_argument("--sizes", default="40,90,200", help="training studies per cohort, for --accuracy")
+    p.add_argument("--seeds", default="1,2,3", help="seeds, for --accuracy")
     p.set_defaults(run=run_bench)
 
 
 def run_bench(args) -> int:
+    if args.accuracy is not None:
+        from .accuracy_study import StudyPlan, run_study
+
+        plan = StudyPlan(sizes=_integers(args.sizes, "--sizes"), seeds=_integers(args.seeds, "--seeds"))
+        report = run_study(args.accuracy, plan, _reporter(None, quiet=False))
+        print((args.accuracy / "accuracy_study.md").read_text(), end="")
+        print(f"study written to {args.accuracy} ({len(report['runs'])} runs)")
+        return 0
     from .bench import run_benchmarks
 
     run_benchmarks(args.json, quick=args.quick)
     return 0
+
+
+def _integers(text: str, option: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(value) for value in text.split(","))
+    except ValueError:
+        raise ValueError(f"{option} {text!r}: give comma-separated whole numbers, e.g. 40,90,200.") from None
+    return values
 
 
 def _counter(stage: str):

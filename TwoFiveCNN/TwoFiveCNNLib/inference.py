@@ -104,15 +104,25 @@ def predict_volume(model: SeverityModel, volume: Volume) -> Prediction:
 
 def _plausibility_warnings(volume: Volume) -> list[str]:
     """Hints that an input may not be a chest CT in HU (the model will still answer)."""
-    warnings = []
-    sample = volume.array[:: max(1, volume.array.shape[0] // 8), ::4, ::4]
-    low, high = np.nanpercentile(sample, [1, 99]) if np.isfinite(sample).any() else (0.0, 0.0)
+    array, warnings = volume.array, []
+    if array.dtype.kind == "f":
+        non_finite = array.size - int(np.count_nonzero(np.isfinite(array)))
+        if non_finite:
+            warnings.append(f"{non_finite} voxels ({100 * non_finite / array.size:.2g}%) are NaN or infinite; "
+                            f"they were read as air (NaN, -inf) or the densest tissue (+inf)")
+    sample = array[:: max(1, array.shape[0] // 8), ::4, ::4]
+    sample = sample[np.isfinite(sample)] if array.dtype.kind == "f" else sample.ravel()
+    low, high = np.percentile(sample, [1, 99]) if sample.size else (0.0, 0.0)
     if low > -500:
         warnings.append(f"no air found (1st percentile {low:.0f}); values may not be Hounsfield units")
+    elif low < -2000 or high > 4000:
+        warnings.append(f"values span {low:.3g}..{high:.3g} (1st..99th percentile), beyond the Hounsfield "
+                        f"units of CT (about -1024..3071); the result is not meaningful")
     if high - low < 100:
         warnings.append("almost constant image; the result is meaningless")
-    if volume.array.shape[0] < 8:
-        warnings.append(f"only {volume.array.shape[0]} slices; a chest CT study normally has dozens")
+    if array.shape[0] < 8:
+        plural = "s" * (array.shape[0] != 1)
+        warnings.append(f"only {array.shape[0]} slice{plural}; a chest CT study normally has dozens")
     return warnings
 
 

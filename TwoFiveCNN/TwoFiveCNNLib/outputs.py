@@ -4,6 +4,7 @@ and batch prediction over many inputs that reports bad studies instead of stoppi
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import traceback
 from collections.abc import Callable, Iterable
@@ -83,20 +84,29 @@ def _input_slice_labels(volume: Volume) -> list[str]:
 
 def write_prediction(prediction: Prediction, volume: Volume, out_dir: str | os.PathLike, name: str | None = None,
                      scene: bool = False, attention_suffix: str = ".nii.gz") -> list[Path]:
-    """Write ``<name>.json``, ``<name>_attention<suffix>``, ``<name>.png`` and, with ``scene``, ``<name>.mrml``."""
+    """Write ``<name>.json``, ``<name>_attention<suffix>``, ``<name>.png`` and, with ``scene``, ``<name>.mrml``.
+
+    All or nothing: when one output fails (a full disk), the study's other new outputs and any
+    earlier ``<name>.json`` are removed, so no record describes files that do not belong to it.
+    """
     out_dir = Path(out_dir)
     name = name or volume.name
-    attention_path = write_volume(prediction.attention_kji, prediction.geometry,
-                                  out_dir / f"{name}_attention{attention_suffix}")
-    montage_path = write_montage(prediction, volume, out_dir / f"{name}.png")
-    written = [attention_path, montage_path]
-    if scene:
-        from .scene import save_prediction_scene  # needs the MRML library (Slicer or slicer-core)
+    json_path, written = out_dir / f"{name}.json", []
+    try:
+        written.append(write_volume(prediction.attention_kji, prediction.geometry,
+                                    out_dir / f"{name}_attention{attention_suffix}"))
+        written.append(write_montage(prediction, volume, out_dir / f"{name}.png"))
+        if scene:
+            from .scene import save_prediction_scene  # needs the MRML library (Slicer or slicer-core)
 
-        written.append(save_prediction_scene(prediction, volume, out_dir, name))
-    record = {**prediction.to_json(), "outputs": [p.name for p in written]}
-    json_path = out_dir / f"{name}.json"
-    write_json_atomic(json_path, record)
+            written.append(save_prediction_scene(prediction, volume, out_dir, name))
+        write_json_atomic(json_path, {**prediction.to_json(), "outputs": [p.name for p in written]})
+    except BaseException:
+        for path in [*written, json_path]:
+            path.unlink(missing_ok=True)
+            if path.suffix == ".mrml":
+                shutil.rmtree(path.with_name(f"{name}_data"), ignore_errors=True)
+        raise
     return [json_path, *written]
 
 

@@ -1,4 +1,5 @@
-"""Report pictures drawn with PIL alone: confusion matrix, attention montage, training curves.
+"""Report pictures drawn with PIL alone: confusion matrix, attention montage, training curves,
+accuracy against training-set size.
 
 Matplotlib is not a dependency of the extension (Slicer's Python may lack it), so the few plot
 primitives needed here (axes with ticks, lines, bars, a colour bar) are drawn directly. Every
@@ -528,4 +529,41 @@ def curves_png(history: list[dict], path: str | os.PathLike) -> Path:
             _plot_lines(image, to_pixel, series, colours)
         else:
             _text(draw, ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2), "no data", 15, MUTED, "mm")
+    return _save(image, path)
+
+
+# --------------------------------------------------------------------------- accuracy against data size
+
+
+def accuracy_vs_size_png(summary: dict, labels: dict[str, str], path: str | os.PathLike) -> Path:
+    """Held-out balanced accuracy (mean over seeds, bars +- one sd) against training studies, per method.
+
+    ``summary[size][method]["balanced_accuracy"]`` holds ``mean`` and ``std`` (see
+    :func:`accuracy_study.summarise`); ``labels`` maps methods, in legend order, to their names.
+    """
+    sizes = sorted(int(size) for size in summary)
+    if not sizes:
+        raise ValueError("the summary is empty: nothing to plot.")
+    image = Image.new("RGB", (WIDTH, 560), BACKGROUND)
+    draw = ImageDraw.Draw(image)
+    _text(draw, (MARGIN, MARGIN), "held-out balanced accuracy against training-set size", 20, INK, "lt")
+    lo, hi = min(sizes), max(sizes)
+    pad = max(0.06 * (hi - lo), 5)
+    box = (MARGIN + 70, MARGIN + 50, WIDTH - 300, 560 - MARGIN - 60)
+    to_pixel = _axes(image, box, (lo - pad, hi + pad), (0.0, 1.0), sizes, [0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
+                     "training studies (phantoms, MosMed-like class imbalance)", "balanced accuracy")
+    legend_y = box[1]
+    for k, (method, label) in enumerate(labels.items()):
+        colour = STAGE_COLOURS[k % len(STAGE_COLOURS)]
+        offset = (k - (len(labels) - 1) / 2) * 0.008 * (hi - lo + 2 * pad)  # keep error bars apart
+        points = [(size + offset, summary[str(size)][method]["balanced_accuracy"]) for size in sizes
+                  if method in summary[str(size)]]
+        for x, result in points:
+            px, top = to_pixel(x, result["mean"] + result["std"])
+            _, bottom = to_pixel(x, result["mean"] - result["std"])
+            draw.line([(px, top), (px, bottom)], fill=colour, width=2)
+        _plot_lines(image, to_pixel, {method: [(x, r["mean"]) for x, r in points]}, {method: colour})
+        draw.line([(box[2] + 20, legend_y + 8), (box[2] + 44, legend_y + 8)], fill=colour, width=3)
+        _text(draw, (box[2] + 50, legend_y + 8), label, 14, INK, "lm")
+        legend_y += 26
     return _save(image, path)

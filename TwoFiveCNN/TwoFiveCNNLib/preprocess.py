@@ -96,7 +96,9 @@ class GridMapping:
 def apply_window(array: np.ndarray, window: tuple[float, float]) -> torch.Tensor:
     """Clip HU to the window and scale to 0..1 as float32 (NaN becomes 0, +-inf the window's ends)."""
     low, high = window
-    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    # A length-1 axis counts as contiguous whatever its stride, and torch refuses negative strides.
+    contiguous = np.ascontiguousarray(array)
+    tensor = torch.from_numpy(contiguous if min(contiguous.strides, default=0) >= 0 else contiguous.copy())
     out = tensor.to(torch.float32, copy=tensor.dtype == torch.float32)
     out.sub_(low).mul_(1.0 / (high - low)).clamp_(0.0, 1.0)
     return out.nan_to_num_(nan=0.0)
@@ -105,8 +107,8 @@ def apply_window(array: np.ndarray, window: tuple[float, float]) -> torch.Tensor
 def body_crop(array: np.ndarray, threshold_hu: float, margin: int = 4) -> tuple[int, int, int, int]:
     """In-plane bounding box (y0, y1, x0, x1) of the largest body-like region, made square where possible."""
     _, height, width = array.shape
-    with np.errstate(invalid="ignore"):
-        projection = np.nanmax(array[:: max(1, array.shape[0] // 16)], axis=0) > threshold_hu
+    with np.errstate(invalid="ignore"):  # fmax skips NaN, and all-NaN columns compare False
+        projection = np.fmax.reduce(array[:: max(1, array.shape[0] // 16)], axis=0) > threshold_hu
     labels, count = ndimage.label(projection)
     if count == 0:
         return 0, height, 0, width

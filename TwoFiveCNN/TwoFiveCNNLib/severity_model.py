@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .aeration import AERATION_FEATURES
 from .backbones import SliceClassifier, build_backbone
 from .dataset import TaskDefinition
-from .aeration import AERATION_FEATURES
 from .heads import AttentionHead
 from .model_file import MODEL_FORMAT, ModelFileError, load_archive, save_archive
 from .preprocess import PreprocessConfig

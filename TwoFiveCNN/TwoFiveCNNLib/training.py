@@ -24,10 +24,10 @@ from torch.nn.parallel import DistributedDataParallel
 from .atomic import remove_stale_temporaries
 from .augment import AugmentConfig, augment_slices, augment_study
 from .backbones import load_pretrained
-from .heads import AttentionHead
 from .cache import PreprocessedCache
 from .cohort import Cohort, load_cohort
 from .dataset import DatasetIndex, Split, TaskDefinition, make_split
+from .heads import AttentionHead
 from .metrics import compute_metrics
 from .model_file import CHECKPOINT_FORMAT, load_archive, save_archive
 from .preprocess import PreprocessConfig
@@ -62,6 +62,9 @@ class TrainConfig:
     finetune_lr: float = 1e-4
     device: str = "auto"
     baselines: bool = False  # also train the pure-3D baselines (3D CNN, ACS-inflated) on the same split
+    baseline_epochs: int = 30
+    baseline_batch: int = 4
+    baseline_lr: float = 1e-3
     name: str = ""
     demo: bool = False
 

@@ -9,9 +9,11 @@ canonical array map back onto the input grid exactly with :meth:`Volume.to_origi
 
 from __future__ import annotations
 
+import errno
 import gzip
 import os
 import re
+import shutil
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -269,7 +271,8 @@ def _check_image(image: sitk.Image, path: Path) -> sitk.Image:
             f"Extract a single 3D frame first."
         )
     if min(image.GetSize()) < 1 or image.GetSize()[0] < 8 or image.GetSize()[1] < 8:
-        raise VolumeError(f"{path}: image size {image.GetSize()} is too small to be a CT volume.")
+        raise VolumeError(f"{path}: image size {image.GetSize()} is too small to be a CT volume; TwoFiveCNN "
+                          f"needs slices of at least 8 x 8 pixels.")
     return image
 
 
@@ -303,8 +306,21 @@ def image_from_original(array_kji: np.ndarray, geometry: Geometry) -> sitk.Image
 
 
 def write_volume(array_kji: np.ndarray, geometry: Geometry, path: str | os.PathLike) -> Path:
-    """Write an array in storage order with the given geometry, atomically (format from the extension)."""
+    """Write an array in storage order with the given geometry, atomically (format from the extension).
+
+    The file is checked before it replaces ``path``: ITK's NIfTI writer leaves a short file without
+    raising when the disk fills up.
+    """
     image = image_from_original(array_kji, geometry)
     with atomic_path(path) as tmp:
-        sitk.WriteImage(image, str(tmp), useCompression=True)
+        try:
+            sitk.WriteImage(image, str(tmp), useCompression=True)
+            if tmp.name.endswith(".gz"):
+                _check_gzip_complete(tmp)
+            else:
+                sitk.ReadImage(str(tmp))
+        except (RuntimeError, VolumeError):
+            free = shutil.disk_usage(tmp.parent).free // 2**20
+            raise OSError(errno.EIO, f"{path}: the volume could not be written whole ({free} MB free on "
+                                     f"that disk); free some space or write elsewhere") from None
     return Path(path)
