@@ -116,7 +116,8 @@ def markdown_table(summary: dict) -> str:
 
 def run_study(out: str | Path, plan: StudyPlan | None = None, reporter: ProgressReporter | None = None,
               cache: PreprocessedCache | None = None) -> dict:
-    """Every (size, seed) run not done yet, then the summary as JSON, a Markdown table and a plot."""
+    """Every (size, seed) run not done yet; after each, the summary of the runs so far as JSON, a
+    Markdown table and a plot, so a long study can be read (and stopped) at any point."""
     out, plan = Path(out), plan or StudyPlan()
     reporter = reporter or ProgressReporter()
     cache = cache or PreprocessedCache(out / "cache")
@@ -130,6 +131,11 @@ def run_study(out: str | Path, plan: StudyPlan | None = None, reporter: Progress
                 reporter.message(f"accuracy study: {size} training studies, seed {seed}")
                 write_json_atomic(result_path, run_one(out, size, seed, plan, held_out, cache, reporter))
             runs.append(json.loads(result_path.read_text()))
+            report = write_report(out, plan, runs)
+    return report
+
+
+def write_report(out: Path, plan: StudyPlan, runs: list[dict]) -> dict:
     summary = summarise(runs)
     report = {"plan": {"sizes": list(plan.sizes), "seeds": list(plan.seeds),
                        "held_out_per_class": plan.held_out_per_class, "held_out_seed": plan.held_out_seed,

@@ -67,10 +67,11 @@ def untrained_model(grid: PreprocessConfig) -> SeverityModel:
     return model.eval()
 
 
-def backbone_gflop_per_slice(model: SeverityModel, size: int) -> float:
+def forward_gflop(function: Callable[[], object]) -> float:
+    """Floating-point work of one call, counted by torch (multiply-add = 2 FLOP)."""
     counter = FlopCounterMode(display=False)
     with counter, torch.inference_mode():
-        model.classifier.embed(torch.zeros(1, 1, size, size))
+        function()
     return counter.get_total_flops() / 1e9
 
 
@@ -86,22 +87,36 @@ def bench_preprocessing(quick: bool) -> dict:
 
 
 def bench_inference(quick: bool) -> dict:
+    """The whole 2.5D prediction (probabilities, aeration, CAM, evidence volume) and its network part
+    alone (backbone over every slice + head), against a forward pass of each 3D baseline."""
     model = untrained_model(BENCH_GRID)
     grid = to_model_grid(synthetic_ct((64, 512, 512)), BENCH_GRID)[0]
     repeats = 2 if quick else 5
-    twofive = best_time(lambda: predict_grid(model, grid), repeats)
     slices = torch.from_numpy(grid)[:, None]
-    embed = best_time(lambda: model.embed_slices(slices), repeats)
     volume = torch.from_numpy(grid)[None, None]
-    results = {"twofive_seconds": round(twofive, 3), "slices_per_second": round(grid.shape[0] / embed, 1)}
+
+    def network_only() -> object:
+        return model.head(model.embed_slices(slices)[None])
+
+    with torch.inference_mode():
+        twofive = best_time(lambda: predict_grid(model, grid), repeats)
+        network = best_time(network_only, repeats)
+        embed = best_time(lambda: model.embed_slices(slices), repeats)
+    results = {"twofive_seconds": round(twofive, 3), "twofive_network_seconds": round(network, 3),
+               "twofive_network_gflop": round(forward_gflop(network_only), 2),
+               "slices_per_second": round(grid.shape[0] / embed, 1)}
     for name in ("cnn3d", "acs"):
-        network = build_volume_baseline(name, 5, model.classifier.backbone if name == "acs" else None).eval()
+        baseline = build_volume_baseline(name, 5, model.classifier.backbone if name == "acs" else None).eval()
         with torch.inference_mode():
-            seconds = best_time(lambda: network(volume), repeats)
+            seconds = best_time(lambda baseline=baseline: baseline(volume), repeats)
         results[f"{name}_seconds"] = round(seconds, 3)
+        results[f"{name}_gflop"] = round(forward_gflop(lambda baseline=baseline: baseline(volume)), 2)
         results[f"speedup_vs_{name}"] = round(seconds / twofive, 2)
+        results[f"network_speedup_vs_{name}"] = round(seconds / network, 2)
     results["speedup_vs_3d"] = min(results["speedup_vs_cnn3d"], results["speedup_vs_acs"])
-    gflop = backbone_gflop_per_slice(model, BENCH_GRID.in_plane)
+    results["network_speedup_vs_3d"] = min(results["network_speedup_vs_cnn3d"], results["network_speedup_vs_acs"])
+    gflop = forward_gflop(lambda: model.classifier.embed(torch.zeros(1, 1, BENCH_GRID.in_plane,
+                                                                      BENCH_GRID.in_plane)))
     results["backbone_gflop_per_slice"] = round(gflop, 3)
     results["backbone_gflops"] = round(gflop * grid.shape[0] / embed, 1)
     return results
@@ -173,7 +188,10 @@ def format_bench(results: dict) -> str:
               for size, r in results["preprocessing"].items()]
     lines += [
         f"2.5D inference, 64 x 128 x 128: {inference['twofive_seconds']} s; {inference['slices_per_second']} slices/s",
-        f"speedup vs 3D CNN {inference['speedup_vs_cnn3d']}x, vs ACS-inflated 3D {inference['speedup_vs_acs']}x",
+        f"speedup vs 3D CNN {inference['speedup_vs_cnn3d']}x, vs ACS-inflated 3D {inference['speedup_vs_acs']}x "
+        f"(networks alone: {inference['network_speedup_vs_cnn3d']}x, {inference['network_speedup_vs_acs']}x)",
+        f"GFLOP per study: 2.5D network {inference['twofive_network_gflop']}, 3D CNN {inference['cnn3d_gflop']}, "
+        f"ACS {inference['acs_gflop']}",
         f"backbone {inference['backbone_gflops']} GFLOP/s = {inference['backbone_efficiency']} of matmul",
         f"peak RSS {memory['study']}: {memory['peak_rss_mb']} MB ({memory['peak_vs_volume']}x the volume)",
         f"stage-2 epoch vs 3D epoch ({stage2['studies']} studies): {stage2['stage2_vs_3d_epoch_cost']}",

@@ -115,9 +115,9 @@ def _plausibility_warnings(volume: Volume) -> list[str]:
     low, high = np.percentile(sample, [1, 99]) if sample.size else (0.0, 0.0)
     if low > -500:
         warnings.append(f"no air found (1st percentile {low:.0f}); values may not be Hounsfield units")
-    elif low < -2000 or high > 4000:
+    elif low < -3100 or high > 4000:  # scanners pad outside the field of view with -3024 or -2048
         warnings.append(f"values span {low:.3g}..{high:.3g} (1st..99th percentile), beyond the Hounsfield "
-                        f"units of CT (about -1024..3071); the result is not meaningful")
+                        f"units of CT (-1024..3071, -3024 outside the field of view); the result is not meaningful")
     if high - low < 100:
         warnings.append("almost constant image; the result is meaningless")
     if array.shape[0] < 8:

@@ -1,0 +1,26 @@
+"""``twofivecnn bench --quick`` runs and its figures are ratios of numbers measured in the same run
+(no figure is checked against a speed: benchmarks are not timed tests)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from TwoFiveCNNLib.cli import main
+
+
+def test_quick_bench_writes_consistent_figures(tmp_path, capsys):
+    assert main(["bench", "--quick", "--json", str(tmp_path / "bench.json")]) == 0
+    results = json.loads((tmp_path / "bench.json").read_text())
+    inference = results["inference"]
+    for name in ("cnn3d", "acs"):
+        assert inference[f"speedup_vs_{name}"] == pytest.approx(
+            inference[f"{name}_seconds"] / inference["twofive_seconds"], rel=0.05, abs=0.01)
+        assert inference[f"{name}_gflop"] > 0
+    assert inference["twofive_network_seconds"] <= inference["twofive_seconds"]
+    assert inference["backbone_efficiency"] == pytest.approx(
+        inference["backbone_gflops"] / results["matmul_gflops"], rel=0.01)
+    # 64 slices through the backbone: the network's work is at least 64 slices' worth.
+    assert inference["twofive_network_gflop"] >= 64 * inference["backbone_gflop_per_slice"] * 0.99
+    assert results["memory"]["peak_rss_mb"] > results["memory"]["volume_mb"]
+    assert "speedup vs 3D CNN" in capsys.readouterr().out
