@@ -79,8 +79,8 @@ def bench_preprocessing(quick: bool) -> dict:
     results = {}
     for slices in (64,) if quick else (64, 300):
         volume = synthetic_ct((slices, 512, 512))
-        copy_time = best_time(lambda: volume.array.astype(np.float32), 3)
-        seconds = best_time(lambda: to_model_grid(volume, BENCH_GRID), 3)
+        copy_time = best_time(lambda volume=volume: volume.array.astype(np.float32), 3)
+        seconds = best_time(lambda volume=volume: to_model_grid(volume, BENCH_GRID), 3)
         results[f"512x512x{slices}"] = {"seconds": round(seconds, 3),
                                         "vs_float32_copy": round(seconds / copy_time, 2)}
     return results
@@ -188,10 +188,10 @@ def format_bench(results: dict) -> str:
               for size, r in results["preprocessing"].items()]
     lines += [
         f"2.5D inference, 64 x 128 x 128: {inference['twofive_seconds']} s; {inference['slices_per_second']} slices/s",
-        f"speedup vs 3D CNN {inference['speedup_vs_cnn3d']}x, vs ACS-inflated 3D {inference['speedup_vs_acs']}x "
-        f"(networks alone: {inference['network_speedup_vs_cnn3d']}x, {inference['network_speedup_vs_acs']}x)",
-        f"GFLOP per study: 2.5D network {inference['twofive_network_gflop']}, 3D CNN {inference['cnn3d_gflop']}, "
-        f"ACS {inference['acs_gflop']}",
+        (f"speedup vs 3D CNN {inference['speedup_vs_cnn3d']}x, vs ACS-inflated 3D {inference['speedup_vs_acs']}x "
+         f"(networks alone: {inference['network_speedup_vs_cnn3d']}x, {inference['network_speedup_vs_acs']}x)"),
+        (f"GFLOP per study: 2.5D network {inference['twofive_network_gflop']}, 3D CNN {inference['cnn3d_gflop']}, "
+         f"ACS {inference['acs_gflop']}"),
         f"backbone {inference['backbone_gflops']} GFLOP/s = {inference['backbone_efficiency']} of matmul",
         f"peak RSS {memory['study']}: {memory['peak_rss_mb']} MB ({memory['peak_vs_volume']}x the volume)",
         f"stage-2 epoch vs 3D epoch ({stage2['studies']} studies): {stage2['stage2_vs_3d_epoch_cost']}",
