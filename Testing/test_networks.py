@@ -203,22 +203,21 @@ def test_attention_sums_to_one_and_any_slice_count_works() -> None:
 
 
 def test_masked_slices_do_not_affect_outputs() -> None:
-    head = AttentionHead(embedding_dim=16, n_classes=3, hidden=32, context_kernel=5, extra_features=2).eval()
+    head = AttentionHead(embedding_dim=16, n_classes=3, hidden=32, context_kernel=5).eval()
     study = torch.randn(1, 9, 16)
-    extra = torch.randn(1, 2)
-    logits, attention = head(study, extra=extra)
+    logits, attention = head(study)
     garbage = torch.full((1, 6, 16), 1e4)
     garbage[0, 2] = float("nan")
     padded = torch.cat([study, garbage], dim=1)
     mask = torch.arange(15)[None] < 9
-    padded_logits, padded_attention = head(padded, mask, extra)
+    padded_logits, padded_attention = head(padded, mask)
     torch.testing.assert_close(padded_logits, logits)
     torch.testing.assert_close(padded_attention[:, :9], attention)
     assert torch.all(padded_attention[:, 9:] == 0)
     # Batched with a longer study, the short one still gets its own result.
     batch = torch.cat([padded, torch.randn(1, 15, 16)])
     batch_mask = torch.cat([mask, torch.ones(1, 15, dtype=torch.bool)])
-    batch_logits, _ = head(batch, batch_mask, torch.cat([extra, torch.randn(1, 2)]))
+    batch_logits, _ = head(batch, batch_mask)
     torch.testing.assert_close(batch_logits[:1], logits)
 
 
@@ -228,16 +227,14 @@ def test_attention_head_rejects_bad_input() -> None:
     head = AttentionHead(8, 2)
     with pytest.raises(ValueError, match="unmasked"):
         head(torch.randn(1, 4, 8), torch.zeros(1, 4, dtype=torch.bool))
-    with pytest.raises(ValueError, match="extra features"):
-        head(torch.randn(1, 4, 8), extra=torch.randn(1, 3))
 
 
 def test_attention_head_gradients_flow() -> None:
-    head = AttentionHead(embedding_dim=16, n_classes=4, hidden=32, extra_features=3)
+    head = AttentionHead(embedding_dim=16, n_classes=4, hidden=32)
     embeddings = torch.randn(3, 12, 16, requires_grad=True)
     mask = torch.ones(3, 12, dtype=torch.bool)
     mask[0, 8:] = False
-    logits, _ = head(embeddings, mask, torch.randn(3, 3))
+    logits, _ = head(embeddings, mask)
     nn.functional.cross_entropy(logits, torch.tensor([0, 1, 3])).backward()
     for name, parameter in head.named_parameters():
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name

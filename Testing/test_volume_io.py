@@ -245,3 +245,14 @@ def test_missing_and_unsupported_files_are_refused(tmp_path):
     (tmp_path / "scan.png").write_bytes(b"\x89PNG")
     with pytest.raises(VolumeError, match="scan.png.*unsupported file type"):
         read_volume(tmp_path / "scan.png")
+
+
+def test_input_slice_index_maps_canonical_slices_to_the_inputs_own():
+    array = np.arange(4 * 8 * 8, dtype=np.int16).reshape(4, 8, 8)
+    axial_head_first = Volume.from_original(array, Geometry((8, 8, 4), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0),
+                                                            (1, 0, 0, 0, 1, 0, 0, 0, -1)))
+    assert axial_head_first.input_slice_index().tolist() == [3, 2, 1, 0]
+    np.testing.assert_array_equal(axial_head_first.array[0], array[3])  # canonical z 0 is input slice 3
+    sagittal = Volume.from_original(array, Geometry((8, 8, 4), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0),
+                                                    (0, 0, 1, 0, 1, 0, 1, 0, 0)))
+    assert sagittal.input_slice_index() is None

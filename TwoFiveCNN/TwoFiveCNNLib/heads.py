@@ -17,7 +17,7 @@ class AttentionHead(nn.Module):
     embeddings (B, S, D) -> LayerNorm -> Linear to ``hidden`` -> + 1D convolution along slices
     (residual, so neighbouring slices inform each other without losing the slice's own evidence)
     -> gated attention (Ilse et al. 2018: a = w^T (tanh(V h) * sigmoid(U h)), softmax over valid
-    slices) -> attention-weighted mean -> [concat study-level ``extra`` features] -> dropout -> Linear.
+    slices) -> attention-weighted mean -> dropout -> Linear.
 
     Masked slices are zeroed before the context convolution and get zero attention, so padding a
     study with masked slices of any content leaves its outputs unchanged.
@@ -30,14 +30,12 @@ class AttentionHead(nn.Module):
         hidden: int = 128,
         context_kernel: int = 3,
         dropout: float = 0.25,
-        extra_features: int = 0,
     ) -> None:
         super().__init__()
         if context_kernel < 1 or context_kernel % 2 == 0:
             raise ValueError(
                 f"context_kernel must be odd and positive (got {context_kernel}) to keep slices aligned."
             )
-        self.extra_features = extra_features
         self.project = nn.Sequential(nn.LayerNorm(embedding_dim), nn.Linear(embedding_dim, hidden), nn.GELU())
         # Zero padding along slices: any slice count works, and a padded study sees the same zeros.
         self.context = nn.Conv1d(hidden, hidden, context_kernel, padding=context_kernel // 2)
@@ -46,13 +44,12 @@ class AttentionHead(nn.Module):
         self.attention_u = nn.Linear(hidden, hidden)
         self.attention_w = nn.Linear(hidden, 1)
         self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(hidden + extra_features, n_classes)
+        self.classifier = nn.Linear(hidden, n_classes)
 
     def forward(
         self,
         embeddings: torch.Tensor,
         mask: torch.Tensor | None = None,
-        extra: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return logits (B, n_classes) and attention (B, S): sums to 1 over valid slices, 0 on masked ones."""
         batch, slices, _ = embeddings.shape
@@ -60,11 +57,6 @@ class AttentionHead(nn.Module):
             mask = torch.ones(batch, slices, dtype=torch.bool, device=embeddings.device)
         if not bool(mask.any(dim=1).all()):
             raise ValueError("every study needs at least one unmasked slice.")
-        if (extra is None) != (self.extra_features == 0):
-            given = "none" if extra is None else f"shape {tuple(extra.shape)}"
-            raise ValueError(
-                f"this head expects {self.extra_features} extra features per study; got {given}."
-            )
         valid = mask.unsqueeze(-1)
         # torch.where rather than multiplication: masked slices may hold anything, even NaN.
         h = torch.where(valid, self.project(torch.where(valid, embeddings, 0.0)), 0.0)
@@ -75,6 +67,4 @@ class AttentionHead(nn.Module):
         ).squeeze(-1)
         attention = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=1)
         pooled = torch.einsum("bs,bsh->bh", attention, h)
-        if extra is not None:
-            pooled = torch.cat([pooled, extra], dim=1)
         return self.classifier(self.dropout(pooled)), attention

@@ -68,18 +68,15 @@ def volume_to_canonical(volume: Volume, array_kji: np.ndarray) -> np.ndarray:
 
 def volume_to_canonical_slices(volume: Volume, per_input_slice: np.ndarray) -> np.ndarray:
     """Per-input-slice values back in canonical z order (the two orders differ only by a flip)."""
-    reordered = volume.to_original_slices(np.arange(volume.array.shape[0]))
-    if reordered is None:
-        return np.asarray(per_input_slice)
-    return np.asarray(per_input_slice)[np.argsort(reordered)]
+    index = volume.input_slice_index()
+    return np.asarray(per_input_slice) if index is None else np.asarray(per_input_slice)[index]
 
 
 def _input_slice_labels(volume: Volume) -> list[str]:
-    order = volume.to_original_slices(np.arange(volume.array.shape[0]))
-    if order is None:
+    index = volume.input_slice_index()
+    if index is None:
         return [f"axial {z}" for z in range(volume.array.shape[0])]
-    input_index = np.argsort(order)
-    return [f"slice {int(k)}" for k in input_index]
+    return [f"slice {int(k)}" for k in index]
 
 
 def write_prediction(prediction: Prediction, volume: Volume, out_dir: str | os.PathLike, name: str | None = None,

@@ -163,6 +163,12 @@ class Volume:
         values_z = np.asarray(values_z)
         return values_z[::-1].copy() if flips[2] else values_z.copy()
 
+    def input_slice_index(self) -> np.ndarray | None:
+        """For each canonical axial slice (feet to head), its index among the input's own slices;
+        None when the input's slices are not axial."""
+        order = self.to_original_slices(np.arange(self.array.shape[0]))
+        return None if order is None else np.argsort(order)
+
 
 def study_name(path: str | os.PathLike) -> str:
     """File name without volume extension, or a folder's name (DICOM series)."""
