@@ -15,11 +15,13 @@ import torch
 from conftest import TINY_TRAIN_ARGS
 from TwoFiveCNNLib.cache import PreprocessedCache
 from TwoFiveCNNLib.cli import main
+from TwoFiveCNNLib.cohort import load_cohort
+from TwoFiveCNNLib.dataset import DatasetIndex
 from TwoFiveCNNLib.inference import load_model, predict_path
 from TwoFiveCNNLib.model_file import ModelFileError
 from TwoFiveCNNLib.preprocess import PreprocessConfig
 from TwoFiveCNNLib.progress import ProgressReporter
-from TwoFiveCNNLib.training import TrainConfig, train
+from TwoFiveCNNLib.training import TrainConfig, embed_cohort, refit_slice_classifier, train
 
 TINY_CONFIG = TrainConfig(preprocess=PreprocessConfig(in_plane=48, n_slices=12), stage1_epochs=2,
                           stage2_epochs=4, stage2_views=2)
@@ -41,7 +43,7 @@ def test_model_file_records_how_it_was_made(tiny_model):
 
 
 def test_prediction_on_the_real_chest_ct(tiny_model, chest_ct_path, tmp_path):
-    prediction, volume = predict_path(load_model(tiny_model, "cpu"), chest_ct_path)
+    prediction, _ = predict_path(load_model(tiny_model, "cpu"), chest_ct_path)
     assert sum(prediction.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
     assert prediction.slice_attention.shape == (34,)
     assert prediction.slice_attention.sum() == pytest.approx(1.0, abs=1e-6)
@@ -195,7 +197,7 @@ def test_torchrun_trains_with_two_cpu_processes(phantom_cohort, tmp_path):
                "-m", "TwoFiveCNNLib", "train", "--data", str(phantom_cohort), "--out", str(out),
                "--cache", str(tmp_path / "cache"), *TINY_TRAIN_ARGS]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     model = load_model(out, "cpu")
     assert model.metadata["metrics"]["test"]["twofive"]["n_studies"] > 0
@@ -217,3 +219,25 @@ def test_unwritable_output_folder_fails_up_front(tiny_model, chest_ct_path, tmp_
     code = main(["predict", "--model", str(tiny_model), str(chest_ct_path), "--out", str(blocker / "out")])
     assert code == 2
     assert "cannot write to the output folder" in capsys.readouterr().err
+
+
+def test_refit_slice_classifier_matches_the_backbone_again(tiny_model, phantom_cohort, tmp_path):
+    """After fine-tuning moves the backbone, the CAM's linear layer is re-fitted to its features."""
+    model = load_model(tiny_model, "cpu")
+    cohort = load_cohort(DatasetIndex.load(phantom_cohort).studies, model.task, model.preprocess,
+                         PreprocessedCache(tmp_path / "cache"))
+    embeddings = embed_cohort(model, cohort)[cohort.mask()]
+    labels = cohort.labels[cohort.slice_index()[0]]
+
+    def slice_loss() -> float:
+        with torch.no_grad():
+            return torch.nn.functional.cross_entropy(model.classifier.classifier(embeddings), labels).item()
+
+    trained = slice_loss()  # the layer stage 1 trained with this backbone
+    layer = model.classifier.classifier
+    with torch.no_grad():  # a layer that no longer fits the features: confidently wrong
+        layer.weight.normal_(std=1.0)
+        layer.bias.copy_(torch.linspace(-5, 5, layer.bias.numel()))
+    assert slice_loss() > trained + 0.5
+    refit_slice_classifier(model, cohort, TINY_CONFIG)
+    assert slice_loss() <= trained + 0.01

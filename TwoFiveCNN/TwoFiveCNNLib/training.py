@@ -389,7 +389,29 @@ def finetune(model: SeverityModel, train: Cohort, val: Cohort, config: TrainConf
                   "val_kappa": metrics["quadratic_weighted_kappa"]}
         history.append(reporter.event("finetune", **record))
     model.load_state_dict(best[1])
+    refit_slice_classifier(model, train, config)
     return history
+
+
+def refit_slice_classifier(model: SeverityModel, train: Cohort, config: TrainConfig, steps: int = 300) -> None:
+    """Re-fit stage 1's linear slice classifier on the current backbone's embeddings.
+
+    Fine-tuning moves the backbone's features; the class activation maps weight feature maps by
+    this layer, so it must match the features again. Full-batch on cached embeddings: seconds.
+    """
+    embeddings = embed_cohort(model, train)[train.mask()]
+    labels = train.labels[train.slice_index()[0]]
+    layer = model.classifier.classifier
+    device = layer.weight.device
+    embeddings, labels = embeddings.to(device), labels.to(device)
+    weights = class_weights(train.labels, model.task.num_classes).to(device)
+    optimizer = torch.optim.AdamW(layer.parameters(), lr=1e-2, weight_decay=config.weight_decay)
+    with torch.enable_grad():
+        for _ in range(steps):
+            loss = F.cross_entropy(layer(embeddings), labels, weight=weights, label_smoothing=config.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
 
 
 # ---------------------------------------------------------------- the whole run
