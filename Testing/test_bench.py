@@ -24,3 +24,18 @@ def test_quick_bench_writes_consistent_figures(tmp_path, capsys):
     assert inference["twofive_network_gflop"] >= 64 * inference["backbone_gflop_per_slice"] * 0.99
     assert results["memory"]["peak_rss_mb"] > results["memory"]["volume_mb"]
     assert "speedup vs 3D CNN" in capsys.readouterr().out
+
+
+def test_half_precision_on_the_cpu_is_refused_clearly(chest_ct_path, tmp_path, capsys):
+    assert main(["predict", str(chest_ct_path), "--out", str(tmp_path), "--device", "cpu", "--half"]) == 2
+    assert "half precision needs a CUDA GPU" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_compiled_backbone_gives_the_eager_results(chest_ct_path):
+    from TwoFiveCNNLib.inference import load_model, predict_path
+
+    eager, _ = predict_path(load_model(None, "cpu"), chest_ct_path)
+    compiled, _ = predict_path(load_model(None, "cpu").accelerate(compile=True), chest_ct_path)
+    for name, probability in eager.probabilities.items():
+        assert compiled.probabilities[name] == pytest.approx(probability, abs=1e-4)

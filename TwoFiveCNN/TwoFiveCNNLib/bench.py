@@ -122,6 +122,20 @@ def bench_inference(quick: bool) -> dict:
     return results
 
 
+def bench_compile() -> dict:
+    """What ``predict --compile`` costs (compiling) and saves (per study), so users know when it pays."""
+    eager, compiled = untrained_model(BENCH_GRID), untrained_model(BENCH_GRID)
+    slices = torch.from_numpy(to_model_grid(synthetic_ct((64, 512, 512)), BENCH_GRID)[0])[:, None]
+    started = time.perf_counter()
+    compiled.accelerate(compile=True).slice_feature_maps(slices)
+    compile_seconds = time.perf_counter() - started
+    eager_seconds = best_time(lambda: eager.slice_feature_maps(slices), 3)
+    compiled_seconds = best_time(lambda: compiled.slice_feature_maps(slices), 3)
+    saved = eager_seconds - compiled_seconds
+    return {"compile_seconds": round(compile_seconds, 1), "compile_speedup": round(eager_seconds / compiled_seconds, 2),
+            "pays_after_studies": round(compile_seconds / saved) if saved > 0 else None}
+
+
 def bench_stage2_epoch(quick: bool) -> dict:
     """One stage-2 epoch on cached embeddings against one 3D-baseline epoch on the same studies."""
     from .heads import AttentionHead
@@ -174,6 +188,8 @@ def run_benchmarks(json_path: Path | None = None, quick: bool = False) -> dict:
                "preprocessing": bench_preprocessing(quick), "inference": bench_inference(quick),
                "stage2_epoch": bench_stage2_epoch(quick),
                "memory": peak_rss_child(64 if quick else 400)}
+    if not quick:
+        results["compile"] = bench_compile()
     results["inference"]["backbone_efficiency"] = round(results["inference"]["backbone_gflops"] / matmul, 3)
     print(format_bench(results))
     if json_path is not None:
@@ -196,4 +212,8 @@ def format_bench(results: dict) -> str:
         f"peak RSS {memory['study']}: {memory['peak_rss_mb']} MB ({memory['peak_vs_volume']}x the volume)",
         f"stage-2 epoch vs 3D epoch ({stage2['studies']} studies): {stage2['stage2_vs_3d_epoch_cost']}",
     ]
+    if "compile" in results:
+        compiled = results["compile"]
+        lines.append(f"torch.compile: {compiled['compile_seconds']} s to compile, {compiled['compile_speedup']}x per "
+                     f"study, pays after {compiled['pays_after_studies']} studies")
     return "\n".join(lines)

@@ -203,6 +203,9 @@ def _add_predict(sub) -> None:
     p.add_argument("--scene", action="store_true", help="also write a Slicer scene <name>.mrml per study")
     p.add_argument("--format", choices=(".nii.gz", ".nrrd"), default=".nii.gz", help="attention volume format")
     p.add_argument("--device", default="auto")
+    p.add_argument("--half", action="store_true", help="float16 backbone (CUDA GPUs only)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the backbone: about a minute of compiling, worth it for large batches")
     p.set_defaults(run=run_predict)
 
 
@@ -210,7 +213,7 @@ def run_predict(args) -> int:
     from .inference import load_model
     from .outputs import predict_batch
 
-    model = load_model(args.model, args.device)
+    model = load_model(args.model, args.device).accelerate(args.half, args.compile)
     result = predict_batch(model, args.inputs, args.out, args.scene, attention_suffix=args.format,
                            progress=lambda done, total, path: print(f"[{done}/{total}] {path}", file=sys.stderr))
     for path, prediction in result.predictions.items():

@@ -53,6 +53,7 @@ class SeverityModel(nn.Module):
         # probabilities are averaged with the head's. Trained jointly, the head learned to ignore the
         # features, because the backbone's embeddings of its own training slices looked more certain.
         self.aeration = nn.Linear(len(AERATION_FEATURES), task.num_classes) if architecture.aeration else None
+        self._feature_maps = self.classifier.backbone.feature_maps  # replaced by a compiled one in accelerate()
 
     def set_aeration_normalisation(self, features: torch.Tensor) -> None:
         """Standardise aeration features with the training studies' mean and spread (kept in metadata)."""
@@ -94,11 +95,25 @@ class SeverityModel(nn.Module):
     def is_demo(self) -> bool:
         return bool(self.metadata.get("demo", False))
 
+    def accelerate(self, half: bool = False, compile: bool = False) -> SeverityModel:
+        """Inference options: float16 backbone (CUDA only), and ``torch.compile`` of the backbone, which
+        costs a minute or so of compiling and pays back over large batches (see ``twofivecnn bench``)."""
+        parameter = next(self.classifier.parameters())
+        if half:
+            if parameter.device.type != "cuda":
+                raise ValueError("half precision needs a CUDA GPU (on the CPU float16 is slower than float32); "
+                                 "leave out --half or use --device cuda.")
+            self.classifier.half()
+        if compile:
+            self._feature_maps = torch.compile(self.classifier.backbone.feature_maps)
+        return self
+
     def _per_chunk(self, function, slices: torch.Tensor) -> torch.Tensor:
-        """Apply ``function`` to ``(s, 1, H, W)`` slices in chunks (bounded memory), on the model's device."""
-        device = next(self.parameters()).device
-        return torch.cat([function(chunk.to(device).contiguous(memory_format=torch.channels_last))
-                          for chunk in slices.split(SLICE_BATCH)]).float()
+        """Apply ``function`` to ``(s, 1, H, W)`` slices in chunks (bounded memory), on the model's device
+        and in its backbone's precision; the result is float32."""
+        parameter = next(self.classifier.parameters())
+        return torch.cat([function(chunk.to(parameter.device, parameter.dtype).contiguous(
+            memory_format=torch.channels_last)) for chunk in slices.split(SLICE_BATCH)]).float()
 
     @torch.inference_mode()
     def embed_slices(self, slices: torch.Tensor) -> torch.Tensor:
@@ -108,7 +123,7 @@ class SeverityModel(nn.Module):
     @torch.inference_mode()
     def slice_feature_maps(self, slices: torch.Tensor) -> torch.Tensor:
         """The backbone's last feature maps ``(s, D, h, w)``: embeddings and evidence from one pass."""
-        return self._per_chunk(self.classifier.backbone.feature_maps, slices)
+        return self._per_chunk(self._feature_maps, slices)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the model file; float weights are stored as float16 to keep files small."""
