@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
 
 import pytest
@@ -17,6 +16,7 @@ from TwoFiveCNNLib.backbones import (
     load_pretrained,
 )
 from TwoFiveCNNLib.heads import AttentionHead
+from TwoFiveCNNLib.torchvision_layout import IMAGENET_ARCHITECTURES
 from TwoFiveCNNLib.volumetric import (
     ACSConv,
     Small3DCNN,
@@ -24,8 +24,6 @@ from TwoFiveCNNLib.volumetric import (
     build_volume_baseline,
     inflate_acs,
 )
-
-HAS_TORCHVISION = importlib.util.find_spec("torchvision") is not None
 
 
 @pytest.fixture(autouse=True)
@@ -79,10 +77,6 @@ class _FakeMobileNetV2(nn.Module):
 
 @pytest.mark.parametrize("name", available_backbones())
 def test_backbone_shapes(name: str) -> None:
-    if name != "compact_resnet" and not HAS_TORCHVISION:
-        with pytest.raises(ImportError, match="torchvision"):
-            build_backbone(name)
-        pytest.skip("torchvision is not installed")
     backbone = build_backbone(name).eval()
     size = 128 if name == "compact_resnet" else 64
     x = torch.rand(2, 1, size, size)
@@ -109,10 +103,28 @@ def test_compact_resnet_forward_is_pooled_feature_maps(size: int) -> None:
     assert maps.shape == (3, 256, size // 32, size // 32)
 
 
-@pytest.mark.parametrize("fake", [_FakeResNet, _FakeMobileNetV2])
-def test_torchvision_wrappers_take_greyscale_and_drop_the_head(fake: type[nn.Module]) -> None:
-    model = fake()
-    wrapper = (TorchvisionResNet if fake is _FakeResNet else TorchvisionMobileNetV2)(model).eval()
+# Published sizes of torchvision's ImageNet models: parameters, and state_dict entries (buffers included).
+TORCHVISION_SIZES = {"resnet18": (11_689_512, 122), "resnet34": (21_797_672, 218), "resnet50": (25_557_032, 320),
+                     "mobilenet_v2": (3_504_872, 314)}
+
+
+@pytest.mark.parametrize("name", sorted(IMAGENET_ARCHITECTURES))
+def test_imagenet_architectures_have_torchvisions_sizes(name: str) -> None:
+    model = IMAGENET_ARCHITECTURES[name]()
+    assert (sum(p.numel() for p in model.parameters()), len(model.state_dict())) == TORCHVISION_SIZES[name]
+
+
+@pytest.mark.parametrize("name", sorted(IMAGENET_ARCHITECTURES))
+def test_imagenet_architectures_match_torchvision_key_for_key(name: str) -> None:
+    models = pytest.importorskip("torchvision.models")
+    ours, theirs = IMAGENET_ARCHITECTURES[name]().state_dict(), getattr(models, name)(weights=None).state_dict()
+    assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in theirs.items()}
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])
+def test_torchvision_wrappers_take_greyscale_and_drop_the_head(name: str) -> None:
+    model = IMAGENET_ARCHITECTURES[name]()
+    wrapper = (TorchvisionMobileNetV2 if name == "mobilenet_v2" else TorchvisionResNet)(model).eval()
     embeddings = wrapper(torch.rand(2, 1, 32, 32))
     assert embeddings.shape == (2, wrapper.embedding_dim)
     # The wrapper's own keys equal the torchvision model's minus its head, so ImageNet files load as they are.
@@ -364,3 +376,15 @@ def test_acs_volume_classifier_trains() -> None:
     nn.functional.cross_entropy(logits, torch.tensor([0, 2])).backward()
     assert all(p.grad is not None for p in model.parameters())
     assert math.isfinite(logits.sum().item())
+
+
+@pytest.mark.parametrize("name", sorted(IMAGENET_ARCHITECTURES))
+def test_an_imagenet_state_dict_file_loads_whole(name: str, tmp_path) -> None:
+    """A file saved as ``torch.save(torchvision_model.state_dict())`` fills every backbone tensor."""
+    imagenet = IMAGENET_ARCHITECTURES[name]()
+    torch.save(imagenet.state_dict(), tmp_path / "imagenet.pth")
+    backbone = build_backbone(name)
+    report = load_pretrained(backbone, tmp_path / "imagenet.pth")
+    assert report.missing == [] and report.unexpected == []
+    for key, value in backbone.state_dict().items():
+        assert torch.equal(value, imagenet.state_dict()[key]), key

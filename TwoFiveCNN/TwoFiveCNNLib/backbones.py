@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .torchvision_layout import IMAGENET_ARCHITECTURES, BasicBlock
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -33,33 +35,6 @@ WRAPPER_PREFIXES = ("module.", "backbone.")
 def _channel_view(values: torch.Tensor, ndim: int) -> torch.Tensor:
     """Shape a per-channel vector to broadcast over a 2D (N, C, H, W) or 3D (N, C, S, H, W) batch."""
     return values.view(1, -1, *([1] * (ndim - 2)))
-
-
-class BasicBlock(nn.Module):
-    """ResNet basic block (two 3x3 convolutions and an identity or 1x1 projection shortcut)."""
-
-    def __init__(self, in_channels: int, out_channels: int, stride: int, zero_init_residual: bool) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(out_channels)
-        self.relu = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(out_channels)
-        if zero_init_residual:
-            # Each block starts as the identity: trains stably from scratch on small data (Goyal et al. 2017).
-            nn.init.zeros_(self.bn2.weight)
-        self.downsample: nn.Module | None = None
-        if stride != 1 or in_channels != out_channels:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
-                nn.BatchNorm2d(out_channels),
-            )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu(out + identity)
 
 
 class CompactResNet(nn.Module):
@@ -169,35 +144,23 @@ class TorchvisionMobileNetV2(nn.Module):
         return self.avgpool(self.feature_maps(x)).flatten(1)
 
 
-def _torchvision_models():
-    """torchvision's model zoo, imported only when a torchvision backbone is requested."""
-    try:
-        from torchvision import models
-    except ImportError as error:
-        raise ImportError(
-            "this backbone needs torchvision, which is not installed; install the torchvision release "
-            f"built for torch {torch.__version__} (pip install torchvision), or use 'compact_resnet'."
-        ) from error
-    return models
-
-
-def _torchvision_builder(name: str) -> Callable[[], nn.Module]:
+def _imagenet_builder(name: str) -> Callable[[], nn.Module]:
     def build() -> nn.Module:
-        model = getattr(_torchvision_models(), name)(weights=None)  # weights only via load_pretrained
+        model = IMAGENET_ARCHITECTURES[name]()  # randomly initialised; ImageNet weights via load_pretrained
         return TorchvisionMobileNetV2(model) if name == "mobilenet_v2" else TorchvisionResNet(model)
 
-    build.__doc__ = f"torchvision {name}, randomly initialised (load ImageNet weights with load_pretrained)."
+    build.__doc__ = f"{name} in torchvision's layout, randomly initialised (ImageNet weights: load_pretrained)."
     return build
 
 
 BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "compact_resnet": CompactResNet,
-    **{name: _torchvision_builder(name) for name in ("resnet18", "resnet34", "resnet50", "mobilenet_v2")},
+    **{name: _imagenet_builder(name) for name in IMAGENET_ARCHITECTURES},
 }
 
 
 def available_backbones() -> list[str]:
-    """All registered backbone names (torchvision ones build only when torchvision is importable)."""
+    """All registered backbone names."""
     return sorted(BACKBONES)
 
 
