@@ -17,7 +17,6 @@ import SimpleITK as sitk
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy.spatial.transform import Rotation
-
 from TwoFiveCNNLib.cli import main
 from TwoFiveCNNLib.inference import load_model, predict_path
 from TwoFiveCNNLib.volume_io import VolumeError

@@ -66,7 +66,8 @@ def _ensure_cohort(folder: Path, counts: list[int], seed: int) -> Path:
 def run_one(out: Path, size: int, seed: int, plan: StudyPlan, held_out: Path, cache: PreprocessedCache,
             reporter: ProgressReporter) -> dict:
     """Train the 2.5D model and every baseline on one cohort; held-out metrics per method."""
-    data = _ensure_cohort(out / "cohorts" / f"n{size}_seed{seed}", cohort_counts(size), 10_000 * seed + size)
+    counts = cohort_counts(size)
+    data = _ensure_cohort(out / "cohorts" / f"n{size}_seed{seed}", counts, 10_000 * seed + size)
     config = dataclasses.replace(plan.train, seed=seed, baselines=True)
     model = train(data, out / "models" / f"n{size}_seed{seed}.pt", config, reporter, cache, held_out=held_out)
     metadata = model.metadata
@@ -75,7 +76,7 @@ def run_one(out: Path, size: int, seed: int, plan: StudyPlan, held_out: Path, ca
     for name, record in metadata["baselines"].items():
         metrics[name] = record["metrics"]["held_out"]
         seconds[name] = record["seconds"]
-    return {"size": size, "seed": seed, "counts": cohort_counts(size), "training_seconds": seconds,
+    return {"size": size, "seed": seed, "counts": counts, "training_seconds": seconds,
             "metrics": {method: {"balanced_accuracy": metrics[method]["balanced_accuracy"],
                                  "quadratic_weighted_kappa": metrics[method]["quadratic_weighted_kappa"]}
                         for method in METHODS if method in metrics}}
@@ -107,9 +108,11 @@ def markdown_table(summary: dict) -> str:
         cells = []
         for size in sizes:
             result = summary[size].get(method)
-            cells.append("-" if result is None else
-                         f"{result['balanced_accuracy']['mean']:.2f} ± {result['balanced_accuracy']['std']:.2f} / "
-                         f"{result['quadratic_weighted_kappa']['mean']:.2f}")
+            if result is None:
+                cells.append("-")
+                continue
+            accuracy, kappa = result["balanced_accuracy"], result["quadratic_weighted_kappa"]
+            cells.append(f"{accuracy['mean']:.2f} ± {accuracy['std']:.2f} / {kappa['mean']:.2f}")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

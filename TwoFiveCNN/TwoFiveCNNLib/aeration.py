@@ -1,8 +1,8 @@
 """Quantitative lung aeration, the classical measure radiologists use beside visual grading.
 
 A lung envelope is found by HU thresholds and morphology on the model grid (large air-containing
-components, each side closed on its own); its voxels are counted in HU bands: well aerated (< -700), poorly aerated (-700..-250, ground glass) and non-aerated
-(> -250, consolidation). A logistic model on the shares is fused with the 2.5D head (see
+components, each side closed on its own); its voxels are counted in HU bands: well aerated
+(< -700), poorly aerated (-700..-250, ground glass) and non-aerated (> -250, consolidation). A logistic model on the shares is fused with the 2.5D head (see
 ``SeverityModel.fuse``) and the shares are reported to the user; they are only as good as a
 threshold lung mask. At the model grid's resolution, vessels and partial volume put about a fifth
 of a healthy lung in the poorly aerated band: the shares rank severity, they are not volumetry.

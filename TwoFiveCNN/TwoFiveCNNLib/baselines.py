@@ -23,7 +23,6 @@ from .volumetric import build_volume_baseline
 VOLUME_BASELINES = ("cnn3d", "acs")
 
 
-
 def volumes(cohort: Cohort, indices: torch.Tensor) -> torch.Tensor:
     """(B, 1, S, H, W) float32 volumes; every study has the same slice count in "count" mode."""
     return cohort.grids[indices].float()[:, None]

@@ -59,6 +59,11 @@ def synthetic_ct(shape_zyx: tuple[int, int, int], seed: int = 0) -> Volume:
     return Volume.from_original(volume, geometry)
 
 
+def reference_study_grid() -> np.ndarray:
+    """The issue's reference study, a 64-slice 512 x 512 CT, on the benchmark's model grid."""
+    return to_model_grid(synthetic_ct((64, 512, 512)), BENCH_GRID)[0]
+
+
 def untrained_model(grid: PreprocessConfig) -> SeverityModel:
     """Speed does not depend on the weights, so the benchmark needs no trained model."""
     model = SeverityModel(TaskDefinition.severity(), grid, Architecture())
@@ -90,7 +95,7 @@ def bench_inference(quick: bool) -> dict:
     """The whole 2.5D prediction (probabilities, aeration, CAM, evidence volume) and its network part
     alone (backbone over every slice + head), against a forward pass of each 3D baseline."""
     model = untrained_model(BENCH_GRID)
-    grid = to_model_grid(synthetic_ct((64, 512, 512)), BENCH_GRID)[0]
+    grid = reference_study_grid()
     repeats = 2 if quick else 5
     slices = torch.from_numpy(grid)[:, None]
     volume = torch.from_numpy(grid)[None, None]
@@ -125,7 +130,7 @@ def bench_inference(quick: bool) -> dict:
 def bench_compile() -> dict:
     """What ``predict --compile`` costs (compiling) and saves (per study), so users know when it pays."""
     eager, compiled = untrained_model(BENCH_GRID), untrained_model(BENCH_GRID)
-    slices = torch.from_numpy(to_model_grid(synthetic_ct((64, 512, 512)), BENCH_GRID)[0])[:, None]
+    slices = torch.from_numpy(reference_study_grid())[:, None]
     started = time.perf_counter()
     compiled.accelerate(compile=True).slice_feature_maps(slices)
     compile_seconds = time.perf_counter() - started

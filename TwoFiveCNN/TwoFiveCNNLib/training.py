@@ -303,14 +303,20 @@ def train_aeration_model(model: SeverityModel, train: Cohort, config: TrainConfi
     linear = model.aeration.cpu()
     torch.manual_seed(config.seed)
     linear.reset_parameters()
-    inputs = model.normalise_aeration(train.features)
-    weights = class_weights(train.labels, model.task.num_classes)
-    optimizer = torch.optim.AdamW(linear.parameters(), lr=1e-2, weight_decay=1e-2)
-    for _ in range(steps):
-        loss = F.cross_entropy(linear(inputs), train.labels, weight=weights)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    fit_linear(linear, model.normalise_aeration(train.features), train.labels,
+               class_weights(train.labels, model.task.num_classes), steps, weight_decay=1e-2)
+
+
+def fit_linear(layer: torch.nn.Linear, inputs: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor, steps: int,
+               weight_decay: float, label_smoothing: float = 0.0) -> None:
+    """Class-weighted cross-entropy on a linear layer, full batch with AdamW: a convex fit in seconds."""
+    optimizer = torch.optim.AdamW(layer.parameters(), lr=1e-2, weight_decay=weight_decay)
+    with torch.enable_grad():
+        for _ in range(steps):
+            loss = F.cross_entropy(layer(inputs), labels, weight=weights, label_smoothing=label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
 
 
 def train_head(head: AttentionHead, data: Stage2Data, class_names: tuple[str, ...], config: TrainConfig,
@@ -401,17 +407,10 @@ def refit_slice_classifier(model: SeverityModel, train: Cohort, config: TrainCon
     """
     embeddings = embed_cohort(model, train)[train.mask()]
     labels = train.labels[train.slice_index()[0]]
-    layer = model.classifier.classifier
-    device = layer.weight.device
-    embeddings, labels = embeddings.to(device), labels.to(device)
-    weights = class_weights(train.labels, model.task.num_classes).to(device)
-    optimizer = torch.optim.AdamW(layer.parameters(), lr=1e-2, weight_decay=config.weight_decay)
-    with torch.enable_grad():
-        for _ in range(steps):
-            loss = F.cross_entropy(layer(embeddings), labels, weight=weights, label_smoothing=config.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+    device = model.classifier.classifier.weight.device
+    fit_linear(model.classifier.classifier, embeddings.to(device), labels.to(device),
+               class_weights(train.labels, model.task.num_classes).to(device), steps,
+               weight_decay=config.weight_decay, label_smoothing=config.label_smoothing)
 
 
 # ---------------------------------------------------------------- the whole run
