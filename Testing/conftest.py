@@ -38,7 +38,7 @@ TINY_TRAIN_ARGS = ["--in-plane", "48", "--slices", "12", "--stage1-epochs", "1",
 @pytest.fixture(scope="session")
 def phantom_cohort(tmp_path_factory) -> Path:
     """A small MosMed-style phantom folder (3 studies per class), written once per test session."""
-    from TwoFiveCNNLib.phantoms import write_cohort
+    from TwoFiveCNNLib.data.phantoms import write_cohort
 
     root = tmp_path_factory.mktemp("phantoms")
     write_cohort(root, [3, 3, 3, 3, 3], seed=7)
@@ -48,7 +48,7 @@ def phantom_cohort(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(phantom_cohort, tmp_path_factory) -> Path:
     """A really trained (if tiny and weak) model file, for tests of everything downstream of training."""
-    from TwoFiveCNNLib.cli import main
+    from TwoFiveCNNLib.app.cli import main
 
     out = tmp_path_factory.mktemp("model") / "tiny.pt"
     cache = tmp_path_factory.mktemp("cache")

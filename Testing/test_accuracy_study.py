@@ -6,7 +6,7 @@ import json
 
 import pytest
 from PIL import Image
-from TwoFiveCNNLib.accuracy_study import (
+from TwoFiveCNNLib.evaluation.accuracy_study import (
     METHODS,
     StudyPlan,
     cohort_counts,
@@ -14,9 +14,9 @@ from TwoFiveCNNLib.accuracy_study import (
     run_study,
     summarise,
 )
-from TwoFiveCNNLib.cli import main
-from TwoFiveCNNLib.preprocess import PreprocessConfig
-from TwoFiveCNNLib.training import TrainConfig
+from TwoFiveCNNLib.app.cli import main
+from TwoFiveCNNLib.transforms.preprocess import PreprocessConfig
+from TwoFiveCNNLib.training.two_stage import TrainConfig
 
 
 @pytest.mark.parametrize("n", [15, 40, 90, 92, 200])

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from TwoFiveCNNLib.cli import main
+from TwoFiveCNNLib.app.cli import main
 
 
 def test_quick_bench_writes_consistent_figures(tmp_path, capsys):
@@ -34,7 +34,7 @@ def test_half_precision_on_the_cpu_is_refused_clearly(chest_ct_path, tmp_path, c
 
 @pytest.mark.slow
 def test_compiled_backbone_gives_the_eager_results(chest_ct_path):
-    from TwoFiveCNNLib.inference import load_model, predict_path
+    from TwoFiveCNNLib.inference.predict import load_model, predict_path
 
     eager, _ = predict_path(load_model(None, "cpu"), chest_ct_path)
     compiled, _ = predict_path(load_model(None, "cpu").accelerate(compile=True), chest_ct_path)

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import TwoFiveCNNLib.cache as cache_module
-from TwoFiveCNNLib.cache import PreprocessedCache, default_cache_root, study_files
-from TwoFiveCNNLib.dataset import Study
-from TwoFiveCNNLib.preprocess import PreprocessConfig, to_model_grid
-from TwoFiveCNNLib.volume_io import Geometry, read_volume, write_volume
+import TwoFiveCNNLib.data.cache as cache_module
+from TwoFiveCNNLib.data.cache import PreprocessedCache, default_cache_root, study_files
+from TwoFiveCNNLib.data.dataset import Study
+from TwoFiveCNNLib.transforms.preprocess import PreprocessConfig, to_model_grid
+from TwoFiveCNNLib.io.volume import Geometry, read_volume, write_volume
 
 GEOMETRY = Geometry(size=(40, 40, 10), spacing=(1.0, 1.0, 2.5), origin=(0.0, 0.0, 0.0),
                     direction=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from TwoFiveCNNLib.dataset import (
+from TwoFiveCNNLib.data.dataset import (
     CLASS_NAMES,
     DatasetError,
     DatasetIndex,
@@ -20,7 +20,7 @@ from TwoFiveCNNLib.dataset import (
     make_kfold,
     make_split,
 )
-from TwoFiveCNNLib.volume_io import Geometry, write_volume
+from TwoFiveCNNLib.io.volume import Geometry, write_volume
 
 GEOMETRY = Geometry(size=(40, 40, 10), spacing=(1.0, 1.0, 2.5), origin=(0.0, 0.0, 0.0),
                     direction=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))

@@ -128,8 +128,13 @@ def ui_root(module: str) -> ET.Element:
     return ET.parse(ROOT / module / "Resources" / "UI" / f"{module}.ui").getroot()
 
 
+def lib_files() -> list[Path]:
+    """Every file of the library, in every subpackage (caches excluded)."""
+    return sorted(p for p in LIB.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+
+
 def lib_python_files() -> list[Path]:
-    return sorted(LIB.glob("*.py"))
+    return [p for p in lib_files() if p.suffix == ".py"]
 
 
 # --- CMake lists ---------------------------------------------------------------------------------
@@ -141,7 +146,7 @@ def test_every_python_file_is_listed(module):
     listed = set(cmake_variables(ROOT / module / "CMakeLists.txt")["MODULE_PYTHON_SCRIPTS"])
     present = {p.name for p in (ROOT / module).glob("*.py")}
     if module == "TwoFiveCNN":
-        present |= {f"TwoFiveCNNLib/{p.name}" for p in lib_python_files()}
+        present |= {f"TwoFiveCNNLib/{p.relative_to(LIB).as_posix()}" for p in lib_python_files()}
     assert present - listed == set(), f"{module}/CMakeLists.txt: add to MODULE_PYTHON_SCRIPTS"
 
 
@@ -165,8 +170,7 @@ def test_every_listed_resource_exists(module):
 def test_lib_data_files_are_listed_as_resources():
     """Non-Python files the library ships (JSON, model weights) must be installed as resources."""
     resources = set(cmake_variables(ROOT / "TwoFiveCNN" / "CMakeLists.txt")["MODULE_PYTHON_RESOURCES"])
-    data = {f"TwoFiveCNNLib/{p.name}" for p in LIB.iterdir()
-            if p.is_file() and p.suffix not in (".py", ".pyc")}
+    data = {f"TwoFiveCNNLib/{p.relative_to(LIB).as_posix()}" for p in lib_files() if p.suffix not in (".py", ".pyc")}
     assert data - resources == set()
 
 
@@ -531,8 +535,8 @@ def test_grading_self_tests_skip_without_a_model(slicer_stubbed, tmp_path):
 def test_logic_matches_reading_the_same_volume_from_file(slicer_stubbed, tmp_path):
     """A node's voxels + IJK-to-RAS give the same model grid as the file TwoFiveCNNLib reads itself."""
     import numpy as np
-    from TwoFiveCNNLib.preprocess import PreprocessConfig, to_model_grid
-    from TwoFiveCNNLib.volume_io import Geometry, read_volume, write_volume
+    from TwoFiveCNNLib.transforms.preprocess import PreprocessConfig, to_model_grid
+    from TwoFiveCNNLib.io.volume import Geometry, read_volume, write_volume
 
     loaded = load_module("TwoFiveCNN")
     rng = np.random.default_rng(0)

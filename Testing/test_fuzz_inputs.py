@@ -17,9 +17,9 @@ import SimpleITK as sitk
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy.spatial.transform import Rotation
-from TwoFiveCNNLib.cli import main
-from TwoFiveCNNLib.inference import load_model, predict_path
-from TwoFiveCNNLib.volume_io import VolumeError
+from TwoFiveCNNLib.app.cli import main
+from TwoFiveCNNLib.inference.predict import load_model, predict_path
+from TwoFiveCNNLib.io.volume import VolumeError
 
 SECONDS_PER_EXAMPLE = 60
 DTYPES = ("uint8", "int16", "int32", "float32", "float64")

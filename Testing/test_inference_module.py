@@ -21,8 +21,8 @@ vtk = pytest.importorskip("vtk")
 
 from test_extension_layout import load_module, slicer_stubbed  # noqa: F401  (fixture)
 from test_scene import add_chest_node, column, ijk_to_ras, node_named, reload
-from TwoFiveCNNLib.scene import find_prediction_nodes, save_scene
-from TwoFiveCNNLib.volume_io import Volume, read_volume
+from TwoFiveCNNLib.scene.nodes import find_prediction_nodes, save_scene
+from TwoFiveCNNLib.io.volume import Volume, read_volume
 
 
 @pytest.fixture(scope="module")
@@ -51,13 +51,13 @@ def scene_nodes(scene) -> set[tuple[str, str, str]]:
 
 def test_bundled_model_path_is_the_library_one(module):
     """The widget finds the demo model without importing torch; it must look where the library loads it."""
-    from TwoFiveCNNLib.inference import BUNDLED_MODEL
+    from TwoFiveCNNLib.inference.predict import BUNDLED_MODEL
 
     assert module.BUNDLED_MODEL_PATH == BUNDLED_MODEL.resolve()
 
 
 def test_bundled_model_missing_is_a_clear_error(logic, chest):
-    from TwoFiveCNNLib.inference import BUNDLED_MODEL
+    from TwoFiveCNNLib.inference.predict import BUNDLED_MODEL
 
     if BUNDLED_MODEL.is_file():
         pytest.skip("the demo model is bundled now")
@@ -171,7 +171,7 @@ def test_failures_leave_the_scene_unchanged(logic, chest, tiny_model, tmp_path, 
         logic.process(empty, tiny_model, "cpu")
 
     # An error inside inference (e.g. out of memory) also comes before any node exists.
-    from TwoFiveCNNLib import inference
+    from TwoFiveCNNLib.inference import predict as inference
 
     def out_of_memory(*args, **kwargs):
         raise RuntimeError("CUDA out of memory (simulated)")

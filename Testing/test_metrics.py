@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from TwoFiveCNNLib.metrics import binary_auc, compute_metrics, format_metrics, quadratic_weighted_kappa
+from TwoFiveCNNLib.metrics.classification import binary_auc, compute_metrics, format_metrics, quadratic_weighted_kappa
 
 NAMES3 = ["CT-0", "CT-1", "CT-2"]
 NAMES5 = ["CT-0", "CT-1", "CT-2", "CT-3", "CT-4"]

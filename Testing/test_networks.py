@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 from torch import nn
-from TwoFiveCNNLib.backbones import (
+from TwoFiveCNNLib.networks.backbones import (
     SliceClassifier,
     TorchvisionMobileNetV2,
     TorchvisionResNet,
@@ -15,9 +15,9 @@ from TwoFiveCNNLib.backbones import (
     build_backbone,
     load_pretrained,
 )
-from TwoFiveCNNLib.heads import AttentionHead
-from TwoFiveCNNLib.torchvision_layout import IMAGENET_ARCHITECTURES
-from TwoFiveCNNLib.volumetric import (
+from TwoFiveCNNLib.networks.heads import AttentionHead
+from TwoFiveCNNLib.networks.torchvision_layout import IMAGENET_ARCHITECTURES
+from TwoFiveCNNLib.networks.volumetric import (
     ACSConv,
     Small3DCNN,
     VolumeClassifier,

@@ -7,14 +7,14 @@ import json
 import numpy as np
 import pytest
 from scipy import ndimage
-from TwoFiveCNNLib.phantoms import (
+from TwoFiveCNNLib.data.phantoms import (
     ORIENTATIONS,
     generate_phantom,
     parse_counts,
     study_seed,
     write_cohort,
 )
-from TwoFiveCNNLib.volume_io import Volume, read_volume, write_volume
+from TwoFiveCNNLib.io.volume import Volume, read_volume, write_volume
 
 # MosMed's rule on the involved share of lung parenchyma, [low, high) per class.
 MOSMED_RANGES = {1: (1e-9, 0.25), 2: (0.25, 0.5), 3: (0.5, 0.75), 4: (0.75, 1.0)}

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from PIL import Image
-from TwoFiveCNNLib import pictures
-from TwoFiveCNNLib.pictures import (
+from TwoFiveCNNLib.reports import pictures
+from TwoFiveCNNLib.reports.pictures import (
     ACCENT,
     attention_lut,
     attention_montage_png,

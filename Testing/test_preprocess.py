@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from TwoFiveCNNLib.preprocess import (
+from TwoFiveCNNLib.transforms.preprocess import (
     GridMapping,
     PreprocessConfig,
     apply_window,
@@ -13,7 +13,7 @@ from TwoFiveCNNLib.preprocess import (
     slice_values_to_canonical,
     to_model_grid,
 )
-from TwoFiveCNNLib.volume_io import Geometry, Volume, read_volume
+from TwoFiveCNNLib.io.volume import Geometry, Volume, read_volume
 
 
 def synthetic_volume(shape=(40, 96, 120), spacing=(2.5, 0.7, 0.7)) -> Volume:

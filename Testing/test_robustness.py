@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from TwoFiveCNNLib.dataset import DatasetError, DatasetIndex
-from TwoFiveCNNLib.inference import load_model
-from TwoFiveCNNLib.model_file import CHECKPOINT_FORMAT, load_archive
-from TwoFiveCNNLib.volume_io import VolumeError, read_volume
+from TwoFiveCNNLib.data.dataset import DatasetError, DatasetIndex
+from TwoFiveCNNLib.inference.predict import load_model
+from TwoFiveCNNLib.io.model_file import CHECKPOINT_FORMAT, load_archive
+from TwoFiveCNNLib.io.volume import VolumeError, read_volume
 
 
 def test_truncated_nifti_is_refused_with_its_name(phantom_cohort, tmp_path):

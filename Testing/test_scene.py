@@ -10,9 +10,9 @@ import pytest
 slicer = pytest.importorskip("slicer")
 vtk = pytest.importorskip("vtk")
 
-from TwoFiveCNNLib import scene as scene_module
-from TwoFiveCNNLib.prediction import Prediction
-from TwoFiveCNNLib.scene import (
+from TwoFiveCNNLib.scene import nodes as scene_module
+from TwoFiveCNNLib.inference.prediction import Prediction
+from TwoFiveCNNLib.scene.nodes import (
     find_prediction_nodes,
     jump_to_slice_ras,
     predict_volume_node,
@@ -22,7 +22,7 @@ from TwoFiveCNNLib.scene import (
     volume_from_node,
     write_prediction_nodes,
 )
-from TwoFiveCNNLib.volume_io import Volume, read_volume
+from TwoFiveCNNLib.io.volume import Volume, read_volume
 
 CLASSES = ("CT-0", "CT-1", "CT-2", "CT-3", "CT-4")
 
@@ -370,7 +370,7 @@ def test_application_scene_saves_and_reloads(chest: Volume, tmp_path: Path):
 
 def test_predict_volume_node_with_a_trained_model(chest: Volume, tiny_model: Path, tmp_path: Path):
     """The real chest CT, tilted, through a really trained model: results on the input's grid, saved and found."""
-    from TwoFiveCNNLib.inference import load_model
+    from TwoFiveCNNLib.inference.predict import load_model
 
     scene = slicer.mrmlScene
     node = add_chest_node(chest, tilt=True)

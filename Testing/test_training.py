@@ -13,15 +13,15 @@ import pytest
 import SimpleITK as sitk
 import torch
 from conftest import TINY_TRAIN_ARGS
-from TwoFiveCNNLib.cache import PreprocessedCache
-from TwoFiveCNNLib.cli import main
-from TwoFiveCNNLib.cohort import load_cohort
-from TwoFiveCNNLib.dataset import DatasetIndex
-from TwoFiveCNNLib.inference import load_model, predict_path
-from TwoFiveCNNLib.model_file import ModelFileError
-from TwoFiveCNNLib.preprocess import PreprocessConfig
-from TwoFiveCNNLib.progress import ProgressReporter
-from TwoFiveCNNLib.training import TrainConfig, embed_cohort, refit_slice_classifier, train
+from TwoFiveCNNLib.data.cache import PreprocessedCache
+from TwoFiveCNNLib.app.cli import main
+from TwoFiveCNNLib.data.cohort import load_cohort
+from TwoFiveCNNLib.data.dataset import DatasetIndex
+from TwoFiveCNNLib.inference.predict import load_model, predict_path
+from TwoFiveCNNLib.io.model_file import ModelFileError
+from TwoFiveCNNLib.transforms.preprocess import PreprocessConfig
+from TwoFiveCNNLib.io.progress import ProgressReporter
+from TwoFiveCNNLib.training.two_stage import TrainConfig, embed_cohort, refit_slice_classifier, train
 
 TINY_CONFIG = TrainConfig(preprocess=PreprocessConfig(in_plane=48, n_slices=12), stage1_epochs=2,
                           stage2_epochs=4, stage2_views=2)

@@ -17,7 +17,7 @@ from conftest import TINY_TRAIN_ARGS
 
 slicer = pytest.importorskip("slicer")
 
-from TwoFiveCNNLib.training_session import (
+from TwoFiveCNNLib.app.training_session import (
     LABEL_TABLE_NAME,
     ProgressNodes,
     TrainingProcess,
@@ -38,7 +38,7 @@ RUN_TIMEOUT_S = 240
 @pytest.fixture(scope="module")
 def scene():
     """A scene holding 3 phantom CTs per class as volume nodes (as if loaded with Add Data)."""
-    from TwoFiveCNNLib.phantoms import generate_phantom
+    from TwoFiveCNNLib.data.phantoms import generate_phantom
 
     previous = getattr(slicer, "mrmlScene", None)
     scene = slicer.vtkMRMLScene()
@@ -120,7 +120,7 @@ def test_label_table_lists_volumes_and_keeps_typed_labels(scene):
 
 
 def test_volume_nodes_become_a_dataset_without_duplicate_files(scene, dataset_csv):
-    from TwoFiveCNNLib.dataset import DatasetIndex
+    from TwoFiveCNNLib.data.dataset import DatasetIndex
 
     export = dataset_csv.parent
     with open(dataset_csv, newline="") as f:
@@ -135,8 +135,8 @@ def test_volume_nodes_become_a_dataset_without_duplicate_files(scene, dataset_cs
     assert by_id["patient_2-1"].label == "CT-2"
 
     # The exported file holds the node's voxels and geometry.
-    from TwoFiveCNNLib.scene import volume_from_node
-    from TwoFiveCNNLib.volume_io import read_volume
+    from TwoFiveCNNLib.scene.nodes import volume_from_node
+    from TwoFiveCNNLib.io.volume import read_volume
 
     node = scene.GetFirstNodeByName("patient 2-1")
     exported, original = read_volume(by_id["patient_2-1"].path), volume_from_node(node)
@@ -208,7 +208,7 @@ def test_failed_run_reports_the_error(tmp_path):
 
 
 def test_training_process_fills_curves_and_the_model_grades_a_node(scene, dataset_csv, cache_dir, tmp_path):
-    from TwoFiveCNNLib.scene import predict_volume_node
+    from TwoFiveCNNLib.scene.nodes import predict_volume_node
 
     out = tmp_path / "tiny.pt"
     curves = ProgressNodes(scene)
@@ -282,7 +282,7 @@ def test_cancel_leaves_no_model_and_resume_finishes(scene, dataset_csv, cache_di
         assert stage1 == [2, 3]
     else:  # SIGTERM arrived before the first checkpoint was written: the run starts over
         assert stage1 == [1, 2, 3]
-    from TwoFiveCNNLib.severity_model import SeverityModel
+    from TwoFiveCNNLib.networks.severity_model import SeverityModel
 
     model = SeverityModel.load(out)
     assert [r["epoch"] for r in model.metadata["history"]["stage1"]] == [1, 2, 3]

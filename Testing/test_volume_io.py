@@ -10,7 +10,7 @@ from conftest import asymmetric_anatomy, sitk_image
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from scipy import ndimage
-from TwoFiveCNNLib.volume_io import Geometry, Volume, VolumeError, canonical_axes, read_volume, write_volume
+from TwoFiveCNNLib.io.volume import Geometry, Volume, VolumeError, canonical_axes, read_volume, write_volume
 
 # ITK's own reorientation filter stores the same anatomy with other direction matrices; each code names
 # where the index axes point (e.g. "RAI": i to Right, j to Anterior, k to Inferior = feet-first slices).

@@ -32,9 +32,9 @@ TORCH_MINIMUM_VERSION = (2, 1)
 
 HOMEPAGE = "https://github.com/twofivecnn/SlicerTwoFiveCNN"
 
-# Where TwoFiveCNNLib.inference.BUNDLED_MODEL lives, known without importing torch (the widget shows
+# Where TwoFiveCNNLib.inference.predict.BUNDLED_MODEL lives, known without importing torch (the widget shows
 # whether the demo model is there before anything heavy is loaded). A test keeps the two equal.
-BUNDLED_MODEL_PATH = pathlib.Path(__file__).resolve().parent / "TwoFiveCNNLib" / "demo_model.pt"
+BUNDLED_MODEL_PATH = pathlib.Path(__file__).resolve().parent / "TwoFiveCNNLib" / "inference" / "demo_model.pt"
 LAST_MODEL_FILE_SETTING = "TwoFiveCNN/LastModelFile"
 DEVICE_CHOICES = ("auto", "CPU", "GPU")  # passed to TwoFiveCNNLib's resolve_device (case-insensitive)
 
@@ -407,7 +407,7 @@ class TwoFiveCNNLogic(ScriptedLoadableModuleLogic):
         grading many volumes reads the file once and a retrained file is picked up.
         """
         self.checkTorch()
-        from TwoFiveCNNLib.inference import BUNDLED_MODEL, load_model
+        from TwoFiveCNNLib.inference.predict import BUNDLED_MODEL, load_model
 
         path = pathlib.Path(modelPath) if _isSet(modelPath) else BUNDLED_MODEL
         try:
@@ -430,7 +430,7 @@ class TwoFiveCNNLogic(ScriptedLoadableModuleLogic):
         volume updates the same result nodes. A failure (unreadable model, unusable volume) adds
         no node: loading and inference happen before any node is touched.
         """
-        from TwoFiveCNNLib.scene import predict_volume_node
+        from TwoFiveCNNLib.scene.nodes import predict_volume_node
 
         model = self.loadModel(modelPath, device)
         result = predict_volume_node(inputVolume, scene=slicer.mrmlScene, model=model)
@@ -461,7 +461,7 @@ class TwoFiveCNNLogic(ScriptedLoadableModuleLogic):
                 raise ValueError(_("The output folder must differ from the input folder {path}: the "
                                    "evidence volumes written there would be graded as studies next time.")
                                  .format(path=path))
-        from TwoFiveCNNLib.outputs import predict_batch
+        from TwoFiveCNNLib.inference.outputs import predict_batch
 
         model = self.loadModel(modelPath, device)
         outputDir.mkdir(parents=True, exist_ok=True)
@@ -471,13 +471,13 @@ class TwoFiveCNNLogic(ScriptedLoadableModuleLogic):
         """The result nodes of the last run on ``inputVolume`` (``PredictionNodes``), or None."""
         if inputVolume is None:
             return None
-        from TwoFiveCNNLib.scene import find_prediction_nodes
+        from TwoFiveCNNLib.scene.nodes import find_prediction_nodes
 
         return find_prediction_nodes(inputVolume)
 
     def resultSummary(self, nodes) -> str:
         """One line for the panel: grade, its probability, and any warning or demo-model notice."""
-        from TwoFiveCNNLib.scene import ATTRIBUTE_PREFIX
+        from TwoFiveCNNLib.scene.nodes import ATTRIBUTE_PREFIX
 
         table = nodes.table_node
         label = table.GetAttribute(ATTRIBUTE_PREFIX + "label") or "?"
@@ -505,7 +505,7 @@ class TwoFiveCNNLogic(ScriptedLoadableModuleLogic):
 
         ``nodes`` is what :meth:`process` returned or :meth:`resultNodes` finds (None: look it up).
         """
-        from TwoFiveCNNLib.scene import ATTRIBUTE_PREFIX, jump_to_slice_ras
+        from TwoFiveCNNLib.scene.nodes import ATTRIBUTE_PREFIX, jump_to_slice_ras
 
         nodes = nodes if nodes is not None else self.resultNodes(inputVolume)
         index = nodes.table_node.GetAttribute(ATTRIBUTE_PREFIX + "mostAttendedSlice") if nodes else None
@@ -525,7 +525,7 @@ class TwoFiveCNNLogic(ScriptedLoadableModuleLogic):
         A copy of the voxels; a parent transform is ignored (and reported in ``warnings``), because
         results are mapped back onto this same voxel grid.
         """
-        from TwoFiveCNNLib.scene import volume_from_node
+        from TwoFiveCNNLib.scene.nodes import volume_from_node
 
         return volume_from_node(volumeNode)
 
@@ -533,10 +533,10 @@ class TwoFiveCNNLogic(ScriptedLoadableModuleLogic):
         """Window, crop and resample the node's voxels to the model grid.
 
         Returns a float32 array ``(slices, in_plane, in_plane)`` with values in 0..1. ``config`` is a
-        ``TwoFiveCNNLib.preprocess.PreprocessConfig`` (default settings when None); once a model is
+        ``TwoFiveCNNLib.transforms.preprocess.PreprocessConfig`` (default settings when None); once a model is
         loaded, pass the model's own config. Needs PyTorch (see :meth:`checkTorch`).
         """
-        from TwoFiveCNNLib.preprocess import PreprocessConfig, to_model_grid
+        from TwoFiveCNNLib.transforms.preprocess import PreprocessConfig, to_model_grid
 
         volume = self.volumeFromNode(volumeNode)
         for warning in volume.warnings:
@@ -589,7 +589,7 @@ class TwoFiveCNNTest(ScriptedLoadableModuleTest):
     @staticmethod
     def _phantomNode(label: int = 3, seed: int = 11):
         """A synthetic chest CT of MosMed class ``label`` as a volume node, in its stored orientation."""
-        from TwoFiveCNNLib.phantoms import generate_phantom
+        from TwoFiveCNNLib.data.phantoms import generate_phantom
 
         phantom = generate_phantom(label, seed)
         return slicer.util.addVolumeFromArray(phantom.array_kji, phantom.geometry.ijk_to_ras(),
@@ -636,7 +636,7 @@ class TwoFiveCNNTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Preprocessing a synthetic chest to the model grid")
         logic = TwoFiveCNNLogic()
         logic.checkTorch(askConfirmation=False)
-        from TwoFiveCNNLib.preprocess import PreprocessConfig
+        from TwoFiveCNNLib.transforms.preprocess import PreprocessConfig
 
         volumeNode = slicer.util.addVolumeFromArray(self._syntheticChest(), np.diag([0.8, 0.8, 2.0, 1.0]))
         config = PreprocessConfig(in_plane=32, n_slices=16)
@@ -652,7 +652,7 @@ class TwoFiveCNNTest(ScriptedLoadableModuleTest):
         self.delayDisplay("The same anatomy stored left-to-right or right-to-left gives the same grid")
         logic = TwoFiveCNNLogic()
         logic.checkTorch(askConfirmation=False)
-        from TwoFiveCNNLib.preprocess import PreprocessConfig
+        from TwoFiveCNNLib.transforms.preprocess import PreprocessConfig
 
         array = self._syntheticChest()
         spacing = (0.8, 0.8, 2.0)
@@ -746,8 +746,8 @@ class TwoFiveCNNTest(ScriptedLoadableModuleTest):
             return
         import tempfile
 
-        from TwoFiveCNNLib.phantoms import generate_phantom
-        from TwoFiveCNNLib.volume_io import write_volume
+        from TwoFiveCNNLib.data.phantoms import generate_phantom
+        from TwoFiveCNNLib.io.volume import write_volume
 
         logic = TwoFiveCNNLogic()
         count = slicer.mrmlScene.GetNumberOfNodes()

@@ -257,7 +257,7 @@ class TwoFiveCNNTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.onTimer()  # collects the exit event at once
 
     def onTimer(self) -> None:
-        from TwoFiveCNNLib.training_session import describe_event, progress_percent
+        from TwoFiveCNNLib.app.training_session import describe_event, progress_percent
 
         for event in self.logic.processEvents():
             text = describe_event(event)
@@ -313,7 +313,7 @@ class TwoFiveCNNTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
 
 
 class TwoFiveCNNTrainingLogic(ScriptedLoadableModuleLogic):
-    """MRML <-> TwoFiveCNNLib.training_session. Usable from the Python console without the widget::
+    """MRML <-> TwoFiveCNNLib.app.training_session. Usable from the Python console without the widget::
 
         logic = slicer.util.getModuleLogic("TwoFiveCNNTraining")  # or TwoFiveCNNTrainingLogic()
         print(logic.datasetSummary("/data/MosMedData"))
@@ -346,13 +346,13 @@ class TwoFiveCNNTrainingLogic(ScriptedLoadableModuleLogic):
         if not _isSet(path):
             raise ValueError(_("Choose a dataset folder, or a .csv file with path,label columns."))
 
-        from TwoFiveCNNLib.training_session import dataset_summary_text
+        from TwoFiveCNNLib.app.training_session import dataset_summary_text
 
         return dataset_summary_text(path)
 
     def updateLabelTable(self, volumeNodes=None, labels=None, tableNode=None):
         """List volumes (default: every scalar volume of the scene) in the label table, keeping typed labels."""
-        from TwoFiveCNNLib.training_session import label_table_node
+        from TwoFiveCNNLib.app.training_session import label_table_node
 
         if volumeNodes is None:
             volumeNodes = [node for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
@@ -361,7 +361,7 @@ class TwoFiveCNNTrainingLogic(ScriptedLoadableModuleLogic):
 
     def exportDataset(self, tableNode, exportDir) -> pathlib.Path:
         """Write the labelled volumes as NRRD files (once each) and a dataset CSV; returns the CSV path."""
-        from TwoFiveCNNLib.training_session import dataset_from_nodes
+        from TwoFiveCNNLib.app.training_session import dataset_from_nodes
 
         if tableNode is None:
             raise ValueError(_("Choose the label table (press 'Add scene volumes to the label table' first)."))
@@ -405,7 +405,7 @@ class TwoFiveCNNTrainingLogic(ScriptedLoadableModuleLogic):
 
     def progressNodes(self):
         """The curve table and chart nodes of the current scene (recreated after a scene close)."""
-        from TwoFiveCNNLib.training_session import ProgressNodes
+        from TwoFiveCNNLib.app.training_session import ProgressNodes
 
         nodes = self._progressNodes
         if nodes is None or not slicer.mrmlScene.IsNodePresent(nodes.curves_table_node):
@@ -415,7 +415,7 @@ class TwoFiveCNNTrainingLogic(ScriptedLoadableModuleLogic):
     def startTraining(self, data, modelPath, stage1Epochs=None, stage2Epochs=None, seed=None, device=None,
                       extraArgs=(), resume=False):
         """Start ``twofivecnn train`` in a child process; returns its TrainingProcess (poll with processEvents)."""
-        from TwoFiveCNNLib.training_session import TrainingProcess, train_arguments
+        from TwoFiveCNNLib.app.training_session import TrainingProcess, train_arguments
 
         if self.isTraining():
             raise RuntimeError(_("Training is already running: cancel it first."))
@@ -461,7 +461,7 @@ class TwoFiveCNNTrainingLogic(ScriptedLoadableModuleLogic):
 
     def showMetrics(self, modelPath):
         """The model's test metrics as a per-class table node and a confusion matrix table node."""
-        from TwoFiveCNNLib.training_session import metrics_to_tables
+        from TwoFiveCNNLib.app.training_session import metrics_to_tables
 
         return metrics_to_tables(modelPath, slicer.mrmlScene)
 
@@ -499,7 +499,7 @@ class TwoFiveCNNTrainingTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Summarizing a small synthetic phantom cohort")
         import tempfile
 
-        from TwoFiveCNNLib.phantoms import write_cohort
+        from TwoFiveCNNLib.data.phantoms import write_cohort
 
         with tempfile.TemporaryDirectory(dir=slicer.app.temporaryPath) as folder:
             write_cohort(folder, [1, 1], seed=0)
@@ -521,7 +521,7 @@ class TwoFiveCNNTrainingTest(ScriptedLoadableModuleTest):
         import tempfile
         import time
 
-        from TwoFiveCNNLib.phantoms import generate_phantom
+        from TwoFiveCNNLib.data.phantoms import generate_phantom
 
         logic = TwoFiveCNNTrainingLogic()
         nodes, labels = [], []

@@ -11,11 +11,11 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from .aeration import AERATION_FEATURES, measure_aeration
+from ..transforms.aeration import AERATION_FEATURES, measure_aeration
 from .prediction import Prediction
-from .preprocess import GridMapping, grid_map_to_canonical, slice_values_to_canonical, to_model_grid
-from .severity_model import SeverityModel, resolve_device
-from .volume_io import Volume, read_volume
+from ..transforms.preprocess import GridMapping, grid_map_to_canonical, slice_values_to_canonical, to_model_grid
+from ..networks.severity_model import SeverityModel, resolve_device
+from ..io.volume import Volume, read_volume
 
 BUNDLED_MODEL = Path(__file__).with_name("demo_model.pt")
 

@@ -18,11 +18,11 @@ import slicer
 import slicer.util
 import vtk
 
-from .prediction import DEMO_MODEL_NOTICE, Prediction
-from .volume_io import Geometry, Volume, read_volume, unique_stem
+from ..inference.prediction import DEMO_MODEL_NOTICE, Prediction
+from ..io.volume import Geometry, Volume, read_volume, unique_stem
 
 if TYPE_CHECKING:
-    from .severity_model import SeverityModel
+    from ..networks.severity_model import SeverityModel
 
 ATTRIBUTE_PREFIX = "TwoFiveCNN."
 COLOUR_NODE_NAME = "TwoFiveCNN attention colours"
@@ -250,7 +250,7 @@ def _fill_colours(
     It gets its own storage node and stays visible to editors: slicer-core's ``Commit()`` moves the
     file of a hidden colour table into ``<scene>_Private/``, away from the scene's data folder.
     """
-    from .pictures import attention_lut
+    from ..reports.pictures import attention_lut
 
     lut = attention_lut(256)
     colour.SetTypeToUser()
@@ -504,7 +504,7 @@ def predict_volume_node(volume_node: slicer.vtkMRMLScalarVolumeNode, model_path:
     ``model_path`` None uses the bundled synthetic-phantom demo model; an already loaded ``model``
     saves reloading it for many volumes. The input node is never modified.
     """
-    from .inference import load_model, predict_volume
+    from ..inference.predict import load_model, predict_volume
 
     volume = volume_from_node(volume_node)
     if model is None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .atomic import atomic_path
+from ..io.atomic import atomic_path
 
 # Anchors of matplotlib's "inferno" (CC0) at 0, 0.1, ..., 1: perceptually uniform and warm, dark at
 # the low end, so weak evidence fades into the dark lung and strong evidence glows yellow on it.

@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from .atomic import write_json_atomic
-from .volume_io import VOLUME_SUFFIXES, Geometry, write_volume
+from ..io.atomic import write_json_atomic
+from ..io.volume import VOLUME_SUFFIXES, Geometry, write_volume
 
 GENERATOR_VERSION = 1
 N_CLASSES = 5
@@ -428,7 +428,7 @@ def write_cohort(out_dir: str | Path, counts: Sequence[int], seed: int,
         records.append({"path": rel.as_posix(), **phantom.info})
         if progress is not None:
             progress(n, len(labels))
-    settings = {"generator": "TwoFiveCNNLib.phantoms", "version": GENERATOR_VERSION, "seed": seed,
+    settings = {"generator": "TwoFiveCNNLib.data.phantoms", "version": GENERATOR_VERSION, "seed": seed,
                 "counts": counts, "suffix": suffix, "fraction_ranges": [list(r) for r in FRACTION_RANGES],
                 "consolidation_ranges": [list(r) for r in CONSOLIDATION_RANGES]}
     write_json_atomic(out / "phantoms.json", {"settings": settings, "studies": records})

@@ -6,15 +6,15 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from .atomic import write_json_atomic
-from .cache import PreprocessedCache
-from .evaluation import evaluate_dataset
-from .metrics import format_metrics
-from .outputs import predict_batch
-from .phantoms import write_cohort
-from .pictures import confusion_matrix_png, curves_png
-from .progress import ProgressReporter
-from .training import TrainConfig, train
+from ..io.atomic import write_json_atomic
+from ..data.cache import PreprocessedCache
+from ..evaluation.evaluate import evaluate_dataset
+from ..metrics.classification import format_metrics
+from ..inference.outputs import predict_batch
+from ..data.phantoms import write_cohort
+from ..reports.pictures import confusion_matrix_png, curves_png
+from ..io.progress import ProgressReporter
+from ..training.two_stage import TrainConfig, train
 
 TRAIN_COUNTS = (20, 40, 16, 10, 6)  # MosMed-like imbalance, about 90 studies
 HELD_OUT_COUNTS = (10, 10, 10, 10, 10)  # balanced, never seen in training

@@ -9,8 +9,8 @@ import sys
 import threading
 from pathlib import Path
 
-from .dataset import DatasetError
-from .prediction import DEMO_MODEL_NOTICE
+from ..data.dataset import DatasetError
+from ..inference.prediction import DEMO_MODEL_NOTICE
 
 EXIT_USAGE, EXIT_FAILED_STUDIES, EXIT_INTERRUPTED = 2, 3, 130
 
@@ -24,7 +24,7 @@ def _add_phantoms(sub) -> None:
 
 
 def run_phantoms(args) -> int:
-    from .phantoms import parse_counts, write_cohort
+    from ..data.phantoms import parse_counts, write_cohort
 
     counts = parse_counts(args.counts)
     paths = write_cohort(args.out, counts, args.seed, progress=_counter("phantoms"))
@@ -44,7 +44,7 @@ def _add_index(sub) -> None:
 
 
 def run_index(args) -> int:
-    from .dataset import DatasetIndex, make_kfold, make_split
+    from ..data.dataset import DatasetIndex, make_kfold, make_split
 
     index = DatasetIndex.load(args.data)
     print(index.summary())
@@ -106,9 +106,9 @@ def _add_train(sub) -> None:
 
 
 def train_config_from_args(args):
-    from .preprocess import PreprocessConfig
-    from .severity_model import Architecture
-    from .training import TrainConfig
+    from ..transforms.preprocess import PreprocessConfig
+    from ..networks.severity_model import Architecture
+    from ..training.two_stage import TrainConfig
 
     window = tuple(float(v) for v in args.window.split(",")) if "," in args.window else args.window
     return TrainConfig(
@@ -122,9 +122,9 @@ def train_config_from_args(args):
 
 
 def run_train(args) -> int:
-    from .cache import PreprocessedCache
-    from .metrics import format_metrics
-    from .training import train
+    from ..data.cache import PreprocessedCache
+    from ..metrics.classification import format_metrics
+    from ..training.two_stage import train
 
     _init_distributed()
     config = train_config_from_args(args)
@@ -172,11 +172,11 @@ def _add_evaluate(sub) -> None:
 
 
 def run_evaluate(args) -> int:
-    from .atomic import write_json_atomic
-    from .evaluation import evaluate_dataset
-    from .inference import load_model
-    from .metrics import format_metrics
-    from .pictures import confusion_matrix_png
+    from ..io.atomic import write_json_atomic
+    from ..evaluation.evaluate import evaluate_dataset
+    from ..inference.predict import load_model
+    from ..metrics.classification import format_metrics
+    from ..reports.pictures import confusion_matrix_png
 
     model = load_model(args.model, args.device)
     report = evaluate_dataset(model, args.data, args.subset, args.cache, progress=_counter("evaluate"))
@@ -210,8 +210,8 @@ def _add_predict(sub) -> None:
 
 
 def run_predict(args) -> int:
-    from .inference import load_model
-    from .outputs import predict_batch
+    from ..inference.predict import load_model
+    from ..inference.outputs import predict_batch
 
     model = load_model(args.model, args.device).accelerate(args.half, args.compile)
     result = predict_batch(model, args.inputs, args.out, args.scene, attention_suffix=args.format,
@@ -257,14 +257,14 @@ def _add_bench(sub) -> None:
 
 def run_bench(args) -> int:
     if args.accuracy is not None:
-        from .accuracy_study import StudyPlan, run_study
+        from ..evaluation.accuracy_study import StudyPlan, run_study
 
         plan = StudyPlan(sizes=_integers(args.sizes, "--sizes"), seeds=_integers(args.seeds, "--seeds"))
         report = run_study(args.accuracy, plan, _reporter(None, quiet=False))
         print((args.accuracy / "accuracy_study.md").read_text(), end="")
         print(f"study written to {args.accuracy} ({len(report['runs'])} runs)")
         return 0
-    from .bench import run_benchmarks
+    from ..evaluation.bench import run_benchmarks
 
     run_benchmarks(args.json, quick=args.quick)
     return 0
@@ -305,8 +305,8 @@ class _json_stream:
 
 
 def _reporter(stream, quiet: bool):
-    from .progress import ProgressReporter
-    from .training import distributed_rank_world
+    from ..io.progress import ProgressReporter
+    from ..training.two_stage import distributed_rank_world
 
     rank = distributed_rank_world()[0]
     return ProgressReporter(stream if rank == 0 else None, quiet=quiet or rank != 0)
@@ -338,8 +338,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _interrupt)  # a clean stop: temporary files removed, checkpoint kept
-    from .model_file import ModelFileError
-    from .volume_io import VolumeError
+    from ..io.model_file import ModelFileError
+    from ..io.volume import VolumeError
 
     try:
         return args.run(args)

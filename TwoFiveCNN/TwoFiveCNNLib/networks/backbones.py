@@ -5,7 +5,7 @@ and ``forward(x)`` = global average pooling of those maps, so a linear classifie
 class activation maps for free (:class:`SliceClassifier`).
 
 Forward passes are built only from modules plus dimension-agnostic tensor operations (no
-``F.conv2d``, ``F.adaptive_avg_pool2d``, ...), so :func:`TwoFiveCNNLib.volumetric.inflate_acs` can
+``F.conv2d``, ``F.adaptive_avg_pool2d``, ...), so :func:`TwoFiveCNNLib.networks.volumetric.inflate_acs` can
 turn any of them into a 3D network by swapping modules.
 
 Weights are never downloaded: :func:`load_pretrained` reads a local ``state_dict`` file.

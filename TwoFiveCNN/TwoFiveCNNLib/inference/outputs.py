@@ -13,13 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import write_json_atomic, write_text_atomic
-from .inference import predict_path
-from .pictures import attention_montage_png
+from ..io.atomic import write_json_atomic, write_text_atomic
+from .predict import predict_path
+from ..reports.pictures import attention_montage_png
 from .prediction import DEMO_MODEL_NOTICE, Prediction
-from .preprocess import WINDOW_PRESETS, apply_window
-from .severity_model import SeverityModel
-from .volume_io import VOLUME_SUFFIXES, Volume, VolumeError, study_name, write_volume
+from ..transforms.preprocess import WINDOW_PRESETS, apply_window
+from ..networks.severity_model import SeverityModel
+from ..io.volume import VOLUME_SUFFIXES, Volume, VolumeError, study_name, write_volume
 
 MONTAGE_MAX_PIXELS = 256  # display tiles need no more in-plane resolution than this
 
@@ -94,7 +94,7 @@ def write_prediction(prediction: Prediction, volume: Volume, out_dir: str | os.P
                                     out_dir / f"{name}_attention{attention_suffix}"))
         written.append(write_montage(prediction, volume, out_dir / f"{name}.png"))
         if scene:
-            from .scene import save_prediction_scene  # needs the MRML library (Slicer or slicer-core)
+            from ..scene.nodes import save_prediction_scene  # needs the MRML library (Slicer or slicer-core)
 
             written.append(save_prediction_scene(prediction, volume, out_dir, name))
         write_json_atomic(json_path, {**prediction.to_json(), "outputs": [p.name for p in written]})

@@ -1,6 +1,6 @@
 """ResNet-18/34/50 and MobileNetV2 built here, with torchvision's module names, shapes and
 initialisation, so ImageNet ``state_dict`` files saved from torchvision load with
-:func:`~TwoFiveCNNLib.backbones.load_pretrained` whether or not torchvision is installed.
+:func:`~TwoFiveCNNLib.networks.backbones.load_pretrained` whether or not torchvision is installed.
 
 Why not import torchvision: its CPU wheels live on PyTorch's own package index, and the PyPI wheel
 matching a torch release is built for CUDA; beside a CPU torch it fails at import ("operator

@@ -13,12 +13,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .aeration import AERATION_FEATURES
+from ..transforms.aeration import AERATION_FEATURES
 from .backbones import SliceClassifier, build_backbone
-from .dataset import TaskDefinition
+from ..data.dataset import TaskDefinition
 from .heads import AttentionHead
-from .model_file import MODEL_FORMAT, ModelFileError, load_archive, save_archive
-from .preprocess import PreprocessConfig
+from ..io.model_file import MODEL_FORMAT, ModelFileError, load_archive, save_archive
+from ..transforms.preprocess import PreprocessConfig
 
 SLICE_BATCH = 64  # slices per forward pass: fast on CPU, bounded memory on GPU
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .volume_io import Geometry
+from ..io.volume import Geometry
 
 DEMO_MODEL_NOTICE = "synthetic-phantom demo model: not for clinical use"
 

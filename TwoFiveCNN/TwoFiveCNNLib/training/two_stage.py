@@ -21,18 +21,18 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from .atomic import remove_stale_temporaries
-from .augment import AugmentConfig, augment_slices, augment_study
-from .backbones import load_pretrained
-from .cache import PreprocessedCache
-from .cohort import Cohort, load_cohort
-from .dataset import DatasetIndex, Split, TaskDefinition, make_split
-from .heads import AttentionHead
-from .metrics import compute_metrics
-from .model_file import CHECKPOINT_FORMAT, load_archive, save_archive
-from .preprocess import PreprocessConfig
-from .progress import ProgressReporter
-from .severity_model import Architecture, SeverityModel, resolve_device
+from ..io.atomic import remove_stale_temporaries
+from ..data.augment import AugmentConfig, augment_slices, augment_study
+from ..networks.backbones import load_pretrained
+from ..data.cache import PreprocessedCache
+from ..data.cohort import Cohort, load_cohort
+from ..data.dataset import DatasetIndex, Split, TaskDefinition, make_split
+from ..networks.heads import AttentionHead
+from ..metrics.classification import compute_metrics
+from ..io.model_file import CHECKPOINT_FORMAT, load_archive, save_archive
+from ..transforms.preprocess import PreprocessConfig
+from ..io.progress import ProgressReporter
+from ..networks.severity_model import Architecture, SeverityModel, resolve_device
 
 STAGE_SEEDS = {"stage1": 1, "stage2": 2, "views": 3, "finetune": 4}
 
@@ -444,7 +444,7 @@ def prepare_split(index: DatasetIndex, config: TrainConfig, split_path: Path | N
 def package_versions() -> dict:
     import SimpleITK
 
-    from . import __version__
+    from .. import __version__
     return {"twofivecnn": __version__, "torch": torch.__version__, "numpy": np.__version__,
             "SimpleITK": SimpleITK.Version_VersionString(), "python": platform.python_version()}
 

@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import write_text_atomic
-from .dataset import CLASS_NAMES, MIN_STUDIES_PER_CLASS, DatasetIndex, normalize_label
-from .volume_io import unique_stem
+from ..io.atomic import write_text_atomic
+from ..data.dataset import CLASS_NAMES, MIN_STUDIES_PER_CLASS, DatasetIndex, normalize_label
+from ..io.volume import unique_stem
 
 LABEL_TABLE_NAME = "TwoFiveCNN training labels"
 VOLUME_COLUMN, LABEL_COLUMN = "volume", "label"
@@ -124,8 +124,8 @@ def dataset_from_nodes(volume_label_pairs, scene=None, export_dir: str | os.Path
     """
     import slicer
 
-    from .scene import volume_from_node
-    from .volume_io import write_volume
+    from ..scene.nodes import volume_from_node
+    from ..io.volume import write_volume
 
     if scene is None:
         scene = getattr(slicer, "mrmlScene", None)
@@ -588,7 +588,7 @@ class ProgressNodes:
 
 def training_metrics(model_path: str | os.PathLike) -> tuple[str, dict]:
     """``(split name, metrics)`` of a model file: its test split, else its validation split."""
-    from .model_file import load_archive
+    from ..io.model_file import load_archive
 
     _, metadata = load_archive(model_path)
     recorded = metadata.get("metrics") or {}

@@ -12,13 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .augment import augment_study
-from .cohort import Cohort
-from .metrics import compute_metrics
-from .progress import ProgressReporter
-from .severity_model import SeverityModel
-from .training import TrainConfig, class_weights, epoch_generator, score
-from .volumetric import build_volume_baseline
+from ..data.augment import augment_study
+from ..data.cohort import Cohort
+from ..metrics.classification import compute_metrics
+from ..io.progress import ProgressReporter
+from ..networks.severity_model import SeverityModel
+from .two_stage import TrainConfig, class_weights, epoch_generator, score
+from ..networks.volumetric import build_volume_baseline
 
 VOLUME_BASELINES = ("cnn3d", "acs")
 

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .aeration import aeration_features
+from ..transforms.aeration import aeration_features
 from .cache import PreprocessedCache
 from .dataset import Study, TaskDefinition
-from .preprocess import PreprocessConfig
+from ..transforms.preprocess import PreprocessConfig
 
 
 @dataclass

@@ -7,12 +7,12 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .cache import PreprocessedCache
-from .cohort import load_cohort
-from .dataset import DatasetIndex, Split
-from .inference import predict_grid
-from .metrics import compute_metrics
-from .severity_model import SeverityModel
+from ..data.cache import PreprocessedCache
+from ..data.cohort import load_cohort
+from ..data.dataset import DatasetIndex, Split
+from ..inference.predict import predict_grid
+from ..metrics.classification import compute_metrics
+from ..networks.severity_model import SeverityModel
 
 
 def choose_studies(model: SeverityModel, index: DatasetIndex, subset: str) -> tuple[list, str]:

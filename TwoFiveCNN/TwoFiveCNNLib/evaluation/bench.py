@@ -16,13 +16,13 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .atomic import write_json_atomic
-from .dataset import TaskDefinition
-from .inference import predict_grid
-from .preprocess import PreprocessConfig, to_model_grid
-from .severity_model import Architecture, SeverityModel
-from .volume_io import Geometry, Volume
-from .volumetric import build_volume_baseline
+from ..io.atomic import write_json_atomic
+from ..data.dataset import TaskDefinition
+from ..inference.predict import predict_grid
+from ..transforms.preprocess import PreprocessConfig, to_model_grid
+from ..networks.severity_model import Architecture, SeverityModel
+from ..io.volume import Geometry, Volume
+from ..networks.volumetric import build_volume_baseline
 
 BENCH_GRID = PreprocessConfig(in_plane=128, n_slices=64)  # the issue's reference study: 64 slices at 128 px
 
@@ -143,7 +143,7 @@ def bench_compile() -> dict:
 
 def bench_stage2_epoch(quick: bool) -> dict:
     """One stage-2 epoch on cached embeddings against one 3D-baseline epoch on the same studies."""
-    from .heads import AttentionHead
+    from ..networks.heads import AttentionHead
 
     n_studies = 8 if quick else 32
     grid = PreprocessConfig(in_plane=96, n_slices=32)  # the default training grid
@@ -170,7 +170,7 @@ def bench_stage2_epoch(quick: bool) -> dict:
 
 def peak_rss_child(slices: int) -> dict:
     """Peak resident memory of a fresh process predicting a 512 x 512 x ``slices`` int16 study."""
-    code = (f"import resource, json; from TwoFiveCNNLib.bench import *; from TwoFiveCNNLib.inference import "
+    code = (f"import resource, json; from TwoFiveCNNLib.evaluation.bench import *; from TwoFiveCNNLib.inference.predict import "
             f"predict_volume; m = untrained_model(PreprocessConfig()); v = synthetic_ct(({slices}, 512, 512)); "
             f"base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; predict_volume(m, v); "
             f"print(json.dumps([base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss]))")

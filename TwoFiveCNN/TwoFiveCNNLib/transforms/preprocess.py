@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from .volume_io import Volume
+from ..io.volume import Volume
 
 WINDOW_PRESETS: dict[str, tuple[float, float]] = {
     "default": (-1000.0, 400.0),  # the reference code's window: lung and soft tissue

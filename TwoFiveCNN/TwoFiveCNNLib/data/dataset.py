@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import write_json_atomic
-from .volume_io import VOLUME_SUFFIXES, study_name
+from ..io.atomic import write_json_atomic
+from ..io.volume import VOLUME_SUFFIXES, study_name
 
 CLASS_NAMES = ("CT-0", "CT-1", "CT-2", "CT-3", "CT-4")
 SUBSETS = ("train", "val", "test")

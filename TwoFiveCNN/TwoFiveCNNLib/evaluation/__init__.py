@@ -1,0 +1,1 @@
+"""Evaluation: scoring a model on a dataset, the accuracy study, the benchmarks."""

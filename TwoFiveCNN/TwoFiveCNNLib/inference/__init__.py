@@ -1,0 +1,1 @@
+"""Inference: grading a study, the prediction record and its files."""

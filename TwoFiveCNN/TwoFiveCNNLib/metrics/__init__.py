@@ -1,0 +1,1 @@
+"""Classification metrics, shared by training and evaluation."""

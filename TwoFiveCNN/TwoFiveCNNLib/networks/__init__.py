@@ -1,0 +1,1 @@
+"""Networks: backbones, heads, volumetric baselines and the assembled severity model."""

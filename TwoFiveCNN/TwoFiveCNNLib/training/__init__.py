@@ -1,0 +1,1 @@
+"""Training: configuration, the fit loop, both stages and the baselines."""

@@ -1,0 +1,1 @@
+"""Array transforms: HU windowing and the model grid, lungs and aeration."""
