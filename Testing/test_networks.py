@@ -134,7 +134,7 @@ def test_torchvision_wrappers_take_greyscale_and_drop_the_head(name: str) -> Non
 
 def test_class_activation_maps() -> None:
     classifier = SliceClassifier(build_backbone("compact_resnet"), n_classes=5, dropout=0.5)
-    nn.init.normal_(classifier.classifier.weight)
+    nn.init.normal_(classifier.linear.weight)
     x = torch.rand(3, 1, 96, 96)
     classifier = _trained_statistics(classifier, x)
     with torch.no_grad():
@@ -143,7 +143,7 @@ def test_class_activation_maps() -> None:
         assert cams.shape == (3, 3, 3)
         # CAM of the predicted class, averaged over the map, is that class's logit minus its bias.
         predicted = logits.argmax(dim=1)
-        expected = logits.gather(1, predicted[:, None])[:, 0] - classifier.classifier.bias[predicted]
+        expected = logits.gather(1, predicted[:, None])[:, 0] - classifier.linear.bias[predicted]
         torch.testing.assert_close(cams.mean(dim=(1, 2)), expected)
         grades = torch.arange(5.0)
         severity = classifier.class_activation_maps(x, grades)

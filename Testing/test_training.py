@@ -231,10 +231,10 @@ def test_refit_slice_classifier_matches_the_backbone_again(tiny_model, phantom_c
 
     def slice_loss() -> float:
         with torch.no_grad():
-            return torch.nn.functional.cross_entropy(model.classifier.classifier(embeddings), labels).item()
+            return torch.nn.functional.cross_entropy(model.slice_classifier.linear(embeddings), labels).item()
 
     trained = slice_loss()  # the layer stage 1 trained with this backbone
-    layer = model.classifier.classifier
+    layer = model.slice_classifier.linear
     with torch.no_grad():  # a layer that no longer fits the features: confidently wrong
         layer.weight.normal_(std=1.0)
         layer.bias.copy_(torch.linspace(-5, 5, layer.bias.numel()))

@@ -68,7 +68,7 @@ def untrained_model(grid: PreprocessConfig) -> SeverityModel:
     """Speed does not depend on the weights, so the benchmark needs no trained model."""
     model = SeverityModel(TaskDefinition.severity(), grid, Architecture())
     model.metadata.update(aeration_mean=[0.0] * 4, aeration_std=[1.0] * 4)
-    model.classifier.to(memory_format=torch.channels_last)
+    model.slice_classifier.to(memory_format=torch.channels_last)
     return model.eval()
 
 
@@ -111,7 +111,7 @@ def bench_inference(quick: bool) -> dict:
                "twofive_network_gflop": round(forward_gflop(network_only), 2),
                "slices_per_second": round(grid.shape[0] / embed, 1)}
     for name in ("cnn3d", "acs"):
-        baseline = build_volume_baseline(name, 5, model.classifier.backbone if name == "acs" else None).eval()
+        baseline = build_volume_baseline(name, 5, model.slice_classifier.backbone if name == "acs" else None).eval()
         with torch.inference_mode():
             seconds = best_time(lambda baseline=baseline: baseline(volume), repeats)
         results[f"{name}_seconds"] = round(seconds, 3)
@@ -120,7 +120,7 @@ def bench_inference(quick: bool) -> dict:
         results[f"network_speedup_vs_{name}"] = round(seconds / network, 2)
     results["speedup_vs_3d"] = min(results["speedup_vs_cnn3d"], results["speedup_vs_acs"])
     results["network_speedup_vs_3d"] = min(results["network_speedup_vs_cnn3d"], results["network_speedup_vs_acs"])
-    gflop = forward_gflop(lambda: model.classifier.embed(torch.zeros(1, 1, BENCH_GRID.in_plane,
+    gflop = forward_gflop(lambda: model.slice_classifier.embed(torch.zeros(1, 1, BENCH_GRID.in_plane,
                                                                       BENCH_GRID.in_plane)))
     results["backbone_gflop_per_slice"] = round(gflop, 3)
     results["backbone_gflops"] = round(gflop * grid.shape[0] / embed, 1)

@@ -58,7 +58,7 @@ def predict_grid(model: SeverityModel, grid: np.ndarray) -> GridResult:
     probabilities = model.fuse(cnn_probabilities, aeration_probabilities)
     attention = attention[0].float().cpu()
     # Class activation map (Zhou et al. 2016) for "evidence of disease", from the same feature maps.
-    channel_weights = disease_weights(probabilities).to(device) @ model.classifier.classifier.weight.float()
+    channel_weights = disease_weights(probabilities).to(device) @ model.slice_classifier.linear.weight.float()
     cam = torch.einsum("d,sdhw->shw", channel_weights, maps).cpu().clamp_(min=0)
     cam = torch.nn.functional.interpolate(cam[None, None], size=grid.shape, mode="trilinear",
                                           align_corners=False)[0, 0]

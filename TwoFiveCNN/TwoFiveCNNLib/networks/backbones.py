@@ -240,14 +240,14 @@ class SliceClassifier(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(backbone.embedding_dim, n_classes)
+        self.linear = nn.Linear(backbone.embedding_dim, n_classes)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Slice embeddings (N, D), the stage-2 input."""
         return self.backbone(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.dropout(self.embed(x)))
+        return self.linear(self.dropout(self.embed(x)))
 
     def class_activation_maps(
         self, x: torch.Tensor, class_weights: torch.Tensor | None = None
@@ -259,9 +259,9 @@ class SliceClassifier(nn.Module):
         class probabilities, or with severity grades (0..4) for an "expected severity" map.
         """
         maps = self.backbone.feature_maps(x)
-        per_class = torch.einsum("cd,nd...->nc...", self.classifier.weight, maps)
+        per_class = torch.einsum("cd,nd...->nc...", self.linear.weight, maps)
         if class_weights is None:
-            logits = self.classifier(maps.mean(dim=tuple(range(2, maps.dim()))))
+            logits = self.linear(maps.mean(dim=tuple(range(2, maps.dim()))))
             chosen = logits.argmax(dim=1)
             return per_class[torch.arange(len(chosen), device=maps.device), chosen]
         weights = class_weights.to(per_class).expand(per_class.shape[0], -1)

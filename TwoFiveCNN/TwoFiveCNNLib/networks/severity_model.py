@@ -38,7 +38,7 @@ class Architecture:
 
 
 class SeverityModel(nn.Module):
-    """Stage 1 (``classifier``) embeds and classifies slices; stage 2 (``head``) grades the study."""
+    """Stage 1 (``slice_classifier``) embeds and classifies slices; stage 2 (``head``) grades the study."""
 
     def __init__(self, task: TaskDefinition, preprocess: PreprocessConfig, architecture: Architecture,
                  metadata: dict | None = None) -> None:
@@ -46,14 +46,14 @@ class SeverityModel(nn.Module):
         self.task, self.preprocess, self.architecture = task, preprocess, architecture
         self.metadata = dict(metadata or {})
         backbone = build_backbone(architecture.backbone, **architecture.backbone_kwargs)
-        self.classifier = SliceClassifier(backbone, task.num_classes, architecture.dropout)
+        self.slice_classifier = SliceClassifier(backbone, task.num_classes, architecture.dropout)
         self.head = AttentionHead(backbone.embedding_dim, task.num_classes, architecture.head_hidden,
                                   architecture.head_context_kernel, architecture.head_dropout)
         # Late fusion: a logistic model on aeration shares, trained apart from the CNN head, whose
         # probabilities are averaged with the head's. Trained jointly, the head learned to ignore the
         # features, because the backbone's embeddings of its own training slices looked more certain.
         self.aeration = nn.Linear(len(AERATION_FEATURES), task.num_classes) if architecture.aeration else None
-        self._feature_maps = self.classifier.backbone.feature_maps  # replaced by a compiled one in accelerate()
+        self._feature_maps = self.slice_classifier.backbone.feature_maps  # replaced by a compiled one in accelerate()
 
     def set_aeration_normalisation(self, features: torch.Tensor) -> None:
         """Standardise aeration features with the training studies' mean and spread (kept in metadata)."""
@@ -81,7 +81,7 @@ class SeverityModel(nn.Module):
         return (cnn_probabilities + aeration_probabilities.to(cnn_probabilities.device)) / 2
 
     def weight_groups(self) -> tuple[str, ...]:
-        return ("classifier", "head", "aeration") if self.aeration is not None else ("classifier", "head")
+        return ("slice_classifier", "head", "aeration") if self.aeration is not None else ("slice_classifier", "head")
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -98,27 +98,27 @@ class SeverityModel(nn.Module):
     def accelerate(self, half: bool = False, compile: bool = False) -> SeverityModel:
         """Inference options: float16 backbone (CUDA only), and ``torch.compile`` of the backbone, which
         costs a minute or so of compiling and pays back over large batches (see ``twofivecnn bench``)."""
-        parameter = next(self.classifier.parameters())
+        parameter = next(self.slice_classifier.parameters())
         if half:
             if parameter.device.type != "cuda":
                 raise ValueError("half precision needs a CUDA GPU (on the CPU float16 is slower than float32); "
                                  "leave out --half or use --device cuda.")
-            self.classifier.half()
+            self.slice_classifier.half()
         if compile:
-            self._feature_maps = torch.compile(self.classifier.backbone.feature_maps)
+            self._feature_maps = torch.compile(self.slice_classifier.backbone.feature_maps)
         return self
 
     def _per_chunk(self, function, slices: torch.Tensor) -> torch.Tensor:
         """Apply ``function`` to ``(s, 1, H, W)`` slices in chunks (bounded memory), on the model's device
         and in its backbone's precision; the result is float32."""
-        parameter = next(self.classifier.parameters())
+        parameter = next(self.slice_classifier.parameters())
         return torch.cat([function(chunk.to(parameter.device, parameter.dtype).contiguous(
             memory_format=torch.channels_last)) for chunk in slices.split(SLICE_BATCH)]).float()
 
     @torch.inference_mode()
     def embed_slices(self, slices: torch.Tensor) -> torch.Tensor:
         """``(s, 1, H, W)`` slices -> ``(s, D)`` embeddings."""
-        return self._per_chunk(self.classifier.embed, slices)
+        return self._per_chunk(self.slice_classifier.embed, slices)
 
     @torch.inference_mode()
     def slice_feature_maps(self, slices: torch.Tensor) -> torch.Tensor:
@@ -127,7 +127,7 @@ class SeverityModel(nn.Module):
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the model file; float weights are stored as float16 to keep files small."""
-        tensors = {name: _compact(getattr(self, name).state_dict()) for name in self.weight_groups()}
+        tensors = {name: float16_on_cpu(getattr(self, name).state_dict()) for name in self.weight_groups()}
         metadata = {**self.metadata, "task": self.task.to_dict(), "preprocess": self.preprocess.to_dict(),
                     "architecture": self.architecture.to_dict()}
         return save_archive(path, MODEL_FORMAT, tensors, metadata)
@@ -136,6 +136,7 @@ class SeverityModel(nn.Module):
     def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> SeverityModel:
         """Rebuild a model from its file without executing any code stored in it."""
         tensors, metadata = load_archive(path)
+        tensors = _renamed_weight_groups(tensors)
         try:
             model = cls(TaskDefinition.from_dict(metadata["task"]),
                         PreprocessConfig.from_dict(metadata["preprocess"]),
@@ -152,8 +153,19 @@ class SeverityModel(nn.Module):
         return model.to(device).eval()
 
 
-def _compact(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def float16_on_cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Float tensors as float16 on the CPU, how model files store weights (half the size)."""
     return {k: (v.half() if v.is_floating_point() else v).cpu() for k, v in state.items()}
+
+
+def _renamed_weight_groups(tensors: dict) -> dict:
+    """Model files written before 0.2 name the slice classifier ``classifier`` and its layer ``classifier``."""
+    if "classifier" not in tensors:
+        return tensors
+    renamed = {k: v for k, v in tensors.items() if k != "classifier"}
+    renamed["slice_classifier"] = {("linear." + k.removeprefix("classifier.") if k.startswith("classifier.") else k): v
+                                   for k, v in tensors["classifier"].items()}
+    return renamed
 
 
 def resolve_device(name: str = "auto") -> torch.device:

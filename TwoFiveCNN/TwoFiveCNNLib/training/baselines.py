@@ -46,7 +46,7 @@ def train_volume_baseline(name: str, model: SeverityModel, train: Cohort, val: C
                           reporter: ProgressReporter,
                           device: torch.device) -> tuple[nn.Module, dict]:
     """Train one 3D baseline; returns the best network (by validation score) and its training record."""
-    backbone2d = copy.deepcopy(model.classifier.backbone).float() if name == "acs" else None
+    backbone2d = copy.deepcopy(model.slice_classifier.backbone).float() if name == "acs" else None
     network = build_volume_baseline(name, model.task.num_classes, backbone2d).to(device)
     optimizer = torch.optim.AdamW(network.parameters(), lr=config.baseline_lr, weight_decay=config.weight_decay)
     weights = class_weights(train.labels, model.task.num_classes).to(device)

@@ -117,7 +117,7 @@ def slice_probabilities(model: SeverityModel, cohort: Cohort) -> list[torch.Tens
     out = []
     for i in range(len(cohort)):
         slices = cohort.study_slices(i)
-        logits = torch.cat([model.classifier(c.to(device)) for c in slices.split(256)])
+        logits = torch.cat([model.slice_classifier(c.to(device)) for c in slices.split(256)])
         out.append(logits.float().softmax(-1).cpu())
     return out
 
@@ -131,7 +131,7 @@ def pooled_2d_probabilities(model: SeverityModel, cohort: Cohort) -> np.ndarray:
 def embed_cohort(model: SeverityModel, cohort: Cohort) -> torch.Tensor:
     """(N, S_max, D) embeddings of every slice, zero on padding."""
     model.eval()
-    embeddings = torch.zeros(len(cohort), cohort.grids.shape[1], model.classifier.backbone.embedding_dim)
+    embeddings = torch.zeros(len(cohort), cohort.grids.shape[1], model.slice_classifier.backbone.embedding_dim)
     for i in range(len(cohort)):
         length = int(cohort.lengths[i])
         embeddings[i, :length] = model.embed_slices(cohort.study_slices(i)).cpu()
@@ -202,7 +202,7 @@ def _stage1_batches(cohort: Cohort, n_classes: int, samples: int, batch: int,
 def train_stage1(model: SeverityModel, train: Cohort, val: Cohort, config: TrainConfig,
                  reporter: ProgressReporter, checkpoint: Checkpoint, resume_state: tuple[dict, dict] | None,
                  device: torch.device) -> list[dict]:
-    classifier = model.classifier
+    classifier = model.slice_classifier
     rank, world = distributed_rank_world()
     trainable = DistributedDataParallel(classifier) if world > 1 else classifier
     optimizer = torch.optim.AdamW(classifier.parameters(), lr=config.stage1_lr, weight_decay=config.weight_decay)
@@ -361,7 +361,7 @@ def finetune(model: SeverityModel, train: Cohort, val: Cohort, config: TrainConf
 
     Batch-norm statistics stay frozen (a few studies per step are too few to estimate them).
     """
-    parameters = list(model.classifier.backbone.parameters()) + list(model.head.parameters())
+    parameters = list(model.slice_classifier.backbone.parameters()) + list(model.head.parameters())
     optimizer = torch.optim.AdamW(parameters, lr=config.finetune_lr, weight_decay=config.weight_decay)
     weights = class_weights(train.labels, model.task.num_classes).to(device)
     val_embeddings = embed_cohort(model, val)
@@ -378,7 +378,7 @@ def finetune(model: SeverityModel, train: Cohort, val: Cohort, config: TrainConf
             logits = []
             for i in batch.tolist():
                 slices = augment_study(train.study_slices(i), config.augment, generator).to(device)
-                embeddings = model.classifier.embed(slices.contiguous(memory_format=torch.channels_last))
+                embeddings = model.slice_classifier.embed(slices.contiguous(memory_format=torch.channels_last))
                 logits.append(model.head(embeddings[None])[0])
             loss = F.cross_entropy(torch.cat(logits), train.labels[batch].to(device), weight=weights,
                                    label_smoothing=config.label_smoothing)
@@ -407,8 +407,8 @@ def refit_slice_classifier(model: SeverityModel, train: Cohort, config: TrainCon
     """
     embeddings = embed_cohort(model, train)[train.mask()]
     labels = train.labels[train.slice_index()[0]]
-    device = model.classifier.classifier.weight.device
-    fit_linear(model.classifier.classifier, embeddings.to(device), labels.to(device),
+    device = model.slice_classifier.linear.weight.device
+    fit_linear(model.slice_classifier.linear, embeddings.to(device), labels.to(device),
                class_weights(train.labels, model.task.num_classes).to(device), steps,
                weight_decay=config.weight_decay, label_smoothing=config.label_smoothing)
 
@@ -483,8 +483,8 @@ def train(data: str | os.PathLike, out: str | os.PathLike, config: TrainConfig,
     resume_state = checkpoint.load() if resume else None
     model = SeverityModel(task, config.preprocess, config.architecture).to(device)
     if config.pretrained:
-        load_pretrained(model.classifier.backbone, config.pretrained)
-    model.classifier.to(memory_format=torch.channels_last)
+        load_pretrained(model.slice_classifier.backbone, config.pretrained)
+    model.slice_classifier.to(memory_format=torch.channels_last)
     if resume_state is not None:
         reporter.message(f"resuming from {checkpoint.path} after {resume_state[1]['stage']} "
                          f"epoch {resume_state[1]['epoch']}")
