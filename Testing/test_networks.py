@@ -174,7 +174,7 @@ def test_load_pretrained_round_trip(tmp_path) -> None:
 def test_load_pretrained_ignores_a_classification_head_and_wrapper_prefix(tmp_path) -> None:
     classifier = SliceClassifier(build_backbone("compact_resnet", widths=(8, 16), blocks=(1, 1)), 3)
     path = tmp_path / "stage1.pt"
-    torch.save({"state_dict": classifier.state_dict()}, path)  # keys "backbone.*" and "classifier.*"
+    torch.save({"state_dict": classifier.state_dict()}, path)  # keys "backbone.*" and "linear.*"
     target = build_backbone("compact_resnet", widths=(8, 16), blocks=(1, 1))
     report = load_pretrained(target, path)
     torch.testing.assert_close(target.state_dict(), classifier.backbone.state_dict())

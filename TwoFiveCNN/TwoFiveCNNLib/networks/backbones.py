@@ -25,9 +25,9 @@ from .torchvision_layout import IMAGENET_ARCHITECTURES, BasicBlock
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-# Head parameters in torchvision checkpoints (ResNet ``fc``, MobileNet ``classifier``); our backbones
-# have no head, so these keys are expected leftovers rather than mismatches.
-HEAD_PREFIXES = ("fc.", "classifier.")
+# Head parameters in checkpoints (torchvision ResNet ``fc``, MobileNet ``classifier``, our slice classifier
+# ``linear``, ``classifier`` before 0.2); backbones have no head, so these keys are expected leftovers.
+HEAD_PREFIXES = ("fc.", "classifier.", "linear.")
 # Wrappers a checkpoint may have been saved through (DataParallel, SliceClassifier).
 WRAPPER_PREFIXES = ("module.", "backbone.")
 
