@@ -6,6 +6,7 @@ import json
 
 import pytest
 from PIL import Image
+from TwoFiveCNNLib.app.cli import main
 from TwoFiveCNNLib.evaluation.accuracy_study import (
     METHODS,
     StudyPlan,
@@ -14,9 +15,8 @@ from TwoFiveCNNLib.evaluation.accuracy_study import (
     run_study,
     summarise,
 )
-from TwoFiveCNNLib.app.cli import main
+from TwoFiveCNNLib.training.config import TrainConfig
 from TwoFiveCNNLib.transforms.preprocess import PreprocessConfig
-from TwoFiveCNNLib.training.two_stage import TrainConfig
 
 
 @pytest.mark.parametrize("n", [15, 40, 90, 92, 200])

@@ -7,10 +7,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
-from TwoFiveCNNLib.transforms.aeration import AERATION_FEATURES, box_closing, measure_aeration
 from TwoFiveCNNLib.data.phantoms import generate_phantom
-from TwoFiveCNNLib.transforms.preprocess import PreprocessConfig, to_model_grid
 from TwoFiveCNNLib.io.volume import Volume, read_volume
+from TwoFiveCNNLib.transforms.aeration import AERATION_FEATURES, box_closing, measure_aeration
+from TwoFiveCNNLib.transforms.preprocess import PreprocessConfig, to_model_grid
 
 GRID = PreprocessConfig(in_plane=96, n_slices=32)
 # Vessels and partial volume at the model grid's resolution: a healthy lung's share above -700 HU.

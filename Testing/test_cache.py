@@ -11,9 +11,9 @@ import pytest
 import SimpleITK as sitk
 import TwoFiveCNNLib.data.cache as cache_module
 from TwoFiveCNNLib.data.cache import PreprocessedCache, default_cache_root, study_files
-from TwoFiveCNNLib.data.dataset import Study
-from TwoFiveCNNLib.transforms.preprocess import PreprocessConfig, to_model_grid
+from TwoFiveCNNLib.data.index import Study
 from TwoFiveCNNLib.io.volume import Geometry, read_volume, write_volume
+from TwoFiveCNNLib.transforms.preprocess import PreprocessConfig, to_model_grid
 
 GEOMETRY = Geometry(size=(40, 40, 10), spacing=(1.0, 1.0, 2.5), origin=(0.0, 0.0, 0.0),
                     direction=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))

@@ -9,17 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from TwoFiveCNNLib.data.dataset import (
-    CLASS_NAMES,
-    DatasetError,
-    DatasetIndex,
-    Split,
-    Study,
-    TaskDefinition,
-    allocate,
-    make_kfold,
-    make_split,
-)
+from TwoFiveCNNLib.data.index import CLASS_NAMES, DatasetError, DatasetIndex, Study
+from TwoFiveCNNLib.data.splits import Split, allocate, make_kfold, make_split
+from TwoFiveCNNLib.data.tasks import TaskDefinition
 from TwoFiveCNNLib.io.volume import Geometry, write_volume
 
 GEOMETRY = Geometry(size=(40, 40, 10), spacing=(1.0, 1.0, 2.5), origin=(0.0, 0.0, 0.0),

@@ -16,6 +16,7 @@ import types
 import unittest
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -32,9 +33,11 @@ CATALOG_REQUIRED = {"$schema", "category", "scm_url"}
 CATALOG_SCHEMA = ("https://raw.githubusercontent.com/Slicer/Slicer/main/Schemas/"
                   "slicer-extension-catalog-entry-schema-v1.0.1.json")
 
-# Top-level imports a module file may make: what Slicer's own Python provides, nothing heavy.
+# Top-level imports a module file may make: what Slicer's own Python provides, nothing heavy...
 ALLOWED_TOP_LEVEL_IMPORTS = {"logging", "os", "re", "json", "pathlib", "typing", "unittest", "numpy", "vtk",
                              "qt", "ctk", "slicer"}
+# ...and, of TwoFiveCNNLib, only what both modules share: standard library only (checked below).
+LIGHT_LIBRARY_MODULES = {"TwoFiveCNNLib.app.module_settings"}
 
 
 # --- helpers -------------------------------------------------------------------------------------
@@ -284,15 +287,28 @@ def test_module_titles():
 
 @pytest.mark.parametrize("module", MODULES)
 def test_module_imports_nothing_heavy_at_load_time(module):
-    """Slicer imports every module at startup: torch and TwoFiveCNNLib must wait until they are needed."""
+    """Slicer imports every module at startup: torch and most of TwoFiveCNNLib must wait until needed."""
     for node in module_tree(module).body:
         if isinstance(node, ast.Import):
             roots = {alias.name.split(".")[0] for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
+            if node.module in LIGHT_LIBRARY_MODULES:
+                continue
             roots = {(node.module or "").split(".")[0]}
         else:
             continue
         assert roots <= ALLOWED_TOP_LEVEL_IMPORTS, f"{module}.py line {node.lineno} imports {roots}"
+
+
+def test_library_modules_imported_at_load_time_are_light():
+    """What the module files import at startup from TwoFiveCNNLib brings in neither torch nor numpy."""
+    code = ("import importlib, sys\n"
+            f"for name in {sorted(LIGHT_LIBRARY_MODULES)!r}:\n"
+            "    importlib.import_module(name)\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'numpy', 'SimpleITK', 'vtk'}))")
+    result = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]", f"heavy modules imported: {result.stdout}"
 
 
 @pytest.mark.parametrize("module", MODULES)
@@ -445,7 +461,7 @@ class _ScriptedLoadableModuleLogic:
 
 
 class _ScriptedLoadableModuleTest(unittest.TestCase):
-    messages: list[str] = []  # what the self-tests displayed, e.g. why a test was skipped
+    messages: ClassVar[list[str]] = []  # what the self-tests displayed, e.g. why a test was skipped
 
     def delayDisplay(self, message, msec=None):
         type(self).messages.append(message)
@@ -535,8 +551,8 @@ def test_grading_self_tests_skip_without_a_model(slicer_stubbed, tmp_path):
 def test_logic_matches_reading_the_same_volume_from_file(slicer_stubbed, tmp_path):
     """A node's voxels + IJK-to-RAS give the same model grid as the file TwoFiveCNNLib reads itself."""
     import numpy as np
-    from TwoFiveCNNLib.transforms.preprocess import PreprocessConfig, to_model_grid
     from TwoFiveCNNLib.io.volume import Geometry, read_volume, write_volume
+    from TwoFiveCNNLib.transforms.preprocess import PreprocessConfig, to_model_grid
 
     loaded = load_module("TwoFiveCNN")
     rng = np.random.default_rng(0)

@@ -21,8 +21,8 @@ vtk = pytest.importorskip("vtk")
 
 from test_extension_layout import load_module, slicer_stubbed  # noqa: F401  (fixture)
 from test_scene import add_chest_node, column, ijk_to_ras, node_named, reload
-from TwoFiveCNNLib.scene.nodes import find_prediction_nodes, save_scene
 from TwoFiveCNNLib.io.volume import Volume, read_volume
+from TwoFiveCNNLib.scene.nodes import find_prediction_nodes, save_scene
 
 
 @pytest.fixture(scope="module")
@@ -78,10 +78,10 @@ def test_process_chest_ct(logic, chest, tiny_model, tmp_path, tilt):
     result = logic.process(node, tiny_model, "cpu")
 
     # The evidence map lies on the input's own grid, oblique or not.
-    attention = result.attention_node
-    assert attention.GetImageData().GetDimensions() == node.GetImageData().GetDimensions()
-    np.testing.assert_allclose(ijk_to_ras(attention), matrix_before, atol=1e-9)
-    evidence = slicer.util.arrayFromVolume(attention)
+    overlay = result.evidence_node
+    assert overlay.GetImageData().GetDimensions() == node.GetImageData().GetDimensions()
+    np.testing.assert_allclose(ijk_to_ras(overlay), matrix_before, atol=1e-9)
+    evidence = slicer.util.arrayFromVolume(overlay)
     assert evidence.min() >= 0 and evidence.max() <= 1
     # Every class of the model, probabilities summing to 1, the label the most probable.
     model = logic.loadModel(tiny_model, "cpu")
@@ -117,8 +117,8 @@ def test_process_chest_ct(logic, chest, tiny_model, tmp_path, tilt):
     input_again = node_named(reloaded, "CTChest", "vtkMRMLScalarVolumeNode")
     found = find_prediction_nodes(input_again)
     assert found is not None
-    np.testing.assert_array_equal(slicer.util.arrayFromVolume(found.attention_node), evidence)
-    np.testing.assert_allclose(ijk_to_ras(found.attention_node), matrix_before, atol=1e-6)
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(found.evidence_node), evidence)
+    np.testing.assert_allclose(ijk_to_ras(found.evidence_node), matrix_before, atol=1e-6)
     assert column(found.table_node, "class") == list(model.class_names)
     assert found.table_node.GetAttribute("TwoFiveCNN.mostAttendedSlice") == \
         str(result.prediction.most_attended_slice)
@@ -133,12 +133,12 @@ def test_overlay_and_jump_drive_the_slice_views(logic, chest, tiny_model):
         logic.jumpToMostAttendedSlice(node)
     result = logic.process(node, tiny_model, "cpu")
 
-    logic.showOverlay(node, result.attention_node, True, 0.25)
+    logic.showOverlay(node, result.evidence_node, True, 0.25)
     for composite in composites:
         assert composite.GetBackgroundVolumeID() == node.GetID()
-        assert composite.GetForegroundVolumeID() == result.attention_node.GetID()
+        assert composite.GetForegroundVolumeID() == result.evidence_node.GetID()
         assert composite.GetForegroundOpacity() == pytest.approx(0.25)
-    logic.showOverlay(node, result.attention_node, False)
+    logic.showOverlay(node, result.evidence_node, False)
     assert all(c.GetForegroundVolumeID() is None for c in composites)
 
     index, ras = logic.jumpToMostAttendedSlice(node)  # found through the input's references
@@ -212,7 +212,7 @@ def test_run_on_files_grades_the_good_and_reports_the_bad(logic, chest_ct_path, 
     ok_row = next(row for row in rows[1:] if row[1] == "ok")
     assert ok_row[2] == result.predictions[str(good)].label
     assert sum(float(p) for p in ok_row[3:-1]) == pytest.approx(1.0, abs=1e-3)
-    assert {"chest.json", "chest.png", "chest_attention.nii.gz", "chest.mrml"} <= {p.name for p in out.iterdir()}
+    assert {"chest.json", "chest.png", "chest_evidence.nii.gz", "chest.mrml"} <= {p.name for p in out.iterdir()}
     reloaded = reload(out / "chest.mrml")
     assert find_prediction_nodes(node_named(reloaded, "chest", "vtkMRMLScalarVolumeNode")) is not None
     assert scene_nodes(slicer.mrmlScene) == before  # a batch leaves the application's scene alone

@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
+import TwoFiveCNNLib
 from torch import nn
+from TwoFiveCNNLib.io.model_file import load_archive
 from TwoFiveCNNLib.networks.backbones import (
+    IMAGENET_BACKBONES,
     SliceClassifier,
-    TorchvisionMobileNetV2,
-    TorchvisionResNet,
     available_backbones,
     build_backbone,
     load_pretrained,
 )
 from TwoFiveCNNLib.networks.heads import AttentionHead
-from TwoFiveCNNLib.networks.torchvision_layout import IMAGENET_ARCHITECTURES
+from TwoFiveCNNLib.networks.mobilenet import MobileNetV2
+from TwoFiveCNNLib.networks.resnet import BasicBlock, ResNet
+from TwoFiveCNNLib.networks.severity_model import SeverityModel
 from TwoFiveCNNLib.networks.volumetric import (
     ACSConv,
     Small3DCNN,
@@ -24,6 +28,8 @@ from TwoFiveCNNLib.networks.volumetric import (
     build_volume_baseline,
     inflate_acs,
 )
+
+BUNDLED_MODEL = Path(TwoFiveCNNLib.__file__).parent / "inference" / "demo_model.pt"
 
 
 @pytest.fixture(autouse=True)
@@ -39,37 +45,24 @@ def _trained_statistics(model: nn.Module, x: torch.Tensor) -> nn.Module:
     return model.eval()
 
 
-class _FakeResNet(nn.Module):
-    """torchvision ResNet's attribute layout in miniature, to test the wrapper without torchvision."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 8, 7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(8)
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
-        self.layer1 = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
-        self.layer2 = nn.Sequential(nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU())
-        self.layer3 = nn.Identity()
-        self.layer4 = nn.Identity()
-        self.fc = nn.Linear(16, 1000)
+def _torchvision_classifier(name: str) -> nn.Module:
+    """The ImageNet backbone ``name`` with torchvision's 1000-class head: torchvision's model, key for key."""
+    model = build_backbone(name)
+    if name == "mobilenet_v2":
+        model.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(model.embedding_dim, 1000))
+    else:
+        model.fc = nn.Linear(model.embedding_dim, 1000)
+    return model
 
 
-class _FakeMobileNetV2(nn.Module):
-    """torchvision MobileNetV2's layout in miniature, with a depthwise convolution."""
+def _miniature_imagenet_resnet() -> ResNet:
+    """A two-stage ResNet on ImageNet-normalised RGB, small enough to inflate in a unit test."""
+    return ResNet(BasicBlock, blocks=(1, 1), widths=(8, 16), imagenet_input=True)
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 12, 3, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(12),
-            nn.ReLU6(inplace=True),
-            nn.Conv2d(12, 12, 3, padding=1, groups=12, bias=False),
-            nn.BatchNorm2d(12),
-            nn.ReLU6(inplace=True),
-        )
-        self.last_channel = 12
-        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(12, 1000))
+
+def _miniature_imagenet_mobilenet() -> MobileNetV2:
+    """MobileNetV2 in miniature: a 12-channel stem, one depthwise block, 12 output channels."""
+    return MobileNetV2(((1, 12, 1, 1),), stem_channels=12, last_channel=12, imagenet_input=True)
 
 
 # ---------------------------------------------------------------- backbones
@@ -103,33 +96,65 @@ def test_compact_resnet_forward_is_pooled_feature_maps(size: int) -> None:
     assert maps.shape == (3, 256, size // 32, size // 32)
 
 
+def test_compact_resnet_layout_is_the_bundled_models() -> None:
+    """The compact backbone's state_dict keys and shapes are those of the model file the module bundles."""
+    tensors, metadata = load_archive(BUNDLED_MODEL)
+    assert metadata["architecture"]["backbone"] == "compact_resnet"
+    stage1 = tensors.get("slice_classifier", tensors.get("classifier"))  # the group's name before 0.2
+    stored = {
+        k.removeprefix("backbone."): tuple(v.shape) for k, v in stage1.items() if k.startswith("backbone.")
+    }
+    backbone = build_backbone("compact_resnet", **metadata["architecture"]["backbone_kwargs"])
+    assert {k: tuple(v.shape) for k, v in backbone.state_dict().items()} == stored
+    assert "layer2.0.downsample.1.running_var" in stored and "layer4.1.bn2.weight" in stored
+    loaded = SeverityModel.load(BUNDLED_MODEL).slice_classifier.backbone  # loads strictly, key for key
+    assert set(loaded.state_dict()) == set(stored)
+
+
+def test_compact_resnet_initialisation() -> None:
+    """Kaiming (fan_out) convolutions; blocks start as the identity unless zero_init_residual is off."""
+    backbone = build_backbone("compact_resnet")
+    blocks = [block for name in backbone.stage_names for block in getattr(backbone, name)]
+    assert len(blocks) == 8 and all(torch.all(block.bn2.weight == 0) for block in blocks)
+    assert all(torch.all(block.bn1.weight == 1) for block in blocks)
+    fan_out = backbone.layer4[1].conv2.weight[0].numel()  # 3 x 3 x 256, as for every output channel
+    assert backbone.layer4[1].conv2.weight.std().item() == pytest.approx(math.sqrt(2 / fan_out), rel=0.05)
+    plain = build_backbone("compact_resnet", zero_init_residual=False)
+    assert all(torch.all(getattr(plain, name)[0].bn2.weight == 1) for name in plain.stage_names)
+
+
 # Published sizes of torchvision's ImageNet models: parameters, and state_dict entries (buffers included).
-TORCHVISION_SIZES = {"resnet18": (11_689_512, 122), "resnet34": (21_797_672, 218), "resnet50": (25_557_032, 320),
-                     "mobilenet_v2": (3_504_872, 314)}
+TORCHVISION_SIZES = {
+    "resnet18": (11_689_512, 122),
+    "resnet34": (21_797_672, 218),
+    "resnet50": (25_557_032, 320),
+    "mobilenet_v2": (3_504_872, 314),
+}
 
 
-@pytest.mark.parametrize("name", sorted(IMAGENET_ARCHITECTURES))
+@pytest.mark.parametrize("name", IMAGENET_BACKBONES)
 def test_imagenet_architectures_have_torchvisions_sizes(name: str) -> None:
-    model = IMAGENET_ARCHITECTURES[name]()
+    model = _torchvision_classifier(name)
     assert (sum(p.numel() for p in model.parameters()), len(model.state_dict())) == TORCHVISION_SIZES[name]
 
 
-@pytest.mark.parametrize("name", sorted(IMAGENET_ARCHITECTURES))
+@pytest.mark.parametrize("name", IMAGENET_BACKBONES)
 def test_imagenet_architectures_match_torchvision_key_for_key(name: str) -> None:
     models = pytest.importorskip("torchvision.models")
-    ours, theirs = IMAGENET_ARCHITECTURES[name]().state_dict(), getattr(models, name)(weights=None).state_dict()
+    ours = _torchvision_classifier(name).state_dict()
+    theirs = getattr(models, name)(weights=None).state_dict()
     assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in theirs.items()}
 
 
 @pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])
-def test_torchvision_wrappers_take_greyscale_and_drop_the_head(name: str) -> None:
-    model = IMAGENET_ARCHITECTURES[name]()
-    wrapper = (TorchvisionMobileNetV2 if name == "mobilenet_v2" else TorchvisionResNet)(model).eval()
-    embeddings = wrapper(torch.rand(2, 1, 32, 32))
-    assert embeddings.shape == (2, wrapper.embedding_dim)
-    # The wrapper's own keys equal the torchvision model's minus its head, so ImageNet files load as they are.
+def test_imagenet_backbones_take_greyscale_and_have_no_head(name: str) -> None:
+    model = _torchvision_classifier(name)
+    backbone = build_backbone(name).eval()
+    embeddings = backbone(torch.rand(2, 1, 32, 32))
+    assert embeddings.shape == (2, backbone.embedding_dim)
+    # The backbone's keys equal the torchvision model's minus its head, so ImageNet files load as they are.
     head = ("fc.", "classifier.")
-    assert set(wrapper.state_dict()) == {k for k in model.state_dict() if not k.startswith(head)}
+    assert set(backbone.state_dict()) == {k for k in model.state_dict() if not k.startswith(head)}
 
 
 def test_class_activation_maps() -> None:
@@ -297,9 +322,8 @@ def test_attention_head_learns_lesion_slices_and_attends_to_them() -> None:
 # ---------------------------------------------------------------- 3D baselines
 
 
-@pytest.mark.parametrize("squeeze_excitation", [False, True])
-def test_small_3d_cnn_shapes(squeeze_excitation: bool) -> None:
-    model = Small3DCNN(n_classes=5, width=4, squeeze_excitation=squeeze_excitation)
+def test_small_3d_cnn_shapes() -> None:
+    model = Small3DCNN(n_classes=5, width=4)
     logits = model(torch.rand(2, 1, 3, 32, 32))  # thinner than the pooling factor along z
     assert logits.shape == (2, 5)
     logits.sum().backward()
@@ -332,7 +356,7 @@ def test_inflate_acs_shapes_and_carries_weights() -> None:
 
 
 def test_acs_axial_group_reproduces_the_2d_convolution() -> None:
-    """On a volume constant along z, the axial third of an ACS convolution is the 2D convolution of the slice."""
+    """On a volume constant along z, the axial third of an ACS convolution is the slice's 2D convolution."""
     conv2d = nn.Conv2d(4, 9, 3, padding=1)
     acs = inflate_acs(nn.Sequential(conv2d))[0]
     assert isinstance(acs, ACSConv)
@@ -349,15 +373,15 @@ def test_acs_axial_group_reproduces_the_2d_convolution() -> None:
     assert not torch.allclose(out[:, 3:, 2], expected[:, 3:])
 
 
-def test_acs_handles_depthwise_convolutions_and_greyscale_wrappers() -> None:
-    wrapper = _trained_statistics(TorchvisionMobileNetV2(_FakeMobileNetV2()), torch.rand(4, 1, 32, 32))
-    inflated = inflate_acs(wrapper)
-    depthwise = inflated.features[3]
+def test_acs_handles_depthwise_convolutions_and_imagenet_input() -> None:
+    mobilenet = _trained_statistics(_miniature_imagenet_mobilenet(), torch.rand(4, 1, 32, 32))
+    inflated = inflate_acs(mobilenet)
+    depthwise = inflated.features[1].conv[0][0]
     assert isinstance(depthwise, ACSConv) and depthwise.split == (4, 4, 4)
     volume = torch.rand(2, 1, 6, 32, 32)
     with torch.no_grad():
         assert inflated(volume).shape == (2, 12)
-    resnet3d = inflate_acs(TorchvisionResNet(_FakeResNet()))
+    resnet3d = inflate_acs(_miniature_imagenet_resnet())
     assert resnet3d(volume).shape == (2, 16)
 
 
@@ -378,10 +402,10 @@ def test_acs_volume_classifier_trains() -> None:
     assert math.isfinite(logits.sum().item())
 
 
-@pytest.mark.parametrize("name", sorted(IMAGENET_ARCHITECTURES))
+@pytest.mark.parametrize("name", IMAGENET_BACKBONES)
 def test_an_imagenet_state_dict_file_loads_whole(name: str, tmp_path) -> None:
     """A file saved as ``torch.save(torchvision_model.state_dict())`` fills every backbone tensor."""
-    imagenet = IMAGENET_ARCHITECTURES[name]()
+    imagenet = _torchvision_classifier(name)
     torch.save(imagenet.state_dict(), tmp_path / "imagenet.pth")
     backbone = build_backbone(name)
     report = load_pretrained(backbone, tmp_path / "imagenet.pth")

@@ -5,15 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from PIL import Image
-from TwoFiveCNNLib.reports import pictures
-from TwoFiveCNNLib.reports.pictures import (
+from TwoFiveCNNLib.reports import plotting
+from TwoFiveCNNLib.reports.colours import (
     ACCENT,
-    attention_lut,
-    attention_montage_png,
+    ACCENT_UNIT,
+    STAGE_COLOURS,
+    STAGE_COLOURS_UNIT,
     colormap,
-    confusion_matrix_png,
-    curves_png,
+    evidence_lut,
+    unit_rgb,
 )
+from TwoFiveCNNLib.reports.figures import confusion_matrix_png, curves_png
+from TwoFiveCNNLib.reports.montage import evidence_montage_png
 
 NAMES5 = ["CT-0", "CT-1", "CT-2", "CT-3", "CT-4"]
 
@@ -39,7 +42,7 @@ def phantom(n_slices: int = 32, size: int = 48) -> tuple[np.ndarray, np.ndarray]
 
 
 def test_colormap_and_lut_agree() -> None:
-    lut = attention_lut()
+    lut = evidence_lut()
     assert lut.shape == (256, 4) and lut.min() >= 0 and lut.max() <= 1
     assert np.allclose(lut[:, 3], np.linspace(0, 1, 256))  # alpha ramp: weak evidence transparent
     rgb = colormap(np.linspace(0, 1, 256))
@@ -49,9 +52,16 @@ def test_colormap_and_lut_agree() -> None:
     assert np.all(np.diff(luminance) > -1)  # perceptual: brightness never falls along the map
     assert np.array_equal(colormap(np.array([np.nan, -3.0, 7.0])), rgb[[0, 0, 255]])
     assert colormap(np.zeros((2, 3))).shape == (2, 3, 3)
-    assert attention_lut(8).shape == (8, 4)
+    assert evidence_lut(8).shape == (8, 4)
     with pytest.raises(ValueError):
-        attention_lut(1)
+        evidence_lut(1)
+
+
+def test_float_colours_for_vtk() -> None:
+    assert unit_rgb((255, 0, 51)) == (1.0, 0.0, 0.2)
+    assert ACCENT_UNIT == (0.0, 114 / 255, 178 / 255)
+    assert np.allclose(STAGE_COLOURS_UNIT[:2], [(0.0, 0.447, 0.698), (0.835, 0.369, 0.0)], atol=1e-3)
+    assert [tuple(round(c * 255) for c in unit) for unit in STAGE_COLOURS_UNIT] == list(STAGE_COLOURS)
 
 
 def test_confusion_matrix_png(tmp_path) -> None:
@@ -71,12 +81,12 @@ def test_montage_shows_the_top_k_slices_in_order(tmp_path) -> None:
     attention = np.full(32, 0.01)
     attention[[25, 5, 15]] = [0.3, 0.2, 0.25]
     path = tmp_path / "montage.png"
-    shown = attention_montage_png(
+    shown = evidence_montage_png(
         slices, evidence, attention, path, "predicted CT-2", "demo — not clinical", top_k=3
     )
     assert shown == [5, 15, 25]
     pixels = open_rgb(path)
-    assert pixels.shape[1] == pictures.WIDTH and pixels.std() > 20
+    assert pixels.shape[1] == plotting.WIDTH and pixels.std() > 20
     accent_rows = np.array([accent_runs(row) for row in pixels])
     tile_rows = np.flatnonzero(accent_rows == 2 * 3)  # a row through the tiles meets each frame twice
     assert tile_rows.size > 0
@@ -87,7 +97,7 @@ def test_montage_shows_the_top_k_slices_in_order(tmp_path) -> None:
 def test_montage_top_k_larger_than_the_study(tmp_path) -> None:
     slices, evidence = phantom(n_slices=4)
     labels = [f"z = {5 * k} mm" for k in range(4)]
-    shown = attention_montage_png(
+    shown = evidence_montage_png(
         slices,
         evidence,
         np.array([0.1, 0.4, 0.3, 0.2]),
@@ -103,8 +113,8 @@ def test_montage_top_k_larger_than_the_study(tmp_path) -> None:
 def test_montage_grows_rows_for_many_slices(tmp_path) -> None:
     slices, evidence = phantom()
     attention = np.linspace(0.0, 1.0, 32)
-    attention_montage_png(slices, evidence, attention, tmp_path / "six.png", "t", "f", top_k=6)
-    attention_montage_png(slices, evidence, attention, tmp_path / "twelve.png", "t", "f", top_k=12)
+    evidence_montage_png(slices, evidence, attention, tmp_path / "six.png", "t", "f", top_k=6)
+    evidence_montage_png(slices, evidence, attention, tmp_path / "twelve.png", "t", "f", top_k=12)
     six, twelve = open_rgb(tmp_path / "six.png"), open_rgb(tmp_path / "twelve.png")
     assert six.shape[1] == twelve.shape[1] and twelve.shape[0] > six.shape[0]
 
@@ -125,7 +135,7 @@ def test_montage_rejects_bad_input(tmp_path, change, message) -> None:
     arguments = {"slices": slices, "evidence": evidence, "slice_attention": np.ones(32), "top_k": 6}
     arguments |= change
     with pytest.raises(ValueError, match=message):
-        attention_montage_png(path=tmp_path / "m.png", title="t", footer="f", **arguments)
+        evidence_montage_png(path=tmp_path / "m.png", title="t", footer="f", **arguments)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -144,8 +154,8 @@ def test_curves_png(tmp_path) -> None:
     path = tmp_path / "curves.png"
     assert curves_png(history(), path) == path
     pixels = open_rgb(path)
-    assert pixels.shape == (500, pictures.WIDTH, 3) and pixels.std() > 10
-    for colour in pictures.STAGE_COLOURS[:2]:
+    assert pixels.shape == (500, plotting.WIDTH, 3) and pixels.std() > 10
+    for colour in STAGE_COLOURS[:2]:
         assert np.all(pixels == colour, axis=-1).sum() > 100  # each stage has its own line
     assert [p.name for p in tmp_path.iterdir()] == ["curves.png"]
 
@@ -173,5 +183,5 @@ def test_failed_write_leaves_nothing_behind(tmp_path, monkeypatch) -> None:
 
 
 def test_text_the_font_cannot_draw_is_replaced() -> None:
-    assert pictures._printable("demo — not for clinical use") == "demo - not for clinical use"
-    assert pictures._printable("résumé") == "resume"
+    assert plotting.printable("demo — not for clinical use") == "demo - not for clinical use"
+    assert plotting.printable("résumé") == "resume"

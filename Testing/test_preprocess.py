@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from TwoFiveCNNLib.io.volume import Geometry, Volume, read_volume
 from TwoFiveCNNLib.transforms.preprocess import (
     GridMapping,
     PreprocessConfig,
@@ -13,7 +14,6 @@ from TwoFiveCNNLib.transforms.preprocess import (
     slice_values_to_canonical,
     to_model_grid,
 )
-from TwoFiveCNNLib.io.volume import Geometry, Volume, read_volume
 
 
 def synthetic_volume(shape=(40, 96, 120), spacing=(2.5, 0.7, 0.7)) -> Volume:

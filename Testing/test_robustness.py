@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from TwoFiveCNNLib.data.dataset import DatasetError, DatasetIndex
+from TwoFiveCNNLib.data.index import DatasetError, DatasetIndex
 from TwoFiveCNNLib.inference.predict import load_model
 from TwoFiveCNNLib.io.model_file import CHECKPOINT_FORMAT, load_archive
 from TwoFiveCNNLib.io.volume import VolumeError, read_volume
@@ -66,7 +66,7 @@ def test_full_disk_leaves_no_partial_outputs(chest_ct_path, tmp_path, limit_byte
                          preexec_fn=_with_file_size_limit(limit_bytes))
     assert run.returncode == 3, run.stderr[-2000:]
     assert "Traceback" not in run.stderr and ("free some space" in run.stderr or "disk space" in run.stderr)
-    # The failed study leaves nothing of its own (no attention without its record), and no temporaries.
+    # The failed study leaves nothing of its own (no evidence volume without its record), and no temporaries.
     assert sorted(p.name for p in out.rglob("*")) == ["summary.tsv"]
     assert "\tfailed\t" in (out / "summary.tsv").read_text()
 

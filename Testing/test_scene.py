@@ -10,19 +10,19 @@ import pytest
 slicer = pytest.importorskip("slicer")
 vtk = pytest.importorskip("vtk")
 
-from TwoFiveCNNLib.scene import nodes as scene_module
 from TwoFiveCNNLib.inference.prediction import Prediction
+from TwoFiveCNNLib.io.volume import Volume, read_volume
+from TwoFiveCNNLib.scene import nodes as scene_module
 from TwoFiveCNNLib.scene.nodes import (
     find_prediction_nodes,
     jump_to_slice_ras,
     predict_volume_node,
     save_prediction_scene,
     save_scene,
-    show_in_slice_views,
+    show_overlay,
     volume_from_node,
     write_prediction_nodes,
 )
-from TwoFiveCNNLib.io.volume import Volume, read_volume
 
 CLASSES = ("CT-0", "CT-1", "CT-2", "CT-3", "CT-4")
 
@@ -75,7 +75,7 @@ def fake_prediction(node, label: str = "CT-2", seed: int = 0) -> Prediction:
         label=label,
         probabilities={c: float(p) for c, p in zip(CLASSES, probabilities)},
         slice_attention=np.exp(slice_logits) / np.exp(slice_logits).sum(),
-        attention_kji=rng.random(shape, dtype=np.float32),
+        evidence_kji=rng.random(shape, dtype=np.float32),
         geometry=volume.geometry,
         model_name="test-model",
         source=node.GetName(),
@@ -139,7 +139,7 @@ def test_parent_transform_is_reported_and_followed(chest: Volume):
     assert "'shift'" in volume_from_node(node).warnings[0]
     assert jump_to_slice_ras(node, 3) == pytest.approx(np.add(untransformed, (25.0, 0, 0)))
     nodes = write_prediction_nodes(fake_prediction(node), node)
-    assert nodes.attention_node.GetTransformNodeID() == transform.GetID()
+    assert nodes.evidence_node.GetTransformNodeID() == transform.GetID()
 
 
 @pytest.mark.parametrize("tilt", [False, True], ids=["axial", "oblique"])
@@ -164,15 +164,15 @@ def test_write_prediction_nodes(chest: Volume, tilt: bool):
     prediction = fake_prediction(node)
     nodes = write_prediction_nodes(prediction, node)
 
-    attention = nodes.attention_node
-    assert attention.GetName() == "CTChest4 attention"
-    assert attention.GetImageData().GetDimensions() == node.GetImageData().GetDimensions()
-    np.testing.assert_array_equal(ijk_to_ras(attention), matrix_before)
-    attention_array = slicer.util.arrayFromVolume(attention)
-    assert attention_array.dtype == np.float32
-    np.testing.assert_array_equal(attention_array, prediction.attention_kji)
+    evidence = nodes.evidence_node
+    assert evidence.GetName() == "CTChest4 evidence"
+    assert evidence.GetImageData().GetDimensions() == node.GetImageData().GetDimensions()
+    np.testing.assert_array_equal(ijk_to_ras(evidence), matrix_before)
+    evidence_array = slicer.util.arrayFromVolume(evidence)
+    assert evidence_array.dtype == np.float32
+    np.testing.assert_array_equal(evidence_array, prediction.evidence_kji)
 
-    display = attention.GetDisplayNode()
+    display = evidence.GetDisplayNode()
     assert display.GetColorNodeID() == nodes.colour_node.GetID()
     assert (display.GetWindow(), display.GetLevel()) == pytest.approx((1.0, 0.5))
     assert display.GetApplyThreshold() and display.GetLowerThreshold() == pytest.approx(0.05)
@@ -212,7 +212,37 @@ def test_write_prediction_nodes(chest: Volume, tilt: bool):
         assert node.GetNodeReferenceID(f"TwoFiveCNN.{role}") == result.GetID()
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), array_before)
     np.testing.assert_array_equal(ijk_to_ras(node), matrix_before)
-    assert show_in_slice_views(nodes, node) is False  # no application here
+    assert show_overlay(node, nodes.evidence_node) == 0  # a scene without slice views: nothing to set
+
+
+def test_show_overlay_sets_every_slice_view_and_hides_again(chest: Volume):
+    scene = slicer.mrmlScene
+    node = add_chest_node(chest)
+    nodes = write_prediction_nodes(fake_prediction(node), node)
+    views = [scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode") for _ in range(3)]
+    assert show_overlay(node, nodes.evidence_node, opacity=0.3) == 3
+    for view in views:
+        assert (view.GetBackgroundVolumeID(), view.GetForegroundVolumeID()) == (node.GetID(),
+                                                                                nodes.evidence_node.GetID())
+        assert view.GetForegroundOpacity() == pytest.approx(0.3)
+    show_overlay(node, nodes.evidence_node, visible=False)
+    assert [view.GetForegroundVolumeID() for view in views] == [None] * 3
+    assert all(view.GetBackgroundVolumeID() == node.GetID() for view in views)
+
+
+def test_results_saved_under_the_old_attention_role_are_found_and_taken_over(chest: Volume):
+    """Scenes saved before the evidence rename refer to the overlay as ``TwoFiveCNN.attention``."""
+    scene = slicer.mrmlScene
+    node = add_chest_node(chest)
+    nodes = write_prediction_nodes(fake_prediction(node), node)
+    node.SetNodeReferenceID("TwoFiveCNN.attention", nodes.evidence_node.GetID())
+    node.RemoveNodeReferenceIDs("TwoFiveCNN.evidence")
+    assert find_prediction_nodes(node).evidence_node.GetID() == nodes.evidence_node.GetID()
+    count = scene.GetNumberOfNodes()
+    again = write_prediction_nodes(fake_prediction(node, seed=1), node)
+    assert scene.GetNumberOfNodes() == count and again.evidence_node.GetID() == nodes.evidence_node.GetID()
+    assert node.GetNodeReferenceID("TwoFiveCNN.evidence") == nodes.evidence_node.GetID()
+    assert node.GetNodeReferenceID("TwoFiveCNN.attention") is None
 
 
 def test_rerun_updates_the_same_nodes(chest: Volume):
@@ -231,7 +261,7 @@ def test_rerun_updates_the_same_nodes(chest: Volume):
     assert second.table_node.GetAttribute("TwoFiveCNN.warnings") is None
     assert "not for clinical use" in second.table_node.GetAttribute("TwoFiveCNN.notice")
     assert second.plot_chart_node.GetNumberOfPlotSeriesNodes() == 1
-    np.testing.assert_array_equal(slicer.util.arrayFromVolume(second.attention_node), demo.attention_kji)
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(second.evidence_node), demo.evidence_kji)
 
     # Without the references (e.g. an older scene), the nodes are found again by name.
     for role in second.by_role():
@@ -253,8 +283,8 @@ def test_bad_prediction_adds_no_nodes_and_leaves_input_alone(chest: Volume):
     count = scene.GetNumberOfNodes()
     good = fake_prediction(node)
     wrong_shape = fake_prediction(node)
-    wrong_shape.attention_kji = wrong_shape.attention_kji[:-1]
-    with pytest.raises(ValueError, match="attention map has shape.*another volume"):
+    wrong_shape.evidence_kji = wrong_shape.evidence_kji[:-1]
+    with pytest.raises(ValueError, match="evidence map has shape.*another volume"):
         write_prediction_nodes(wrong_shape, node)
     wrong_slices = fake_prediction(node)
     wrong_slices.slice_attention = wrong_slices.slice_attention[1:]
@@ -264,7 +294,7 @@ def test_bad_prediction_adds_no_nodes_and_leaves_input_alone(chest: Volume):
     bad_probabilities.probabilities = {c: 0.5 for c in CLASSES}
     with pytest.raises(ValueError, match="sum to 1"):
         write_prediction_nodes(bad_probabilities, node)
-    good.attention_kji = good.attention_kji * 2
+    good.evidence_kji = good.evidence_kji * 2
     with pytest.raises(ValueError, match="0..1"):
         write_prediction_nodes(good, node)
     assert scene.GetNumberOfNodes() == count
@@ -310,12 +340,12 @@ def check_reloaded(
 ) -> None:
     volume = node_named(scene, name, "vtkMRMLScalarVolumeNode")
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(volume), input_array)
-    attention = node_named(scene, f"{name} attention", "vtkMRMLScalarVolumeNode")
-    np.testing.assert_array_equal(slicer.util.arrayFromVolume(attention), prediction.attention_kji)
-    np.testing.assert_allclose(ijk_to_ras(attention), matrix, atol=1e-6)
-    assert volume.GetNodeReferenceID("TwoFiveCNN.attention") == attention.GetID()
-    colours = attention.GetDisplayNode().GetColorNode()
-    assert colours.GetName() == "TwoFiveCNN attention colours" and colours.GetNumberOfColors() == 256
+    evidence = node_named(scene, f"{name} evidence", "vtkMRMLScalarVolumeNode")
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(evidence), prediction.evidence_kji)
+    np.testing.assert_allclose(ijk_to_ras(evidence), matrix, atol=1e-6)
+    assert volume.GetNodeReferenceID("TwoFiveCNN.evidence") == evidence.GetID()
+    colours = evidence.GetDisplayNode().GetColorNode()
+    assert colours.GetName() == "TwoFiveCNN evidence colours" and colours.GetNumberOfColors() == 256
     table = node_named(scene, f"{name} severity", "vtkMRMLTableNode")
     assert column(table, "class") == list(CLASSES)
     assert sum(column(table, "probability")) == pytest.approx(1.0)
@@ -337,10 +367,10 @@ def test_save_prediction_scene_reloads(chest: Volume, chest_ct_path: Path, tmp_p
     data = sorted(p.name for p in (tmp_path / "case 1_data").iterdir())
     assert {
         "case_1.nrrd",
-        "case_1_attention.nrrd",
+        "case_1_evidence.nrrd",
         "case_1_severity.tsv",
         "case_1_slice_attention.tsv",
-        "TwoFiveCNN_attention_colours.csv",
+        "TwoFiveCNN_evidence_colours.csv",
     } <= set(data)
     check_reloaded(
         reload(mrml), "case 1", prediction, chest.to_original(chest.array), chest.geometry.ijk_to_ras()
@@ -383,8 +413,10 @@ def test_predict_volume_node_with_a_trained_model(chest: Volume, tiny_model: Pat
     assert sum(result.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
     assert column(result.table_node, "class") == list(CLASSES)
     assert column(result.table_node, "probability") == pytest.approx(list(result.probabilities.values()))
-    assert result.attention_node.GetImageData().GetDimensions() == node.GetImageData().GetDimensions()
-    np.testing.assert_allclose(ijk_to_ras(result.attention_node), matrix, atol=1e-9)
+    assert result.evidence_node.GetImageData().GetDimensions() == node.GetImageData().GetDimensions()
+    assert result.attention_node is result.evidence_node  # the console API's name before 0.2 still works
+    assert result.table_node is result.nodes.table_node and result.plot_chart_node is result.nodes.plot_chart_node
+    np.testing.assert_allclose(ijk_to_ras(result.evidence_node), matrix, atol=1e-9)
     k = node.GetImageData().GetDimensions()[2]
     assert result.plot_chart_node.GetPlotSeriesNode().GetTableNode().GetNumberOfRows() == k
     assert {r: n.GetID() for r, n in find_prediction_nodes(node).by_role().items()} == \
@@ -401,8 +433,8 @@ def test_predict_volume_node_with_a_trained_model(chest: Volume, tiny_model: Pat
     reloaded_scene = reload(mrml)  # kept referenced: a node's references resolve through its scene
     found = find_prediction_nodes(node_named(reloaded_scene, "CTChest4", "vtkMRMLScalarVolumeNode"))
     assert found is not None and found.table_node.GetAttribute("TwoFiveCNN.label") == result.label
-    np.testing.assert_array_equal(slicer.util.arrayFromVolume(found.attention_node),
-                                  slicer.util.arrayFromVolume(result.attention_node))
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(found.evidence_node),
+                                  slicer.util.arrayFromVolume(result.evidence_node))
 
     # A result with a node removed by the user is no result.
     scene.RemoveNode(result.plot_chart_node)

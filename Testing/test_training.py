@@ -13,15 +13,19 @@ import pytest
 import SimpleITK as sitk
 import torch
 from conftest import TINY_TRAIN_ARGS
-from TwoFiveCNNLib.data.cache import PreprocessedCache
 from TwoFiveCNNLib.app.cli import main
+from TwoFiveCNNLib.data.cache import PreprocessedCache
 from TwoFiveCNNLib.data.cohort import load_cohort
-from TwoFiveCNNLib.data.dataset import DatasetIndex
+from TwoFiveCNNLib.data.index import DatasetIndex
+from TwoFiveCNNLib.data.splits import Split
+from TwoFiveCNNLib.inference.cohort_scores import FUSED, embed_cohort, study_probabilities
 from TwoFiveCNNLib.inference.predict import load_model, predict_path
 from TwoFiveCNNLib.io.model_file import ModelFileError
-from TwoFiveCNNLib.transforms.preprocess import PreprocessConfig
 from TwoFiveCNNLib.io.progress import ProgressReporter
-from TwoFiveCNNLib.training.two_stage import TrainConfig, embed_cohort, refit_slice_classifier, train
+from TwoFiveCNNLib.training.config import TrainConfig
+from TwoFiveCNNLib.training.run import train
+from TwoFiveCNNLib.training.stages import refit_slice_classifier
+from TwoFiveCNNLib.transforms.preprocess import PreprocessConfig
 
 TINY_CONFIG = TrainConfig(preprocess=PreprocessConfig(in_plane=48, n_slices=12), stage1_epochs=2,
                           stage2_epochs=4, stage2_views=2)
@@ -46,17 +50,18 @@ def test_prediction_on_the_real_chest_ct(tiny_model, chest_ct_path, tmp_path):
     prediction, _ = predict_path(load_model(tiny_model, "cpu"), chest_ct_path)
     assert sum(prediction.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
     assert prediction.slice_attention.shape == (34,)
+    assert prediction.attention_kji is prediction.evidence_kji  # the name before 0.2 still reads
     assert prediction.slice_attention.sum() == pytest.approx(1.0, abs=1e-6)
     assert main(["predict", "--model", str(tiny_model), str(chest_ct_path), "--out", str(tmp_path)]) == 0
     record = json.loads((tmp_path / "CTChest4.json").read_text())
     assert len(record["slice_attention"]) == 34 and record["label"] in record["probabilities"]
-    attention = sitk.ReadImage(str(tmp_path / "CTChest4_attention.nii.gz"))
+    evidence = sitk.ReadImage(str(tmp_path / "CTChest4_evidence.nii.gz"))
     original = sitk.ReadImage(str(chest_ct_path))
-    assert attention.GetSize() == original.GetSize()
-    assert np.allclose(attention.GetSpacing(), original.GetSpacing())
-    assert np.allclose(attention.GetOrigin(), original.GetOrigin(), atol=1e-4)
-    assert np.allclose(attention.GetDirection(), original.GetDirection())
-    values = sitk.GetArrayFromImage(attention)
+    assert evidence.GetSize() == original.GetSize()
+    assert np.allclose(evidence.GetSpacing(), original.GetSpacing())
+    assert np.allclose(evidence.GetOrigin(), original.GetOrigin(), atol=1e-4)
+    assert np.allclose(evidence.GetDirection(), original.GetDirection())
+    values = sitk.GetArrayFromImage(evidence)
     assert values.min() >= 0 and values.max() <= 1
     assert (tmp_path / "CTChest4.png").stat().st_size > 10_000
 
@@ -154,6 +159,33 @@ def test_resume_with_other_settings_is_refused(phantom_cohort, tmp_path):
         train(phantom_cohort, out, TINY_CONFIG, StopAfter(1), cache)
     with pytest.raises(ValueError, match="other settings"):
         train(phantom_cohort, out, replace(TINY_CONFIG, seed=5), ProgressReporter(quiet=True), cache, resume=True)
+
+
+def test_evaluate_reproduces_the_metrics_the_model_file_records(tiny_model, phantom_cohort, tmp_path):
+    """One evaluation path: training scores the model as saved (float16 weights), and so does evaluate."""
+    report_path = tmp_path / "test.json"
+    assert main(["evaluate", "--model", str(tiny_model), "--data", str(phantom_cohort), "--subset", "test",
+                 "--cache", str(tmp_path / "fresh_cache"), "--json", str(report_path), "--device", "cpu"]) == 0
+    report = json.loads(report_path.read_text())
+    recorded = load_model(tiny_model, "cpu").metadata["metrics"]["test"]
+    assert report["metrics"]["n_studies"] > 0
+    assert report["metrics"] == recorded["twofive"]  # the same computation on the same weights: exactly
+    assert report["components"]["cnn_only"] == recorded["twofive_cnn_only"]
+    assert report["components"]["aeration_only"] == recorded["aeration_only"]
+
+
+def test_recorded_metrics_are_those_of_the_float16_weights(tiny_model, phantom_cohort, tmp_path):
+    """The file's weights are float16 values, and rounding them again changes no probability."""
+    model = load_model(tiny_model, "cpu")
+    index = DatasetIndex.load(phantom_cohort)
+    studies = Split.from_dict(model.metadata["split"]).subset(index, "test")
+    cohort = load_cohort(studies, model.task, model.preprocess, PreprocessedCache(tmp_path / "cache"),
+                         with_aeration=True)
+    stored = study_probabilities(model, cohort)[FUSED]
+    model.round_to_stored_precision()
+    assert np.array_equal(study_probabilities(model, cohort)[FUSED], stored), "rounding stored weights is a no-op"
+    for parameter in model.parameters():
+        assert torch.equal(parameter, parameter.half().float())
 
 
 def test_binary_task_and_evaluation_json(phantom_cohort, tmp_path):

@@ -8,7 +8,9 @@ or two on a CPU.
 from __future__ import annotations
 
 import csv
+import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -17,18 +19,16 @@ from conftest import TINY_TRAIN_ARGS
 
 slicer = pytest.importorskip("slicer")
 
-from TwoFiveCNNLib.app.training_session import (
+from TwoFiveCNNLib.app.processes import LIBRARY_PARENT, TrainingProcess, atomic_leftovers, train_arguments
+from TwoFiveCNNLib.data.summary import dataset_summary_text
+from TwoFiveCNNLib.io.progress import describe_event, progress_percent
+from TwoFiveCNNLib.scene.training_nodes import (
+    CURVE_COLOURS,
     LABEL_TABLE_NAME,
     ProgressNodes,
-    TrainingProcess,
-    atomic_leftovers,
     dataset_from_nodes,
-    dataset_summary_text,
-    describe_event,
     label_table_node,
     metrics_to_tables,
-    progress_percent,
-    train_arguments,
 )
 
 STUDIES_PER_CLASS = 3
@@ -73,7 +73,9 @@ def cache_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("cache")
 
 
-def run_until_exit(process: TrainingProcess, on_events=None, stop_when=None, timeout=RUN_TIMEOUT_S) -> list[dict]:
+def run_until_exit(process: TrainingProcess, on_events: Callable[[list[dict]], object] | None = None,
+                   stop_when: Callable[[dict], bool] | None = None,
+                   timeout: float = RUN_TIMEOUT_S) -> list[dict]:
     """Poll like the module's timer does, until the exit event (or ``stop_when(event)``)."""
     events, deadline = [], time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -120,7 +122,7 @@ def test_label_table_lists_volumes_and_keeps_typed_labels(scene):
 
 
 def test_volume_nodes_become_a_dataset_without_duplicate_files(scene, dataset_csv):
-    from TwoFiveCNNLib.data.dataset import DatasetIndex
+    from TwoFiveCNNLib.data.index import DatasetIndex
 
     export = dataset_csv.parent
     with open(dataset_csv, newline="") as f:
@@ -135,8 +137,8 @@ def test_volume_nodes_become_a_dataset_without_duplicate_files(scene, dataset_cs
     assert by_id["patient_2-1"].label == "CT-2"
 
     # The exported file holds the node's voxels and geometry.
-    from TwoFiveCNNLib.scene.nodes import volume_from_node
     from TwoFiveCNNLib.io.volume import read_volume
+    from TwoFiveCNNLib.scene.nodes import volume_from_node
 
     node = scene.GetFirstNodeByName("patient 2-1")
     exported, original = read_volume(by_id["patient_2-1"].path), volume_from_node(node)
@@ -190,13 +192,29 @@ def test_non_volumes_and_empty_tables_are_refused(scene, tmp_path):
 
 
 def test_event_text_and_progress():
-    event = {"stage": "stage1", "epoch": 2, "epochs": 4, "loss": 1.5, "val_balanced_accuracy": 0.4, "eta_s": 75}
+    event = {"stage": "stage1", "epoch": 2, "epochs": 4, "loss": 1.5, "val_balanced_accuracy": 0.4,
+             "eta_s": 75}
     assert describe_event(event) == "stage1, 2/4, loss 1.500, val bal. acc. 0.400, stage1 ends in ~1 min 15 s"
     assert progress_percent(event) == 45
     assert progress_percent({"stage": "preprocess", "subset": "val", "epoch": 5, "epochs": 5}) == 7
     assert progress_percent({"stage": "done"}) == 100 and progress_percent({"stage": "log"}) is None
     assert train_arguments(3, 20, seed=1, device="cpu") == ["--stage1-epochs", "3", "--stage2-epochs", "20",
                                                            "--seed", "1", "--device", "cpu"]
+
+
+def test_the_child_process_finds_this_library():
+    """PythonSlicer does not see Slicer's scripted-modules folder: PYTHONPATH must lead to the library."""
+    assert (LIBRARY_PARENT / "TwoFiveCNNLib" / "__main__.py").is_file()
+    first = TrainingProcess.environment()["PYTHONPATH"].split(os.pathsep)[0]
+    assert Path(first) == LIBRARY_PARENT
+
+
+def test_curves_take_the_report_colours_of_their_stages():
+    from TwoFiveCNNLib.reports.colours import STAGE_COLOURS_UNIT
+
+    assert list(CURVE_COLOURS.values()) == list(STAGE_COLOURS_UNIT[:2])
+    assert CURVE_COLOURS["stage1"] == pytest.approx((0.0, 0.447, 0.698), abs=1e-3)  # Okabe-Ito blue
+    assert CURVE_COLOURS["stage2"] == pytest.approx((0.835, 0.369, 0.0), abs=1e-3)  # and vermillion
 
 
 def test_failed_run_reports_the_error(tmp_path):

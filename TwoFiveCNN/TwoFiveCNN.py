@@ -26,16 +26,16 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
+# Shared with the Training module; standard library only, so no torch at Slicer start-up.
+from TwoFiveCNNLib.app.module_settings import HOMEPAGE, LAST_MODEL_FILE_SETTING, path_is_set
+
 # Installed through the PyTorch extension's PyTorchUtils when missing (the user is asked first).
 TORCH_VERSION_REQUIREMENT = ">=2.1"
 TORCH_MINIMUM_VERSION = (2, 1)
 
-HOMEPAGE = "https://github.com/twofivecnn/SlicerTwoFiveCNN"
-
 # Where TwoFiveCNNLib.inference.predict.BUNDLED_MODEL lives, known without importing torch (the widget shows
 # whether the demo model is there before anything heavy is loaded). A test keeps the two equal.
 BUNDLED_MODEL_PATH = pathlib.Path(__file__).resolve().parent / "TwoFiveCNNLib" / "inference" / "demo_model.pt"
-LAST_MODEL_FILE_SETTING = "TwoFiveCNN/LastModelFile"
 DEVICE_CHOICES = ("auto", "CPU", "GPU")  # passed to TwoFiveCNNLib's resolve_device (case-insensitive)
 
 logger = logging.getLogger(__name__)
@@ -112,11 +112,6 @@ class TwoFiveCNNParameterNode:
     batchWriteScenes: bool = False
 
 
-def _isSet(path) -> bool:
-    """Whether a path parameter holds a path (an empty ctkPathLineEdit reads as ``Path(".")``)."""
-    return path is not None and str(path) not in ("", ".")
-
-
 #
 # TwoFiveCNNWidget
 #
@@ -180,7 +175,7 @@ class TwoFiveCNNWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             firstVolumeNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
             if firstVolumeNode:
                 self._parameterNode.inputVolume = firstVolumeNode
-        if not _isSet(self._parameterNode.modelPath):
+        if not path_is_set(self._parameterNode.modelPath):
             lastModelFile = str(slicer.app.userSettings().value(LAST_MODEL_FILE_SETTING, "") or "")
             if lastModelFile and os.path.isfile(lastModelFile):
                 self._parameterNode.modelPath = pathlib.Path(lastModelFile)
@@ -210,7 +205,7 @@ class TwoFiveCNNWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if BUNDLED_MODEL_PATH.is_file():
                 return None, None
             return None, _("The demo model is not included in this build: choose a model file.")
-        if not _isSet(self._parameterNode.modelPath):
+        if not path_is_set(self._parameterNode.modelPath):
             return None, _("Choose a model file (.pt), or use the bundled demo model.")
         return self._parameterNode.modelPath, None
 
@@ -237,7 +232,7 @@ class TwoFiveCNNWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.applyButton.toolTip = _("Grade the selected volume and show the evidence map.")
             self.ui.applyButton.enabled = True
 
-        if not (_isSet(parameters.batchInputFolder) and _isSet(parameters.batchOutputFolder)):
+        if not (path_is_set(parameters.batchInputFolder) and path_is_set(parameters.batchOutputFolder)):
             self.ui.runBatchButton.toolTip = _("Choose an input folder and an output folder first.")
             self.ui.runBatchButton.enabled = False
         elif modelProblem:
@@ -279,7 +274,7 @@ class TwoFiveCNNWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 slicer.app.userSettings().setValue(LAST_MODEL_FILE_SETTING, str(modelPath))
             self._showResults()
             if self._parameterNode.showOverlay:
-                self.logic.showOverlay(volumeNode, result.attention_node, True,
+                self.logic.showOverlay(volumeNode, result.evidence_node, True,
                                        self._parameterNode.overlayOpacity)
 
     def onOverlayChanged(self, *args) -> None:
@@ -288,7 +283,7 @@ class TwoFiveCNNWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         nodes = self.logic.resultNodes(self._parameterNode.inputVolume)
         if nodes is None:
             return
-        self.logic.showOverlay(self._parameterNode.inputVolume, nodes.attention_node,
+        self.logic.showOverlay(self._parameterNode.inputVolume, nodes.evidence_node,
                                self.ui.overlayCheckBox.checked, self.ui.opacitySliderWidget.value)
 
     def onJumpButton(self) -> None:
@@ -345,7 +340,7 @@ class TwoFiveCNNLogic(ScriptedLoadableModuleLogic):
         logic = slicer.util.getModuleLogic("TwoFiveCNN")  # or TwoFiveCNNLogic()
         result = logic.process(getNode("CTChest"))        # bundled demo model; or modelPath="my.pt"
         print(result.label, result.probabilities)
-        logic.showOverlay(getNode("CTChest"), result.attention_node)
+        logic.showOverlay(getNode("CTChest"), result.evidence_node)
         logic.jumpToMostAttendedSlice(getNode("CTChest"), result)
         batch = logic.runOnFiles(["/data/cts"], "/data/out", modelPath="my.pt")
     """
@@ -409,7 +404,7 @@ class TwoFiveCNNLogic(ScriptedLoadableModuleLogic):
         self.checkTorch()
         from TwoFiveCNNLib.inference.predict import BUNDLED_MODEL, load_model
 
-        path = pathlib.Path(modelPath) if _isSet(modelPath) else BUNDLED_MODEL
+        path = pathlib.Path(modelPath) if path_is_set(modelPath) else BUNDLED_MODEL
         try:
             stat = path.stat()
             stamp = (stat.st_mtime_ns, stat.st_size)
@@ -418,7 +413,7 @@ class TwoFiveCNNLogic(ScriptedLoadableModuleLogic):
         key = (str(path.resolve()), str(device).lower(), stamp)
         if self._modelKey != key:
             self._model = self._modelKey = None  # release the previous model (GPU memory) first
-            self._model = load_model(path if _isSet(modelPath) else None, device)
+            self._model = load_model(path if path_is_set(modelPath) else None, device)
             self._modelKey = key
             self.log(f"Loaded model {self._model.name} ({path.name}) on {device}")
         return self._model
@@ -449,10 +444,10 @@ class TwoFiveCNNLogic(ScriptedLoadableModuleLogic):
         """
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
-        paths = [pathlib.Path(p) for p in paths if _isSet(p)]
+        paths = [pathlib.Path(p) for p in paths if path_is_set(p)]
         if not paths:
             raise ValueError(_("Choose the volume files or the folder to grade."))
-        if not _isSet(outputDir):
+        if not path_is_set(outputDir):
             raise ValueError(_("Choose an output folder."))
         outputDir = pathlib.Path(outputDir)
         # Outputs include volume files (the evidence maps): in an input folder, the next run would grade them.
@@ -462,10 +457,11 @@ class TwoFiveCNNLogic(ScriptedLoadableModuleLogic):
                                    "evidence volumes written there would be graded as studies next time.")
                                  .format(path=path))
         from TwoFiveCNNLib.inference.outputs import predict_batch
+        from TwoFiveCNNLib.scene.nodes import save_prediction_scene
 
         model = self.loadModel(modelPath, device)
         outputDir.mkdir(parents=True, exist_ok=True)
-        return predict_batch(model, paths, outputDir, scene=scene, progress=progress)
+        return predict_batch(model, paths, outputDir, save_prediction_scene if scene else None, progress=progress)
 
     def resultNodes(self, inputVolume):
         """The result nodes of the last run on ``inputVolume`` (``PredictionNodes``), or None."""
@@ -492,13 +488,11 @@ class TwoFiveCNNLogic(ScriptedLoadableModuleLogic):
                 lines.append(text)
         return "\n".join(lines)
 
-    def showOverlay(self, inputVolume, attentionNode, visible: bool = True, opacity: float = 0.4) -> None:
+    def showOverlay(self, inputVolume, evidenceNode, visible: bool = True, opacity: float = 0.4) -> None:
         """The evidence map as foreground over ``inputVolume`` in every slice view (or remove it)."""
-        if visible:
-            slicer.util.setSliceViewerLayers(background=inputVolume, foreground=attentionNode,
-                                             foregroundOpacity=opacity)
-        else:
-            slicer.util.setSliceViewerLayers(foreground=None)
+        from TwoFiveCNNLib.scene.nodes import show_overlay
+
+        show_overlay(inputVolume, evidenceNode, visible, opacity)
 
     def jumpToMostAttendedSlice(self, inputVolume, nodes=None):
         """Centre every slice view on the input slice with the most attention; returns ``(k, ras)``.
@@ -603,14 +597,10 @@ class TwoFiveCNNTest(ScriptedLoadableModuleTest):
 
     @staticmethod
     def _syntheticChest(shape=(24, 72, 64)):
-        """A crude chest in HU, numpy [k, j, i]: air, a soft-tissue ellipse, two lungs, one opacity."""
-        k, j, i = np.meshgrid(*[np.linspace(-1.0, 1.0, n) for n in shape], indexing="ij")
-        volume = np.full(shape, -1000, dtype=np.int16)
-        volume[(i / 0.9) ** 2 + (j / 0.7) ** 2 < 1.0] = 40
-        for centre in (-0.4, 0.4):
-            volume[((i - centre) / 0.3) ** 2 + (j / 0.5) ** 2 + (k / 0.9) ** 2 < 1.0] = -850
-        volume[((i - 0.4) / 0.1) ** 2 + (j / 0.1) ** 2 + ((k - 0.2) / 0.2) ** 2 < 1.0] = -300
-        return volume
+        """A small CT-2 phantom chest in HU, numpy [k, j, i] (the library's one phantom generator)."""
+        from TwoFiveCNNLib.data.phantoms import generate_phantom
+
+        return generate_phantom(2, seed=5, orientation="LPS", shape_zyx=shape).array_kji
 
     def test_versionAtLeast(self):
         self.assertTrue(_versionAtLeast("2.1.0", (2, 1)))
@@ -685,9 +675,9 @@ class TwoFiveCNNTest(ScriptedLoadableModuleTest):
         self.assertEqual(result.label, max(probabilities, key=probabilities.get))
         table = result.table_node.GetTable()
         self.assertEqual(table.GetNumberOfRows(), len(probabilities))
-        attention = result.attention_node
-        self.assertEqual(attention.GetImageData().GetDimensions(), volumeNode.GetImageData().GetDimensions())
-        np.testing.assert_allclose(self._ijkToRas(attention), self._ijkToRas(volumeNode), atol=1e-9)
+        evidence = result.evidence_node
+        self.assertEqual(evidence.GetImageData().GetDimensions(), volumeNode.GetImageData().GetDimensions())
+        np.testing.assert_allclose(self._ijkToRas(evidence), self._ijkToRas(volumeNode), atol=1e-9)
         slices = volumeNode.GetImageData().GetDimensions()[2]
         self.assertEqual(result.plot_chart_node.GetPlotSeriesNode().GetTableNode().GetNumberOfRows(), slices)
         self.assertIn(logic.resultSummary(result.nodes).split(" ")[0], probabilities)
@@ -699,19 +689,19 @@ class TwoFiveCNNTest(ScriptedLoadableModuleTest):
         self.assertIs(logic.loadModel(modelPath), model)
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), count)
         self.assertEqual(again.table_node.GetID(), result.table_node.GetID())
-        self.assertEqual(logic.resultNodes(volumeNode).attention_node.GetID(), attention.GetID())
+        self.assertEqual(logic.resultNodes(volumeNode).evidence_node.GetID(), evidence.GetID())
 
         # Overlay and jump act on the scene's slice views (created here when Slicer has none, headless).
         if slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode") == 0:
             slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSliceCompositeNode")
         if slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSliceNode") == 0:
             slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSliceNode")
-        logic.showOverlay(volumeNode, attention, True, 0.3)
+        logic.showOverlay(volumeNode, evidence, True, 0.3)
         composite = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLSliceCompositeNode")
-        self.assertEqual(composite.GetForegroundVolumeID(), attention.GetID())
+        self.assertEqual(composite.GetForegroundVolumeID(), evidence.GetID())
         self.assertEqual(composite.GetBackgroundVolumeID(), volumeNode.GetID())
         self.assertAlmostEqual(composite.GetForegroundOpacity(), 0.3)
-        logic.showOverlay(volumeNode, attention, False)
+        logic.showOverlay(volumeNode, evidence, False)
         self.assertIsNone(composite.GetForegroundVolumeID())
         sliceIndex, ras = logic.jumpToMostAttendedSlice(volumeNode, result)
         self.assertEqual(sliceIndex, result.prediction.most_attended_slice)

@@ -1,13 +1,16 @@
 """TwoFiveCNN Training: build a labelled chest CT dataset and train a TwoFiveCNN model on it in Slicer.
 
-A thin Slicer front end over TwoFiveCNNLib (``training_session``), which the TwoFiveCNN module
-installs into the same scripted-modules folder. Training runs in a separate PythonSlicer process;
-a timer polls its progress events, so the GUI never freezes.
+A thin Slicer front end over TwoFiveCNNLib, which the TwoFiveCNN module installs into the same
+scripted-modules folder: ``scene.training_nodes`` (datasets from volume nodes, curves and metrics as
+nodes), ``data.summary``, ``app.processes`` (the training process) and ``io.progress`` (the event
+text). Training runs in a separate PythonSlicer process; a timer polls its progress events, so the
+GUI never freezes. Only ``app.module_settings`` (no torch, no numpy) is imported when Slicer loads
+this module; the rest waits until a method needs it.
 """
 
 import os
 import pathlib
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import qt
 import slicer
@@ -23,9 +26,17 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-HOMEPAGE = "https://github.com/twofivecnn/SlicerTwoFiveCNN"
-# Read by the TwoFiveCNN module when its model path is unset (TwoFiveCNN.LAST_MODEL_FILE_SETTING).
-LAST_MODEL_FILE_SETTING = "TwoFiveCNN/LastModelFile"
+# Light (standard library only); installed by the TwoFiveCNN module, on which this one depends.
+from TwoFiveCNNLib.app.module_settings import HOMEPAGE, LAST_MODEL_FILE_SETTING, path_is_set
+
+# For annotations only: the methods import these when they need them. Annotations are quoted where
+# they hold "X | Y", which Slicer 5.8's Python (3.9) cannot evaluate.
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from TwoFiveCNNLib.app.processes import TrainingProcess
+    from TwoFiveCNNLib.scene.training_nodes import ProgressNodes
+
 DEVICE_CHOICES = ["auto", "cpu", "cuda"]
 POLL_INTERVAL_MS = 500
 
@@ -94,11 +105,6 @@ class TwoFiveCNNTrainingParameterNode:
     stage2Epochs: Annotated[int, WithinRange(1, 10000)] = 150
     seed: Annotated[int, WithinRange(0, 2**31 - 1)] = 0
     device: Annotated[str, Choice(DEVICE_CHOICES)] = "auto"
-
-
-def _isSet(path) -> bool:
-    """An unset pathlib.Path parameter reads as "."; never train on or write into the working directory."""
-    return path is not None and str(path) not in ("", ".")
 
 
 #
@@ -178,7 +184,8 @@ class TwoFiveCNNTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent,
+                                self._onParameterNodeModified)
         self._parameterNode = inputParameterNode
         if self._parameterNode:
             # Binds every widget with a SlicerParameterName property in the .ui to its parameter.
@@ -201,7 +208,8 @@ class TwoFiveCNNTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         parameters, training = self._parameterNode, self.logic.isTraining()
         problem = self.logic.trainingProblem(parameters) if parameters else _("No parameter node.")
         self.ui.trainButton.enabled = not training and problem is None
-        self.ui.trainButton.toolTip = problem or _("Train a model in a separate process; Slicer stays usable.")
+        self.ui.trainButton.toolTip = problem or _(
+            "Train a model in a separate process; Slicer stays usable.")
         self.ui.cancelButton.enabled = training
         canResume = not training and parameters is not None and self.logic.canResume(parameters.modelPath)
         self.ui.resumeButton.enabled = canResume
@@ -238,8 +246,9 @@ class TwoFiveCNNTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             slicer.util.getModuleLogic("TwoFiveCNN").checkTorch()
             parameters = self._parameterNode
             data = self.logic.datasetForTraining(parameters)
-            self.logic.startTraining(data, parameters.modelPath, parameters.stage1Epochs, parameters.stage2Epochs,
-                                     parameters.seed, parameters.device, resume=resume)
+            self.logic.startTraining(data, parameters.modelPath, parameters.stage1Epochs,
+                                     parameters.stage2Epochs, parameters.seed, parameters.device,
+                                     resume=resume)
             if not resume:
                 self.ui.logTextEdit.setPlainText("")
                 self.ui.progressBar.value = 0
@@ -257,7 +266,7 @@ class TwoFiveCNNTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.onTimer()  # collects the exit event at once
 
     def onTimer(self) -> None:
-        from TwoFiveCNNLib.app.training_session import describe_event, progress_percent
+        from TwoFiveCNNLib.io.progress import describe_event, progress_percent
 
         for event in self.logic.processEvents():
             text = describe_event(event)
@@ -294,9 +303,11 @@ class TwoFiveCNNTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
     def showCurves(self, index=None) -> None:
         """Show the chosen curve chart in the panel's plot view."""
         nodes = self.logic.progressNodes()
-        chart = nodes.loss_chart_node if self.ui.curveChartComboBox.currentIndex <= 0 else nodes.accuracy_chart_node
+        showLoss = self.ui.curveChartComboBox.currentIndex <= 0
+        chart = nodes.loss_chart_node if showLoss else nodes.accuracy_chart_node
         if self._plotViewNode is None or not slicer.mrmlScene.IsNodePresent(self._plotViewNode):
-            self._plotViewNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLPlotViewNode", "TwoFiveCNNTraining plot")
+            self._plotViewNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLPlotViewNode",
+                                                                    "TwoFiveCNNTraining plot")
             self._plotViewNode.SetSaveWithScene(False)
             self.ui.curvesPlotWidget.setMRMLPlotViewNode(self._plotViewNode)
         self._plotViewNode.SetPlotChartNodeID(chart.GetID())
@@ -313,7 +324,7 @@ class TwoFiveCNNTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
 
 
 class TwoFiveCNNTrainingLogic(ScriptedLoadableModuleLogic):
-    """MRML <-> TwoFiveCNNLib.app.training_session. Usable from the Python console without the widget::
+    """MRML <-> TwoFiveCNNLib (scene.training_nodes, app.processes). Usable from the Python console::
 
         logic = slicer.util.getModuleLogic("TwoFiveCNNTraining")  # or TwoFiveCNNTrainingLogic()
         print(logic.datasetSummary("/data/MosMedData"))
@@ -328,7 +339,7 @@ class TwoFiveCNNTrainingLogic(ScriptedLoadableModuleLogic):
         self.logCallback = None
         self._progressNodes = None
 
-    def getParameterNode(self):
+    def getParameterNode(self) -> TwoFiveCNNTrainingParameterNode:
         return TwoFiveCNNTrainingParameterNode(super().getParameterNode())
 
     def log(self, message: str) -> None:
@@ -337,59 +348,62 @@ class TwoFiveCNNTrainingLogic(ScriptedLoadableModuleLogic):
 
     # ------------------------------------------------------------------ dataset
 
-    def datasetSummary(self, path) -> str:
+    def datasetSummary(self, path: "str | os.PathLike | None") -> str:
         """Index the dataset at ``path`` with TwoFiveCNNLib and describe it (studies per class, warnings).
 
         ``path`` is a MosMed-style folder (``studies/CT-0..CT-4/...`` or ``CT-0..CT-4/...``) or a ``.csv``
         file with ``path,label`` columns.
         """
-        if not _isSet(path):
+        if not path_is_set(path):
             raise ValueError(_("Choose a dataset folder, or a .csv file with path,label columns."))
 
-        from TwoFiveCNNLib.app.training_session import dataset_summary_text
+        from TwoFiveCNNLib.data.summary import dataset_summary_text
 
         return dataset_summary_text(path)
 
-    def updateLabelTable(self, volumeNodes=None, labels=None, tableNode=None):
-        """List volumes (default: every scalar volume of the scene) in the label table, keeping typed labels."""
-        from TwoFiveCNNLib.app.training_session import label_table_node
+    def updateLabelTable(self, volumeNodes: "Sequence | None" = None, labels: "Sequence | dict | None" = None,
+                         tableNode: "vtkMRMLTableNode | None" = None) -> vtkMRMLTableNode:
+        """List volumes (default: every scalar volume of the scene) in the label table; typed labels stay."""
+        from TwoFiveCNNLib.scene.training_nodes import label_table_node
 
         if volumeNodes is None:
             volumeNodes = [node for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
                            if not node.IsA("vtkMRMLLabelMapVolumeNode")]
         return label_table_node(slicer.mrmlScene, volumeNodes, labels, tableNode)
 
-    def exportDataset(self, tableNode, exportDir) -> pathlib.Path:
+    def exportDataset(self, tableNode: "vtkMRMLTableNode | None",
+                      exportDir: "str | os.PathLike") -> pathlib.Path:
         """Write the labelled volumes as NRRD files (once each) and a dataset CSV; returns the CSV path."""
-        from TwoFiveCNNLib.app.training_session import dataset_from_nodes
+        from TwoFiveCNNLib.scene.training_nodes import dataset_from_nodes
 
         if tableNode is None:
-            raise ValueError(_("Choose the label table (press 'Add scene volumes to the label table' first)."))
+            raise ValueError(
+                _("Choose the label table (press 'Add scene volumes to the label table' first)."))
         return dataset_from_nodes(tableNode, slicer.mrmlScene, exportDir, log=self.log)
 
     @staticmethod
-    def exportFolder(modelPath) -> pathlib.Path:
+    def exportFolder(modelPath: "str | os.PathLike") -> pathlib.Path:
         """Where scene volumes are exported for a model: ``<model folder>/<model name>_dataset``."""
         modelPath = pathlib.Path(modelPath)
         return modelPath.parent / f"{modelPath.stem}_dataset"
 
-    def datasetForTraining(self, parameters) -> pathlib.Path:
-        """The dataset the parameters choose: the folder/CSV, or the scene volumes exported beside the model."""
+    def datasetForTraining(self, parameters: TwoFiveCNNTrainingParameterNode) -> pathlib.Path:
+        """The dataset the parameters choose: the folder/CSV, or scene volumes exported beside the model."""
         if not parameters.useSceneVolumes:
-            if not _isSet(parameters.datasetPath):
+            if not path_is_set(parameters.datasetPath):
                 raise ValueError(_("Choose a dataset folder, or a .csv file with path,label columns."))
             return pathlib.Path(parameters.datasetPath)
-        if not _isSet(parameters.modelPath):
+        if not path_is_set(parameters.modelPath):
             raise ValueError(_("Choose the output model file first: scene volumes are exported beside it."))
         return self.exportDataset(parameters.labelTable, self.exportFolder(parameters.modelPath))
 
-    def trainingProblem(self, parameters):
+    def trainingProblem(self, parameters: TwoFiveCNNTrainingParameterNode) -> "str | None":
         """Why Train cannot be pressed yet, or None."""
-        if not _isSet(parameters.modelPath):
+        if not path_is_set(parameters.modelPath):
             return _("Choose the output model file (.pt).")
         if parameters.useSceneVolumes and parameters.labelTable is None:
             return _("Choose or create the label table of the scene volumes.")
-        if not parameters.useSceneVolumes and not _isSet(parameters.datasetPath):
+        if not parameters.useSceneVolumes and not path_is_set(parameters.datasetPath):
             return _("Choose a dataset folder or .csv file.")
         return None
 
@@ -403,23 +417,25 @@ class TwoFiveCNNTrainingLogic(ScriptedLoadableModuleLogic):
 
         return shutil.which("PythonSlicer") or sys.executable
 
-    def progressNodes(self):
+    def progressNodes(self) -> "ProgressNodes":
         """The curve table and chart nodes of the current scene (recreated after a scene close)."""
-        from TwoFiveCNNLib.app.training_session import ProgressNodes
+        from TwoFiveCNNLib.scene.training_nodes import ProgressNodes
 
         nodes = self._progressNodes
         if nodes is None or not slicer.mrmlScene.IsNodePresent(nodes.curves_table_node):
             self._progressNodes = ProgressNodes(slicer.mrmlScene)
         return self._progressNodes
 
-    def startTraining(self, data, modelPath, stage1Epochs=None, stage2Epochs=None, seed=None, device=None,
-                      extraArgs=(), resume=False):
-        """Start ``twofivecnn train`` in a child process; returns its TrainingProcess (poll with processEvents)."""
-        from TwoFiveCNNLib.app.training_session import TrainingProcess, train_arguments
+    def startTraining(self, data: "str | os.PathLike", modelPath: "str | os.PathLike | None",
+                      stage1Epochs: "int | None" = None, stage2Epochs: "int | None" = None,
+                      seed: "int | None" = None, device: "str | None" = None, extraArgs: "Sequence[str]" = (),
+                      resume: bool = False) -> "TrainingProcess":
+        """Start ``twofivecnn train`` in a child process; returns its TrainingProcess (see processEvents)."""
+        from TwoFiveCNNLib.app.processes import TrainingProcess, train_arguments
 
         if self.isTraining():
             raise RuntimeError(_("Training is already running: cancel it first."))
-        if not _isSet(modelPath):
+        if not path_is_set(modelPath):
             raise ValueError(_("Choose the output model file (.pt)."))
         modelPath = pathlib.Path(modelPath)
         if modelPath.suffix.lower() != ".pt":
@@ -435,7 +451,7 @@ class TwoFiveCNNTrainingLogic(ScriptedLoadableModuleLogic):
     def isTraining(self) -> bool:
         return self.process is not None and self.process.is_running
 
-    def processEvents(self) -> list:
+    def processEvents(self) -> list[dict]:
         """New progress events of the training process, also appended to the curve nodes. Never blocks."""
         if self.process is None:
             return []
@@ -448,8 +464,8 @@ class TwoFiveCNNTrainingLogic(ScriptedLoadableModuleLogic):
         if self.process is not None:
             self.process.cancel()
 
-    def canResume(self, modelPath) -> bool:
-        if not _isSet(modelPath):
+    def canResume(self, modelPath: "str | os.PathLike | None") -> bool:
+        if not path_is_set(modelPath):
             return False
         modelPath = pathlib.Path(modelPath)
         return modelPath.with_name(modelPath.name + ".ckpt").is_file()
@@ -459,15 +475,15 @@ class TwoFiveCNNTrainingLogic(ScriptedLoadableModuleLogic):
 
     # ------------------------------------------------------------------ results
 
-    def showMetrics(self, modelPath):
+    def showMetrics(self, modelPath: "str | os.PathLike") -> tuple[vtkMRMLTableNode, vtkMRMLTableNode]:
         """The model's test metrics as a per-class table node and a confusion matrix table node."""
-        from TwoFiveCNNLib.app.training_session import metrics_to_tables
+        from TwoFiveCNNLib.scene.training_nodes import metrics_to_tables
 
         return metrics_to_tables(modelPath, slicer.mrmlScene)
 
-    def useModelInTwoFiveCNN(self, modelPath) -> None:
-        """Make ``modelPath`` the TwoFiveCNN module's model: its parameter node and its remembered model file."""
-        if not _isSet(modelPath) or not os.path.isfile(modelPath):
+    def useModelInTwoFiveCNN(self, modelPath: "str | os.PathLike | None") -> None:
+        """Make ``modelPath`` the TwoFiveCNN module's model: in its parameter node and its setting."""
+        if not path_is_set(modelPath) or not os.path.isfile(modelPath):
             raise ValueError(_("No trained model file yet: train a model first."))
         slicer.app.userSettings().setValue(LAST_MODEL_FILE_SETTING, str(modelPath))
         mainLogic = slicer.util.getModuleLogic("TwoFiveCNN")
@@ -540,7 +556,8 @@ class TwoFiveCNNTrainingTest(ScriptedLoadableModuleTest):
             self.assertIn("15 studies", logic.datasetSummary(data))
             tiny = ["--in-plane", "48", "--slices", "12", "--stage2-views", "2", "--quiet",
                     "--cache", str(folder / "cache")]
-            logic.startTraining(data, model, stage1Epochs=1, stage2Epochs=4, seed=0, device="cpu", extraArgs=tiny)
+            logic.startTraining(data, model, stage1Epochs=1, stage2Epochs=4, seed=0, device="cpu",
+                                extraArgs=tiny)
             events, deadline = [], time.monotonic() + 300
             while not any(e["stage"] == "exit" for e in events):
                 self.assertLess(time.monotonic(), deadline, "training did not finish in 5 minutes")
@@ -552,7 +569,8 @@ class TwoFiveCNNTrainingTest(ScriptedLoadableModuleTest):
             self.assertTrue(model.is_file())
 
             curves = logic.progressNodes()
-            self.assertEqual(curves.curves_table_node.GetNumberOfRows(), 2)  # one stage-1 epoch, the last stage-2 report
+            # One stage-1 epoch, and the last stage-2 report.
+            self.assertEqual(curves.curves_table_node.GetNumberOfRows(), 2)
             self.assertEqual(curves.loss_chart_node.GetNumberOfPlotSeriesNodes(), 2)
             metricsNode, confusionNode = logic.showMetrics(model)
             self.assertEqual(metricsNode.GetNumberOfRows(), 5)

@@ -9,7 +9,7 @@ import sys
 import threading
 from pathlib import Path
 
-from ..data.dataset import DatasetError
+from ..data.index import DatasetError
 from ..inference.prediction import DEMO_MODEL_NOTICE
 
 EXIT_USAGE, EXIT_FAILED_STUDIES, EXIT_INTERRUPTED = 2, 3, 130
@@ -44,7 +44,8 @@ def _add_index(sub) -> None:
 
 
 def run_index(args) -> int:
-    from ..data.dataset import DatasetIndex, make_kfold, make_split
+    from ..data.index import DatasetIndex
+    from ..data.splits import make_kfold, make_split
 
     index = DatasetIndex.load(args.data)
     print(index.summary())
@@ -106,9 +107,9 @@ def _add_train(sub) -> None:
 
 
 def train_config_from_args(args):
-    from ..transforms.preprocess import PreprocessConfig
     from ..networks.severity_model import Architecture
-    from ..training.two_stage import TrainConfig
+    from ..training.config import TrainConfig
+    from ..transforms.preprocess import PreprocessConfig
 
     window = tuple(float(v) for v in args.window.split(",")) if "," in args.window else args.window
     return TrainConfig(
@@ -124,7 +125,7 @@ def train_config_from_args(args):
 def run_train(args) -> int:
     from ..data.cache import PreprocessedCache
     from ..metrics.classification import format_metrics
-    from ..training.two_stage import train
+    from ..training.run import train
 
     _init_distributed()
     config = train_config_from_args(args)
@@ -172,11 +173,11 @@ def _add_evaluate(sub) -> None:
 
 
 def run_evaluate(args) -> int:
-    from ..io.atomic import write_json_atomic
     from ..evaluation.evaluate import evaluate_dataset
     from ..inference.predict import load_model
+    from ..io.atomic import write_json_atomic
     from ..metrics.classification import format_metrics
-    from ..reports.pictures import confusion_matrix_png
+    from ..reports.figures import confusion_matrix_png
 
     model = load_model(args.model, args.device)
     report = evaluate_dataset(model, args.data, args.subset, args.cache, progress=_counter("evaluate"))
@@ -196,12 +197,12 @@ def run_evaluate(args) -> int:
 
 
 def _add_predict(sub) -> None:
-    p = sub.add_parser("predict", help="grade studies and write JSON, attention volume, picture (and scene)")
+    p = sub.add_parser("predict", help="grade studies and write JSON, evidence volume, picture (and scene)")
     p.add_argument("inputs", nargs="+", type=Path, help="volume files, DICOM series folders, or folders of volumes")
     p.add_argument("--model", type=Path, help="model file (default: the bundled demo model)")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--scene", action="store_true", help="also write a Slicer scene <name>.mrml per study")
-    p.add_argument("--format", choices=(".nii.gz", ".nrrd"), default=".nii.gz", help="attention volume format")
+    p.add_argument("--format", choices=(".nii.gz", ".nrrd"), default=".nii.gz", help="evidence volume format")
     p.add_argument("--device", default="auto")
     p.add_argument("--half", action="store_true", help="float16 backbone (CUDA GPUs only)")
     p.add_argument("--compile", action="store_true",
@@ -210,12 +211,17 @@ def _add_predict(sub) -> None:
 
 
 def run_predict(args) -> int:
-    from ..inference.predict import load_model
     from ..inference.outputs import predict_batch
+    from ..inference.predict import load_model
 
+    scene_writer = None
+    if args.scene:
+        from ..scene import save_prediction_scene  # needs the MRML library (Slicer or slicer-core)
+
+        scene_writer = save_prediction_scene
     model = load_model(args.model, args.device).accelerate(args.half, args.compile)
-    result = predict_batch(model, args.inputs, args.out, args.scene, attention_suffix=args.format,
-                           progress=lambda done, total, path: print(f"[{done}/{total}] {path}", file=sys.stderr))
+    result = predict_batch(model, args.inputs, args.out, scene_writer, evidence_suffix=args.format,
+                           progress=_counter("predict", every_call=True))
     for path, prediction in result.predictions.items():
         probabilities = ", ".join(f"{k} {v:.2f}" for k, v in prediction.probabilities.items())
         print(f"{path}: {prediction.label} ({probabilities})")
@@ -278,11 +284,11 @@ def _integers(text: str, option: str) -> tuple[int, ...]:
     return values
 
 
-def _counter(stage: str):
-    def report(done: int, total: int, *_) -> None:
-        if done == total or done % max(1, total // 10) == 0:
-            print(f"[{stage}] {done}/{total}", file=sys.stderr)
-    return report
+def _counter(stage: str, every_call: bool = False):
+    """``progress(done, total, *details)`` shown on stderr, as every other progress (``io.progress``)."""
+    from ..io.progress import counter
+
+    return counter(stage, every_call=every_call)
 
 
 class _json_stream:
@@ -306,7 +312,7 @@ class _json_stream:
 
 def _reporter(stream, quiet: bool):
     from ..io.progress import ProgressReporter
-    from ..training.two_stage import distributed_rank_world
+    from ..training.distributed import distributed_rank_world
 
     rank = distributed_rank_world()[0]
     return ProgressReporter(stream if rank == 0 else None, quiet=quiet or rank != 0)

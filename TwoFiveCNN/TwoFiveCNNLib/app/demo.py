@@ -6,15 +6,17 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from ..io.atomic import write_json_atomic
 from ..data.cache import PreprocessedCache
-from ..evaluation.evaluate import evaluate_dataset
-from ..metrics.classification import format_metrics
-from ..inference.outputs import predict_batch
 from ..data.phantoms import write_cohort
-from ..reports.pictures import confusion_matrix_png, curves_png
+from ..evaluation.evaluate import evaluate_dataset
+from ..inference.outputs import predict_batch
+from ..io.atomic import write_json_atomic
 from ..io.progress import ProgressReporter
-from ..training.two_stage import TrainConfig, train
+from ..metrics.classification import format_metrics
+from ..reports.figures import confusion_matrix_png, curves_png
+from ..scene import save_prediction_scene
+from ..training.config import TrainConfig
+from ..training.run import train
 
 TRAIN_COUNTS = (20, 40, 16, 10, 6)  # MosMed-like imbalance, about 90 studies
 HELD_OUT_COUNTS = (10, 10, 10, 10, 10)  # balanced, never seen in training
@@ -53,7 +55,7 @@ def run_demo(out: str | Path, quick: bool = False) -> dict:
 
     reporter.message("4/4 predicting held-out studies with pictures and Slicer scenes")
     examples = [held_out[i * held_out_counts[0]] for i in range(len(held_out_counts))]
-    batch = predict_batch(model, examples, out / "predictions", scene=True)
+    batch = predict_batch(model, examples, out / "predictions", scene_writer=save_prediction_scene)
     summary = {"seconds": round(time.monotonic() - started, 1), "model": str(out / "model.pt"),
                "held_out": {k: report["metrics"][k] for k in ("balanced_accuracy", "quadratic_weighted_kappa",
                                                                "accuracy", "n_studies")},

@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from ..io.atomic import atomic_path
-from .dataset import Study
-from ..transforms.preprocess import GridMapping, PreprocessConfig, to_model_grid
 from ..io.volume import read_volume
+from ..transforms.preprocess import GridMapping, PreprocessConfig, to_model_grid
+from .index import Study
 
 CACHE_ENV = "TWOFIVECNN_CACHE"
 # Part of every entry's folder name; bump when the entry format changes so old entries are ignored.

@@ -9,9 +9,10 @@ import numpy as np
 import torch
 
 from ..transforms.aeration import aeration_features
-from .cache import PreprocessedCache
-from .dataset import Study, TaskDefinition
 from ..transforms.preprocess import PreprocessConfig
+from .cache import PreprocessedCache
+from .index import Study
+from .tasks import TaskDefinition
 
 
 @dataclass
@@ -22,7 +23,7 @@ class Cohort:
     grids: torch.Tensor  # (N, S_max, H, W) float16
     lengths: torch.Tensor  # (N,) long
     labels: torch.Tensor  # (N,) long
-    features: torch.Tensor | None = None  # (N, F) study-level aeration features, when the model uses them
+    aeration_features: torch.Tensor | None = None  # (N, F) study-level aeration shares, when the model uses them
 
     def __len__(self) -> int:
         return len(self.study_ids)
@@ -39,11 +40,6 @@ class Cohort:
         """(study, slice) index of every real slice; each slice inherits its study's label."""
         mask = self.mask()
         return torch.nonzero(mask, as_tuple=True)
-
-    def select(self, indices: Sequence[int]) -> Cohort:
-        idx = torch.as_tensor(list(indices), dtype=torch.long)
-        return Cohort([self.study_ids[i] for i in idx.tolist()], self.grids[idx], self.lengths[idx],
-                      self.labels[idx], None if self.features is None else self.features[idx])
 
 
 def load_cohort(studies: Sequence[Study], task: TaskDefinition, config: PreprocessConfig,

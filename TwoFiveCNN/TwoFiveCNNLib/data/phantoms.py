@@ -120,11 +120,16 @@ def study_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
 
 
-def _sample_grid(rng: np.random.Generator) -> _Grid:
-    """Grid size and spacing like downsampled clinical CT: 512-matrix spacing scaled to the matrix."""
+def _sample_grid(rng: np.random.Generator, shape_zyx: tuple[int, int, int] | None = None) -> _Grid:
+    """Grid size and spacing like downsampled clinical CT: 512-matrix spacing scaled to the matrix.
+
+    ``shape_zyx`` fixes the size (benchmarks want clinical 512 x 512 studies); the draws are made
+    either way, so the same seed gives the same spacing and patient."""
     nx = int(rng.integers(160, 257))
     ny = nx if rng.random() < 0.8 else int(np.clip(round(nx * rng.uniform(0.8, 1.2)), 160, 256))
     nz = int(rng.integers(24, 81))
+    if shape_zyx is not None:
+        nz, ny, nx = (int(n) for n in shape_zyx)
     sxy = round(rng.uniform(0.6, 1.0) * 512 / nx, 4)
     sz = round(rng.uniform(1.0, 5.0) * 4) / 4
     x = (np.arange(nx, dtype=np.float32) - (nx - 1) / 2) * sxy
@@ -367,12 +372,14 @@ def _store(canonical: np.ndarray, grid: _Grid, orientation: str,
     return array_kji, geometry
 
 
-def generate_phantom(label: int, seed: int, orientation: str | None = None) -> Phantom:
+def generate_phantom(label: int, seed: int, orientation: str | None = None,
+                     shape_zyx: tuple[int, int, int] | None = None) -> Phantom:
     """One synthetic chest CT of MosMed class ``label`` (0..4), fully determined by ``seed``.
 
     The grid, the anatomy, the lesions and the orientation draw from separate random streams,
     so the same seed gives the same patient at every grade and in every ``orientation``
-    (one of :data:`ORIENTATIONS`; drawn from the seed when None).
+    (one of :data:`ORIENTATIONS`; drawn from the seed when None). ``shape_zyx`` fixes the number
+    of slices, rows and columns (drawn from the seed when None).
     """
     if label not in range(N_CLASSES):
         raise ValueError(f"label {label!r}: MosMed classes are 0..{N_CLASSES - 1} (CT-0..CT-4).")
@@ -380,7 +387,7 @@ def generate_phantom(label: int, seed: int, orientation: str | None = None) -> P
         raise ValueError(f"orientation {orientation!r}: choose one of {sorted(ORIENTATIONS)} or None.")
     grid_rng, anatomy_rng, lesion_rng, store_rng = (
         np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4))
-    grid = _sample_grid(grid_rng)
+    grid = _sample_grid(grid_rng, shape_zyx)
     hu, box, lung, coords = _anatomy(grid, anatomy_rng)
     hu_box = hu[(slice(None), *box)]
     lesions, fraction, cons_share = _lesions(hu_box, lung, coords, label, lesion_rng)

@@ -14,12 +14,13 @@ import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..io.atomic import write_json_atomic, write_text_atomic
 from ..data.cache import PreprocessedCache
 from ..data.phantoms import write_cohort
-from ..reports.pictures import accuracy_vs_size_png
+from ..io.atomic import write_json_atomic, write_text_atomic
 from ..io.progress import ProgressReporter
-from ..training.two_stage import TrainConfig, train
+from ..reports.figures import accuracy_vs_size_png
+from ..training.config import TrainConfig
+from ..training.run import train
 
 # Studies per class of the ~90-study acceptance cohort: MosMed's imbalance, with CT-3 and CT-4 rare.
 MOSMED_LIKE_SHARES = (20, 40, 16, 10, 6)

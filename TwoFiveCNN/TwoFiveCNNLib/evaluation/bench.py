@@ -3,11 +3,13 @@ so the numbers hold on a noisy or different machine."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,13 +18,14 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..io.atomic import write_json_atomic
-from ..data.dataset import TaskDefinition
+from ..data.phantoms import generate_phantom
+from ..data.tasks import TaskDefinition
 from ..inference.predict import predict_grid
-from ..transforms.preprocess import PreprocessConfig, to_model_grid
+from ..io.atomic import write_json_atomic
+from ..io.volume import Volume, write_volume
 from ..networks.severity_model import Architecture, SeverityModel
-from ..io.volume import Geometry, Volume
 from ..networks.volumetric import build_volume_baseline
+from ..transforms.preprocess import PreprocessConfig, to_model_grid
 
 BENCH_GRID = PreprocessConfig(in_plane=128, n_slices=64)  # the issue's reference study: 64 slices at 128 px
 
@@ -44,24 +47,16 @@ def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
     return 2 * size**3 / best_time(lambda: a @ b, repeats) / 1e9
 
 
-def synthetic_ct(shape_zyx: tuple[int, int, int], seed: int = 0) -> Volume:
-    """An int16 chest-like volume (air, body, dark lungs, noise) of the given size."""
-    z, y, x = shape_zyx
-    rng = np.random.default_rng(seed)
-    yy, xx = np.ogrid[:y, :x]
-    body = ((yy - y / 2) / (0.4 * y)) ** 2 + ((xx - x / 2) / (0.45 * x)) ** 2 < 1
-    lungs = (((yy - y / 2) / (0.25 * y)) ** 2 + ((np.abs(xx - x / 2) - 0.2 * x) / (0.15 * x)) ** 2) < 1
-    axial = np.where(body, 40, -1000).astype(np.int16)
-    axial[lungs] = -850
-    volume = np.broadcast_to(axial, (z, y, x)).copy()
-    volume += rng.integers(-20, 20, size=(1, y, x), dtype=np.int16)
-    geometry = Geometry((x, y, z), (0.7, 0.7, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
-    return Volume.from_original(volume, geometry)
+def bench_study(shape_zyx: tuple[int, int, int]) -> Volume:
+    """A CT-2 phantom of a clinical size: the project's one synthetic chest, fixed by its seed."""
+    phantom = generate_phantom(2, seed=0, orientation="LPS", shape_zyx=shape_zyx)
+    return Volume.from_original(phantom.array_kji, phantom.geometry)
 
 
+@functools.cache
 def reference_study_grid() -> np.ndarray:
-    """The issue's reference study, a 64-slice 512 x 512 CT, on the benchmark's model grid."""
-    return to_model_grid(synthetic_ct((64, 512, 512)), BENCH_GRID)[0]
+    """The reference study, a 64-slice 512 x 512 CT, on the benchmark's model grid (made once)."""
+    return to_model_grid(bench_study((64, 512, 512)), BENCH_GRID)[0]
 
 
 def untrained_model(grid: PreprocessConfig) -> SeverityModel:
@@ -83,7 +78,7 @@ def forward_gflop(function: Callable[[], object]) -> float:
 def bench_preprocessing(quick: bool) -> dict:
     results = {}
     for slices in (64,) if quick else (64, 300):
-        volume = synthetic_ct((slices, 512, 512))
+        volume = bench_study((slices, 512, 512))
         copy_time = best_time(lambda volume=volume: volume.array.astype(np.float32), 3)
         seconds = best_time(lambda volume=volume: to_model_grid(volume, BENCH_GRID), 3)
         results[f"512x512x{slices}"] = {"seconds": round(seconds, 3),
@@ -169,12 +164,20 @@ def bench_stage2_epoch(quick: bool) -> dict:
 
 
 def peak_rss_child(slices: int) -> dict:
-    """Peak resident memory of a fresh process predicting a 512 x 512 x ``slices`` int16 study."""
-    code = (f"import resource, json; from TwoFiveCNNLib.evaluation.bench import *; from TwoFiveCNNLib.inference.predict import "
-            f"predict_volume; m = untrained_model(PreprocessConfig()); v = synthetic_ct(({slices}, 512, 512)); "
-            f"base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; predict_volume(m, v); "
-            f"print(json.dumps([base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss]))")
-    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    """Peak resident memory of a fresh process predicting a 512 x 512 x ``slices`` int16 study.
+
+    The study is written to a file first, so the child's peak is reading and predicting, not making it.
+    """
+    with tempfile.TemporaryDirectory() as folder:
+        study = bench_study((slices, 512, 512))
+        path = write_volume(study.to_original(study.array), study.geometry, Path(folder) / "study.nrrd")
+        del study
+        code = (f"import resource, json; from TwoFiveCNNLib.evaluation.bench import *; "
+                f"from TwoFiveCNNLib.inference.predict import predict_volume; "
+                f"from TwoFiveCNNLib.io.volume import read_volume; m = untrained_model(PreprocessConfig()); "
+                f"v = read_volume({str(path)!r}); base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
+                f"predict_volume(m, v); print(json.dumps([base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss]))")
+        output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     before, peak = json.loads(output.stdout.strip().splitlines()[-1])
     volume_mb = slices * 512 * 512 * 2 / 2**20
     return {"study": f"512x512x{slices} int16", "volume_mb": round(volume_mb), "peak_rss_mb": round(peak / 1024),

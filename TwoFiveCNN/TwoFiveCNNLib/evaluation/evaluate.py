@@ -9,10 +9,13 @@ import numpy as np
 
 from ..data.cache import PreprocessedCache
 from ..data.cohort import load_cohort
-from ..data.dataset import DatasetIndex, Split
-from ..inference.predict import predict_grid
-from ..metrics.classification import compute_metrics
+from ..data.index import DatasetIndex
+from ..data.splits import Split
+from ..inference.cohort_scores import AERATION_ONLY, CNN_ONLY, FUSED, cohort_metrics, study_probabilities
 from ..networks.severity_model import SeverityModel
+
+# The report's names for the fused model's parts (the model file calls the CNN part "twofive_cnn_only").
+REPORT_NAMES = {CNN_ONLY: "cnn_only", AERATION_ONLY: "aeration_only"}
 
 
 def choose_studies(model: SeverityModel, index: DatasetIndex, subset: str) -> tuple[list, str]:
@@ -37,24 +40,20 @@ def choose_studies(model: SeverityModel, index: DatasetIndex, subset: str) -> tu
 def evaluate_dataset(model: SeverityModel, data: str | os.PathLike, subset: str = "auto",
                      cache_root: str | os.PathLike | None = None,
                      progress: Callable[[int, int], None] | None = None) -> dict:
-    """Metrics (2.5D model) plus per-study predictions, as a JSON-able report."""
+    """Metrics (2.5D model, and its parts beside it) plus per-study predictions, as a JSON-able report.
+
+    Scored by :func:`cohort_scores.study_probabilities`, the path training records its metrics with.
+    """
     index = DatasetIndex.load(data)
     studies, description = choose_studies(model, index, subset)
-    cohort = load_cohort(studies, model.task, model.preprocess, PreprocessedCache(cache_root), progress)
-    results = [predict_grid(model, cohort.grids[i, : int(cohort.lengths[i])].float().numpy())
-               for i in range(len(cohort))]
-    probabilities = np.stack([r.probabilities for r in results])
-    labels = cohort.labels.tolist()
-    metrics = compute_metrics(labels, probabilities, model.class_names)
-    components = {}
-    if model.aeration is not None:  # the parts of the fused model, reported beside it
-        cnn = np.stack([r.cnn_probabilities for r in results])
-        aeration = np.stack([r.aeration_probabilities for r in results])
-        components = {"cnn_only": compute_metrics(labels, cnn, model.class_names),
-                      "aeration_only": compute_metrics(labels, aeration, model.class_names)}
+    cohort = load_cohort(studies, model.task, model.preprocess, PreprocessedCache(cache_root), progress,
+                         with_aeration=model.aeration is not None)
+    probabilities = study_probabilities(model, cohort, with_pooled_2d=False)
+    results = cohort_metrics(model, cohort, probabilities)
+    components = {REPORT_NAMES[name]: metrics for name, metrics in results.items() if name != FUSED}
     per_study = [{"study_id": sid, "label": model.class_names[int(label)],
                   "predicted": model.class_names[int(np.argmax(p))],
                   "probabilities": {n: float(v) for n, v in zip(model.class_names, p)}}
-                 for sid, label, p in zip(cohort.study_ids, cohort.labels, probabilities)]
-    return {"model": model.name, "data": str(data), "subset_description": description, "metrics": metrics,
+                 for sid, label, p in zip(cohort.study_ids, cohort.labels, probabilities[FUSED])]
+    return {"model": model.name, "data": str(data), "subset_description": description, "metrics": results[FUSED],
             "components": components, "studies": per_study, "demo_model": model.is_demo}

@@ -1,5 +1,9 @@
-"""Prediction outputs on disk, named after the input: JSON, attention volume, PNG montage, Slicer scene;
-and batch prediction over many inputs that reports bad studies instead of stopping at them."""
+"""Prediction outputs on disk, named after the input: JSON, evidence volume, PNG montage, Slicer scene;
+and batch prediction over many inputs that reports bad studies instead of stopping at them.
+
+The Slicer scene is written by a function the caller passes in (``scene.save_prediction_scene``):
+this layer knows nothing of MRML, so it runs where the MRML library is missing.
+"""
 
 from __future__ import annotations
 
@@ -14,12 +18,15 @@ from pathlib import Path
 import numpy as np
 
 from ..io.atomic import write_json_atomic, write_text_atomic
-from .predict import predict_path
-from ..reports.pictures import attention_montage_png
-from .prediction import DEMO_MODEL_NOTICE, Prediction
-from ..transforms.preprocess import WINDOW_PRESETS, apply_window
-from ..networks.severity_model import SeverityModel
 from ..io.volume import VOLUME_SUFFIXES, Volume, VolumeError, study_name, write_volume
+from ..networks.severity_model import SeverityModel
+from ..reports.montage import evidence_montage_png
+from ..transforms.preprocess import WINDOW_PRESETS, apply_window
+from .predict import predict_path
+from .prediction import DEMO_MODEL_NOTICE, Prediction
+
+# Writes a study's Slicer scene: (prediction, input volume, output folder, name) -> the .mrml written.
+SceneWriter = Callable[[Prediction, Volume, Path, str], Path]
 
 MONTAGE_MAX_PIXELS = 256  # display tiles need no more in-plane resolution than this
 
@@ -49,15 +56,15 @@ def montage_slices(volume: Volume, evidence_canonical: np.ndarray) -> tuple[np.n
 
 
 def write_montage(prediction: Prediction, volume: Volume, path: Path) -> Path:
-    evidence = volume_to_canonical(volume, prediction.attention_kji)
+    evidence = volume_to_canonical(volume, prediction.evidence_kji)
     grey, evidence = montage_slices(volume, evidence)
     canonical_attention = volume_to_canonical_slices(volume, prediction.slice_attention)
     labels = _input_slice_labels(volume)
     probabilities = ", ".join(f"{k} {v:.2f}" for k, v in prediction.probabilities.items())
     footer = DEMO_MODEL_NOTICE if prediction.is_demo_model else f"model: {prediction.model_name}"
-    attention_montage_png(grey, evidence, canonical_attention, path,
-                          title=f"{study_name(volume.source) or 'study'}: {prediction.label}  ({probabilities})",
-                          footer=footer, slice_labels=labels)
+    evidence_montage_png(grey, evidence, canonical_attention, path,
+                         title=f"{study_name(volume.source) or 'study'}: {prediction.label}  ({probabilities})",
+                         footer=footer, slice_labels=labels)
     return path
 
 
@@ -80,8 +87,9 @@ def _input_slice_labels(volume: Volume) -> list[str]:
 
 
 def write_prediction(prediction: Prediction, volume: Volume, out_dir: str | os.PathLike, name: str | None = None,
-                     scene: bool = False, attention_suffix: str = ".nii.gz") -> list[Path]:
-    """Write ``<name>.json``, ``<name>_attention<suffix>``, ``<name>.png`` and, with ``scene``, ``<name>.mrml``.
+                     scene_writer: SceneWriter | None = None, evidence_suffix: str = ".nii.gz") -> list[Path]:
+    """Write ``<name>.json``, ``<name>_evidence<suffix>``, ``<name>.png`` and, with a ``scene_writer``, the
+    file it writes (``<name>.mrml`` and its ``<name>_data/`` folder).
 
     All or nothing: when one output fails (a full disk), the study's other new outputs and any
     earlier ``<name>.json`` are removed, so no record describes files that do not belong to it.
@@ -90,13 +98,11 @@ def write_prediction(prediction: Prediction, volume: Volume, out_dir: str | os.P
     name = name or volume.name
     json_path, written = out_dir / f"{name}.json", []
     try:
-        written.append(write_volume(prediction.attention_kji, prediction.geometry,
-                                    out_dir / f"{name}_attention{attention_suffix}"))
+        written.append(write_volume(prediction.evidence_kji, prediction.geometry,
+                                    out_dir / f"{name}_evidence{evidence_suffix}"))
         written.append(write_montage(prediction, volume, out_dir / f"{name}.png"))
-        if scene:
-            from ..scene.nodes import save_prediction_scene  # needs the MRML library (Slicer or slicer-core)
-
-            written.append(save_prediction_scene(prediction, volume, out_dir, name))
+        if scene_writer is not None:
+            written.append(scene_writer(prediction, volume, out_dir, name))
         write_json_atomic(json_path, {**prediction.to_json(), "outputs": [p.name for p in written]})
     except BaseException:
         for path in [*written, json_path]:
@@ -118,12 +124,12 @@ def unique_names(paths: list[Path]) -> list[str]:
 
 
 def predict_batch(model: SeverityModel, inputs: Iterable[str | os.PathLike], out_dir: str | os.PathLike,
-                  scene: bool = False, attention_suffix: str = ".nii.gz",
+                  scene_writer: SceneWriter | None = None, evidence_suffix: str = ".nii.gz",
                   progress: Callable[[int, int, str], None] | None = None) -> BatchResult:
     """Predict every study; a bad study is recorded in ``failures`` and the others still run."""
     inputs = [Path(p) for p in inputs]
     if any(p.is_dir() and p.resolve() == Path(out_dir).resolve() for p in inputs):
-        raise ValueError(f"{out_dir}: the output folder is also an input folder; the attention volumes written "
+        raise ValueError(f"{out_dir}: the output folder is also an input folder; the evidence volumes written "
                          f"there would be graded as studies next time. Choose another output folder.")
     check_writable(Path(out_dir))
     studies = expand_inputs(inputs)
@@ -131,8 +137,8 @@ def predict_batch(model: SeverityModel, inputs: Iterable[str | os.PathLike], out
     for done, (path, name) in enumerate(zip(studies, unique_names(studies)), start=1):
         try:
             prediction, volume = predict_path(model, path)
-            result.written[str(path)] = write_prediction(prediction, volume, out_dir, name, scene,
-                                                                attention_suffix)
+            result.written[str(path)] = write_prediction(prediction, volume, out_dir, name, scene_writer,
+                                                         evidence_suffix)
             result.predictions[str(path)] = prediction
         except (VolumeError, ValueError, OSError) as error:
             result.failures[str(path)] = str(error)

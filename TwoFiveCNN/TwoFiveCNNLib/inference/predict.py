@@ -11,11 +11,16 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from ..transforms.aeration import AERATION_FEATURES, measure_aeration
-from .prediction import Prediction
-from ..transforms.preprocess import GridMapping, grid_map_to_canonical, slice_values_to_canonical, to_model_grid
-from ..networks.severity_model import SeverityModel, resolve_device
 from ..io.volume import Volume, read_volume
+from ..networks.severity_model import SeverityModel, resolve_device
+from ..transforms.aeration import AERATION_FEATURES, measure_aeration
+from ..transforms.preprocess import (
+    GridMapping,
+    grid_map_to_canonical,
+    slice_values_to_canonical,
+    to_model_grid,
+)
+from .prediction import Prediction
 
 BUNDLED_MODEL = Path(__file__).with_name("demo_model.pt")
 
@@ -58,8 +63,8 @@ def predict_grid(model: SeverityModel, grid: np.ndarray) -> GridResult:
     probabilities = model.fuse(cnn_probabilities, aeration_probabilities)
     attention = attention[0].float().cpu()
     # Class activation map (Zhou et al. 2016) for "evidence of disease", from the same feature maps.
-    channel_weights = disease_weights(probabilities).to(device) @ model.slice_classifier.linear.weight.float()
-    cam = torch.einsum("d,sdhw->shw", channel_weights, maps).cpu().clamp_(min=0)
+    cam = model.slice_classifier.activation_maps_of(maps, disease_weights(probabilities).to(device))
+    cam = cam.cpu().clamp_(min=0)
     cam = torch.nn.functional.interpolate(cam[None, None], size=grid.shape, mode="trilinear",
                                           align_corners=False)[0, 0]
     # The CAM is coarse (a few cells per slice); the lung envelope gives the map its anatomical shape.
@@ -78,8 +83,8 @@ def map_slice_attention(volume: Volume, attention: np.ndarray, mapping: GridMapp
     canonical /= max(canonical.sum(), 1e-12)
     per_input = volume.to_original_slices(canonical)
     if per_input is None:
-        return canonical, ["the input's slices are not axial; slice attention is given per axial slice, "
-                           "feet to head"]
+        return canonical, [("the input's slices are not axial; slice attention is given per axial slice, "
+                            "feet to head")]
     return per_input, []
 
 
@@ -94,11 +99,11 @@ def predict_volume(model: SeverityModel, volume: Volume) -> Prediction:
     return Prediction(
         label=names[int(np.argmax(probabilities))],
         probabilities={name: float(p) for name, p in zip(names, probabilities)},
-        slice_attention=slice_attention, attention_kji=evidence_kji.astype(np.float32),
+        slice_attention=slice_attention, evidence_kji=evidence_kji.astype(np.float32),
         geometry=volume.geometry, model_name=model.name, source=volume.source,
         warnings=list(volume.warnings) + warnings + _plausibility_warnings(volume), is_demo_model=model.is_demo,
-        extra={"aeration": result.aeration,
-               "cnn_probabilities": {name: float(p) for name, p in zip(names, result.cnn_probabilities)}},
+        aeration=result.aeration,
+        cnn_probabilities={name: float(p) for name, p in zip(names, result.cnn_probabilities)},
     )
 
 

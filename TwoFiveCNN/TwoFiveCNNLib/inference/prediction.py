@@ -15,21 +15,28 @@ DEMO_MODEL_NOTICE = "synthetic-phantom demo model: not for clinical use"
 class Prediction:
     """A study's severity grade with the evidence behind it.
 
-    ``attention_kji`` is the 3D evidence map (0..1) in the input's storage order and geometry, so it
+    ``evidence_kji`` is the 3D evidence map (0..1) in the input's storage order and geometry, so it
     overlays the input voxel for voxel; ``slice_attention`` has one weight per input slice (its own k
-    order) and sums to 1.
+    order) and sums to 1. ``aeration`` holds the lung-aeration shares measured on the model grid and
+    ``cnn_probabilities`` the CNN head's own probabilities, before fusion with the aeration model.
     """
 
     label: str
     probabilities: dict[str, float]
     slice_attention: np.ndarray
-    attention_kji: np.ndarray
+    evidence_kji: np.ndarray
     geometry: Geometry
     model_name: str
     source: str = ""
     warnings: list[str] = field(default_factory=list)
     is_demo_model: bool = False
-    extra: dict = field(default_factory=dict)
+    aeration: dict[str, float] = field(default_factory=dict)
+    cnn_probabilities: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def attention_kji(self) -> np.ndarray:
+        """The evidence map under its name before 0.2 (read-only; use ``evidence_kji``)."""
+        return self.evidence_kji
 
     @property
     def most_attended_slice(self) -> int:
@@ -49,8 +56,11 @@ class Prediction:
             "most_attended_slice": self.most_attended_slice,
             "model": self.model_name,
             "warnings": list(self.warnings),
-            **self.extra,
         }
+        if self.aeration:
+            record["aeration"] = dict(self.aeration)
+        if self.cnn_probabilities:
+            record["cnn_probabilities"] = {name: float(p) for name, p in self.cnn_probabilities.items()}
         if self.is_demo_model:
             record["notice"] = DEMO_MODEL_NOTICE
         return record

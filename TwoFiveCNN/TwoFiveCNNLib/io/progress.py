@@ -1,62 +1,243 @@
-"""Progress of long work: a terminal bar for people, JSON lines for programs (the Slicer training module)."""
+"""Progress of long work, said one way everywhere: the terminal, the Slicer log, and programs.
+
+A progress event is a dict such as ``{"stage": "stage1", "epoch": 2, "epochs": 14, "loss": 0.9}``.
+:func:`describe_event` is the one place that turns an event into the line people read: the
+terminal, the Slicer training module's log box and status line, and the command line's counters.
+:class:`ProgressReporter` writes events as JSON lines for programs (``--progress-json``, which the
+Slicer module reads) and shows them on the terminal: as ``tqdm`` bars where tqdm is installed and
+the terminal is interactive, else as plain lines (3D Slicer's Python has no tqdm, and a log file
+should not fill up with carriage returns). tqdm is imported only when a bar is drawn.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
 import time
+from collections.abc import Callable
 from typing import IO, Any
+
+# Share of the whole training run each stage takes (rough, measured on a CPU), so that one bar,
+# such as the Slicer module's, can cover all of them.
+STAGE_PROGRESS = {"preprocess": (0, 10), "stage1": (10, 80), "embed": (80, 90), "stage2": (90, 99),
+                  "done": (100, 100)}
+PREPROCESS_SUBSETS = ("train", "val", "test")  # preprocessed in this order
+# Metrics an event may carry, with the short name people read.
+METRIC_NAMES = (("loss", "loss"), ("val_loss", "val loss"), ("val_balanced_accuracy", "val bal. acc."),
+                ("val_kappa", "val kappa"))
+COUNTER_LINES = 10  # plain-line counters print about this many lines per run, not one per item
+
+
+# ---------------------------------------------------------------------------------------- text
+
+
+def format_seconds(seconds: float) -> str:
+    """``"45 s"``, ``"1 min 15 s"`` or ``"2 h 05 min"``: as precise as a remaining time deserves."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def _counts(event: dict) -> tuple[int, int] | None:
+    done, total = event.get("epoch"), event.get("epochs")
+    return (done, total) if isinstance(done, int) and isinstance(total, int) else None
+
+
+def _title(event: dict) -> str:
+    """The stage, with the data subset it works on (``preprocess val``)."""
+    return str(event.get("stage", "?")) + (f" {event['subset']}" if "subset" in event else "")
+
+
+def _details(event: dict, time_left: bool = True) -> list[str]:
+    """What an event says besides its stage and count: metrics, time left, a note."""
+    parts = [f"{short} {event[key]:.3f}" for key, short in METRIC_NAMES
+             if isinstance(event.get(key), (int, float)) and not isinstance(event.get(key), bool)]
+    if time_left and isinstance(event.get("eta_s"), (int, float)) and event["eta_s"] > 0:
+        parts.append(f"{event.get('stage', '?')} ends in ~{format_seconds(event['eta_s'])}")
+    if event.get("message") not in (None, ""):
+        parts.append(str(event["message"]))
+    return parts
+
+
+def describe_event(event: dict) -> str:
+    """One line for people: stage, count, metrics and time left, or what a log, exit or done event says.
+
+    ``exit`` events come from :class:`~TwoFiveCNNLib.app.processes.TrainingProcess` (the child
+    process ended); every other stage is one the training or a command reports.
+    """
+    stage = event.get("stage", "?")
+    if stage == "log":
+        return str(event.get("message", ""))
+    if stage == "exit":
+        if event.get("cancelled"):
+            return "cancelled; the last completed epoch is kept in the checkpoint (Resume continues from it)"
+        if event.get("returncode") == 0:
+            return "training process finished"
+        return f"training failed (exit code {event.get('returncode')}): {event.get('error')}"
+    if stage == "done":
+        test = event.get("test")
+        shown = f", test balanced accuracy {test:.3f}" if isinstance(test, float) else ""
+        return f"done: model written to {event.get('model')}{shown}"
+    counts = _counts(event)
+    return ", ".join([_title(event), *([f"{counts[0]}/{counts[1]}"] if counts else []), *_details(event)])
+
+
+def progress_percent(event: dict) -> int | None:
+    """Overall progress of a training run (0..100) after ``event``; None if the event says nothing of it."""
+    stage = event.get("stage")
+    if stage not in STAGE_PROGRESS:
+        return None
+    low, high = STAGE_PROGRESS[stage]
+    counts = _counts(event)
+    fraction = counts[0] / counts[1] if counts and counts[1] > 0 else 0.0
+    if stage == "preprocess":
+        subset = event.get("subset", "train")
+        fraction = (PREPROCESS_SUBSETS.index(subset) if subset in PREPROCESS_SUBSETS else 0) + fraction
+        fraction /= len(PREPROCESS_SUBSETS)
+    return round(low + (high - low) * min(max(fraction, 0.0), 1.0))
+
+
+# ---------------------------------------------------------------------------------------- terminal
+
+
+def _tqdm_class() -> Any:
+    """tqdm's bar class, or None where tqdm is not installed (3D Slicer's Python)."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm
+
+
+def _is_interactive(stream: IO[str]) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
+
+class TerminalProgress:
+    """Events shown on a terminal: a tqdm bar per stage (and subset), or one plain line per event.
+
+    ``bars``: True draws bars whenever tqdm is importable, False never does, None (the default)
+    only on an interactive terminal. Events without a count (``done``, notes) are always lines,
+    written above any bar in progress so that it is not torn.
+    """
+
+    def __init__(self, stream: IO[str], bars: bool | None = None) -> None:
+        self.stream = stream
+        wanted = _is_interactive(stream) if bars is None else bars
+        self._tqdm = _tqdm_class() if wanted else None
+        self._bar: Any = None
+        self._bar_key: tuple[str, str] | None = None
+
+    @property
+    def draws_bars(self) -> bool:
+        return self._tqdm is not None
+
+    def show(self, event: dict) -> None:
+        counts = _counts(event)
+        if self._tqdm is None or counts is None or counts[1] <= 0:
+            self.write(describe_event(event))
+            return
+        done, total = counts
+        key = (str(event.get("stage", "?")), str(event.get("subset", "")))
+        if self._bar is not None and (key != self._bar_key or self._bar.total != total or done < self._bar.n):
+            self.close()  # stages run one after the other: a new one ends the last one's bar
+        if self._bar is None:
+            # ``initial`` rather than an update: a resumed run's rate counts only the epochs it trains.
+            self._bar = self._tqdm(total=total, initial=done, desc=_title(event), file=self.stream,
+                                   dynamic_ncols=True, leave=True)
+            self._bar_key = key
+        else:
+            self._bar.update(done - self._bar.n)
+        self._bar.set_postfix_str(", ".join(_details(event, time_left=False)))  # tqdm shows its own
+        if done >= total:
+            self.close()
+
+    def write(self, text: str) -> None:
+        if self._bar is not None:
+            self._tqdm.write(text, file=self.stream)
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        """End the bar in progress, if any (it stays on screen)."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar, self._bar_key = None, None
 
 
 class ProgressReporter:
     """Reports ``event(stage=..., epoch=..., epochs=..., ...)`` calls.
 
     JSON lines go to ``json_stream`` (one object per line, flushed at once, so a reading process
-    sees each event as it happens); a one-line bar goes to ``terminal`` unless ``quiet``.
+    sees each event as it happens); people see the events on ``terminal`` unless ``quiet``
+    (see :class:`TerminalProgress` for ``bars``).
     """
 
     def __init__(self, json_stream: IO[str] | None = None, terminal: IO[str] | None = sys.stderr,
-                 quiet: bool = False) -> None:
+                 quiet: bool = False, bars: bool | None = None) -> None:
         self.json_stream = json_stream
         self.terminal = None if quiet else terminal
+        self._display = TerminalProgress(self.terminal, bars) if self.terminal is not None else None
         self._stage_start: dict[str, float] = {}
 
     def event(self, stage: str, **fields: Any) -> dict:
+        """Report one event; returns it as written, with ``elapsed_s`` (and ``eta_s`` when counted)."""
         now = time.monotonic()
         start = self._stage_start.setdefault(stage, now)
         record = {"stage": stage, **fields, "elapsed_s": round(now - start, 2)}
         done, total = fields.get("epoch"), fields.get("epochs")
         if isinstance(done, int) and isinstance(total, int) and done > 0:
             record["eta_s"] = round((now - start) / done * (total - done), 1)
-        if self.json_stream is not None:
-            self.json_stream.write(json.dumps(record) + "\n")
-            self.json_stream.flush()
-        if self.terminal is not None:
-            self.terminal.write(_bar_line(record) + "\n")
-            self.terminal.flush()
+        self._write_json(record)
+        if self._display is not None:
+            if stage == "done":
+                self._display.close()
+            self._display.show(record)
         return record
 
     def message(self, text: str) -> None:
         """A free-text note (the JSON stream carries it as a ``log`` event)."""
+        self._write_json({"stage": "log", "message": text})
+        if self._display is not None:
+            self._display.write(text)
+
+    def close(self) -> None:
+        """End a terminal bar still in progress (an interrupted stage)."""
+        if self._display is not None:
+            self._display.close()
+
+    def _write_json(self, record: dict) -> None:
         if self.json_stream is not None:
-            self.json_stream.write(json.dumps({"stage": "log", "message": text}) + "\n")
+            self.json_stream.write(json.dumps(record) + "\n")
             self.json_stream.flush()
-        if self.terminal is not None:
-            self.terminal.write(text + "\n")
-            self.terminal.flush()
 
 
-def _bar_line(record: dict) -> str:
-    done, total = record.get("epoch"), record.get("epochs")
-    parts = [f"[{record['stage']}]"]
-    if isinstance(done, int) and isinstance(total, int) and total > 0:
-        filled = int(20 * done / total)
-        parts.append(f"|{'#' * filled}{'.' * (20 - filled)}| {done}/{total}")
-    for key in ("loss", "val_balanced_accuracy", "val_kappa", "val_loss"):
-        if isinstance(record.get(key), float):
-            parts.append(f"{key}={record[key]:.3f}")
-    if "eta_s" in record:
-        parts.append(f"eta {record['eta_s']:.0f}s")
-    if "message" in record:
-        parts.append(str(record["message"]))
-    return " ".join(parts)
+def counter(stage: str, terminal: IO[str] | None = None, every_call: bool = False,
+            bars: bool | None = None) -> Callable[..., None]:
+    """A ``progress(done, total, *details)`` callback, as loops over studies take, showing the count.
+
+    Plain lines come about :data:`COUNTER_LINES` times per run (every call with ``every_call``,
+    e.g. one line per predicted study); a first detail (such as the file at hand) is shown too.
+    ``terminal`` defaults to ``sys.stderr`` as it is at the time of the call.
+    """
+    display: TerminalProgress | None = None
+
+    def report(done: int, total: int, *details: Any) -> None:
+        nonlocal display
+        if display is None:
+            display = TerminalProgress(terminal if terminal is not None else sys.stderr, bars)
+        step = max(1, total // COUNTER_LINES)
+        if every_call or display.draws_bars or done == total or done % step == 0:
+            event = {"stage": stage, "epoch": done, "epochs": total}
+            if details:
+                event["message"] = str(details[0])
+            display.show(event)
+
+    return report

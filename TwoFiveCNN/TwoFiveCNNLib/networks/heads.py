@@ -51,7 +51,7 @@ class AttentionHead(nn.Module):
         embeddings: torch.Tensor,
         mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return logits (B, n_classes) and attention (B, S): sums to 1 over valid slices, 0 on masked ones."""
+        """Logits (B, n_classes) and attention (B, S): sums to 1 over valid slices, 0 on masked ones."""
         batch, slices, _ = embeddings.shape
         if mask is None:
             mask = torch.ones(batch, slices, dtype=torch.bool, device=embeddings.device)

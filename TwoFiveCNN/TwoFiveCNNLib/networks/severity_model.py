@@ -13,12 +13,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..transforms.aeration import AERATION_FEATURES
-from .backbones import SliceClassifier, build_backbone
-from ..data.dataset import TaskDefinition
-from .heads import AttentionHead
+from ..data.tasks import TaskDefinition
 from ..io.model_file import MODEL_FORMAT, ModelFileError, load_archive, save_archive
+from ..transforms.aeration import AERATION_FEATURES
 from ..transforms.preprocess import PreprocessConfig
+from .backbones import SliceClassifier, build_backbone
+from .heads import AttentionHead
 
 SLICE_BATCH = 64  # slices per forward pass: fast on CPU, bounded memory on GPU
 
@@ -124,6 +124,16 @@ class SeverityModel(nn.Module):
     def slice_feature_maps(self, slices: torch.Tensor) -> torch.Tensor:
         """The backbone's last feature maps ``(s, D, h, w)``: embeddings and evidence from one pass."""
         return self._per_chunk(self._feature_maps, slices)
+
+    def round_to_stored_precision(self) -> SeverityModel:
+        """Round the weights through float16, as :meth:`save` stores them, so that what is measured
+        now (the metrics a model file records) is what a loaded file will do."""
+        for name in self.weight_groups():
+            module = getattr(self, name)
+            state = module.state_dict()
+            module.load_state_dict({k: v.to(state[k].device, state[k].dtype)
+                                    for k, v in float16_on_cpu(state).items()})
+        return self
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the model file; float weights are stored as float16 to keep files small."""

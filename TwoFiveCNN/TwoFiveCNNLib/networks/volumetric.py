@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbones import CompactResNet
+from .resnet import compact_resnet
 
 # The ACS orientations on (B, C, S, H, W): the axis of the 3D kernel that has size 1 (and no padding)
 # for axial (1, k, k), coronal (k, 1, k) and sagittal (k, k, 1). Axial convolves each slice in-plane,
@@ -54,7 +54,8 @@ class ACSConv(nn.Module):
         # "Same"-style padding keeps the three orientations' output shapes equal, so they can be concatenated.
         if 2 * self.padding != self.dilation * (kernel - 1) or conv.padding_mode != "zeros":
             raise ValueError(
-                f"ACS inflation needs zero 'same' padding (2 * padding = dilation * (kernel - 1)); got {conv}."
+                "ACS inflation needs zero 'same' padding (2 * padding = dilation * (kernel - 1)); "
+                f"got {conv}."
             )
         self.weight = conv.weight
         self.bias = conv.bias
@@ -96,8 +97,9 @@ class ACSConv(nn.Module):
 
     def extra_repr(self) -> str:
         return (
-            f"{self.in_channels}, {self.out_channels}, kernel_size={self.weight.shape[-1]}, stride={self.stride}, "
-            f"padding={self.padding}, groups={self.groups}, split(axial, coronal, sagittal)={self.split}"
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.weight.shape[-1]}, "
+            f"stride={self.stride}, padding={self.padding}, groups={self.groups}, "
+            f"split(axial, coronal, sagittal)={self.split}"
         )
 
 
@@ -164,7 +166,10 @@ def inflate_acs(backbone2d: nn.Module) -> nn.Module:
 
 
 class VolumeClassifier(nn.Module):
-    """A 3D backbone (e.g. from :func:`inflate_acs`) plus dropout and a linear layer: (B, 1, S, H, W) -> logits."""
+    """A 3D backbone (e.g. from :func:`inflate_acs`) plus dropout and a linear layer.
+
+    (B, 1, S, H, W) volumes -> logits (B, n_classes).
+    """
 
     def __init__(
         self, backbone3d: nn.Module, embedding_dim: int, n_classes: int, dropout: float = 0.25
@@ -178,32 +183,13 @@ class VolumeClassifier(nn.Module):
         return self.classifier(self.dropout(self.backbone(x)))
 
 
-class SqueezeExcitation3d(nn.Module):
-    """Channel re-weighting from globally pooled features (Hu et al. 2018), as in the reference's 3D CNNs."""
-
-    def __init__(self, channels: int, reduction: int = 4) -> None:
-        super().__init__()
-        self.gate = nn.Sequential(
-            nn.AdaptiveAvgPool3d(1),
-            nn.Conv3d(channels, max(1, channels // reduction), 1),
-            nn.ReLU(inplace=True),
-            nn.Conv3d(max(1, channels // reduction), channels, 1),
-            nn.Sigmoid(),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.gate(x)
-
-
 class Small3DCNN(nn.Module):
-    """Four Conv3d-BN-ReLU blocks (widths w, 2w, 4w, 8w) with 2x max pooling, global pooling and a linear layer.
+    """Four Conv3d-BN-ReLU blocks (widths w, 2w, 4w, 8w), 2x max pooling, global pooling, a linear layer.
 
     Trained from scratch: the baseline that the 2.5D model's 2D pretraining should beat in low-data regimes.
     """
 
-    def __init__(
-        self, n_classes: int, width: int = 16, squeeze_excitation: bool = False, dropout: float = 0.25
-    ) -> None:
+    def __init__(self, n_classes: int, width: int = 16, dropout: float = 0.25) -> None:
         super().__init__()
         widths = [width, 2 * width, 4 * width, 8 * width]
         layers: list[nn.Module] = []
@@ -214,8 +200,6 @@ class Small3DCNN(nn.Module):
                 nn.BatchNorm3d(channels),
                 nn.ReLU(inplace=True),
             ]
-            if squeeze_excitation:
-                layers.append(SqueezeExcitation3d(channels))
             if index < len(widths) - 1:
                 layers.append(nn.MaxPool3d(2, ceil_mode=True))  # ceil: a thin volume keeps at least one voxel
             in_channels = channels
@@ -229,6 +213,7 @@ class Small3DCNN(nn.Module):
         return self.classifier(self.dropout(self.pool(self.features(x)).flatten(1)))
 
 
+# The baselines build_volume_baseline makes; training and the bench run each of them.
 VOLUME_BASELINES = ("cnn3d", "acs")
 
 
@@ -248,6 +233,6 @@ def build_volume_baseline(
     if name == "cnn3d":
         return Small3DCNN(n_classes, width=width, dropout=dropout)
     if name == "acs":
-        source = backbone2d if backbone2d is not None else CompactResNet()
+        source = backbone2d if backbone2d is not None else compact_resnet()
         return VolumeClassifier(inflate_acs(source), source.embedding_dim, n_classes, dropout=dropout)
     raise ValueError(f"unknown volume baseline {name!r}; choose from {list(VOLUME_BASELINES)}.")

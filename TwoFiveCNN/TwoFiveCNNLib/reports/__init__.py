@@ -1,1 +1,6 @@
-"""Pictures: colours, figures and the evidence montage (PIL only, so Slicer's Python draws them too)."""
+"""Report pictures drawn with PIL only, so Slicer's Python draws them too.
+
+Imports point one way: ``colours`` (every colour, the evidence colour table) <- ``plotting`` (text,
+ticks, axes, atomic PNG writes) <- ``figures`` (confusion matrix, curves, accuracy vs size) and
+``montage`` (the evidence montage).
+"""

@@ -20,20 +20,21 @@ import vtk
 
 from ..inference.prediction import DEMO_MODEL_NOTICE, Prediction
 from ..io.volume import Geometry, Volume, read_volume, unique_stem
+from ..reports.colours import ACCENT_UNIT, evidence_lut
 
 if TYPE_CHECKING:
     from ..networks.severity_model import SeverityModel
 
 ATTRIBUTE_PREFIX = "TwoFiveCNN."
-COLOUR_NODE_NAME = "TwoFiveCNN attention colours"
+COLOUR_NODE_NAME = "TwoFiveCNN evidence colours"
 EVIDENCE_THRESHOLD = 0.05  # evidence below this is left transparent in the slice views
 LUNG_WINDOW_LEVEL = (1500.0, -600.0)  # window, level (HU) for the saved input volume
-PLOT_COLOUR = (0.0, 114 / 255, 178 / 255)  # the accent blue of pictures.py
+PLOT_COLOUR = ACCENT_UNIT  # the reports' accent blue
 
 # role: (MRML class, node name given the input's name). The role names the node reference on the input.
 _NODES = {
     "table": ("vtkMRMLTableNode", "{} severity"),
-    "attention": ("vtkMRMLScalarVolumeNode", "{} attention"),
+    "evidence": ("vtkMRMLScalarVolumeNode", "{} evidence"),
     "slice_table": ("vtkMRMLTableNode", "{} slice attention"),
     "plot_series": ("vtkMRMLPlotSeriesNode", "{} slice attention"),
     "plot_chart": ("vtkMRMLPlotChartNode", "{} attention chart"),
@@ -41,12 +42,16 @@ _NODES = {
 }
 
 
+# Roles renamed in 0.2: scenes saved before still open with their results found.
+LEGACY_ROLES = {"evidence": "attention"}
+
+
 @dataclass
 class PredictionNodes:
     """The nodes showing one prediction; re-running on the same input updates these same nodes."""
 
     table_node: slicer.vtkMRMLTableNode
-    attention_node: slicer.vtkMRMLScalarVolumeNode
+    evidence_node: slicer.vtkMRMLScalarVolumeNode
     slice_table_node: slicer.vtkMRMLTableNode
     plot_series_node: slicer.vtkMRMLPlotSeriesNode
     plot_chart_node: slicer.vtkMRMLPlotChartNode
@@ -145,14 +150,14 @@ def jump_to_slice_ras(
 
 def _check_prediction(prediction: Prediction, shape_kji: tuple[int, int, int]) -> None:
     """Refuse a prediction that does not fit the input before any node is touched."""
-    attention = np.asarray(prediction.attention_kji)
-    if attention.shape != shape_kji:
+    evidence = np.asarray(prediction.evidence_kji)
+    if evidence.shape != shape_kji:
         raise ValueError(
-            f"attention map has shape {attention.shape} but the input volume has {shape_kji} "
+            f"evidence map has shape {evidence.shape} but the input volume has {shape_kji} "
             f"voxels (k, j, i): the prediction was made on another volume."
         )
-    if not np.all(np.isfinite(attention)) or attention.min() < -1e-6 or attention.max() > 1 + 1e-6:
-        raise ValueError("attention map must hold finite values in 0..1.")
+    if not np.all(np.isfinite(evidence)) or evidence.min() < -1e-6 or evidence.max() > 1 + 1e-6:
+        raise ValueError("evidence map must hold finite values in 0..1.")
     if len(prediction.slice_attention) != shape_kji[0]:
         raise ValueError(
             f"slice attention has {len(prediction.slice_attention)} weights but the input volume "
@@ -178,13 +183,21 @@ def _named_node(scene: slicer.vtkMRMLScene, class_name: str, name: str) -> slice
     return None
 
 
+def _referenced_node(input_node: slicer.vtkMRMLNode, role: str) -> slicer.vtkMRMLNode | None:
+    """The input's result node for ``role``, also under the role's name before 0.2 (scenes saved then)."""
+    node = input_node.GetNodeReference(ATTRIBUTE_PREFIX + role)
+    if node is None and role in LEGACY_ROLES:
+        node = input_node.GetNodeReference(ATTRIBUTE_PREFIX + LEGACY_ROLES[role])
+    return node
+
+
 def _find_or_add(
     scene: slicer.vtkMRMLScene, input_node: slicer.vtkMRMLNode, role: str, created: list[slicer.vtkMRMLNode]
 ) -> slicer.vtkMRMLNode:
     """This role's node from an earlier run (by reference, then name), or a new one noted in ``created``."""
     class_name, template = _NODES[role]
     name = template.format(input_node.GetName() or input_node.GetID())
-    node = input_node.GetNodeReference(ATTRIBUTE_PREFIX + role)
+    node = _referenced_node(input_node, role)
     if node is None or node.GetClassName() != class_name or not scene.IsNodePresent(node):
         node = _named_node(scene, class_name, name)
     if node is None:
@@ -245,14 +258,12 @@ def _fill_severity_table(table: slicer.vtkMRMLTableNode, prediction: Prediction)
 def _fill_colours(
     colour: slicer.vtkMRMLColorTableNode, scene: slicer.vtkMRMLScene, created: list[slicer.vtkMRMLNode]
 ) -> None:
-    """A user colour table from pictures.attention_lut, so the overlay matches the PNG reports.
+    """A user colour table from colours.evidence_lut, so the overlay matches the PNG reports.
 
     It gets its own storage node and stays visible to editors: slicer-core's ``Commit()`` moves the
     file of a hidden colour table into ``<scene>_Private/``, away from the scene's data folder.
     """
-    from ..reports.pictures import attention_lut
-
-    lut = attention_lut(256)
+    lut = evidence_lut(256)
     colour.SetTypeToUser()
     colour.SetHideFromEditors(False)
     colour.SetNumberOfColors(len(lut))
@@ -264,24 +275,24 @@ def _fill_colours(
         colour.SetAndObserveStorageNodeID(storage.GetID())
 
 
-def _fill_attention(
+def _fill_evidence(
     nodes: PredictionNodes,
     prediction: Prediction,
     input_node: slicer.vtkMRMLScalarVolumeNode,
     scene: slicer.vtkMRMLScene,
     created: list[slicer.vtkMRMLNode],
 ) -> None:
-    attention = nodes.attention_node
-    slicer.util.updateVolumeFromArray(attention, np.clip(prediction.attention_kji, 0, 1).astype(np.float32))
+    evidence = nodes.evidence_node
+    slicer.util.updateVolumeFromArray(evidence, np.clip(prediction.evidence_kji, 0, 1).astype(np.float32))
     matrix = vtk.vtkMatrix4x4()
     input_node.GetIJKToRASMatrix(matrix)
-    attention.SetIJKToRASMatrix(matrix)
+    evidence.SetIJKToRASMatrix(matrix)
     # Under the input's own parent transform, so the overlay stays on the input wherever it is moved.
-    attention.SetAndObserveTransformNodeID(input_node.GetTransformNodeID())
-    display = attention.GetDisplayNode()
+    evidence.SetAndObserveTransformNodeID(input_node.GetTransformNodeID())
+    display = evidence.GetDisplayNode()
     if display is None:
         display = _add_to(scene, slicer.vtkMRMLScalarVolumeDisplayNode(), created)
-        attention.SetAndObserveDisplayNodeID(display.GetID())
+        evidence.SetAndObserveDisplayNodeID(display.GetID())
     display.SetAndObserveColorNodeID(nodes.colour_node.GetID())
     display.AutoWindowLevelOff()
     display.SetWindowLevelMinMax(0.0, 1.0)
@@ -352,7 +363,7 @@ def write_prediction_nodes(
         )
         _fill_severity_table(nodes.table_node, prediction)
         _fill_colours(nodes.colour_node, scene, created)
-        _fill_attention(nodes, prediction, input_node, scene, created)
+        _fill_evidence(nodes, prediction, input_node, scene, created)
         _fill_plot(nodes, prediction, input_node.GetName())
     except BaseException:
         for node in reversed(created):
@@ -360,19 +371,35 @@ def write_prediction_nodes(
         raise
     for role, node in nodes.by_role().items():
         input_node.SetNodeReferenceID(ATTRIBUTE_PREFIX + role, node.GetID())
+    for legacy in LEGACY_ROLES.values():
+        input_node.RemoveNodeReferenceIDs(ATTRIBUTE_PREFIX + legacy)
     return nodes
 
 
-def show_in_slice_views(
-    nodes: PredictionNodes, input_node: slicer.vtkMRMLScalarVolumeNode, opacity: float = 0.4
-) -> bool:
-    """Overlay the evidence on the input in every slice view; returns False (and does nothing) headless."""
-    if getattr(slicer, "app", None) is None:
-        return False
-    slicer.util.setSliceViewerLayers(
-        background=input_node, foreground=nodes.attention_node, foregroundOpacity=opacity
-    )
-    return True
+def show_overlay(
+    input_node: slicer.vtkMRMLScalarVolumeNode,
+    overlay_node: slicer.vtkMRMLScalarVolumeNode | None,
+    visible: bool = True,
+    opacity: float = 0.4,
+    scene: slicer.vtkMRMLScene | None = None,
+) -> int:
+    """Show ``overlay_node`` over ``input_node`` in every slice view of the scene, or hide the overlay.
+
+    Sets each slice view's composite node (what ``slicer.util.setSliceViewerLayers`` does), so the
+    same code serves the application, headless scenes and rendered screenshots. Returns how many
+    slice views it set (0 in a scene without views).
+    """
+    scene = scene if scene is not None else input_node.GetScene() or _default_scene(None)
+    composites = [scene.GetNthNodeByClass(i, "vtkMRMLSliceCompositeNode")
+                  for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode"))]
+    for composite in composites:
+        if visible and overlay_node is not None:
+            composite.SetBackgroundVolumeID(input_node.GetID())
+            composite.SetForegroundVolumeID(overlay_node.GetID())
+            composite.SetForegroundOpacity(opacity)
+        else:
+            composite.SetForegroundVolumeID(None)
+    return len(composites)
 
 
 # ---------------------------------------------------------------------------------------------- saving
@@ -483,17 +510,14 @@ class NodePrediction:
     prediction: Prediction
     nodes: PredictionNodes
 
-    @property
-    def table_node(self) -> slicer.vtkMRMLTableNode:
-        return self.nodes.table_node
-
-    @property
-    def attention_node(self) -> slicer.vtkMRMLScalarVolumeNode:
-        return self.nodes.attention_node
-
-    @property
-    def plot_chart_node(self) -> slicer.vtkMRMLPlotChartNode:
-        return self.nodes.plot_chart_node
+    def __getattr__(self, name: str) -> slicer.vtkMRMLNode:
+        """Every result node by name, as on ``nodes``: ``r.table_node``, ``r.evidence_node``,
+        ``r.plot_chart_node``...; ``r.attention_node`` is the evidence overlay's name before 0.2."""
+        if name == "attention_node":
+            name = "evidence_node"
+        if name.endswith("_node") and "nodes" in self.__dict__:
+            return getattr(self.nodes, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
 
 def predict_volume_node(volume_node: slicer.vtkMRMLScalarVolumeNode, model_path: str | os.PathLike | None = None,
@@ -524,7 +548,7 @@ def find_prediction_nodes(input_node: slicer.vtkMRMLNode | None) -> PredictionNo
         return None
     found = {}
     for role, (class_name, _template) in _NODES.items():
-        node = input_node.GetNodeReference(ATTRIBUTE_PREFIX + role)
+        node = _referenced_node(input_node, role)
         if node is None or not node.IsA(class_name):
             return None
         found[f"{role}_node"] = node

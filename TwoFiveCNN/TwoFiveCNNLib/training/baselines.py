@@ -14,13 +14,12 @@ from torch import nn
 
 from ..data.augment import augment_study
 from ..data.cohort import Cohort
-from ..metrics.classification import compute_metrics
 from ..io.progress import ProgressReporter
+from ..metrics.classification import compute_metrics
 from ..networks.severity_model import SeverityModel
-from .two_stage import TrainConfig, class_weights, epoch_generator, score
-from ..networks.volumetric import build_volume_baseline
-
-VOLUME_BASELINES = ("cnn3d", "acs")
+from ..networks.volumetric import VOLUME_BASELINES, build_volume_baseline
+from .config import TrainConfig
+from .engine import EpochPlan, class_weights, fit, optimiser_step
 
 
 def volumes(cohort: Cohort, indices: torch.Tensor) -> torch.Tensor:
@@ -50,26 +49,24 @@ def train_volume_baseline(name: str, model: SeverityModel, train: Cohort, val: C
     network = build_volume_baseline(name, model.task.num_classes, backbone2d).to(device)
     optimizer = torch.optim.AdamW(network.parameters(), lr=config.baseline_lr, weight_decay=config.weight_decay)
     weights = class_weights(train.labels, model.task.num_classes).to(device)
-    best, started = None, time.monotonic()
-    for epoch in range(1, config.baseline_epochs + 1):
-        generator = epoch_generator(config.seed, "stage1", 1000 + epoch)
+    started = time.monotonic()
+
+    def train_epoch(generator: torch.Generator) -> list[float]:
         network.train()
         losses = []
         for indices in torch.randperm(len(train), generator=generator).split(config.baseline_batch):
             batch = _augmented_batch(train, indices, config, generator).to(device)
             loss = F.cross_entropy(network(batch), train.labels[indices].to(device), weight=weights,
                                    label_smoothing=config.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-        metrics = compute_metrics(val.labels.tolist(), volume_probabilities(network, val, device), model.class_names)
-        if best is None or score(metrics) > best[0]:
-            best = (score(metrics), copy.deepcopy(network.state_dict()))
-        reporter.event(f"baseline_{name}", epoch=epoch, epochs=config.baseline_epochs, loss=float(np.mean(losses)),
-                       val_balanced_accuracy=metrics["balanced_accuracy"],
-                       val_kappa=metrics["quadratic_weighted_kappa"])
-    network.load_state_dict(best[1])
+            losses.append(optimiser_step(optimizer, loss))
+        return losses
+
+    # The baselines draw from stage 1's random stream, after its epochs (as they always have).
+    plan = EpochPlan(f"baseline_{name}", config.baseline_epochs, config.seed, rng_stage="stage1", rng_offset=1000,
+                     announce=False)
+    fit(network, plan, train_epoch,
+        lambda: compute_metrics(val.labels.tolist(), volume_probabilities(network, val, device), model.class_names),
+        reporter)
     return network, {"seconds": round(time.monotonic() - started, 1),
                      "seconds_per_epoch": round((time.monotonic() - started) / config.baseline_epochs, 2)}
 

@@ -1,58 +1,56 @@
-"""Training from inside Slicer: datasets from volume nodes, a training process to watch, results as nodes.
+"""Training in the Slicer scene: datasets from volume nodes, and the results of a run as nodes.
 
-No Qt here, and MRML (``slicer``/``vtk``) is imported only inside the functions that build or read
-nodes, so :class:`TrainingProcess` and :func:`dataset_summary_text` also work in a plain Python.
-The training itself runs in a separate process (``python -m TwoFiveCNNLib train --progress-json``);
-the GUI calls :meth:`TrainingProcess.poll` from a timer and never waits for it.
+Volume nodes and a label table become a dataset on disk (the training runs in a child process that
+reads files); its progress events become curve tables and charts; its model's metrics become table
+nodes. The progress text itself is :mod:`TwoFiveCNNLib.io.progress`'s, the process
+:mod:`TwoFiveCNNLib.app.processes`'s, the dataset summary :mod:`TwoFiveCNNLib.data.summary`'s.
 """
 
 from __future__ import annotations
 
-import collections
 import csv
 import hashlib
 import io
 import json
 import os
-import queue
-import re
-import subprocess
-import sys
-import threading
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import slicer
+import slicer.util
+import vtk
 
+from ..data.index import CLASS_NAMES, normalize_label
 from ..io.atomic import write_text_atomic
-from ..data.dataset import CLASS_NAMES, MIN_STUDIES_PER_CLASS, DatasetIndex, normalize_label
-from ..io.volume import unique_stem
+from ..io.volume import Geometry, unique_stem, write_volume
+from ..reports.colours import MUTED, STAGE_COLOURS_UNIT, unit_rgb
+from .nodes import volume_from_node
 
 LABEL_TABLE_NAME = "TwoFiveCNN training labels"
 VOLUME_COLUMN, LABEL_COLUMN = "volume", "label"
 DATASET_CSV = "dataset.csv"
 EXPORT_SUBFOLDER = "volumes"
-# Below this many studies a class's recall (and so the balanced accuracy) moves in big steps.
-FEW_STUDIES_PER_CLASS = 10
-# Slice thickness or pixel size varying more than this factor across a dataset deserves a look.
-SPACING_RATIO_WARNING = 2.0
 CURVE_STAGES = ("stage1", "stage2")
-STAGE_COLOURS = {"stage1": (0.0, 0.447, 0.698), "stage2": (0.835, 0.369, 0.0)}  # Okabe-Ito blue, vermillion
-# Share of the whole run each stage takes, for one progress bar over all of them (rough, CPU).
-STAGE_PROGRESS = {"preprocess": (0, 10), "stage1": (10, 80), "embed": (80, 90), "stage2": (90, 99),
-                  "done": (100, 100)}
-STDERR_TAIL_LINES = 40
+# The order of the report pictures' training curves, so that a stage has one colour everywhere.
+CURVE_COLOURS = dict(zip(CURVE_STAGES, STAGE_COLOURS_UNIT))
+OTHER_CURVE_COLOUR = unit_rgb(MUTED)
+# (metric key, name shown) of the overall numbers in the metrics table's description and attributes.
+OVERALL_METRICS = (
+    ("balanced_accuracy", "balanced accuracy"), ("quadratic_weighted_kappa", "quadratic kappa"),
+    ("accuracy", "accuracy"), ("macro_f1", "macro F1"), ("roc_auc", "ROC AUC"),
+)
 
 
 # ---------------------------------------------------------------------------------------- datasets
 
 
-def _node_text(node) -> str:
+def _node_text(node: Any) -> str:
     return f"{node.GetName()!r} ({node.GetID() or 'not in a scene'})"
 
 
-def _find_volume_node(scene, reference) -> Any:
+def _find_volume_node(scene: Any, reference: Any) -> Any:
     """A volume node given itself, its ID or its (unique) name; errors say what to fix."""
     if not isinstance(reference, str):
         node = reference
@@ -78,7 +76,7 @@ def _find_volume_node(scene, reference) -> Any:
     return node
 
 
-def _check_label(label, volume_name: str) -> str:
+def _check_label(label: Any, volume_name: str) -> str:
     name = normalize_label(str(label if label is not None else ""))
     if name is None:
         shown = "no label" if not str(label or "").strip() else f"unknown label {label!r}"
@@ -86,7 +84,7 @@ def _check_label(label, volume_name: str) -> str:
     return name
 
 
-def _table_rows(table_node) -> list[tuple[str, str]]:
+def _table_rows(table_node: Any) -> list[tuple[str, str]]:
     """``(volume, label)`` text of every row of a label table node."""
     table = table_node.GetTable()
     columns = {table.GetColumnName(i).strip().lower(): i for i in range(table.GetNumberOfColumns())}
@@ -94,7 +92,7 @@ def _table_rows(table_node) -> list[tuple[str, str]]:
     if missing:
         raise ValueError(f"table {table_node.GetName()!r} has no column(s) {', '.join(missing)}: it needs "
                          f"'{VOLUME_COLUMN}' (node name or ID) and '{LABEL_COLUMN}' (CT-0..CT-4).")
-    rows = [(table.GetValue(r, columns[VOLUME_COLUMN]).ToString(), table.GetValue(r, columns[LABEL_COLUMN]).ToString())
+    rows = [tuple(table.GetValue(r, columns[name]).ToString() for name in (VOLUME_COLUMN, LABEL_COLUMN))
             for r in range(table.GetNumberOfRows())]
     rows = [(v.strip(), lab.strip()) for v, lab in rows if v.strip() or lab.strip()]
     if not rows:
@@ -103,7 +101,7 @@ def _table_rows(table_node) -> list[tuple[str, str]]:
     return rows
 
 
-def _content_hash(array_kji: np.ndarray, geometry) -> str:
+def _content_hash(array_kji: np.ndarray, geometry: Geometry) -> str:
     """Identifies a volume by its voxels and grid, whatever its node is called."""
     digest = hashlib.sha256()
     digest.update(json.dumps({"dtype": str(array_kji.dtype), "shape": list(array_kji.shape),
@@ -113,7 +111,7 @@ def _content_hash(array_kji: np.ndarray, geometry) -> str:
     return digest.hexdigest()[:20]
 
 
-def dataset_from_nodes(volume_label_pairs, scene=None, export_dir: str | os.PathLike = ".",
+def dataset_from_nodes(volume_label_pairs: Any, scene: Any = None, export_dir: str | os.PathLike = ".",
                        log: Callable[[str], None] | None = None) -> Path:
     """Write ``export_dir/dataset.csv`` (path,label,study_id) for volume nodes and their labels.
 
@@ -122,11 +120,6 @@ def dataset_from_nodes(volume_label_pairs, scene=None, export_dir: str | os.Path
     (voxels and geometry hashed), so exporting again, or after renaming a node, adds no file. A
     volume listed twice is refused: the same study in train and test would inflate the metrics.
     """
-    import slicer
-
-    from ..scene.nodes import volume_from_node
-    from ..io.volume import write_volume
-
     if scene is None:
         scene = getattr(slicer, "mrmlScene", None)
     if hasattr(volume_label_pairs, "IsA") and volume_label_pairs.IsA("vtkMRMLTableNode"):
@@ -163,7 +156,8 @@ def dataset_from_nodes(volume_label_pairs, scene=None, export_dir: str | os.Path
         for warning in volume.warnings:
             if log:
                 log(f"warning: {warning}")
-        rows.append((path.relative_to(export).as_posix(), label, unique_stem(node.GetName() or content, used_ids)))
+        study_id = unique_stem(node.GetName() or content, used_ids)
+        rows.append((path.relative_to(export).as_posix(), label, study_id))
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(["path", "label", "study_id"])
@@ -173,9 +167,7 @@ def dataset_from_nodes(volume_label_pairs, scene=None, export_dir: str | os.Path
     return csv_path
 
 
-def _string_column(name: str, values: Iterable[str]):
-    import vtk
-
+def _string_column(name: str, values: Iterable[str]) -> vtk.vtkStringArray:
     column = vtk.vtkStringArray()
     column.SetName(name)
     for value in values:
@@ -183,15 +175,14 @@ def _string_column(name: str, values: Iterable[str]):
     return column
 
 
-def label_table_node(scene, volume_nodes: Sequence, labels=None, table_node=None):
+def label_table_node(scene: Any, volume_nodes: Sequence, labels: Sequence | dict | None = None,
+                     table_node: Any = None) -> Any:
     """Create or update the table (``volume``, ``label`` string columns) the user fills with labels.
 
     Volumes already in the table keep their label unless ``labels`` (a sequence parallel to
     ``volume_nodes``, or a dict keyed by node or node name) gives a new one; new volumes get an
     empty label to fill in. Rows of volumes no longer given are kept (the user may have typed them).
     """
-    import slicer
-
     if table_node is None:
         table_node = scene.GetFirstNode(LABEL_TABLE_NAME, "vtkMRMLTableNode", False, True)
     if table_node is None:
@@ -229,266 +220,7 @@ def label_table_node(scene, volume_nodes: Sequence, labels=None, table_node=None
     return table_node
 
 
-def _spacing_from_header(path: Path) -> tuple[float, float, float] | None:
-    """(x, y, z) spacing in mm read from the file header only (no voxels), None for DICOM folders."""
-    import SimpleITK as sitk
-
-    if path.is_dir():
-        return None
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    reader.ReadImageInformation()
-    spacing = reader.GetSpacing()
-    return tuple(float(s) for s in spacing[:3]) if len(spacing) >= 3 else None
-
-
-def dataset_summary_text(path: str | os.PathLike) -> str:
-    """Studies per class plus warnings: tiny classes, unreadable headers, inconsistent voxel spacing."""
-    index = DatasetIndex.load(path)
-    lines = [index.summary()]
-    counts = index.counts()
-    present = [name for name, count in counts.items() if count]
-    lines += [f"  note: {name} has only {count} studies; its recall will move in steps of "
-              f"{1 / max(1, round(count * 0.15)):.0%} on a 15% test split."
-              for name, count in counts.items() if MIN_STUDIES_PER_CLASS <= count < FEW_STUDIES_PER_CLASS]
-    if len(present) < 2:
-        lines.append("  warning: fewer than two classes: there is nothing to tell apart.")
-    spacings, unread, dicom = [], [], 0
-    for study in index.studies:
-        try:
-            spacing = _spacing_from_header(study.path)
-        except RuntimeError:
-            unread.append(study.study_id)
-            continue
-        if spacing is None:
-            dicom += 1
-        else:
-            spacings.append(spacing)
-    if spacings:
-        array = np.array(spacings)
-        in_plane, slices = array[:, :2].min(axis=1), array[:, 2]
-        lines.append(f"  pixel size {in_plane.min():.2f}..{in_plane.max():.2f} mm, "
-                     f"slice spacing {slices.min():.2f}..{slices.max():.2f} mm (median {np.median(slices):.2f})")
-        for what, values in (("pixel size", in_plane), ("slice spacing", slices)):
-            if values.min() > 0 and values.max() / values.min() > SPACING_RATIO_WARNING:
-                lines.append(f"  warning: {what} varies more than {SPACING_RATIO_WARNING:g}-fold across studies; "
-                             f"check that thin and thick reconstructions are not mixed by accident.")
-    if dicom:
-        lines.append(f"  ({dicom} DICOM series: spacing not checked)")
-    if unread:
-        lines.append(f"  warning: {len(unread)} file(s) with unreadable headers, e.g. {unread[0]}")
-    return "\n".join(lines)
-
-
-# ---------------------------------------------------------------------------------------- process
-
-
-def train_arguments(stage1_epochs: int | None = None, stage2_epochs: int | None = None, seed: int | None = None,
-                    device: str | None = None, cache: str | os.PathLike | None = None) -> list[str]:
-    """Command-line options of ``twofivecnn train`` for the settings the training panel offers."""
-    args = []
-    for option, value in (("--stage1-epochs", stage1_epochs), ("--stage2-epochs", stage2_epochs),
-                          ("--seed", seed), ("--device", device), ("--cache", cache)):
-        if value is not None and value != "":
-            args += [option, str(value)]
-    return args
-
-
-def atomic_leftovers(out: str | os.PathLike) -> list[Path]:
-    """Temporary files an interrupted run may leave beside its model (model, checkpoint, split)."""
-    out = Path(out)
-    targets = (out.name, out.name + ".ckpt", out.with_suffix(".split.json").name)
-    return sorted(p for name in targets for p in out.parent.glob(f".{glob_escape(name)}.*.tmp*"))
-
-
-def glob_escape(text: str) -> str:
-    return re.sub(r"([*?\[])", r"[\1]", text)
-
-
-class TrainingProcess:
-    """``python -m TwoFiveCNNLib train ... --progress-json`` in a child process, read without blocking.
-
-    :meth:`poll` returns the progress events that arrived since the last call (dicts with ``stage``
-    etc., as :mod:`.progress` writes them; other output lines as ``log`` events). After the last
-    one, exactly one ``{"stage": "exit", "returncode": ..., "cancelled": ..., "error": ...}`` event
-    follows, so a poller needs no other way to learn that the run ended.
-    """
-
-    def __init__(self, data: str | os.PathLike, out: str | os.PathLike, args: Sequence[str] = (),
-                 python: str | os.PathLike | None = None) -> None:
-        self.data, self.out = Path(data), Path(out)
-        self.args = [str(a) for a in args]
-        self.python = str(python or sys.executable)
-        self._process: subprocess.Popen | None = None
-        self._events: queue.Queue = queue.Queue()
-        self._stderr: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
-        self._reader: threading.Thread | None = None
-        self._cancelled = False
-
-    @property
-    def checkpoint_path(self) -> Path:
-        return self.out.with_name(self.out.name + ".ckpt")
-
-    def command(self, resume: bool = False) -> list[str]:
-        return [self.python, "-m", "TwoFiveCNNLib", "train", "--data", str(self.data), "--out", str(self.out),
-                "--progress-json", *self.args, *(["--resume"] if resume else [])]
-
-    def start(self, resume: bool = False) -> TrainingProcess:
-        if self.is_running:
-            raise RuntimeError("training is already running; cancel it first.")
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONIOENCODING="utf-8")
-        # PythonSlicer does not see the scripted-modules folder: point it at this library's parent.
-        library_parent = str(Path(__file__).resolve().parent.parent)
-        env["PYTHONPATH"] = os.pathsep.join([library_parent, *filter(None, [env.get("PYTHONPATH")])])
-        self._cancelled = False
-        self._stderr.clear()
-        self._process = subprocess.Popen(
-            self.command(resume), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True, encoding="utf-8", errors="replace", bufsize=1, env=env, cwd=str(self.out.parent))
-        stderr_reader = threading.Thread(target=self._read_stderr, args=(self._process,), daemon=True)
-        stderr_reader.start()
-        self._reader = threading.Thread(target=self._read_stdout, args=(self._process, stderr_reader), daemon=True)
-        self._reader.start()
-        return self
-
-    def resume(self) -> TrainingProcess:
-        """Start again with ``--resume``: continues after the last epoch the checkpoint holds."""
-        return self.start(resume=True)
-
-    def _read_stderr(self, process: subprocess.Popen) -> None:
-        for line in process.stderr:
-            if line.strip():
-                self._stderr.append(line.rstrip("\n"))
-
-    def _read_stdout(self, process: subprocess.Popen, stderr_reader: threading.Thread) -> None:
-        for line in process.stdout:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                event = json.loads(line)
-            except json.JSONDecodeError:
-                event = None
-            if not isinstance(event, dict) or "stage" not in event:
-                event = {"stage": "log", "message": line}
-            self._events.put(event)
-        stderr_reader.join()
-        returncode = process.wait()
-        if returncode != 0:
-            self.remove_leftovers()
-        self._events.put({"stage": "exit", "returncode": returncode, "cancelled": self._cancelled,
-                          "error": None if returncode == 0 or self._cancelled else self.error_message()})
-
-    def poll(self) -> list[dict]:
-        """The events that arrived since the last call; never blocks."""
-        events = []
-        while True:
-            try:
-                events.append(self._events.get_nowait())
-            except queue.Empty:
-                return events
-
-    @property
-    def is_running(self) -> bool:
-        """True until the process has ended and all its output has been read."""
-        return self._reader is not None and self._reader.is_alive()
-
-    @property
-    def returncode(self) -> int | None:
-        return None if self._process is None else self._process.poll()
-
-    @property
-    def stderr_tail(self) -> str:
-        return "\n".join(self._stderr)
-
-    def error_message(self) -> str:
-        """The reason a run failed, from the last lines the process wrote to stderr."""
-        lines = list(self._stderr)
-        errors = [line for line in lines if "error" in line.lower()]
-        return (errors[-1] if errors else "\n".join(lines[-5:])) or f"exit code {self.returncode}"
-
-    def wait(self, timeout: float | None = None) -> int | None:
-        """Block until the process has ended and its output is read (scripts and tests; not the GUI)."""
-        if self._reader is not None:
-            self._reader.join(timeout)
-        return self.returncode
-
-    def cancel(self, timeout: float = 10.0) -> int | None:
-        """Stop the run: SIGTERM, then kill after ``timeout`` s. The last epoch's checkpoint stays."""
-        process = self._process
-        if process is None or process.poll() is not None:
-            return self.returncode
-        self._cancelled = True
-        process.terminate()
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        self.wait(timeout)
-        self.remove_leftovers()
-        return process.returncode
-
-    def remove_leftovers(self) -> list[Path]:
-        """Delete the temporary files a killed run left beside its outputs (only when it is not running)."""
-        if self._process is not None and self._process.poll() is None:
-            return []
-        leftovers = atomic_leftovers(self.out)
-        for path in leftovers:
-            path.unlink(missing_ok=True)
-        return leftovers
-
-
-def describe_event(event: dict) -> str:
-    """One line for the log box and progress bar: stage, epoch, metrics, time left."""
-    stage = event.get("stage", "?")
-    if stage == "log":
-        return str(event.get("message", ""))
-    if stage == "exit":
-        if event.get("cancelled"):
-            return "cancelled; the last completed epoch is kept in the checkpoint (Resume continues from it)"
-        if event.get("returncode") == 0:
-            return "training process finished"
-        return f"training failed (exit code {event.get('returncode')}): {event.get('error')}"
-    if stage == "done":
-        test = event.get("test")
-        shown = f", test balanced accuracy {test:.3f}" if isinstance(test, float) else ""
-        return f"done: model written to {event.get('model')}{shown}"
-    parts = [stage + (f" {event['subset']}" if "subset" in event else "")]
-    if isinstance(event.get("epoch"), int) and isinstance(event.get("epochs"), int):
-        parts.append(f"{event['epoch']}/{event['epochs']}")
-    for key, short in (("loss", "loss"), ("val_balanced_accuracy", "val bal. acc."), ("val_kappa", "val kappa")):
-        if isinstance(event.get(key), (int, float)):
-            parts.append(f"{short} {event[key]:.3f}")
-    if isinstance(event.get("eta_s"), (int, float)) and event["eta_s"] > 0:
-        parts.append(f"{stage} ends in ~{format_seconds(event['eta_s'])}")
-    return ", ".join(parts)
-
-
-def format_seconds(seconds: float) -> str:
-    seconds = round(seconds)
-    if seconds < 60:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{seconds // 60} min {seconds % 60:02d} s"
-    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
-
-
-def progress_percent(event: dict) -> int | None:
-    """Overall progress of the run (0..100) after ``event``, or None if the event says nothing of it."""
-    stage = event.get("stage")
-    if stage not in STAGE_PROGRESS:
-        return None
-    low, high = STAGE_PROGRESS[stage]
-    done, total = event.get("epoch"), event.get("epochs")
-    fraction = done / total if isinstance(done, int) and isinstance(total, int) and total > 0 else 0.0
-    if stage == "preprocess":  # train, val, test are preprocessed in turn
-        fraction = (("train", "val", "test").index(event.get("subset", "train")) + fraction) / 3
-    return round(low + (high - low) * min(max(fraction, 0.0), 1.0))
-
-
-# ---------------------------------------------------------------------------------------- MRML results
+# ---------------------------------------------------------------------------------------- training results
 
 
 class ProgressNodes:
@@ -502,16 +234,14 @@ class ProgressNodes:
 
     PREFIX = "TwoFiveCNN training"
 
-    def __init__(self, scene) -> None:
-        import slicer
-
+    def __init__(self, scene: Any) -> None:
         self.scene = scene
-        self._slicer = slicer
         self.curves_table_node = self._node("vtkMRMLTableNode", f"{self.PREFIX} curves")
         if self.curves_table_node.GetNumberOfColumns() == 0:
             self._set_columns(self.curves_table_node, with_stage=True)
         self.loss_chart_node = self._node("vtkMRMLPlotChartNode", f"{self.PREFIX} loss")
-        self.accuracy_chart_node = self._node("vtkMRMLPlotChartNode", f"{self.PREFIX} validation balanced accuracy")
+        self.accuracy_chart_node = self._node("vtkMRMLPlotChartNode",
+                                              f"{self.PREFIX} validation balanced accuracy")
         for chart, title, y_title in ((self.loss_chart_node, "Training loss", "loss (cross-entropy)"),
                                       (self.accuracy_chart_node, "Validation balanced accuracy",
                                        "balanced accuracy")):
@@ -520,13 +250,11 @@ class ProgressNodes:
             chart.SetYAxisTitle(y_title)
             chart.SetLegendVisibility(True)
 
-    def _node(self, class_name: str, name: str):
+    def _node(self, class_name: str, name: str) -> Any:
         node = self.scene.GetFirstNode(name, class_name, False, True)
         return node if node is not None else self.scene.AddNewNodeByClass(class_name, name)
 
-    def _set_columns(self, table_node, with_stage: bool) -> None:
-        import vtk
-
+    def _set_columns(self, table_node: Any, with_stage: bool) -> None:
         table_node.RemoveAllColumns()
         columns = [("stage", vtk.vtkStringArray)] if with_stage else []
         columns += [("epoch", vtk.vtkIntArray), ("loss", vtk.vtkDoubleArray),
@@ -536,7 +264,7 @@ class ProgressNodes:
             column.SetName(name)
             table_node.AddColumn(column)
 
-    def stage_table_node(self, stage: str):
+    def stage_table_node(self, stage: str) -> Any:
         """The per-stage table the plot series of ``stage`` draw, with its two series on the charts."""
         table = self._node("vtkMRMLTableNode", f"{self.PREFIX} curves {stage}")
         if table.GetNumberOfColumns() == 0:
@@ -547,15 +275,15 @@ class ProgressNodes:
             series.SetAndObserveTableNodeID(table.GetID())
             series.SetXColumnName("epoch")
             series.SetYColumnName(column)
-            series.SetPlotType(self._slicer.vtkMRMLPlotSeriesNode.PlotTypeScatter)
-            series.SetMarkerStyle(self._slicer.vtkMRMLPlotSeriesNode.MarkerStyleCircle)
-            series.SetColor(*STAGE_COLOURS.get(stage, (0.3, 0.3, 0.3)))
+            series.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeScatter)
+            series.SetMarkerStyle(slicer.vtkMRMLPlotSeriesNode.MarkerStyleCircle)
+            series.SetColor(*CURVE_COLOURS.get(stage, OTHER_CURVE_COLOUR))
             if not chart.HasPlotSeriesNodeID(series.GetID()):
                 chart.AddAndObservePlotSeriesNodeID(series.GetID())
         return table
 
     @staticmethod
-    def _append(table_node, values: Sequence) -> None:
+    def _append(table_node: Any, values: Sequence) -> None:
         table = table_node.GetTable()
         for index, value in enumerate(values):
             table.GetColumn(index).InsertNextValue(value)
@@ -588,7 +316,7 @@ class ProgressNodes:
 
 def training_metrics(model_path: str | os.PathLike) -> tuple[str, dict]:
     """``(split name, metrics)`` of a model file: its test split, else its validation split."""
-    from ..io.model_file import load_archive
+    from ..io.model_file import load_archive  # imports torch: only once a model is read
 
     _, metadata = load_archive(model_path)
     recorded = metadata.get("metrics") or {}
@@ -598,17 +326,14 @@ def training_metrics(model_path: str | os.PathLike) -> tuple[str, dict]:
     raise ValueError(f"{model_path}: the model file records no validation or test metrics.")
 
 
-OVERALL_METRICS = (("balanced_accuracy", "balanced accuracy"), ("quadratic_weighted_kappa", "quadratic kappa"),
-                   ("accuracy", "accuracy"), ("macro_f1", "macro F1"), ("roc_auc", "ROC AUC"))
-
-
 def metrics_summary_text(split: str, metrics: dict) -> str:
+    """One line of the overall numbers, e.g. for the metrics table's description and the panel."""
     shown = ", ".join(f"{label} {'n/a' if metrics.get(key) is None else format(metrics[key], '.3f')}"
                       for key, label in OVERALL_METRICS)
     return f"{split} split ({metrics.get('n_studies', '?')} studies): {shown}"
 
 
-def metrics_to_tables(model_path: str | os.PathLike, scene) -> tuple[Any, Any]:
+def metrics_to_tables(model_path: str | os.PathLike, scene: Any) -> tuple[Any, Any]:
     """The model's test metrics (validation if it has no test split) as two table nodes.
 
     The metrics table has one row per class (precision, recall, F1, ROC AUC, support; NaN where
@@ -616,17 +341,15 @@ def metrics_to_tables(model_path: str | os.PathLike, scene) -> tuple[Any, Any]:
     The confusion table has a ``true \\ predicted`` column of class names then one count column per
     predicted class. Nodes of an earlier call (same names) are updated.
     """
-    import vtk
-
     split, metrics = training_metrics(model_path)
     names = list(metrics["class_names"])
     stem = Path(model_path).stem
 
-    def node(name: str):
+    def node(name: str) -> Any:
         found = scene.GetFirstNode(name, "vtkMRMLTableNode", False, True)
         return found if found is not None else scene.AddNewNodeByClass("vtkMRMLTableNode", name)
 
-    def numbers(name: str, values, array_type=vtk.vtkDoubleArray):
+    def numbers(name: str, values: Iterable, array_type: type = vtk.vtkDoubleArray) -> Any:
         column = array_type()
         column.SetName(name)
         for value in values:

@@ -1,0 +1,235 @@
+"""Which studies there are: a validated dataset index of studies and their MosMed labels.
+
+A dataset is either a MosMed-style folder (``ROOT/studies/CT-k/...`` or ``ROOT/CT-k/...``) or a
+CSV with ``path,label`` columns; errors name the file and the fix.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..io.volume import VOLUME_SUFFIXES, study_name
+
+CLASS_NAMES = ("CT-0", "CT-1", "CT-2", "CT-3", "CT-4")
+# Below this many studies a class cannot have one study in each of train, val and test.
+MIN_STUDIES_PER_CLASS = 3
+
+FOLDER_LAYOUT = (
+    "ROOT/studies/CT-0..CT-4/<study>.nii.gz or ROOT/CT-0..CT-4/<study> (volume files or DICOM folders)"
+)
+
+
+class DatasetError(ValueError):
+    """A dataset, split or task definition that cannot be used; the message names the file and the fix."""
+
+
+def normalize_label(label: str) -> str | None:
+    """The canonical class name for ``label`` (case and surrounding spaces ignored), or None if unknown."""
+    wanted = label.strip().upper()
+    return next((name for name in CLASS_NAMES if name == wanted), None)
+
+
+def _is_hidden(path: Path) -> bool:
+    return path.name.startswith(".")
+
+
+def _is_volume_file(path: Path) -> bool:
+    return path.is_file() and path.name.lower().endswith(VOLUME_SUFFIXES)
+
+
+def _series_files(folder: Path) -> list[Path]:
+    """The non-hidden files directly inside a DICOM series folder, sorted by name."""
+    return sorted((p for p in folder.iterdir() if p.is_file() and not _is_hidden(p)), key=lambda p: p.name)
+
+
+def study_size(path: Path) -> int:
+    """Bytes of a study: the file, or all files of a DICOM series folder."""
+    if path.is_dir():
+        return sum(p.stat().st_size for p in _series_files(path))
+    return path.stat().st_size
+
+
+@dataclass(frozen=True)
+class Study:
+    """One CT study: a unique id (file stem or folder name), where it is, and its class name."""
+
+    study_id: str
+    path: Path
+    label: str
+
+    def to_dict(self) -> dict:
+        return {"study_id": self.study_id, "path": str(self.path), "label": self.label}
+
+
+@dataclass
+class DatasetIndex:
+    """The studies of a dataset, sorted by id so anything derived from it ignores file listing order."""
+
+    studies: list[Study]
+    classes: tuple[str, ...] = CLASS_NAMES
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        self.classes = tuple(self.classes)
+        if not self.studies:
+            raise DatasetError(f"{self.source or 'dataset'}: contains no studies.")
+        seen: dict[str, Study] = {}
+        for study in self.studies:
+            if study.label not in self.classes:
+                raise DatasetError(
+                    f"{study.path}: unknown label {study.label!r}; use one of {', '.join(self.classes)}."
+                )
+            if study.study_id in seen:
+                raise DatasetError(
+                    f"duplicate study {study.study_id!r}: {seen[study.study_id].path} and {study.path}. "
+                    f"Study ids (file names without extension) must be unique; rename or remove one."
+                )
+            seen[study.study_id] = study
+        self.studies = sorted(self.studies, key=lambda s: s.study_id)
+
+    def __len__(self) -> int:
+        return len(self.studies)
+
+    @classmethod
+    def from_folder(cls, path: str | os.PathLike) -> DatasetIndex:
+        """Index a MosMed-style folder; every class folder present must hold at least one study."""
+        root = Path(path).expanduser().resolve()
+        if not root.is_dir():
+            raise DatasetError(f"{root}: no such folder. Expected a dataset laid out as {FOLDER_LAYOUT}.")
+        class_root = root / "studies" if (root / "studies").is_dir() else root
+        studies: list[Study] = []
+        for folder in sorted(p for p in class_root.iterdir() if p.is_dir() and not _is_hidden(p)):
+            label = normalize_label(folder.name)
+            if label is None:
+                raise DatasetError(
+                    f"{folder}: folder {folder.name!r} is not a class; class folders must be named "
+                    f"{', '.join(CLASS_NAMES)}. Rename it or move it out of {class_root}."
+                )
+            class_studies = _studies_in_class_folder(folder, label)
+            if not class_studies:
+                raise DatasetError(
+                    f"{folder}: class folder holds no studies. Add volume files "
+                    f"({', '.join(VOLUME_SUFFIXES)}) or DICOM series folders, or remove the empty folder."
+                )
+            studies.extend(class_studies)
+        if not studies:
+            raise DatasetError(
+                f"{root}: no class folders found. Expected a dataset laid out as {FOLDER_LAYOUT}."
+            )
+        return cls(studies, CLASS_NAMES, str(root))
+
+    @classmethod
+    def from_csv(cls, path: str | os.PathLike) -> DatasetIndex:
+        """Index a CSV with ``path,label`` (optionally ``study_id``), paths relative to the CSV's folder."""
+        csv_path = Path(path).expanduser().resolve()
+        if not csv_path.is_file():
+            raise DatasetError(f"{csv_path}: no such CSV file.")
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            columns = [c.strip().lower() for c in reader.fieldnames or []]
+            missing = [c for c in ("path", "label") if c not in columns]
+            if missing:
+                raise DatasetError(
+                    f"{csv_path}: missing column(s) {', '.join(missing)} (found {columns or 'none'}). "
+                    f"The first line must be a header with 'path,label' and optionally 'study_id'."
+                )
+            reader.fieldnames = columns
+            studies = [
+                _study_from_row(row, csv_path, line)
+                for line, row in enumerate(reader, start=2)
+                if any((value or "").strip() for value in row.values())
+            ]
+        if not studies:
+            raise DatasetError(f"{csv_path}: lists no studies. Add one 'path,label' row per study.")
+        return cls(studies, CLASS_NAMES, str(csv_path))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> DatasetIndex:
+        """Index a MosMed-style folder or a ``.csv`` file."""
+        p = Path(path).expanduser()
+        if p.is_dir():
+            return cls.from_folder(p)
+        if p.suffix.lower() == ".csv":
+            return cls.from_csv(p)
+        raise DatasetError(
+            f"{p}: not a dataset. Pass a folder laid out as {FOLDER_LAYOUT}, "
+            f"or a .csv file with 'path,label' columns."
+        )
+
+    def counts(self) -> dict[str, int]:
+        """Studies per class, including classes with none."""
+        counts = dict.fromkeys(self.classes, 0)
+        for study in self.studies:
+            counts[study.label] += 1
+        return counts
+
+    def summary(self) -> str:
+        """Human-readable class counts, with a warning for classes too small to stratify."""
+        counts = self.counts()
+        lines = [f"{len(self.studies)} studies from {self.source or 'dataset'}"]
+        lines += [f"  {name}: {count}" for name, count in counts.items()]
+        lines += [
+            f"  warning: {name} has {count} studies; at least {MIN_STUDIES_PER_CLASS} are needed "
+            f"for one in each of train, val and test."
+            for name, count in counts.items()
+            if count < MIN_STUDIES_PER_CLASS
+        ]
+        return "\n".join(lines)
+
+    def fingerprint(self) -> str:
+        """Identifies the dataset's content (ids, labels, sizes) independently of where it is stored."""
+        rows = sorted((s.study_id, s.label, study_size(s.path)) for s in self.studies)
+        return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
+
+    def to_dict(self) -> dict:
+        return {"source": self.source, "classes": list(self.classes),
+                "studies": [s.to_dict() for s in self.studies]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> DatasetIndex:
+        studies = [Study(s["study_id"], Path(s["path"]), s["label"]) for s in data["studies"]]
+        return cls(studies, tuple(data.get("classes", CLASS_NAMES)), data.get("source", ""))
+
+
+def _studies_in_class_folder(folder: Path, label: str) -> list[Study]:
+    """Volume files and DICOM series folders directly inside a class folder (other files are ignored)."""
+    studies = []
+    for entry in sorted(p for p in folder.iterdir() if not _is_hidden(p)):
+        if entry.is_dir():
+            if not _series_files(entry):
+                raise DatasetError(
+                    f"{entry}: folder holds no files. A study folder must hold the DICOM files of one "
+                    f"series directly; move them up or remove the folder."
+                )
+            studies.append(Study(entry.name, entry, label))
+        elif _is_volume_file(entry):
+            studies.append(Study(study_name(entry), entry, label))
+    return studies
+
+
+def _study_from_row(row: dict, csv_path: Path, line: int) -> Study:
+    where = f"{csv_path}, line {line}"
+    raw_path = (row.get("path") or "").strip()
+    raw_label = (row.get("label") or "").strip()
+    if not raw_path:
+        raise DatasetError(f"{where}: empty path.")
+    path = Path(raw_path).expanduser()
+    path = (path if path.is_absolute() else csv_path.parent / path).resolve()
+    if not path.exists():
+        raise DatasetError(f"{where}: {path} does not exist. Paths are relative to the CSV's folder.")
+    if not (path.is_dir() or path.name.lower().endswith(VOLUME_SUFFIXES)):
+        raise DatasetError(
+            f"{where}: {path} is not a volume file ({', '.join(VOLUME_SUFFIXES)}) or a DICOM series folder."
+        )
+    label = normalize_label(raw_label)
+    if label is None:
+        raise DatasetError(
+            f"{where}: unknown label {raw_label!r} for {path}; use one of {', '.join(CLASS_NAMES)}."
+        )
+    study_id = (row.get("study_id") or "").strip() or study_name(path)
+    return Study(study_id, path, label)

@@ -1,0 +1,77 @@
+"""Grading a whole cohort at once: the one evaluation path.
+
+Training records its metrics with :func:`cohort_metrics` and ``twofivecnn evaluate`` scores a dataset
+with it too, so the numbers a model file carries are the ones ``evaluate`` reproduces.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..data.cohort import Cohort
+from ..metrics.classification import compute_metrics
+from ..networks.heads import AttentionHead
+from ..networks.severity_model import SeverityModel
+
+# Result names: the 2.5D model (fused when it has an aeration model), its parts, and the pure-2D baseline.
+FUSED, CNN_ONLY, AERATION_ONLY, POOLED_2D = "twofive", "twofive_cnn_only", "aeration_only", "pooled_2d"
+
+
+@torch.inference_mode()
+def slice_probabilities(model: SeverityModel, cohort: Cohort) -> list[torch.Tensor]:
+    """Stage-1 class probabilities of every slice of every study."""
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for i in range(len(cohort)):
+        slices = cohort.study_slices(i)
+        logits = torch.cat([model.slice_classifier(c.to(device)) for c in slices.split(256)])
+        out.append(logits.float().softmax(-1).cpu())
+    return out
+
+
+def pooled_2d_probabilities(model: SeverityModel, cohort: Cohort) -> np.ndarray:
+    """The pure-2D baseline: a study's probabilities are the mean of its slices' probabilities."""
+    return torch.stack([p.mean(0) for p in slice_probabilities(model, cohort)]).numpy()
+
+
+@torch.inference_mode()
+def embed_cohort(model: SeverityModel, cohort: Cohort) -> torch.Tensor:
+    """(N, S_max, D) embeddings of every slice, zero on padding."""
+    model.eval()
+    embeddings = torch.zeros(len(cohort), cohort.grids.shape[1], model.slice_classifier.backbone.embedding_dim)
+    for i in range(len(cohort)):
+        length = int(cohort.lengths[i])
+        embeddings[i, :length] = model.embed_slices(cohort.study_slices(i)).cpu()
+    return embeddings
+
+
+@torch.inference_mode()
+def head_probabilities(head: AttentionHead, embeddings: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
+    """The attention head's class probabilities (N, C) for padded embeddings and their slice mask."""
+    head.eval()
+    device = next(head.parameters()).device
+    logits, _ = head(embeddings.to(device), mask.to(device))
+    return logits.float().softmax(-1).cpu().numpy()
+
+
+def study_probabilities(model: SeverityModel, cohort: Cohort, with_pooled_2d: bool = True) -> dict[str, np.ndarray]:
+    """(N, C) probabilities of the model and of each of its parts, by result name."""
+    cnn = head_probabilities(model.head, embed_cohort(model, cohort), cohort.mask())
+    aeration = model.aeration_probabilities(cohort.aeration_features)
+    results = {FUSED: model.fuse(torch.from_numpy(cnn), aeration).numpy()}
+    if with_pooled_2d:
+        results[POOLED_2D] = pooled_2d_probabilities(model, cohort)
+    if aeration is not None:
+        results[CNN_ONLY] = cnn
+        results[AERATION_ONLY] = aeration.numpy()
+    return results
+
+
+def cohort_metrics(model: SeverityModel, cohort: Cohort,
+                   probabilities: dict[str, np.ndarray] | None = None) -> dict[str, dict]:
+    """Metrics of the model (fused), its parts (CNN head alone, aeration model alone) and pure 2D."""
+    probabilities = probabilities if probabilities is not None else study_probabilities(model, cohort)
+    labels = cohort.labels.tolist()
+    return {name: compute_metrics(labels, values, model.class_names) for name, values in probabilities.items()}

@@ -1,0 +1,70 @@
+"""Every setting of a training run, recorded in the model file, and the seeded random streams."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from ..data.augment import AugmentConfig
+from ..networks.severity_model import Architecture
+from ..transforms.preprocess import PreprocessConfig
+
+# One random stream per stage, so that changing one stage's settings leaves the others' draws alone.
+STAGE_SEEDS = {"stage1": 1, "stage2": 2, "views": 3, "finetune": 4}
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a run; recorded in the model file."""
+
+    task: str = "severity"
+    seed: int = 0
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    preprocess: PreprocessConfig = field(default_factory=lambda: PreprocessConfig(in_plane=96, n_slices=32))
+    architecture: Architecture = field(default_factory=Architecture)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    pretrained: str | None = None
+    stage1_epochs: int = 14
+    stage1_batch: int = 64
+    stage1_lr: float = 2e-3
+    stage1_samples_per_epoch: int | None = None  # default: every training slice once
+    weight_decay: float = 1e-4
+    label_smoothing: float = 0.05
+    stage2_epochs: int = 150
+    stage2_batch: int = 16
+    stage2_lr: float = 1e-3
+    stage2_views: int = 6  # augmented embedding views per training study
+    finetune_epochs: int = 0  # optional end-to-end fine-tuning of backbone and head after stage 2
+    finetune_lr: float = 1e-4
+    device: str = "auto"
+    baselines: bool = False  # also train the pure-3D baselines (3D CNN, ACS-inflated) on the same split
+    baseline_epochs: int = 30
+    baseline_batch: int = 4
+    baseline_lr: float = 1e-3
+    name: str = ""
+    demo: bool = False
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["preprocess"] = self.preprocess.to_dict()
+        data["augment"] = self.augment.to_dict()
+        data["fractions"] = list(self.fractions)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        values = dict(data)
+        values["preprocess"] = PreprocessConfig.from_dict(values["preprocess"])
+        values["architecture"] = Architecture(**values["architecture"])
+        values["augment"] = AugmentConfig.from_dict(values["augment"])
+        values["fractions"] = tuple(values["fractions"])
+        return cls(**values)
+
+
+def epoch_generator(seed: int, stage: str, epoch: int) -> torch.Generator:
+    """Random numbers for one epoch, independent of what ran before (so a resumed run matches)."""
+    generator = torch.Generator()
+    generator.manual_seed(seed * 1_000_003 + STAGE_SEEDS[stage] * 10_007 + epoch)
+    torch.manual_seed(int(torch.randint(2**31 - 1, (1,), generator=generator)))  # dropout
+    return generator

@@ -1,0 +1,124 @@
+"""A whole training run: one patient-level split, both stages, the aeration model, evaluation, the file.
+
+Both stages use one patient-level split (saved beside the model), every epoch draws its random
+numbers from a generator seeded by (seed, stage, epoch), and a checkpoint is written atomically after
+every epoch, so an interrupted run resumed with ``resume=True`` ends exactly where an uninterrupted
+one would. Under ``torchrun`` stage 1 runs data-parallel (DistributedDataParallel).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data.cache import PreprocessedCache
+from ..data.cohort import load_cohort
+from ..data.index import DatasetIndex
+from ..data.splits import Split, make_split
+from ..data.tasks import TaskDefinition
+from ..inference.cohort_scores import FUSED, cohort_metrics
+from ..io.atomic import remove_stale_temporaries
+from ..io.progress import ProgressReporter
+from ..networks.backbones import load_pretrained
+from ..networks.severity_model import SeverityModel, resolve_device
+from .baselines import evaluate_baselines
+from .checkpoint import Checkpoint
+from .config import TrainConfig
+from .distributed import distributed_rank_world
+from .stages import finetune, stage2_data, train_aeration_model, train_head, train_stage1
+
+
+def prepare_split(index: DatasetIndex, config: TrainConfig, split_path: Path | None) -> Split:
+    """Reuse a saved split when given (both stages and every baseline share it), else make one."""
+    if split_path is not None and split_path.exists():
+        split = Split.load(split_path)
+        split.check_matches(index)
+        return split
+    split = make_split(index, config.fractions, config.seed)
+    if split_path is not None and distributed_rank_world()[0] == 0:
+        split.save(split_path)
+    return split
+
+
+def package_versions() -> dict:
+    import SimpleITK
+
+    from .. import __version__
+    return {"twofivecnn": __version__, "torch": torch.__version__, "numpy": np.__version__,
+            "SimpleITK": SimpleITK.Version_VersionString(), "python": platform.python_version()}
+
+
+def train(data: str | os.PathLike, out: str | os.PathLike, config: TrainConfig,
+          reporter: ProgressReporter | None = None, cache: PreprocessedCache | None = None,
+          split_path: str | os.PathLike | None = None, resume: bool = False,
+          held_out: str | os.PathLike | None = None) -> SeverityModel:
+    """Train both stages on a dataset (MosMed-style folder or CSV) and write the model file ``out``.
+
+    ``held_out``: an extra dataset never used for training or selection, on which the model (and
+    the baselines) are also scored and the scores recorded in the model file. Scores are those of
+    the model as saved (float16 weights), so ``twofivecnn evaluate`` reproduces them.
+    """
+    reporter = reporter or ProgressReporter()
+    out = Path(out)
+    started = time.monotonic()
+    torch.manual_seed(config.seed)
+    device = resolve_device(config.device)
+    task = TaskDefinition.from_name(config.task)
+    index = DatasetIndex.load(data)
+    split = prepare_split(index, config, Path(split_path) if split_path else out.with_suffix(".split.json"))
+    cache = cache or PreprocessedCache()
+    reporter.message(f"{len(index)} studies; split train/val/test = "
+                     f"{len(split.train)}/{len(split.val)}/{len(split.test)} (seed {split.seed})")
+    cohorts = {name: load_cohort(split.subset(index, name), task, config.preprocess, cache,
+                                 lambda done, total, name=name: reporter.event(
+                                     "preprocess", subset=name, epoch=done, epochs=total),
+                                 with_aeration=config.architecture.aeration)
+               for name in ("train", "val", "test") if getattr(split, name)}
+    if held_out is not None:
+        cohorts["held_out"] = load_cohort(DatasetIndex.load(held_out).studies, task, config.preprocess, cache,
+                                          with_aeration=config.architecture.aeration)
+    checkpoint = Checkpoint(out.with_name(out.name + ".ckpt"), config)
+    for leftover in (out, checkpoint.path):
+        remove_stale_temporaries(leftover)
+    resume_state = checkpoint.load() if resume else None
+    model = SeverityModel(task, config.preprocess, config.architecture).to(device)
+    if config.pretrained:
+        load_pretrained(model.slice_classifier.backbone, config.pretrained)
+    model.slice_classifier.to(memory_format=torch.channels_last)
+    if resume_state is not None:
+        reporter.message(f"resuming from {checkpoint.path} after {resume_state[1]['stage']} "
+                         f"epoch {resume_state[1]['epoch']}")
+    stage1_state = resume_state if resume_state and resume_state[1]["stage"] == "stage1" else None
+    stage1 = train_stage1(model, cohorts["train"], cohorts["val"], config, reporter, checkpoint, stage1_state,
+                          device)
+    data = stage2_data(model, cohorts["train"], cohorts["val"], config, reporter, device)
+    stage2 = train_head(model.head, data, model.class_names, config, reporter, device)
+    history = {"stage1": stage1, "stage2": stage2}
+    if config.finetune_epochs > 0:
+        history["finetune"] = finetune(model, cohorts["train"], cohorts["val"], config, reporter, device)
+    if model.aeration is not None:
+        train_aeration_model(model, cohorts["train"], config)
+    model.round_to_stored_precision()
+    evaluation = {name: cohort_metrics(model, cohort) for name, cohort in cohorts.items() if name != "train"}
+    training_seconds = round(time.monotonic() - started, 1)
+    if config.baselines:
+        model.metadata["baselines"] = evaluate_baselines(model, cohorts, config, reporter, device)
+    model.metadata.update({
+        "name": config.name or out.stem, "demo": config.demo, "train_config": config.to_dict(),
+        "split": split.to_dict(), "split_fingerprint": split.fingerprint(),
+        "dataset_fingerprint": index.fingerprint(), "dataset_counts": index.counts(),
+        "metrics": evaluation, "history": history,
+        "training_seconds": training_seconds, "versions": package_versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    })
+    if distributed_rank_world()[0] == 0:
+        model.save(out)
+        checkpoint.remove()
+    reporter.event("done", model=str(out), test=evaluation.get("test", {}).get(FUSED, {}).get(
+        "balanced_accuracy"), seconds=model.metadata["training_seconds"])
+    return model
