@@ -151,6 +151,9 @@ def test_packaging_declares_every_subpackage():
     settings = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     declared = set(settings["tool"]["setuptools"]["packages"])
     assert declared == {PACKAGE} | {f"{PACKAGE}.{name}" for name in LAYERS}
+    import TwoFiveCNNLib
+
+    assert settings["project"]["version"] == TwoFiveCNNLib.__version__
 
 
 # ------------------------------------------------------------------------------------------ the checker

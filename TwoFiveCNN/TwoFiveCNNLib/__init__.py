@@ -4,4 +4,4 @@ No Qt and no Slicer application needed: the Slicer modules, the ``twofivecnn`` c
 Python scripts all use the same functions.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

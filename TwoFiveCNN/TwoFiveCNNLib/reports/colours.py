@@ -44,7 +44,7 @@ ACCENT: RGB = (0, 114, 178)  # blue, distinct from every colour of the warm map
 BAR: RGB = (175, 175, 175)  # bars that are context, not the point
 # Okabe-Ito palette: distinguishable with the common colour-vision deficiencies.
 STAGE_COLOURS: tuple[RGB, ...] = (
-    (0, 114, 178),
+    ACCENT,
     (213, 94, 0),
     (0, 158, 115),
     (204, 121, 167),
