@@ -163,8 +163,23 @@ def bench_stage2_epoch(quick: bool) -> dict:
             "stage2_vs_3d_epoch_cost": round(stage2 / cnn3d, 4)}
 
 
+def peak_rss_kb() -> int:
+    """This process's peak resident memory in KiB.
+
+    Linux's ``VmHWM`` belongs to the running program alone; ``ru_maxrss`` survives ``exec`` and so
+    would count the parent's memory at the time it started the child.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def peak_rss_child(slices: int) -> dict:
-    """Peak resident memory of a fresh process predicting a 512 x 512 x ``slices`` int16 study.
+    """Peak resident memory of a fresh process reading and predicting a 512 x 512 x ``slices`` int16 study.
 
     The study is written to a file first, so the child's peak is reading and predicting, not making it.
     """
@@ -172,11 +187,11 @@ def peak_rss_child(slices: int) -> dict:
         study = bench_study((slices, 512, 512))
         path = write_volume(study.to_original(study.array), study.geometry, Path(folder) / "study.nrrd")
         del study
-        code = (f"import resource, json; from TwoFiveCNNLib.evaluation.bench import *; "
-                f"from TwoFiveCNNLib.inference.predict import predict_volume; "
-                f"from TwoFiveCNNLib.io.volume import read_volume; m = untrained_model(PreprocessConfig()); "
-                f"v = read_volume({str(path)!r}); base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
-                f"predict_volume(m, v); print(json.dumps([base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss]))")
+        code = ("import json; from TwoFiveCNNLib.evaluation.bench import PreprocessConfig, peak_rss_kb, "
+                "untrained_model; from TwoFiveCNNLib.inference.predict import predict_volume; "
+                "from TwoFiveCNNLib.io.volume import read_volume; m = untrained_model(PreprocessConfig()); "
+                f"v = read_volume({str(path)!r}); base = peak_rss_kb(); predict_volume(m, v); "
+                "print(json.dumps([base, peak_rss_kb()]))")
         output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     before, peak = json.loads(output.stdout.strip().splitlines()[-1])
     volume_mb = slices * 512 * 512 * 2 / 2**20
