@@ -1,0 +1,211 @@
+"""Lung segmentation and involvement on real chest CT (the slicerio CT and its expert lung segments)
+and on phantoms at 1 mm and 5 mm slices, in every stored orientation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from TwoFiveCNNLib.data.phantoms import generate_phantom
+from TwoFiveCNNLib.io.volume import Geometry, Volume, read_volume
+from TwoFiveCNNLib.transforms.involvement import (
+    BAND_NAMES,
+    CONSOLIDATION,
+    GROUND_GLASS,
+    grade_for_share,
+    measure_involvement,
+)
+from TwoFiveCNNLib.transforms.lungs import LEFT_LUNG, RIGHT_LUNG, segment_lungs
+
+slicerio = pytest.importorskip("slicerio")
+
+# Phantom seeds whose drawn grids have 1 mm and 5 mm slices (see phantoms._sample_grid).
+THIN_SLICE_SEED, THICK_SLICE_SEED = 5, 57
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2 * float((a & b).sum()) / max(1, int(a.sum() + b.sum()))
+
+
+@pytest.fixture(scope="module")
+def chest(chest_ct_path: Path) -> Volume:
+    return read_volume(chest_ct_path)
+
+
+@pytest.fixture(scope="module")
+def reference_lungs(chest: Volume, chest_ct_path: Path) -> np.ndarray:
+    """slicerio's expert segments on the CT's canonical grid: 1 right lung, 2 left lung."""
+    segmentation = slicerio.read_segmentation(str(chest_ct_path.with_name("Segmentation.seg.nrrd")))
+    assert list(segmentation["referenceImageExtentOffset"]) == [0, 0, 0]
+    values = {s["name"]: s["labelValue"] for s in segmentation["segments"]}
+    voxels_kji = np.transpose(segmentation["voxels"], (2, 1, 0))
+    labels = np.zeros(voxels_kji.shape, dtype=np.uint8)
+    labels[voxels_kji == values["right lung"]] = RIGHT_LUNG
+    labels[voxels_kji == values["left lung"]] = LEFT_LUNG
+    return Volume.from_original(labels, chest.geometry).array
+
+
+def reoriented(volume: Volume, flips_kji: tuple[bool, bool, bool]) -> Volume:
+    """The same CT stored with some index axes reversed (e.g. RAS rather than LPS, or feet first)."""
+    array = volume.to_original(volume.array)
+    geometry = volume.geometry
+    direction = np.array(geometry.direction).reshape(3, 3).copy()
+    origin = np.array(geometry.origin, dtype=float)
+    for axis_ijk, flip in enumerate(flips_kji[::-1]):
+        if flip:
+            origin += direction[:, axis_ijk] * geometry.spacing[axis_ijk] * (geometry.size[axis_ijk] - 1)
+            direction[:, axis_ijk] *= -1
+            array = np.flip(array, axis=2 - axis_ijk)
+    new = Geometry(geometry.size, geometry.spacing, tuple(origin), tuple(direction.ravel()))
+    return Volume.from_original(np.ascontiguousarray(array), new)
+
+
+def outside_air(hu: np.ndarray) -> np.ndarray:
+    """Air connected, within its slice, to the image border."""
+    from scipy import ndimage
+
+    air = hu < -400
+    labels, _ = ndimage.label(air, structure=np.array([[[0] * 3] * 3, [[0, 1, 0], [1, 1, 1], [0, 1, 0]], [[0] * 3] * 3]))
+    edges = np.unique(np.concatenate([labels[:, 0].ravel(), labels[:, -1].ravel(),
+                                      labels[:, :, 0].ravel(), labels[:, :, -1].ravel()]))
+    return np.isin(labels, edges[edges > 0])
+
+
+# ------------------------------------------------------------------------------------------ real CT
+
+
+@pytest.mark.parametrize("flips", [(False, False, False), (False, True, True), (True, False, False)],
+                         ids=["as stored", "LPS in-plane", "feet-first flipped"])
+def test_lungs_match_the_expert_segments_in_every_orientation(chest, reference_lungs, flips):
+    volume = reoriented(chest, flips)
+    np.testing.assert_array_equal(volume.array, chest.array)  # the same anatomy, stored otherwise
+    labels = segment_lungs(volume.array, volume.spacing_zyx)
+    for side in (RIGHT_LUNG, LEFT_LUNG):
+        assert dice(labels == side, reference_lungs == side) >= 0.9, side
+    # Mapped back to the file's own storage order, it still lies on the same anatomy.
+    stored = volume.to_original(labels)
+    assert Volume.from_original(stored, volume.geometry).array.tolist() == labels.tolist()
+
+
+def test_no_outside_air_no_airways_in_the_lungs(chest, reference_lungs):
+    labels = segment_lungs(chest.array, chest.spacing_zyx)
+    lungs = labels > 0
+    assert not (lungs & outside_air(chest.array)).any()
+    # Trachea and main bronchi: air (below -950 HU) that the expert left out of the lungs.
+    airway_air = (chest.array < -950) & (reference_lungs == 0) & ~outside_air(chest.array)
+    assert airway_air.sum() > 20, "the CT shows its trachea"
+    assert (lungs & airway_air).sum() <= 0.05 * airway_air.sum()
+    assert set(np.unique(labels)) == {0, RIGHT_LUNG, LEFT_LUNG}
+    # Right lung on the patient's right: lower canonical x (LPS).
+    x = np.arange(labels.shape[2])
+    assert x[(labels == RIGHT_LUNG).any(axis=(0, 1))].mean() < x[(labels == LEFT_LUNG).any(axis=(0, 1))].mean()
+
+
+def test_a_cropped_field_of_view_that_cuts_the_body(chest, reference_lungs):
+    """The body touches the image's edges: the air left around it still stays out of the lungs."""
+    _, y, x = chest.array.shape
+    rows = np.nonzero((reference_lungs > 0).any(axis=(0, 2)))[0]
+    crop = (slice(None), slice(max(0, rows[0] - 4), min(y, rows[-1] + 5)), slice(8, x - 8))
+    hu = np.ascontiguousarray(chest.array[crop])
+    labels = segment_lungs(hu, chest.spacing_zyx)
+    for side in (RIGHT_LUNG, LEFT_LUNG):
+        assert dice(labels == side, reference_lungs[crop] == side) >= 0.9
+    assert not ((labels > 0) & outside_air(hu)).any()
+
+
+def test_untouched_real_ct_is_normal(chest):
+    labels = segment_lungs(chest.array, chest.spacing_zyx)
+    report, bands = measure_involvement(chest.array, labels, chest.spacing_zyx)
+    assert report["involved_share"] < 0.05 and report["grade"] == "CT-0"
+    # The bands add up to the lung volume, and the mL figures are voxel counts times the voxel volume.
+    voxel_ml = float(np.prod(chest.spacing_zyx)) / 1000
+    lungs = report["lungs"]
+    assert lungs["voxels"] == int((labels > 0).sum()) == int((bands > 0).sum())
+    assert lungs["volume_ml"] == pytest.approx(lungs["voxels"] * voxel_ml, abs=0.01)
+    assert sum(lungs["bands_ml"].values()) == pytest.approx(lungs["volume_ml"], abs=0.05)
+    assert sum(lungs["bands_share"].values()) == pytest.approx(1.0)
+    for value, name in BAND_NAMES.items():
+        assert lungs["bands_ml"][name] == pytest.approx(int((bands == value).sum()) * voxel_ml, abs=0.01)
+    per_lung = report["per_lung"]
+    assert per_lung["right"]["voxels"] + per_lung["left"]["voxels"] == lungs["voxels"]
+    for record in per_lung.values():
+        zones = record["zones"]
+        assert zones["upper"]["voxels"] + zones["middle"]["voxels"] + zones["lower"]["voxels"] == record["voxels"]
+        assert zones["ventral"]["voxels"] + zones["dorsal"]["voxels"] == record["voxels"]
+
+
+def edge_lesions(chest: Volume, reference_lungs: np.ndarray):
+    """Consolidations (+30 HU balls of radius 12 and 20 mm) on the right lung's pleura, posterior,
+    lateral and anterior, at three heights: a plain threshold mask cuts each of them out."""
+    right = reference_lungs == RIGHT_LUNG
+    spacing = np.array(chest.spacing_zyx)
+    zz, yy, xx = np.ogrid[: right.shape[0], : right.shape[1], : right.shape[2]]
+    zs = np.nonzero(right.any(axis=(1, 2)))[0]
+    for height in (0.35, 0.5, 0.65):
+        z = int(zs[0] + height * (zs[-1] - zs[0]))
+        ys, xs = np.nonzero(right[z])
+        for cy, cx in ((ys.max(), xs[ys == ys.max()].mean()), (ys[xs == xs.min()].mean(), xs.min()),
+                       (ys.min(), xs[ys == ys.min()].mean())):
+            for radius in (12, 20):
+                distance = np.sqrt(((zz - z) * spacing[0]) ** 2 + ((yy - cy) * spacing[1]) ** 2
+                                   + ((xx - cx) * spacing[2]) ** 2)
+                lesion = (distance < radius) & right
+                hu = chest.array.astype(np.int32)
+                hu[lesion] = 30
+                yield hu, lesion
+
+
+def test_consolidation_at_the_lung_edge_is_mostly_inside_and_counted(chest, reference_lungs):
+    """Closing each lung (in-plane and along z) brings most of an edge consolidation back into the lung,
+    where a plain threshold keeps none of it; what is inside is counted as involved."""
+    inside, caught_voxels, involved_voxels = [], 0, 0
+    for hu, lesion in edge_lesions(chest, reference_lungs):
+        assert not (hu[lesion] < -400).any()  # a threshold mask would leave the whole lesion out
+        labels = segment_lungs(hu, chest.spacing_zyx)
+        caught = labels[lesion] == RIGHT_LUNG
+        inside.append(caught.mean())
+        _, bands = measure_involvement(hu, labels, chest.spacing_zyx)
+        caught_voxels += int(caught.sum())
+        involved_voxels += int(np.isin(bands[lesion][caught], (CONSOLIDATION, GROUND_GLASS)).sum())
+    # Measured 0.83 on average (0.48..0.96); lesions of 12 mm radius on 3 x 3 x 10 mm voxels are partly
+    # taken for vessels (measured 0.73 of the caught voxels involved overall).
+    assert np.mean(inside) >= 0.75 and min(inside) >= 0.45, np.round(inside, 2)
+    assert involved_voxels >= 0.7 * caught_voxels
+
+
+@pytest.mark.xfail(strict=True, reason="issue 12: the box closing misses part of lesions on the convex "
+                                       "costal surface (49-96 % inside); wanted: at least 90 % everywhere")
+def test_consolidation_at_the_lung_edge_is_inside_everywhere(chest, reference_lungs):
+    for hu, lesion in edge_lesions(chest, reference_lungs):
+        assert (segment_lungs(hu, chest.spacing_zyx)[lesion] == RIGHT_LUNG).mean() >= 0.9
+
+
+# ------------------------------------------------------------------------------------------ phantoms
+
+
+@pytest.mark.parametrize("seed", [THIN_SLICE_SEED, THICK_SLICE_SEED], ids=["1 mm slices", "5 mm slices"])
+@pytest.mark.parametrize("orientation", ["LPS", "RAS", "LPI"])
+def test_phantom_lungs_and_involvement_at_thin_and_thick_slices(seed, orientation):
+    normal = generate_phantom(0, seed, orientation)
+    volume = Volume.from_original(normal.array_kji, normal.geometry)
+    expected_slice = {THIN_SLICE_SEED: 1.0, THICK_SLICE_SEED: 5.0}[seed]
+    assert volume.spacing_zyx[0] == pytest.approx(expected_slice)
+    labels = segment_lungs(volume.array, volume.spacing_zyx)
+    assert dice(labels > 0, normal.lung_mask_zyx) >= 0.9
+    assert set(np.unique(labels)) == {0, RIGHT_LUNG, LEFT_LUNG}
+    report, _ = measure_involvement(volume.array, labels, volume.spacing_zyx)
+    assert report["grade"] == "CT-0" and report["involved_share"] < 0.05
+
+    diseased = generate_phantom(2, seed, orientation)  # the same patient with CT-2 lesions
+    volume = Volume.from_original(diseased.array_kji, diseased.geometry)
+    labels = segment_lungs(volume.array, volume.spacing_zyx)
+    truth = diseased.lung_mask_zyx | diseased.lesion_mask_zyx
+    assert dice(labels > 0, truth) >= 0.9
+    report, _ = measure_involvement(volume.array, labels, volume.spacing_zyx)
+    assert report["involved_share"] == pytest.approx(diseased.info["involved_fraction"], abs=0.1)
+
+
+def test_grades_follow_mosmed_thresholds():
+    assert [grade_for_share(s) for s in (0.0, 0.049, 0.05, 0.249, 0.25, 0.5, 0.749, 0.75, 1.0)] == [
+        "CT-0", "CT-0", "CT-1", "CT-1", "CT-2", "CT-3", "CT-3", "CT-4", "CT-4"]

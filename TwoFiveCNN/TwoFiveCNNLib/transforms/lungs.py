@@ -1,0 +1,208 @@
+"""Lung segmentation on real chest CT: right and left lungs as separate labels, without the air
+around the body, the trachea and main bronchi, or stomach and bowel gas, and with dense lesions at
+the lung's edge included.
+
+It works on the canonical array (``[z, y, x]``, LPS: x to the patient's left, y to the back, z to
+the head) on a grid of at most 2 mm: every ``f``-th native voxel along each axis, so each coarse
+voxel stands for one block of native voxels and the mask maps back exactly (:func:`to_native`).
+Steps, each cheap enough for a 512 x 512 x 300 study in well under a second on two cores:
+
+1. air-like voxels (below ``air_hu``) that a slice's body encloses: lungs, airways, gut gas;
+2. airways: small, enclosed air regions traced from the top of the scan down, slice by slice,
+   starting near the midline, until they open into a lung;
+3. lungs: the largest remaining 3D regions, split into right and left at the mediastinum;
+4. each lung closed on its own with a square "rolling ball" and its slice holes filled, so that
+   consolidation at the lung's edge and vessels inside it belong to the lung, while nothing bridges
+   the mediastinum to the other lung.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+RIGHT_LUNG, LEFT_LUNG = 1, 2
+LUNG_NAMES = {RIGHT_LUNG: "right", LEFT_LUNG: "left"}
+# Within one axial slice only: a 2D structuring element for a 3D array.
+_SLICEWISE = np.array([[[0, 0, 0], [0, 0, 0], [0, 0, 0]],
+                       [[0, 1, 0], [1, 1, 1], [0, 1, 0]],
+                       [[0, 0, 0], [0, 0, 0], [0, 0, 0]]], dtype=bool)
+
+
+@dataclass(frozen=True)
+class LungSettings:
+    """Thresholds and sizes, in HU and mm (the defaults suit clinical chest CT)."""
+
+    grid_mm: float = 2.0  # the coarse grid's spacing is at most this (or the native one, if coarser)
+    air_hu: float = -400.0  # lung parenchyma and air lie below; soft tissue above
+    airway_max_area_mm2: float = 600.0  # a trachea or main bronchus cross-section is smaller
+    airway_seed_offset_mm: float = 30.0  # the trachea starts this close to the body's midline
+    closing_mm: float = 12.0  # in-plane half-width of the box that closes each lung (fills edge lesions)
+    closing_z_mm: float = 20.0  # its half-height: a lesion the lung surrounds above and below is filled too
+    closing_max_hu: float = 200.0  # closing adds no denser voxels (bone, contrast-filled vessels)
+    min_lung_ml: float = 30.0  # smaller air regions are not a lung
+
+
+def coarse_factors(spacing_zyx: tuple[float, float, float], grid_mm: float) -> tuple[int, int, int]:
+    """Integer subsampling per axis so that the coarse spacing stays at or under ``grid_mm``."""
+    return tuple(max(1, int(np.floor(grid_mm / float(s) + 1e-6))) for s in spacing_zyx)
+
+
+def to_native(coarse: np.ndarray, factors: tuple[int, int, int], shape: tuple[int, int, int]) -> np.ndarray:
+    """A coarse label array back on the native grid: each coarse voxel fills its block exactly."""
+    out = coarse
+    for axis, factor in enumerate(factors):
+        if factor > 1:
+            out = np.repeat(out, factor, axis=axis)
+    return np.ascontiguousarray(out[: shape[0], : shape[1], : shape[2]])
+
+
+def _enclosed(air: np.ndarray) -> np.ndarray:
+    """Air regions of each slice that do not touch the slice's border: inside the body."""
+    labels, count = ndimage.label(air, structure=_SLICEWISE)
+    border = np.zeros(count + 1, dtype=bool)
+    for edge in (labels[:, 0, :], labels[:, -1, :], labels[:, :, 0], labels[:, :, -1]):
+        border[np.unique(edge)] = True
+    border[0] = True
+    return ~border[labels] & air
+
+
+def _airways(inside_air: np.ndarray, body: np.ndarray, spacing_zyx: tuple[float, float, float],
+             settings: LungSettings) -> np.ndarray:
+    """Trachea and main bronchi: small enclosed air regions traced from the top slice down.
+
+    A region starts the trace when it lies near the body's midline in the first slices that have
+    enclosed air (the trachea); below, a region continues it when it overlaps the airway of the
+    slice above and is still small. A region that has grown to a lung's size stops the trace there.
+    """
+    labels, _ = ndimage.label(inside_air, structure=_SLICEWISE)
+    areas = np.bincount(labels.ravel())
+    pixel_mm2 = spacing_zyx[1] * spacing_zyx[2]
+    max_pixels = settings.airway_max_area_mm2 / pixel_mm2
+    airway = np.zeros_like(inside_air)
+    previous = None
+    columns = np.arange(inside_air.shape[2])
+    for z in range(inside_air.shape[0] - 1, -1, -1):
+        slice_labels = labels[z]
+        if previous is None:
+            present = np.unique(slice_labels[slice_labels > 0])
+            if present.size == 0:
+                continue
+            body_columns = columns[body[z].any(axis=0)]
+            if body_columns.size == 0:
+                continue
+            midline = (body_columns[0] + body_columns[-1]) / 2
+            seeds = []
+            for label in present:
+                if areas[label] > max_pixels:
+                    continue
+                x = np.nonzero(slice_labels == label)[1].mean()
+                if abs(x - midline) * spacing_zyx[2] <= settings.airway_seed_offset_mm:
+                    seeds.append(label)
+            if not seeds:
+                if any(areas[label] > max_pixels for label in present):
+                    return airway  # the lungs came first: no trachea in this scan
+                continue
+            chosen = seeds
+        else:
+            overlapping = np.unique(slice_labels[previous & (slice_labels > 0)])
+            chosen = [label for label in overlapping if areas[label] <= max_pixels]
+            if not chosen:
+                break
+        current = np.isin(slice_labels, chosen)
+        airway[z] = current
+        previous = current
+    return airway
+
+
+def _split_sides(lung: np.ndarray, components: np.ndarray, kept: list[int]) -> np.ndarray:
+    """Right (x below the mediastinum) and left labels; a region spanning both is cut at the
+    sagittal plane where it is thinnest near the middle."""
+    labels = np.zeros(lung.shape, dtype=np.uint8)
+    profile = lung.sum(axis=(0, 1))
+    columns = np.nonzero(profile)[0]
+    if columns.size == 0:
+        return labels
+    low, high = columns[0], columns[-1]
+    middle = slice(low + (high - low) // 3, high - (high - low) // 3 + 1)
+    cut = middle.start + int(np.argmin(profile[middle])) if middle.stop > middle.start else (low + high) // 2
+    x = np.arange(lung.shape[2])
+    for label in kept:
+        region = components == label
+        region_columns = np.nonzero(region.any(axis=(0, 1)))[0]
+        right_share = (region_columns < cut).mean()
+        if 0.2 < right_share < 0.8:  # both lungs in one region: cut it at the mediastinum
+            labels[region & (x < cut)] = RIGHT_LUNG
+            labels[region & (x >= cut)] = LEFT_LUNG
+        else:
+            labels[region] = RIGHT_LUNG if right_share >= 0.5 else LEFT_LUNG
+    return labels
+
+
+def _close_lung(lung: np.ndarray, hu: np.ndarray, allowed: np.ndarray, spacing_zyx: tuple[float, float, float],
+                settings: LungSettings) -> np.ndarray:
+    """One lung closed with a box (half-width ``closing_mm`` in-plane, ``closing_z_mm`` along z), slice
+    holes filled, on its own bounding box (so it cannot reach the other lung), adding only ``allowed``
+    voxels. The box's z extent stops at the lung's top and bottom slices: closing never grows a lung
+    beyond its apex or base."""
+    half = [round(settings.closing_z_mm / spacing_zyx[0])]
+    half += [max(1, round(settings.closing_mm / s)) for s in spacing_zyx[1:]]
+    zs, ys, xs = (np.nonzero(lung.any(axis=axes))[0] for axes in ((1, 2), (0, 2), (0, 1)))
+    box = (slice(zs[0], zs[-1] + 1), slice(max(0, ys[0] - half[1]), ys[-1] + half[1] + 1),
+           slice(max(0, xs[0] - half[2]), xs[-1] + half[2] + 1))
+    region = lung[box].astype(np.uint8)
+    size = tuple(2 * h + 1 for h in half)
+    closed = ndimage.minimum_filter(ndimage.maximum_filter(region, size=size, mode="constant"), size=size,
+                                    mode="constant").astype(bool)
+    holes = _enclosed(~closed)
+    closed |= holes
+    closed &= allowed[box] & (hu[box] < settings.closing_max_hu)
+    closed |= lung[box]
+    out = np.zeros_like(lung)
+    out[box] = closed
+    return out
+
+
+def segment_lungs_coarse(hu: np.ndarray, spacing_zyx: tuple[float, float, float],
+                         settings: LungSettings = LungSettings()) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """Right/left lung labels (uint8, 0 elsewhere) on the coarse grid, and the subsampling factors."""
+    factors = coarse_factors(spacing_zyx, settings.grid_mm)
+    coarse = np.asarray(hu[:: factors[0], :: factors[1], :: factors[2]], dtype=np.float32)
+    coarse = np.nan_to_num(coarse, nan=-1024.0, posinf=3071.0, neginf=-1024.0)
+    spacing = tuple(float(s) * f for s, f in zip(spacing_zyx, factors))
+    air = coarse < settings.air_hu
+    inside_air = _enclosed(air)
+    body = ~air | inside_air
+    inside_air &= ~_airways(inside_air, body, spacing, settings)
+    components, count = ndimage.label(inside_air)
+    if count == 0:
+        return np.zeros(coarse.shape, dtype=np.uint8), factors
+    voxel_ml = float(np.prod(spacing)) / 1000
+    sizes = np.bincount(components.ravel())[1:] * voxel_ml
+    order = np.argsort(sizes)[::-1]
+    largest = sizes[order[0]]
+    kept = [int(i) + 1 for i in order[:2] if sizes[i] >= max(settings.min_lung_ml, 0.1 * largest)]
+    if not kept:
+        return np.zeros(coarse.shape, dtype=np.uint8), factors
+    lung = np.isin(components, kept)
+    labels = _split_sides(lung, components, kept)
+    if len(kept) == 2 and len(set(np.unique(labels)) - {0}) < 2:
+        # Two regions on one side: the smaller one is gut gas or a bulla below, not the other lung.
+        labels[components == kept[1]] = 0
+    allowed = body & ~inside_air | lung  # the body's tissue and the lungs, never other air pockets
+    closed = np.zeros_like(labels)
+    for side in (RIGHT_LUNG, LEFT_LUNG):
+        lung_side = labels == side
+        if lung_side.any():
+            closed[_close_lung(lung_side, coarse, allowed & (labels != 3 - side), spacing, settings)
+                   & (closed == 0)] = side
+    return closed, factors
+
+
+def segment_lungs(hu: np.ndarray, spacing_zyx: tuple[float, float, float],
+                  settings: LungSettings = LungSettings()) -> np.ndarray:
+    """Right (1) and left (2) lung labels, uint8, on the native canonical grid of ``hu``."""
+    coarse, factors = segment_lungs_coarse(hu, spacing_zyx, settings)
+    return to_native(coarse, factors, hu.shape)
