@@ -131,8 +131,11 @@ def run_train(args) -> int:
     config = train_config_from_args(args)
     with _json_stream(args.progress_json) as stream:
         reporter = _reporter(stream, args.quiet)
-        model = train(args.data, args.out, config, reporter, PreprocessedCache(args.cache), args.split, args.resume,
-                      args.held_out)
+        try:
+            model = train(args.data, args.out, config, reporter, PreprocessedCache(args.cache), args.split,
+                          args.resume, args.held_out)
+        finally:
+            reporter.close()  # ends a bar an error or Ctrl-C interrupted, before the message is printed
     for subset in ("test", "held_out"):
         metrics = model.metadata["metrics"].get(subset)
         if metrics and not args.quiet:

@@ -59,7 +59,7 @@ COARSE_Z = 24
 class Phantom:
     """One synthetic study: HU voxels in storage order, their geometry, and ground truth.
 
-    The masks are on the canonical ``[z, y, x]`` grid (what :func:`volume_io.read_volume`
+    The masks are on the canonical ``[z, y, x]`` grid (what :func:`io.volume.read_volume`
     returns), so tests can check the class and the lesion distribution without reorienting.
     ``info`` holds label, involved_fraction (lesion voxels / lung voxels), consolidation_share
     (of the lesions), size ([x, y] voxels), slices, spacing ([x, y, z] mm), orientation and seed.

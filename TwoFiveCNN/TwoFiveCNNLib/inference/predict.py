@@ -44,7 +44,6 @@ class GridResult:
     evidence: np.ndarray  # (S, H, W) in 0..1
     aeration: dict[str, float] = field(default_factory=dict)
     cnn_probabilities: np.ndarray | None = None  # the CNN head's alone, before fusion with aeration
-    aeration_probabilities: np.ndarray | None = None  # the aeration model's alone (None without one)
 
 
 @torch.inference_mode()
@@ -73,8 +72,7 @@ def predict_grid(model: SeverityModel, grid: np.ndarray) -> GridResult:
     evidence = cam * (attention / attention.max())[:, None, None] * (1 - probabilities[0])
     return GridResult(probabilities.numpy(), attention.numpy(), evidence.clamp_(0, 1).numpy(),
                       {name: round(float(v), 4) for name, v in zip(AERATION_FEATURES, aeration)},
-                      cnn_probabilities.numpy(),
-                      None if aeration_probabilities is None else aeration_probabilities.numpy())
+                      cnn_probabilities.numpy())
 
 
 def map_slice_attention(volume: Volume, attention: np.ndarray, mapping: GridMapping) -> tuple[np.ndarray, list[str]]:

@@ -143,7 +143,7 @@ class Volume:
         return cls(canonical, spacing_zyx, geometry, source, list(warnings or []))
 
     def to_original(self, canonical: np.ndarray) -> np.ndarray:
-        """Map an array on the canonical grid (e.g. an attention map) back to storage order ``[k, j, i]``."""
+        """Map an array on the canonical grid (e.g. the evidence map) back to storage order ``[k, j, i]``."""
         source_axes, flips = canonical_axes(self.geometry.direction_matrix)
         flip_axes = [n for n in range(3) if flips[2 - n]]
         if flip_axes:

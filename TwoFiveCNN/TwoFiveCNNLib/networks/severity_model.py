@@ -1,6 +1,6 @@
 """The assembled 2.5D model: stage-1 slice classifier (backbone + linear) and stage-2 attention head.
 
-Saved as one model file (see :mod:`model_file`) with everything needed to rebuild and use it:
+Saved as one model file (see :mod:`..io.model_file`) with everything needed to rebuild and use it:
 architecture, task classes, preprocessing, and the record of how it was trained.
 """
 
@@ -168,13 +168,18 @@ def float16_on_cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: (v.half() if v.is_floating_point() else v).cpu() for k, v in state.items()}
 
 
+def renamed_slice_classifier_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A slice classifier's state from before 0.2, when its linear layer was called ``classifier``."""
+    return {("linear." + k.removeprefix("classifier.") if k.startswith("classifier.") else k): v
+            for k, v in state.items()}
+
+
 def _renamed_weight_groups(tensors: dict) -> dict:
     """Model files written before 0.2 name the slice classifier ``classifier`` and its layer ``classifier``."""
     if "classifier" not in tensors:
         return tensors
     renamed = {k: v for k, v in tensors.items() if k != "classifier"}
-    renamed["slice_classifier"] = {("linear." + k.removeprefix("classifier.") if k.startswith("classifier.") else k): v
-                                   for k, v in tensors["classifier"].items()}
+    renamed["slice_classifier"] = renamed_slice_classifier_keys(tensors["classifier"])
     return renamed
 
 

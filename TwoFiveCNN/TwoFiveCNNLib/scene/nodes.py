@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,6 +24,10 @@ from ..reports.colours import ACCENT_UNIT, evidence_lut
 
 if TYPE_CHECKING:
     from ..networks.severity_model import SeverityModel
+
+# The console API, re-exported by the package (``TwoFiveCNNLib.scene``).
+__all__ = ["NodePrediction", "PredictionNodes", "find_prediction_nodes", "predict_volume_node",
+           "save_prediction_scene", "save_scene", "show_overlay", "volume_from_node", "write_prediction_nodes"]
 
 ATTRIBUTE_PREFIX = "TwoFiveCNN."
 COLOUR_NODE_NAME = "TwoFiveCNN evidence colours"
@@ -58,7 +62,12 @@ class PredictionNodes:
     colour_node: slicer.vtkMRMLColorTableNode
 
     def by_role(self) -> dict[str, slicer.vtkMRMLNode]:
-        return {f.name.removesuffix("_node"): getattr(self, f.name) for f in fields(self)}
+        return {f.name.removesuffix("_node"): getattr(self, f.name) for f in fields(PredictionNodes)}
+
+    @property
+    def attention_node(self) -> slicer.vtkMRMLScalarVolumeNode:
+        """The evidence overlay under its name before 0.2 (use ``evidence_node``)."""
+        return self.evidence_node
 
 
 # ---------------------------------------------------------------------------------------------- input
@@ -502,22 +511,17 @@ def save_prediction_scene(
 
 
 @dataclass
-class NodePrediction:
-    """What :func:`predict_volume_node` returns: the grade and the scene nodes that show it."""
+class NodePrediction(PredictionNodes):
+    """What :func:`predict_volume_node` returns: the scene nodes that show a prediction (``table_node``,
+    ``evidence_node``, ``plot_chart_node``...), its grade and the full :class:`Prediction`."""
 
-    label: str
-    probabilities: dict[str, float]
-    prediction: Prediction
-    nodes: PredictionNodes
+    label: str = ""
+    probabilities: dict[str, float] = field(default_factory=dict)
+    prediction: Prediction | None = None
 
-    def __getattr__(self, name: str) -> slicer.vtkMRMLNode:
-        """Every result node by name, as on ``nodes``: ``r.table_node``, ``r.evidence_node``,
-        ``r.plot_chart_node``...; ``r.attention_node`` is the evidence overlay's name before 0.2."""
-        if name == "attention_node":
-            name = "evidence_node"
-        if name.endswith("_node") and "nodes" in self.__dict__:
-            return getattr(self.nodes, name)
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+    @property
+    def nodes(self) -> PredictionNodes:
+        return PredictionNodes(**{f.name: getattr(self, f.name) for f in fields(PredictionNodes)})
 
 
 def predict_volume_node(volume_node: slicer.vtkMRMLScalarVolumeNode, model_path: str | os.PathLike | None = None,
@@ -535,7 +539,8 @@ def predict_volume_node(volume_node: slicer.vtkMRMLScalarVolumeNode, model_path:
         model = load_model(model_path, device)
     prediction = predict_volume(model, volume)
     nodes = write_prediction_nodes(prediction, volume_node, scene)
-    return NodePrediction(prediction.label, prediction.probabilities, prediction, nodes)
+    return NodePrediction(**{f.name: getattr(nodes, f.name) for f in fields(PredictionNodes)},
+                          label=prediction.label, probabilities=prediction.probabilities, prediction=prediction)
 
 
 def find_prediction_nodes(input_node: slicer.vtkMRMLNode | None) -> PredictionNodes | None:

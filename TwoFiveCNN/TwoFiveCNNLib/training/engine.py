@@ -6,7 +6,6 @@ only in what one epoch of training does and how they validate, which they pass i
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -36,11 +35,6 @@ class BestState:
 
     def __init__(self, score_: tuple[float, float] | None = None, state: dict | None = None) -> None:
         self.score, self.state = score_, state
-
-    @classmethod
-    def of(cls, module: nn.Module, metrics: dict) -> BestState:
-        """The module as it is now, with its metrics: the score later epochs must beat."""
-        return cls(score(metrics), copy.deepcopy(module.state_dict()))
 
     def offer(self, module: nn.Module, metrics: dict) -> None:
         if self.score is None or score(metrics) > self.score:

@@ -103,11 +103,11 @@ def train(data: str | os.PathLike, out: str | os.PathLike, config: TrainConfig,
         history["finetune"] = finetune(model, cohorts["train"], cohorts["val"], config, reporter, device)
     if model.aeration is not None:
         train_aeration_model(model, cohorts["train"], config)
+    training_seconds = round(time.monotonic() - started, 1)
+    if config.baselines:  # from the trained weights, before they are rounded for the file
+        model.metadata["baselines"] = evaluate_baselines(model, cohorts, config, reporter, device)
     model.round_to_stored_precision()
     evaluation = {name: cohort_metrics(model, cohort) for name, cohort in cohorts.items() if name != "train"}
-    training_seconds = round(time.monotonic() - started, 1)
-    if config.baselines:
-        model.metadata["baselines"] = evaluate_baselines(model, cohorts, config, reporter, device)
     model.metadata.update({
         "name": config.name or out.stem, "demo": config.demo, "train_config": config.to_dict(),
         "split": split.to_dict(), "split_fingerprint": split.fingerprint(),

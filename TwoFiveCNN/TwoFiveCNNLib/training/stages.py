@@ -15,7 +15,7 @@ from ..inference.cohort_scores import embed_cohort, head_probabilities, pooled_2
 from ..io.progress import ProgressReporter
 from ..metrics.classification import compute_metrics
 from ..networks.heads import AttentionHead
-from ..networks.severity_model import SeverityModel
+from ..networks.severity_model import SeverityModel, renamed_slice_classifier_keys
 from .checkpoint import Checkpoint
 from .config import TrainConfig, epoch_generator
 from .distributed import distributed_rank_world
@@ -53,10 +53,10 @@ def train_stage1(model: SeverityModel, train: Cohort, val: Cohort, config: Train
     history, start, best = [], 1, BestState()
     if resume_state is not None:
         tensors, metadata = resume_state
-        classifier.load_state_dict(tensors["classifier"])
+        classifier.load_state_dict(renamed_slice_classifier_keys(tensors["classifier"]))
         optimizer.load_state_dict(tensors["optimizer"])
         scheduler.load_state_dict(tensors["scheduler"])
-        best = BestState(tuple(metadata["best_score"]), tensors["best"])
+        best = BestState(tuple(metadata["best_score"]), renamed_slice_classifier_keys(tensors["best"]))
         history, start = metadata["history"], metadata["epoch"] + 1
 
     def train_epoch(generator: torch.Generator) -> list[float]:
@@ -188,8 +188,10 @@ def finetune(model: SeverityModel, train: Cohort, val: Cohort, config: TrainConf
             losses.append(optimiser_step(optimizer, loss))
         return losses
 
+    before = BestState()
+    before.offer(model, validate())  # the model before fine-tuning is the score to beat
     history = fit(model, EpochPlan("finetune", config.finetune_epochs, config.seed), train_epoch, validate,
-                  reporter, BestState.of(model, validate()))
+                  reporter, before)
     refit_slice_classifier(model, train, config)
     return history
 
