@@ -211,7 +211,9 @@ def test_run_on_files_grades_the_good_and_reports_the_bad(logic, chest_ct_path, 
     assert {(row[0], row[1]) for row in rows[1:]} == {(str(good), "ok"), (str(bad), "failed")}
     ok_row = next(row for row in rows[1:] if row[1] == "ok")
     assert ok_row[2] == result.predictions[str(good)].label
-    assert sum(float(p) for p in ok_row[3:-1]) == pytest.approx(1.0, abs=1e-3)
+    class_columns = [i for i, name in enumerate(rows[0]) if name.startswith("CT-")]
+    assert sum(float(ok_row[i]) for i in class_columns) == pytest.approx(1.0, abs=1e-3)
+    assert rows[0][-4:] == ["lung_volume_ml", "involved_percent", "involvement_grade", "message"]
     assert {"chest.json", "chest.png", "chest_evidence.nii.gz", "chest.mrml"} <= {p.name for p in out.iterdir()}
     reloaded = reload(out / "chest.mrml")
     assert find_prediction_nodes(node_named(reloaded, "chest", "vtkMRMLScalarVolumeNode")) is not None

@@ -10,6 +10,7 @@ import pytest
 slicer = pytest.importorskip("slicer")
 vtk = pytest.importorskip("vtk")
 
+from TwoFiveCNNLib.inference.predict import load_model
 from TwoFiveCNNLib.inference.prediction import Prediction
 from TwoFiveCNNLib.io.volume import Volume, read_volume
 from TwoFiveCNNLib.scene import nodes as scene_module
@@ -23,6 +24,7 @@ from TwoFiveCNNLib.scene.nodes import (
     volume_from_node,
     write_prediction_nodes,
 )
+from TwoFiveCNNLib.transforms.involvement import BAND_NAMES
 
 CLASSES = ("CT-0", "CT-1", "CT-2", "CT-3", "CT-4")
 
@@ -400,7 +402,6 @@ def test_application_scene_saves_and_reloads(chest: Volume, tmp_path: Path):
 
 def test_predict_volume_node_with_a_trained_model(chest: Volume, tiny_model: Path, tmp_path: Path):
     """The real chest CT, tilted, through a really trained model: results on the input's grid, saved and found."""
-    from TwoFiveCNNLib.inference.predict import load_model
 
     scene = slicer.mrmlScene
     node = add_chest_node(chest, tilt=True)
@@ -456,3 +457,31 @@ def test_predict_volume_node_failures_add_no_nodes(chest: Volume, tiny_model: Pa
     assert scene.GetNumberOfNodes() == count
     assert find_prediction_nodes(node) is None
     assert find_prediction_nodes(None) is None
+
+
+def test_lung_involvement_nodes_survive_save_and_reload(chest: Volume, tiny_model: Path, tmp_path: Path):
+    """The involvement table, the band labelmap and its colours: in the scene, saved, reloaded, re-run."""
+    scene = slicer.mrmlScene
+    node = add_chest_node(chest)
+    result = predict_volume_node(node, model=load_model(tiny_model, "cpu"))
+    report = result.prediction.involvement
+    assert report["grade"] == "CT-0"  # an untouched real CT
+    table, bands, colours = result.involvement_node, result.bands_node, result.band_colour_node
+    assert bands.IsA("vtkMRMLLabelMapVolumeNode")
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(bands), result.prediction.bands_kji)
+    np.testing.assert_allclose(ijk_to_ras(bands), ijk_to_ras(node), atol=1e-9)
+    assert bands.GetDisplayNode().GetColorNodeID() == colours.GetID()
+    assert [colours.GetColorName(v) for v in range(1, 6)] == list(BAND_NAMES.values())
+    assert column(table, "region")[:3] == ["both lungs", "right lung", "right upper"]
+    assert column(table, "volume_ml")[0] == pytest.approx(report["lungs"]["volume_ml"])
+    assert column(table, "involved_percent")[0] == pytest.approx(100 * report["involved_share"])
+    assert table.GetAttribute("TwoFiveCNN.involvementGrade") == "CT-0"
+    count = scene.GetNumberOfNodes()
+    predict_volume_node(node, model=load_model(tiny_model, "cpu"))
+    assert scene.GetNumberOfNodes() == count  # a re-run updates the same nodes
+
+    reloaded_scene = reload(save_scene(scene, tmp_path / "involvement.mrml"))
+    found = find_prediction_nodes(node_named(reloaded_scene, "CTChest4", "vtkMRMLScalarVolumeNode"))
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(found.bands_node), result.prediction.bands_kji)
+    assert column(found.involvement_node, "volume_ml") == pytest.approx(column(table, "volume_ml"))
+    assert found.bands_node.GetDisplayNode().GetColorNode().GetColorName(3) == "ground_glass"

@@ -66,6 +66,29 @@ def test_prediction_on_the_real_chest_ct(tiny_model, chest_ct_path, tmp_path):
     assert (tmp_path / "CTChest4.png").stat().st_size > 10_000
 
 
+def test_json_summary_and_picture_carry_the_same_involvement(tiny_model, chest_ct_path, tmp_path, monkeypatch):
+    from TwoFiveCNNLib.inference import outputs
+
+    footers = []
+    draw = outputs.evidence_montage_png
+
+    def recording_montage(*args, **kwargs):
+        footers.append(kwargs["footer"])
+        return draw(*args, **kwargs)
+
+    monkeypatch.setattr(outputs, "evidence_montage_png", recording_montage)
+    assert main(["predict", "--model", str(tiny_model), str(chest_ct_path), "--out", str(tmp_path)]) == 0
+    involvement = json.loads((tmp_path / "CTChest4.json").read_text())["involvement"]
+    header, row = (line.split("\t") for line in (tmp_path / "summary.tsv").read_text().splitlines())
+    cells = dict(zip(header, row))
+    share = involvement["involved_share"]
+    assert involvement["grade"] == cells["involvement_grade"] == "CT-0" and share < 0.05
+    assert float(cells["involved_percent"]) == pytest.approx(100 * share, abs=0.005)
+    assert float(cells["lung_volume_ml"]) == pytest.approx(involvement["lungs"]["volume_ml"], abs=0.051)  # 0.1 mL
+    assert f"{100 * share:.1f} % involved (CT-0 by involvement)" in footers[0]
+    assert f"lungs {involvement['lungs']['volume_ml']:.0f} mL" in footers[0]
+
+
 def test_batch_prediction_reports_bad_studies_and_keeps_going(tiny_model, chest_ct_path, tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()

@@ -482,6 +482,12 @@ class TwoFiveCNNLogic(ScriptedLoadableModuleLogic):
         probability = next((probabilities.GetValue(row) for row in range(classes.GetNumberOfValues())
                             if classes.GetValue(row) == label), float("nan"))
         lines = [_("{label} (probability {probability:.2f})").format(label=label, probability=probability)]
+        involvement = nodes.involvement_node
+        if involvement is not None and involvement.GetNumberOfRows() > 0:
+            lines.append(_("lungs {volume:.0f} mL, {percent} % involved ({grade} by involvement)").format(
+                volume=involvement.GetTable().GetValue(0, 1).ToDouble(),
+                percent=involvement.GetAttribute(ATTRIBUTE_PREFIX + "involvedPercent"),
+                grade=involvement.GetAttribute(ATTRIBUTE_PREFIX + "involvementGrade")))
         for key in ("notice", "warnings"):
             text = table.GetAttribute(ATTRIBUTE_PREFIX + key)
             if text:

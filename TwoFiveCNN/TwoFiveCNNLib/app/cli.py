@@ -228,6 +228,8 @@ def run_predict(args) -> int:
     for path, prediction in result.predictions.items():
         probabilities = ", ".join(f"{k} {v:.2f}" for k, v in prediction.probabilities.items())
         print(f"{path}: {prediction.label} ({probabilities})")
+        if prediction.involvement:
+            print(f"  {prediction.involvement_line()}")
         for warning in prediction.warnings:
             print(f"  warning: {warning}")
     if model.is_demo:

@@ -25,6 +25,8 @@ from ..io.atomic import write_json_atomic
 from ..io.volume import Volume, write_volume
 from ..networks.severity_model import Architecture, SeverityModel
 from ..networks.volumetric import build_volume_baseline
+from ..transforms.involvement import lung_involvement
+from ..transforms.lungs import segment_lungs
 from ..transforms.preprocess import PreprocessConfig, to_model_grid
 
 BENCH_GRID = PreprocessConfig(in_plane=128, n_slices=64)  # the issue's reference study: 64 slices at 128 px
@@ -76,13 +78,19 @@ def forward_gflop(function: Callable[[], object]) -> float:
 
 
 def bench_preprocessing(quick: bool) -> dict:
+    """Model-grid resampling, lung segmentation and involvement at the input's resolution, per study size."""
     results = {}
     for slices in (64,) if quick else (64, 300):
         volume = bench_study((slices, 512, 512))
         copy_time = best_time(lambda volume=volume: volume.array.astype(np.float32), 3)
         seconds = best_time(lambda volume=volume: to_model_grid(volume, BENCH_GRID), 3)
+        lungs_seconds = best_time(lambda volume=volume: segment_lungs(volume.array, volume.spacing_zyx), 3)
+        # Lungs and involvement as predict runs them, the band labels back on the input's grid.
+        involvement_seconds = best_time(lambda volume=volume: lung_involvement(volume.array, volume.spacing_zyx), 3)
         results[f"512x512x{slices}"] = {"seconds": round(seconds, 3),
-                                        "vs_float32_copy": round(seconds / copy_time, 2)}
+                                        "vs_float32_copy": round(seconds / copy_time, 2),
+                                        "lungs_seconds": round(lungs_seconds, 3),
+                                        "lungs_and_involvement_seconds": round(involvement_seconds, 3)}
     return results
 
 
@@ -223,7 +231,8 @@ def run_benchmarks(json_path: Path | None = None, quick: bool = False) -> dict:
 def format_bench(results: dict) -> str:
     inference, memory, stage2 = results["inference"], results["memory"], results["stage2_epoch"]
     lines = [f"machine: {results['machine']}", f"float32 matmul: {results['matmul_gflops']} GFLOP/s"]
-    lines += [f"preprocess {size}: {r['seconds']} s ({r['vs_float32_copy']}x a float32 copy)"
+    lines += [f"preprocess {size}: {r['seconds']} s ({r['vs_float32_copy']}x a float32 copy); lungs "
+              f"{r['lungs_seconds']} s, with involvement {r['lungs_and_involvement_seconds']} s"
               for size, r in results["preprocessing"].items()]
     lines += [
         f"2.5D inference, 64 x 128 x 128: {inference['twofive_seconds']} s; {inference['slices_per_second']} slices/s",

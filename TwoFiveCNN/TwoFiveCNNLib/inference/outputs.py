@@ -62,6 +62,7 @@ def write_montage(prediction: Prediction, volume: Volume, path: Path) -> Path:
     labels = _input_slice_labels(volume)
     probabilities = ", ".join(f"{k} {v:.2f}" for k, v in prediction.probabilities.items())
     footer = DEMO_MODEL_NOTICE if prediction.is_demo_model else f"model: {prediction.model_name}"
+    footer = "  |  ".join(part for part in (prediction.involvement_line(), footer) if part)
     evidence_montage_png(grey, evidence, canonical_attention, path,
                          title=f"{study_name(volume.source) or 'study'}: {prediction.label}  ({probabilities})",
                          footer=footer, slice_labels=labels)
@@ -163,14 +164,23 @@ def check_writable(folder: Path) -> None:
 
 
 def write_summary(result: BatchResult, out_dir: Path) -> None:
-    """``summary.tsv`` (one row per study: label, probabilities or the error) for the whole batch."""
+    """``summary.tsv`` (one row per study: label, probabilities, lung involvement, or the error) for the batch."""
     class_names = next(iter(result.predictions.values())).probabilities.keys() if result.predictions else []
-    rows = ["\t".join(["input", "status", "label", *class_names, "message"])]
+    involvement_columns = ["lung_volume_ml", "involved_percent", "involvement_grade"]
+    rows = ["\t".join(["input", "status", "label", *class_names, *involvement_columns, "message"])]
     for path, prediction in result.predictions.items():
         rows.append("\t".join([path, "ok", prediction.label,
                                *(f"{p:.4f}" for p in prediction.probabilities.values()),
-                               "; ".join(prediction.warnings)]))
+                               *_involvement_cells(prediction), "; ".join(prediction.warnings)]))
     for path, message in result.failures.items():
-        rows.append("\t".join([path, "failed", "", *([""] * len(class_names)),
+        rows.append("\t".join([path, "failed", "", *([""] * (len(class_names) + len(involvement_columns))),
                                message.splitlines()[0]]))
     write_text_atomic(out_dir / "summary.tsv", "\n".join(rows) + "\n")
+
+
+def _involvement_cells(prediction: Prediction) -> list[str]:
+    """Lung volume (mL), involved share (%) and the grade it implies; empty without a measurement."""
+    report = prediction.involvement
+    if not report or not report["lungs"]["voxels"]:
+        return ["", "", ""]
+    return [f"{report['lungs']['volume_ml']:.1f}", f"{100 * report['involved_share']:.2f}", report["grade"]]

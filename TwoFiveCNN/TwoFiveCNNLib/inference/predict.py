@@ -14,6 +14,7 @@ from scipy import ndimage
 from ..io.volume import Volume, read_volume
 from ..networks.severity_model import SeverityModel, resolve_device
 from ..transforms.aeration import AERATION_FEATURES, measure_aeration
+from ..transforms.involvement import lung_involvement
 from ..transforms.preprocess import (
     GridMapping,
     grid_map_to_canonical,
@@ -86,22 +87,45 @@ def map_slice_attention(volume: Volume, attention: np.ndarray, mapping: GridMapp
     return per_input, []
 
 
-def predict_volume(model: SeverityModel, volume: Volume) -> Prediction:
-    """Grade one canonical volume and map the evidence back onto its original grid."""
+def grade_disagreement(cnn_label: str, involvement_grade: str | None) -> str | None:
+    """A warning when the CNN's grade and the involvement's differ by two grades or more."""
+    grades = [label for label in (cnn_label, involvement_grade) if label and label.startswith("CT-")]
+    if len(grades) < 2 or not all(g[3:].isdigit() for g in grades):
+        return None
+    if abs(int(grades[0][3:]) - int(grades[1][3:])) < 2:
+        return None
+    return (f"the CNN grades {cnn_label} but the lung involvement measured corresponds to {involvement_grade}: "
+            f"two grades or more apart; review the study")
+
+
+def predict_volume(model: SeverityModel, volume: Volume, involvement: bool = True) -> Prediction:
+    """Grade one canonical volume and map the evidence back onto its original grid.
+
+    With ``involvement``, the lungs are segmented and their involvement measured on a grid of at most
+    2 mm (:func:`..transforms.involvement.lung_involvement`), a result beside the grade.
+    """
     grid, mapping = to_model_grid(volume, model.preprocess)
     result = predict_grid(model, grid)
     probabilities = result.probabilities
     slice_attention, warnings = map_slice_attention(volume, result.slice_attention, mapping)
     evidence_kji = volume.to_original(grid_map_to_canonical(result.evidence, mapping))
     names = model.class_names
+    label = names[int(np.argmax(probabilities))]
+    report, bands_kji = {}, None
+    if involvement:
+        report, bands = lung_involvement(volume.array, volume.spacing_zyx)
+        bands_kji = volume.to_original(bands)
+        disagreement = grade_disagreement(label, report.get("grade"))
+        warnings = warnings + ([disagreement] if disagreement else [])
     return Prediction(
-        label=names[int(np.argmax(probabilities))],
+        label=label,
         probabilities={name: float(p) for name, p in zip(names, probabilities)},
         slice_attention=slice_attention, evidence_kji=evidence_kji.astype(np.float32),
         geometry=volume.geometry, model_name=model.name, source=volume.source,
         warnings=list(volume.warnings) + warnings + _plausibility_warnings(volume), is_demo_model=model.is_demo,
         aeration=result.aeration,
         cnn_probabilities={name: float(p) for name, p in zip(names, result.cnn_probabilities)},
+        involvement=report, bands_kji=bands_kji,
     )
 
 

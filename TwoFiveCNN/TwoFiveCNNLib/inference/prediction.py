@@ -19,6 +19,9 @@ class Prediction:
     overlays the input voxel for voxel; ``slice_attention`` has one weight per input slice (its own k
     order) and sums to 1. ``aeration`` holds the lung-aeration shares measured on the model grid and
     ``cnn_probabilities`` the CNN head's own probabilities, before fusion with the aeration model.
+    ``involvement`` holds the lung volumes and HU-band shares measured at the input's resolution (per
+    lung and zone, with the MosMed grade they imply) and ``bands_kji`` the band of every lung voxel
+    (``transforms.involvement.BAND_NAMES``; 0 outside the lungs), in the input's storage order.
     """
 
     label: str
@@ -32,6 +35,8 @@ class Prediction:
     is_demo_model: bool = False
     aeration: dict[str, float] = field(default_factory=dict)
     cnn_probabilities: dict[str, float] = field(default_factory=dict)
+    involvement: dict = field(default_factory=dict)
+    bands_kji: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def attention_kji(self) -> np.ndarray:
@@ -45,6 +50,16 @@ class Prediction:
     def slice_positions_mm(self) -> np.ndarray:
         """Position of each input slice along its slice axis (mm from the first slice)."""
         return np.arange(len(self.slice_attention)) * self.geometry.spacing[2]
+
+    def involvement_line(self) -> str:
+        """One line for people: lung volume, involved share and the grade it implies."""
+        if not self.involvement:
+            return ""
+        lungs = self.involvement["lungs"]
+        if not lungs["voxels"]:
+            return "no lungs found"
+        return (f"lungs {lungs['volume_ml']:.0f} mL, {100 * self.involvement['involved_share']:.1f} % involved "
+                f"({self.involvement['grade']} by involvement)")
 
     def to_json(self) -> dict:
         """The JSON record written beside the outputs (plain types only)."""
@@ -61,6 +76,8 @@ class Prediction:
             record["aeration"] = dict(self.aeration)
         if self.cnn_probabilities:
             record["cnn_probabilities"] = {name: float(p) for name, p in self.cnn_probabilities.items()}
+        if self.involvement:
+            record["involvement"] = self.involvement
         if self.is_demo_model:
             record["notice"] = DEMO_MODEL_NOTICE
         return record

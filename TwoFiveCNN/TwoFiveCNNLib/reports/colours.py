@@ -88,3 +88,14 @@ def colormap(values: np.ndarray | float) -> np.ndarray:
     v = np.nan_to_num(np.asarray(values, dtype=np.float64), nan=0.0)
     index = np.round(np.clip(v, 0.0, 1.0) * 255.0).astype(np.intp)
     return _lut_uint8()[index]
+
+
+# Lung HU bands (transforms.involvement's labels 1..5): what is involved stands out, what is normal
+# stays see-through, so the band overlay reads like the evidence one.
+BAND_COLOURS: dict[int, tuple[int, int, int, float]] = {
+    1: (86, 180, 233, 0.6),  # emphysema: sky blue
+    2: (0, 0, 0, 0.0),  # normally aerated: not drawn
+    3: (230, 159, 0, 0.7),  # ground glass: orange
+    4: (213, 94, 0, 0.9),  # consolidation: vermillion
+    5: (110, 110, 110, 0.0),  # vessel: not drawn
+}

@@ -20,7 +20,8 @@ import vtk
 
 from ..inference.prediction import DEMO_MODEL_NOTICE, Prediction
 from ..io.volume import Geometry, Volume, read_volume, unique_stem
-from ..reports.colours import ACCENT_UNIT, evidence_lut
+from ..reports.colours import ACCENT_UNIT, BAND_COLOURS, evidence_lut
+from ..transforms.involvement import BAND_NAMES
 
 if TYPE_CHECKING:
     from ..networks.severity_model import SeverityModel
@@ -31,6 +32,7 @@ __all__ = ["NodePrediction", "PredictionNodes", "find_prediction_nodes", "predic
 
 ATTRIBUTE_PREFIX = "TwoFiveCNN."
 COLOUR_NODE_NAME = "TwoFiveCNN evidence colours"
+BAND_COLOUR_NODE_NAME = "TwoFiveCNN lung band colours"
 EVIDENCE_THRESHOLD = 0.05  # evidence below this is left transparent in the slice views
 LUNG_WINDOW_LEVEL = (1500.0, -600.0)  # window, level (HU) for the saved input volume
 PLOT_COLOUR = ACCENT_UNIT  # the reports' accent blue
@@ -44,6 +46,13 @@ _NODES = {
     "plot_chart": ("vtkMRMLPlotChartNode", "{} attention chart"),
     "colour": ("vtkMRMLColorTableNode", COLOUR_NODE_NAME),
 }
+# Roles of the lung-involvement result, present when the prediction measured it.
+_INVOLVEMENT_NODES = {
+    "involvement": ("vtkMRMLTableNode", "{} lung involvement"),
+    "bands": ("vtkMRMLLabelMapVolumeNode", "{} lung bands"),
+    "band_colour": ("vtkMRMLColorTableNode", BAND_COLOUR_NODE_NAME),
+}
+_ALL_NODES = {**_NODES, **_INVOLVEMENT_NODES}
 
 
 # Roles renamed in 0.2: scenes saved before still open with their results found.
@@ -60,9 +69,14 @@ class PredictionNodes:
     plot_series_node: slicer.vtkMRMLPlotSeriesNode
     plot_chart_node: slicer.vtkMRMLPlotChartNode
     colour_node: slicer.vtkMRMLColorTableNode
+    involvement_node: slicer.vtkMRMLTableNode | None = None
+    bands_node: slicer.vtkMRMLLabelMapVolumeNode | None = None
+    band_colour_node: slicer.vtkMRMLColorTableNode | None = None
 
     def by_role(self) -> dict[str, slicer.vtkMRMLNode]:
-        return {f.name.removesuffix("_node"): getattr(self, f.name) for f in fields(PredictionNodes)}
+        """Every node present, by role (the involvement nodes only when involvement was measured)."""
+        nodes = {f.name.removesuffix("_node"): getattr(self, f.name) for f in fields(PredictionNodes)}
+        return {role: node for role, node in nodes.items() if node is not None}
 
     @property
     def attention_node(self) -> slicer.vtkMRMLScalarVolumeNode:
@@ -167,6 +181,11 @@ def _check_prediction(prediction: Prediction, shape_kji: tuple[int, int, int]) -
         )
     if not np.all(np.isfinite(evidence)) or evidence.min() < -1e-6 or evidence.max() > 1 + 1e-6:
         raise ValueError("evidence map must hold finite values in 0..1.")
+    if prediction.bands_kji is not None and np.shape(prediction.bands_kji) != shape_kji:
+        raise ValueError(f"lung band labels have shape {np.shape(prediction.bands_kji)} but the input volume has "
+                         f"{shape_kji} voxels (k, j, i): the prediction was made on another volume.")
+    if prediction.bands_kji is not None and not prediction.involvement:
+        raise ValueError("lung band labels without their involvement figures: the prediction is incomplete.")
     if len(prediction.slice_attention) != shape_kji[0]:
         raise ValueError(
             f"slice attention has {len(prediction.slice_attention)} weights but the input volume "
@@ -204,7 +223,7 @@ def _find_or_add(
     scene: slicer.vtkMRMLScene, input_node: slicer.vtkMRMLNode, role: str, created: list[slicer.vtkMRMLNode]
 ) -> slicer.vtkMRMLNode:
     """This role's node from an earlier run (by reference, then name), or a new one noted in ``created``."""
-    class_name, template = _NODES[role]
+    class_name, template = _ALL_NODES[role]
     name = template.format(input_node.GetName() or input_node.GetID())
     node = _referenced_node(input_node, role)
     if node is None or node.GetClassName() != class_name or not scene.IsNodePresent(node):
@@ -282,6 +301,62 @@ def _fill_colours(
     if colour.GetStorageNode() is None:
         storage = _add_to(scene, colour.CreateDefaultStorageNode(), created)
         colour.SetAndObserveStorageNodeID(storage.GetID())
+
+
+def _fill_involvement(
+    nodes: PredictionNodes,
+    prediction: Prediction,
+    input_node: slicer.vtkMRMLScalarVolumeNode,
+    scene: slicer.vtkMRMLScene,
+    created: list[slicer.vtkMRMLNode],
+) -> None:
+    """The lung-involvement table (both lungs, each lung, each zone) and the HU-band labelmap."""
+    report = prediction.involvement
+    regions = [("both lungs", report["lungs"])]
+    for lung, record in report["per_lung"].items():
+        regions.append((f"{lung} lung", record))
+        regions += [(f"{lung} {zone}", figures) for zone, figures in record["zones"].items()]
+    bands = list(BAND_NAMES.values())
+    table = nodes.involvement_node
+    _fill_table(
+        table,
+        [
+            _column("region", [name for name, _ in regions], vtk.vtkStringArray),
+            _column("volume_ml", [figures["volume_ml"] for _, figures in regions]),
+            *(_column(f"{band}_ml", [figures["bands_ml"][band] for _, figures in regions]) for band in bands),
+            _column("involved_percent", [100 * figures["involved_share"] for _, figures in regions]),
+        ],
+    )
+    table.SetColumnUnitLabel("volume_ml", "mL")
+    table.SetColumnDescription("involved_percent", "ground glass + consolidation, % of the region's volume")
+    grade = report.get("grade") or ""
+    table.SetAttribute(ATTRIBUTE_PREFIX + "involvementGrade", grade)
+    table.SetAttribute(ATTRIBUTE_PREFIX + "involvedPercent", f"{100 * report['involved_share']:.2f}")
+
+    colour = nodes.band_colour_node
+    colour.SetTypeToUser()
+    colour.SetHideFromEditors(False)
+    colour.SetNumberOfColors(max(BAND_NAMES) + 1)
+    colour.SetColor(0, "background", 0.0, 0.0, 0.0, 0.0)
+    for value, name in BAND_NAMES.items():
+        red, green, blue, alpha = BAND_COLOURS[value]
+        colour.SetColor(value, name, red / 255, green / 255, blue / 255, alpha)
+    colour.SetDescription("TwoFiveCNN lung HU bands: emphysema, aerated, ground glass, consolidation, vessel")
+    if colour.GetStorageNode() is None:
+        storage = _add_to(scene, colour.CreateDefaultStorageNode(), created)
+        colour.SetAndObserveStorageNodeID(storage.GetID())
+
+    bands_node = nodes.bands_node
+    slicer.util.updateVolumeFromArray(bands_node, np.ascontiguousarray(prediction.bands_kji, dtype=np.uint8))
+    matrix = vtk.vtkMatrix4x4()
+    input_node.GetIJKToRASMatrix(matrix)
+    bands_node.SetIJKToRASMatrix(matrix)
+    bands_node.SetAndObserveTransformNodeID(input_node.GetTransformNodeID())
+    display = bands_node.GetDisplayNode()
+    if display is None:
+        display = _add_to(scene, slicer.vtkMRMLLabelMapVolumeDisplayNode(), created)
+        bands_node.SetAndObserveDisplayNodeID(display.GetID())
+    display.SetAndObserveColorNodeID(colour.GetID())
 
 
 def _fill_evidence(
@@ -367,17 +442,22 @@ def write_prediction_nodes(
     _check_prediction(prediction, tuple(input_node.GetImageData().GetDimensions())[::-1])
     created: list[slicer.vtkMRMLNode] = []
     try:
+        roles = [*_NODES, *(_INVOLVEMENT_NODES if prediction.bands_kji is not None else ())]
         nodes = PredictionNodes(
-            **{f"{role}_node": _find_or_add(scene, input_node, role, created) for role in _NODES}
+            **{f"{role}_node": _find_or_add(scene, input_node, role, created) for role in roles}
         )
         _fill_severity_table(nodes.table_node, prediction)
         _fill_colours(nodes.colour_node, scene, created)
         _fill_evidence(nodes, prediction, input_node, scene, created)
         _fill_plot(nodes, prediction, input_node.GetName())
+        if nodes.bands_node is not None:
+            _fill_involvement(nodes, prediction, input_node, scene, created)
     except BaseException:
         for node in reversed(created):
             scene.RemoveNode(node)
         raise
+    for role in _ALL_NODES:  # a run without involvement leaves no stale references to an older one's
+        input_node.RemoveNodeReferenceIDs(ATTRIBUTE_PREFIX + role)
     for role, node in nodes.by_role().items():
         input_node.SetNodeReferenceID(ATTRIBUTE_PREFIX + role, node.GetID())
     for legacy in LEGACY_ROLES.values():
@@ -552,9 +632,10 @@ def find_prediction_nodes(input_node: slicer.vtkMRMLNode | None) -> PredictionNo
     if input_node is None:
         return None
     found = {}
-    for role, (class_name, _template) in _NODES.items():
+    for role, (class_name, _template) in _ALL_NODES.items():
         node = _referenced_node(input_node, role)
-        if node is None or not node.IsA(class_name):
+        if node is not None and node.IsA(class_name):
+            found[f"{role}_node"] = node
+        elif role in _NODES:
             return None
-        found[f"{role}_node"] = node
     return PredictionNodes(**found)

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import ndimage
 
-from .lungs import LUNG_NAMES
+from .lungs import LUNG_NAMES, LungSettings, segment_lungs_coarse, to_native
 
 # Band labels of the overlay (0 is outside the lungs).
 EMPHYSEMA, AERATED, GROUND_GLASS, CONSOLIDATION, VESSEL = 1, 2, 3, 4, 5
@@ -86,22 +86,22 @@ def band_labels(hu: np.ndarray, lungs: np.ndarray, spacing_zyx: tuple[float, flo
     return bands
 
 
-def _zone_masks(lung: np.ndarray) -> dict[str, np.ndarray]:
-    """Thirds of the lung's head-to-feet extent and halves of its front-to-back extent (canonical axes:
-    z grows to the head, y to the back)."""
-    zs = np.nonzero(lung.any(axis=(1, 2)))[0]
-    ys = np.nonzero(lung.any(axis=(0, 2)))[0]
-    z = np.arange(lung.shape[0])[:, None, None]
-    y = np.arange(lung.shape[1])[None, :, None]
-    z_low, z_high = zs[0], zs[-1] + 1
-    third = (z_high - z_low) / 3
-    y_mid = (ys[0] + ys[-1] + 1) / 2
-    return {"lower": lung & (z < z_low + third), "middle": lung & (z >= z_low + third) & (z < z_low + 2 * third),
-            "upper": lung & (z >= z_low + 2 * third), "ventral": lung & (y < y_mid), "dorsal": lung & (y >= y_mid)}
+def _zone_counts(lung_bands: np.ndarray, z: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
+    """Band counts per zone of one lung, from its voxels' bands and canonical z and y indices: thirds of
+    its head-to-feet extent (z grows to the head) and halves of its front-to-back extent (y to the back)."""
+    n_bands = max(BAND_NAMES) + 1
+    third = (z.max() + 1 - z.min()) / 3
+    height = np.minimum(((z - z.min()) / third).astype(np.int64), 2)  # 0 lower, 1 middle, 2 upper
+    dorsal = (y >= (y.min() + y.max() + 1) / 2).astype(np.int64)
+    by_height = np.bincount(height * n_bands + lung_bands, minlength=3 * n_bands).reshape(3, n_bands)
+    by_depth = np.bincount(dorsal * n_bands + lung_bands, minlength=2 * n_bands).reshape(2, n_bands)
+    counts = {"upper": by_height[2], "middle": by_height[1], "lower": by_height[0],
+              "ventral": by_depth[0], "dorsal": by_depth[1]}
+    return {zone: counts[zone] for zone in ZONES}
 
 
-def _figures(bands_in_region: np.ndarray, voxel_ml: float) -> dict:
-    counts = np.bincount(bands_in_region, minlength=max(BAND_NAMES) + 1)
+def _figures(counts: np.ndarray, voxel_ml: float) -> dict:
+    """Volumes and shares of a region from its band counts (index = band label)."""
     total = int(counts[1:].sum())
     record = {"volume_ml": round(total * voxel_ml, 2), "voxels": total,
               "bands_ml": {name: round(int(counts[b]) * voxel_ml, 2) for b, name in BAND_NAMES.items()},
@@ -125,15 +125,38 @@ def measure_involvement(hu: np.ndarray, lungs: np.ndarray, spacing_zyx: tuple[fl
     """
     bands = band_labels(hu, lungs, spacing_zyx, settings)
     voxel_ml = float(np.prod(spacing_zyx)) / 1000
-    report = {"lungs": _figures(bands[lungs > 0], voxel_ml), "per_lung": {}, "settings": settings.to_dict()}
+    n_bands = max(BAND_NAMES) + 1
+    z, y, x = np.nonzero(lungs)  # every lung voxel once: all counts come from this one pass
+    sides, voxel_bands = lungs[z, y, x], bands[z, y, x]
+    report = {"lungs": _figures(np.bincount(voxel_bands, minlength=n_bands), voxel_ml), "per_lung": {},
+              "settings": settings.to_dict()}
     for value, name in LUNG_NAMES.items():
-        lung = lungs == value
-        if not lung.any():
+        side = sides == value
+        if not side.any():
             continue
-        record = _figures(bands[lung], voxel_ml)
-        record["zones"] = {zone: _figures(bands[mask], voxel_ml) for zone, mask in _zone_masks(lung).items()}
+        record = _figures(np.bincount(voxel_bands[side], minlength=n_bands), voxel_ml)
+        zones = _zone_counts(voxel_bands[side], z[side], y[side])
+        record["zones"] = {zone: _figures(counts, voxel_ml) for zone, counts in zones.items()}
         report["per_lung"][name] = record
     share = report["lungs"]["involved_share"]
     report["involved_share"] = share
     report["grade"] = grade_for_share(share, settings) if report["lungs"]["voxels"] else None
     return report, bands
+
+
+def lung_involvement(hu: np.ndarray, spacing_zyx: tuple[float, float, float],
+                     settings: InvolvementSettings = InvolvementSettings(),
+                     lung_settings: LungSettings | None = None) -> tuple[dict, np.ndarray]:
+    """Segment the lungs and measure their involvement on the analysis grid; the band labels on ``hu``'s grid.
+
+    The analysis grid is the lungs' grid: the native one, or every ``f``-th voxel where the native
+    spacing is finer than ``lung_settings.grid_mm`` (thin slices, small pixels). Each analysis voxel
+    stands for its block of native voxels, so volumes are its count times the block's volume, the
+    shares are those of an even sample of the native voxels, and the band labels map back exactly.
+    """
+    lungs, factors = segment_lungs_coarse(hu, spacing_zyx, lung_settings or LungSettings())
+    coarse_hu = hu[:: factors[0], :: factors[1], :: factors[2]]
+    coarse_spacing = tuple(float(s) * f for s, f in zip(spacing_zyx, factors))
+    report, bands = measure_involvement(coarse_hu, lungs, coarse_spacing, settings)
+    report["analysis_spacing_mm"] = list(coarse_spacing)
+    return report, to_native(bands, factors, hu.shape)

@@ -59,25 +59,26 @@ def to_native(coarse: np.ndarray, factors: tuple[int, int, int], shape: tuple[in
     return np.ascontiguousarray(out[: shape[0], : shape[1], : shape[2]])
 
 
-def _enclosed(air: np.ndarray) -> np.ndarray:
-    """Air regions of each slice that do not touch the slice's border: inside the body."""
+def _enclosed(air: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Air regions of each slice that do not touch the slice's border (inside the body), and the
+    labels of every slice's air regions."""
     labels, count = ndimage.label(air, structure=_SLICEWISE)
     border = np.zeros(count + 1, dtype=bool)
     for edge in (labels[:, 0, :], labels[:, -1, :], labels[:, :, 0], labels[:, :, -1]):
         border[np.unique(edge)] = True
     border[0] = True
-    return ~border[labels] & air
+    return ~border[labels], labels
 
 
-def _airways(inside_air: np.ndarray, body: np.ndarray, spacing_zyx: tuple[float, float, float],
-             settings: LungSettings) -> np.ndarray:
+def _airways(inside_air: np.ndarray, air_labels: np.ndarray, body: np.ndarray,
+             spacing_zyx: tuple[float, float, float], settings: LungSettings) -> np.ndarray:
     """Trachea and main bronchi: small enclosed air regions traced from the top slice down.
 
     A region starts the trace when it lies near the body's midline in the first slices that have
     enclosed air (the trachea); below, a region continues it when it overlaps the airway of the
     slice above and is still small. A region that has grown to a lung's size stops the trace there.
     """
-    labels, _ = ndimage.label(inside_air, structure=_SLICEWISE)
+    labels = np.where(inside_air, air_labels, 0)
     areas = np.bincount(labels.ravel())
     pixel_mm2 = spacing_zyx[1] * spacing_zyx[2]
     max_pixels = settings.airway_max_area_mm2 / pixel_mm2
@@ -156,8 +157,7 @@ def _close_lung(lung: np.ndarray, hu: np.ndarray, allowed: np.ndarray, spacing_z
     size = tuple(2 * h + 1 for h in half)
     closed = ndimage.minimum_filter(ndimage.maximum_filter(region, size=size, mode="constant"), size=size,
                                     mode="constant").astype(bool)
-    holes = _enclosed(~closed)
-    closed |= holes
+    closed |= _enclosed(~closed)[0]
     closed &= allowed[box] & (hu[box] < settings.closing_max_hu)
     closed |= lung[box]
     out = np.zeros_like(lung)
@@ -170,12 +170,14 @@ def segment_lungs_coarse(hu: np.ndarray, spacing_zyx: tuple[float, float, float]
     """Right/left lung labels (uint8, 0 elsewhere) on the coarse grid, and the subsampling factors."""
     factors = coarse_factors(spacing_zyx, settings.grid_mm)
     coarse = np.asarray(hu[:: factors[0], :: factors[1], :: factors[2]], dtype=np.float32)
-    coarse = np.nan_to_num(coarse, nan=-1024.0, posinf=3071.0, neginf=-1024.0)
+    if np.issubdtype(hu.dtype, np.floating):
+        coarse = np.nan_to_num(coarse, nan=-1024.0, posinf=3071.0, neginf=-1024.0)
     spacing = tuple(float(s) * f for s, f in zip(spacing_zyx, factors))
     air = coarse < settings.air_hu
-    inside_air = _enclosed(air)
+    inside_air, air_labels = _enclosed(air)
     body = ~air | inside_air
-    inside_air &= ~_airways(inside_air, body, spacing, settings)
+    inside_air &= ~_airways(inside_air, air_labels, body, spacing, settings)
+    del air_labels
     components, count = ndimage.label(inside_air)
     if count == 0:
         return np.zeros(coarse.shape, dtype=np.uint8), factors
