@@ -203,7 +203,7 @@ def test_recorded_metrics_are_those_of_the_float16_weights(tiny_model, phantom_c
     index = DatasetIndex.load(phantom_cohort)
     studies = Split.from_dict(model.metadata["split"]).subset(index, "test")
     cohort = load_cohort(studies, model.task, model.preprocess, PreprocessedCache(tmp_path / "cache"),
-                         with_aeration=True)
+                         with_lung_features=True)
     stored = study_probabilities(model, cohort)[FUSED]
     model.round_to_stored_precision()
     assert np.array_equal(study_probabilities(model, cohort)[FUSED], stored), "rounding stored weights is a no-op"
@@ -296,3 +296,18 @@ def test_refit_slice_classifier_matches_the_backbone_again(tiny_model, phantom_c
     assert slice_loss() > trained + 0.5
     refit_slice_classifier(model, cohort, TINY_CONFIG)
     assert slice_loss() <= trained + 0.01
+
+
+def test_a_model_from_before_the_lung_features_grades_with_its_cnn_alone(tiny_model, chest_ct_path, tmp_path):
+    """A 0.1 model file's aeration part read 96-px features this version no longer measures."""
+    from TwoFiveCNNLib.io.model_file import load_archive, save_archive
+
+    tensors, metadata = load_archive(tiny_model)
+    assert metadata["aeration_features"] == ["emphysema", "ground_glass", "consolidation", "involved"]
+    del metadata["aeration_features"]
+    old = save_archive(tmp_path / "old.pt", "twofivecnn-model", tensors, metadata)
+    model = load_model(old, "cpu")
+    assert model.aeration is None
+    prediction, _ = predict_path(model, chest_ct_path)
+    assert any("trained before 0.2" in warning for warning in prediction.warnings)
+    assert prediction.probabilities == pytest.approx(prediction.cnn_probabilities)

@@ -20,12 +20,13 @@ import numpy as np
 
 from ..io.atomic import atomic_path
 from ..io.volume import read_volume
+from ..transforms.involvement import LUNG_FEATURES, lung_features, lung_involvement
 from ..transforms.preprocess import GridMapping, PreprocessConfig, to_model_grid
 from .index import Study
 
 CACHE_ENV = "TWOFIVECNN_CACHE"
 # Part of every entry's folder name; bump when the entry format changes so old entries are ignored.
-CACHE_FORMAT = "v1"
+CACHE_FORMAT = "v2"  # v2: entries also hold the study's lung features
 _CHUNK = 1 << 20
 
 # Header formats whose voxels live in a separate file, and the header line that names it.
@@ -98,6 +99,13 @@ class PreprocessedCache:
     def get_with_mapping(self, study_path: str | os.PathLike,
                          config: PreprocessConfig) -> tuple[np.ndarray, GridMapping]:
         """The study on the model grid plus where that grid sits in the canonical volume."""
+        grid, mapping, _ = self.get_study(study_path, config)
+        return grid, mapping
+
+    def get_study(self, study_path: str | os.PathLike,
+                  config: PreprocessConfig) -> tuple[np.ndarray, GridMapping, np.ndarray]:
+        """The study on the model grid, where that grid sits, and its lung features
+        (:func:`..transforms.involvement.lung_features`, measured at the study's own resolution)."""
         entry = self.entry_path(study_path, config)
         if entry.exists():
             cached = _read_entry(entry)
@@ -106,10 +114,12 @@ class PreprocessedCache:
                 return cached
             entry.unlink(missing_ok=True)
         self.misses += 1
-        grid, mapping = to_model_grid(read_volume(study_path), config)
-        _write_entry(entry, grid, mapping)
+        volume = read_volume(study_path)
+        grid, mapping = to_model_grid(volume, config)
+        features = lung_features(lung_involvement(volume.array, volume.spacing_zyx)[0])
+        _write_entry(entry, grid, mapping, features)
         # Return what later hits will return, so results never depend on whether the cache was warm.
-        return grid.astype(np.float16).astype(np.float32), mapping
+        return grid.astype(np.float16).astype(np.float32), mapping, features
 
     def warm(self, studies: Iterable[Study | str | os.PathLike], config: PreprocessConfig,
              progress: Progress | None = None, workers: int = 0) -> int:
@@ -146,19 +156,22 @@ def _warm_one(root: Path, path: Path, config: PreprocessConfig) -> bool:
     return cache.misses > 0
 
 
-def _write_entry(entry: Path, grid: np.ndarray, mapping: GridMapping) -> None:
+def _write_entry(entry: Path, grid: np.ndarray, mapping: GridMapping, features: np.ndarray) -> None:
     with atomic_path(entry) as tmp, open(tmp, "wb") as f:
-        np.savez(f, grid=grid.astype(np.float16), mapping=np.array(json.dumps(mapping.to_dict())))
+        np.savez(f, grid=grid.astype(np.float16), mapping=np.array(json.dumps(mapping.to_dict())),
+                 features=features.astype(np.float32))
 
 
-def _read_entry(entry: Path) -> tuple[np.ndarray, GridMapping] | None:
+def _read_entry(entry: Path) -> tuple[np.ndarray, GridMapping, np.ndarray] | None:
     """An entry's content, or None if it is unreadable or inconsistent (truncated, half-copied, ...)."""
     try:
         with np.load(entry, allow_pickle=False) as data:
             grid = data["grid"].astype(np.float32)
             mapping = GridMapping.from_dict(json.loads(str(data["mapping"])))
+            features = data["features"].astype(np.float32)
     except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile):
         return None
-    if grid.shape != tuple(mapping.grid_shape) or not np.isfinite(grid).all():
+    if grid.shape != tuple(mapping.grid_shape) or not np.isfinite(grid).all() \
+            or features.shape != (len(LUNG_FEATURES),) or not np.isfinite(features).all():
         return None
-    return grid, mapping
+    return grid, mapping, features

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..transforms.aeration import aeration_features
 from ..transforms.preprocess import PreprocessConfig
 from .cache import PreprocessedCache
 from .index import Study
@@ -23,7 +22,7 @@ class Cohort:
     grids: torch.Tensor  # (N, S_max, H, W) float16
     lengths: torch.Tensor  # (N,) long
     labels: torch.Tensor  # (N,) long
-    aeration_features: torch.Tensor | None = None  # (N, F) study-level aeration shares, when the model uses them
+    lung_features: torch.Tensor | None = None  # (N, F) study-level lung band shares, when the model uses them
 
     def __len__(self) -> int:
         return len(self.study_ids)
@@ -44,13 +43,15 @@ class Cohort:
 
 def load_cohort(studies: Sequence[Study], task: TaskDefinition, config: PreprocessConfig,
                 cache: PreprocessedCache, progress: Callable[[int, int], None] | None = None,
-                with_aeration: bool = False) -> Cohort:
-    """Read (through the preprocessed cache) every study onto the model grid."""
+                with_lung_features: bool = False) -> Cohort:
+    """Read (through the preprocessed cache) every study onto the model grid, with its lung features."""
     if not studies:
         raise ValueError("no studies to load: the dataset or split subset is empty.")
-    grids = []
+    grids, features = [], []
     for done, study in enumerate(studies, start=1):
-        grids.append(cache.get(study.path, config))
+        grid, _, study_features = cache.get_study(study.path, config)
+        grids.append(grid)
+        features.append(study_features)
         if progress is not None:
             progress(done, len(studies))
     lengths = torch.tensor([g.shape[0] for g in grids])
@@ -59,6 +60,5 @@ def load_cohort(studies: Sequence[Study], task: TaskDefinition, config: Preproce
     for i, grid in enumerate(grids):
         stacked[i, : grid.shape[0]] = grid
     labels = torch.tensor([task.label_index(study.label) for study in studies])
-    features = torch.from_numpy(np.stack([aeration_features(g, config.window) for g in grids])) \
-        if with_aeration else None
-    return Cohort([s.study_id for s in studies], torch.from_numpy(stacked), lengths, labels, features)
+    lung_features = torch.from_numpy(np.stack(features)) if with_lung_features else None
+    return Cohort([s.study_id for s in studies], torch.from_numpy(stacked), lengths, labels, lung_features)

@@ -47,7 +47,7 @@ def evaluate_dataset(model: SeverityModel, data: str | os.PathLike, subset: str 
     index = DatasetIndex.load(data)
     studies, description = choose_studies(model, index, subset)
     cohort = load_cohort(studies, model.task, model.preprocess, PreprocessedCache(cache_root), progress,
-                         with_aeration=model.aeration is not None)
+                         with_lung_features=model.aeration is not None)
     probabilities = study_probabilities(model, cohort, with_pooled_2d=False)
     results = cohort_metrics(model, cohort, probabilities)
     components = {REPORT_NAMES[name]: metrics for name, metrics in results.items() if name != FUSED}

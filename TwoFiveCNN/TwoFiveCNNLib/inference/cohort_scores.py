@@ -59,7 +59,7 @@ def head_probabilities(head: AttentionHead, embeddings: torch.Tensor, mask: torc
 def study_probabilities(model: SeverityModel, cohort: Cohort, with_pooled_2d: bool = True) -> dict[str, np.ndarray]:
     """(N, C) probabilities of the model and of each of its parts, by result name."""
     cnn = head_probabilities(model.head, embed_cohort(model, cohort), cohort.mask())
-    aeration = model.aeration_probabilities(cohort.aeration_features)
+    aeration = model.aeration_probabilities(cohort.lung_features)
     results = {FUSED: model.fuse(torch.from_numpy(cnn), aeration).numpy()}
     if with_pooled_2d:
         results[POOLED_2D] = pooled_2d_probabilities(model, cohort)

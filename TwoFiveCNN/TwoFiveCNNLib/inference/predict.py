@@ -4,7 +4,7 @@ evidence map mapped back onto the input's own grid."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +13,10 @@ from scipy import ndimage
 
 from ..io.volume import Volume, read_volume
 from ..networks.severity_model import SeverityModel, resolve_device
-from ..transforms.aeration import AERATION_FEATURES, measure_aeration
-from ..transforms.involvement import lung_involvement
+from ..transforms.involvement import lung_features, lung_involvement
 from ..transforms.preprocess import (
     GridMapping,
+    canonical_mask_to_grid,
     grid_map_to_canonical,
     slice_values_to_canonical,
     to_model_grid,
@@ -43,21 +43,25 @@ class GridResult:
     probabilities: np.ndarray  # (C,)
     slice_attention: np.ndarray  # (S,) over the model's slices
     evidence: np.ndarray  # (S, H, W) in 0..1
-    aeration: dict[str, float] = field(default_factory=dict)
-    cnn_probabilities: np.ndarray | None = None  # the CNN head's alone, before fusion with aeration
+    cnn_probabilities: np.ndarray | None = None  # the CNN head's alone, before fusion with the lung features
 
 
 @torch.inference_mode()
-def predict_grid(model: SeverityModel, grid: np.ndarray) -> GridResult:
-    """Probabilities, slice attention, 3D evidence and aeration shares for one study on the model grid."""
+def predict_grid(model: SeverityModel, grid: np.ndarray, features: np.ndarray | None = None,
+                 lungs: np.ndarray | None = None) -> GridResult:
+    """Probabilities, slice attention and 3D evidence for one study on the model grid.
+
+    ``features`` are the study's lung features (fused with the CNN when the model has an aeration
+    part); ``lungs``, the lung mask on the model grid, gives the coarse evidence map its shape.
+    """
     device = next(model.parameters()).device
     slices = torch.from_numpy(np.ascontiguousarray(grid, dtype=np.float32))[:, None]
     maps = model.slice_feature_maps(slices)
     embeddings = maps.mean(dim=(2, 3))  # global average pooling, as in the backbone's forward
-    aeration, lung = measure_aeration(grid, model.preprocess.window)
     logits, attention = model.head(embeddings[None].to(device))
     cnn_probabilities = logits[0].float().softmax(-1).cpu()
-    aeration_probabilities = model.aeration_probabilities(torch.from_numpy(aeration)[None])
+    aeration_probabilities = None if features is None else \
+        model.aeration_probabilities(torch.from_numpy(np.asarray(features, dtype=np.float32))[None])
     if aeration_probabilities is not None:
         aeration_probabilities = aeration_probabilities[0]
     probabilities = model.fuse(cnn_probabilities, aeration_probabilities)
@@ -67,12 +71,12 @@ def predict_grid(model: SeverityModel, grid: np.ndarray) -> GridResult:
     cam = cam.cpu().clamp_(min=0)
     cam = torch.nn.functional.interpolate(cam[None, None], size=grid.shape, mode="trilinear",
                                           align_corners=False)[0, 0]
-    # The CAM is coarse (a few cells per slice); the lung envelope gives the map its anatomical shape.
-    cam *= torch.from_numpy(ndimage.binary_dilation(lung, iterations=1)).float()
+    # The CAM is coarse (a few cells per slice); the lungs give the map its anatomical shape.
+    if lungs is not None:
+        cam *= torch.from_numpy(ndimage.binary_dilation(lungs, iterations=1)).float()
     cam /= cam.max().clamp(min=1e-6)
     evidence = cam * (attention / attention.max())[:, None, None] * (1 - probabilities[0])
     return GridResult(probabilities.numpy(), attention.numpy(), evidence.clamp_(0, 1).numpy(),
-                      {name: round(float(v), 4) for name, v in zip(AERATION_FEATURES, aeration)},
                       cnn_probabilities.numpy())
 
 
@@ -98,32 +102,31 @@ def grade_disagreement(cnn_label: str, involvement_grade: str | None) -> str | N
             f"two grades or more apart; review the study")
 
 
-def predict_volume(model: SeverityModel, volume: Volume, involvement: bool = True) -> Prediction:
+def predict_volume(model: SeverityModel, volume: Volume) -> Prediction:
     """Grade one canonical volume and map the evidence back onto its original grid.
 
-    With ``involvement``, the lungs are segmented and their involvement measured on a grid of at most
-    2 mm (:func:`..transforms.involvement.lung_involvement`), a result beside the grade.
+    The lungs are segmented and their involvement measured on a grid of at most 2 mm
+    (:func:`..transforms.involvement.lung_involvement`): a result beside the grade, the features the
+    model's aeration part reads, and the shape of the evidence map.
     """
     grid, mapping = to_model_grid(volume, model.preprocess)
-    result = predict_grid(model, grid)
+    report, bands = lung_involvement(volume.array, volume.spacing_zyx)
+    result = predict_grid(model, grid, lung_features(report), canonical_mask_to_grid(bands > 0, mapping))
     probabilities = result.probabilities
     slice_attention, warnings = map_slice_attention(volume, result.slice_attention, mapping)
     evidence_kji = volume.to_original(grid_map_to_canonical(result.evidence, mapping))
     names = model.class_names
     label = names[int(np.argmax(probabilities))]
-    report, bands_kji = {}, None
-    if involvement:
-        report, bands = lung_involvement(volume.array, volume.spacing_zyx)
-        bands_kji = volume.to_original(bands)
-        disagreement = grade_disagreement(label, report.get("grade"))
-        warnings = warnings + ([disagreement] if disagreement else [])
+    bands_kji = volume.to_original(bands)
+    del bands
+    disagreement = grade_disagreement(label, report.get("grade"))
+    warnings = list(model.metadata.get("load_warnings", [])) + warnings + ([disagreement] if disagreement else [])
     return Prediction(
         label=label,
         probabilities={name: float(p) for name, p in zip(names, probabilities)},
         slice_attention=slice_attention, evidence_kji=evidence_kji.astype(np.float32),
         geometry=volume.geometry, model_name=model.name, source=volume.source,
         warnings=list(volume.warnings) + warnings + _plausibility_warnings(volume), is_demo_model=model.is_demo,
-        aeration=result.aeration,
         cnn_probabilities={name: float(p) for name, p in zip(names, result.cnn_probabilities)},
         involvement=report, bands_kji=bands_kji,
     )

@@ -17,8 +17,8 @@ class Prediction:
 
     ``evidence_kji`` is the 3D evidence map (0..1) in the input's storage order and geometry, so it
     overlays the input voxel for voxel; ``slice_attention`` has one weight per input slice (its own k
-    order) and sums to 1. ``aeration`` holds the lung-aeration shares measured on the model grid and
-    ``cnn_probabilities`` the CNN head's own probabilities, before fusion with the aeration model.
+    order) and sums to 1. ``cnn_probabilities`` are the CNN head's own probabilities, before fusion
+    with the model's aeration part (which reads the lung features of ``involvement``).
     ``involvement`` holds the lung volumes and HU-band shares measured at the input's resolution (per
     lung and zone, with the MosMed grade they imply) and ``bands_kji`` the band of every lung voxel
     (``transforms.involvement.BAND_NAMES``; 0 outside the lungs), in the input's storage order.
@@ -33,7 +33,6 @@ class Prediction:
     source: str = ""
     warnings: list[str] = field(default_factory=list)
     is_demo_model: bool = False
-    aeration: dict[str, float] = field(default_factory=dict)
     cnn_probabilities: dict[str, float] = field(default_factory=dict)
     involvement: dict = field(default_factory=dict)
     bands_kji: np.ndarray | None = field(default=None, repr=False)
@@ -72,8 +71,6 @@ class Prediction:
             "model": self.model_name,
             "warnings": list(self.warnings),
         }
-        if self.aeration:
-            record["aeration"] = dict(self.aeration)
         if self.cnn_probabilities:
             record["cnn_probabilities"] = {name: float(p) for name, p in self.cnn_probabilities.items()}
         if self.involvement:

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..data.tasks import TaskDefinition
 from ..io.model_file import MODEL_FORMAT, ModelFileError, load_archive, save_archive
-from ..transforms.aeration import AERATION_FEATURES
+from ..transforms.involvement import LUNG_FEATURES
 from ..transforms.preprocess import PreprocessConfig
 from .backbones import SliceClassifier, build_backbone
 from .heads import AttentionHead
@@ -31,7 +31,7 @@ class Architecture:
     head_hidden: int = 128
     head_context_kernel: int = 3
     head_dropout: float = 0.25
-    aeration: bool = True  # fuse the CNN with a logistic model on quantitative lung-aeration shares
+    aeration: bool = True  # fuse the CNN with a logistic model on the lungs' HU-band shares
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -52,11 +52,13 @@ class SeverityModel(nn.Module):
         # Late fusion: a logistic model on aeration shares, trained apart from the CNN head, whose
         # probabilities are averaged with the head's. Trained jointly, the head learned to ignore the
         # features, because the backbone's embeddings of its own training slices looked more certain.
-        self.aeration = nn.Linear(len(AERATION_FEATURES), task.num_classes) if architecture.aeration else None
+        self.aeration = nn.Linear(len(LUNG_FEATURES), task.num_classes) if architecture.aeration else None
         self._feature_maps = self.slice_classifier.backbone.feature_maps  # replaced by a compiled one in accelerate()
 
     def set_aeration_normalisation(self, features: torch.Tensor) -> None:
-        """Standardise aeration features with the training studies' mean and spread (kept in metadata)."""
+        """Standardise lung features with the training studies' mean and spread (kept in metadata, with
+        the features' names: a file read by a version that measures other features is recognised)."""
+        self.metadata["aeration_features"] = list(LUNG_FEATURES)
         self.metadata["aeration_mean"] = features.mean(0).tolist()
         self.metadata["aeration_std"] = features.std(0).clamp(min=1e-3).tolist()
 
@@ -67,7 +69,7 @@ class SeverityModel(nn.Module):
 
     @torch.inference_mode()
     def aeration_probabilities(self, features: torch.Tensor | None) -> torch.Tensor | None:
-        """The aeration model's class probabilities (N, C) for raw aeration features; None without one."""
+        """The aeration model's class probabilities (N, C) for raw lung features; None without one."""
         if self.aeration is None or features is None:
             return None
         device = self.aeration.weight.device
@@ -160,6 +162,12 @@ class SeverityModel(nn.Module):
                 f"{path}: the model does not match this version of TwoFiveCNN ({str(error)[:200]}); "
                 f"retrain it or update TwoFiveCNN."
             ) from None
+        if model.aeration is not None and metadata.get("aeration_features") != list(LUNG_FEATURES):
+            # Trained on the 96-px aeration features of 0.1, which this version no longer measures.
+            model.aeration = None
+            model.metadata["load_warnings"] = [
+                (f"{Path(path).name} was trained before 0.2 on lung features this version no longer measures: its "
+                f"CNN head alone grades (retrain the model to fuse it with the lung involvement again)")]
         return model.to(device).eval()
 
 

@@ -77,11 +77,11 @@ def train(data: str | os.PathLike, out: str | os.PathLike, config: TrainConfig,
     cohorts = {name: load_cohort(split.subset(index, name), task, config.preprocess, cache,
                                  lambda done, total, name=name: reporter.event(
                                      "preprocess", subset=name, epoch=done, epochs=total),
-                                 with_aeration=config.architecture.aeration)
+                                 with_lung_features=config.architecture.aeration)
                for name in ("train", "val", "test") if getattr(split, name)}
     if held_out is not None:
         cohorts["held_out"] = load_cohort(DatasetIndex.load(held_out).studies, task, config.preprocess, cache,
-                                          with_aeration=config.architecture.aeration)
+                                          with_lung_features=config.architecture.aeration)
     checkpoint = Checkpoint(out.with_name(out.name + ".ckpt"), config)
     for leftover in (out, checkpoint.path):
         remove_stale_temporaries(leftover)

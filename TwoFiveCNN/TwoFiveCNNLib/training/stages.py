@@ -215,9 +215,9 @@ def refit_slice_classifier(model: SeverityModel, train: Cohort, config: TrainCon
 
 def train_aeration_model(model: SeverityModel, train: Cohort, config: TrainConfig, steps: int = 2000) -> None:
     """Fit the logistic model on standardised aeration shares (class-weighted, full batch, convex)."""
-    model.set_aeration_normalisation(train.aeration_features)
+    model.set_aeration_normalisation(train.lung_features)
     linear = model.aeration.cpu()
     torch.manual_seed(config.seed)
     linear.reset_parameters()
-    fit_linear(linear, model.normalise_aeration(train.aeration_features), train.labels,
+    fit_linear(linear, model.normalise_aeration(train.lung_features), train.labels,
                class_weights(train.labels, model.task.num_classes), steps, weight_decay=1e-2)

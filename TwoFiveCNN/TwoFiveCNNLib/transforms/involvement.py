@@ -32,6 +32,8 @@ BAND_NAMES = {EMPHYSEMA: "emphysema", AERATED: "aerated", GROUND_GLASS: "ground_
               CONSOLIDATION: "consolidation", VESSEL: "vessel"}
 INVOLVED_BANDS = (GROUND_GLASS, CONSOLIDATION)
 ZONES = ("upper", "middle", "lower", "ventral", "dorsal")
+# What the model's aeration part reads of a study: band shares of the lungs (see lung_features).
+LUNG_FEATURES = ("emphysema", "ground_glass", "consolidation", "involved")
 # MosMed's grades by involved share of the lungs; below ``normal_share`` a lung counts as normal.
 MOSMED_UPPER_SHARES = (0.25, 0.50, 0.75)
 
@@ -160,3 +162,11 @@ def lung_involvement(hu: np.ndarray, spacing_zyx: tuple[float, float, float],
     report, bands = measure_involvement(coarse_hu, lungs, coarse_spacing, settings)
     report["analysis_spacing_mm"] = list(coarse_spacing)
     return report, to_native(bands, factors, hu.shape)
+
+
+def lung_features(report: dict) -> np.ndarray:
+    """The :data:`LUNG_FEATURES` of an involvement report, float32: what the fused model's aeration part
+    reads (all 0 when no lung was found)."""
+    shares = report["lungs"]["bands_share"]
+    return np.array([shares["emphysema"], shares["ground_glass"], shares["consolidation"],
+                     report["involved_share"]], dtype=np.float32)

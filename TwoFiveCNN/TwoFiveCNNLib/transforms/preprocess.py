@@ -184,3 +184,16 @@ def grid_map_to_canonical(values: np.ndarray, mapping: GridMapping) -> np.ndarra
     out = np.zeros(mapping.canonical_shape, dtype=np.float32)
     out[:, y0:y1, x0:x1] = resized.numpy()
     return out
+
+
+def canonical_mask_to_grid(mask: np.ndarray, mapping: GridMapping) -> np.ndarray:
+    """A mask on the canonical volume (e.g. the lungs) on the model grid: the share of each grid cell it
+    covers, above one half. Subsampled to about twice the grid's resolution first, so no float copy
+    of the full volume is made."""
+    y0, y1, x0, x1 = mapping.crop_yx
+    steps = [max(1, size // (2 * cells)) for size, cells in
+             zip((mask.shape[0], y1 - y0, x1 - x0), mapping.grid_shape)]
+    sample = np.ascontiguousarray(mask[:: steps[0], y0:y1:steps[1], x0:x1:steps[2]], dtype=np.float32)
+    with torch.inference_mode():
+        share = F.interpolate(torch.from_numpy(sample)[None, None], size=tuple(mapping.grid_shape), mode="area")
+    return share[0, 0].numpy() > 0.5
