@@ -283,7 +283,9 @@ def test_cancel_leaves_no_model_and_resume_finishes(scene, dataset_csv, cache_di
     events += run_until_exit(process, timeout=30)
     end = exit_event(events)
     assert end["cancelled"] and end["returncode"] != 0 and end["error"] is None
-    assert cancel_seconds < 20, "SIGTERM should stop the process at once"
+    # Stopped by its own SIGTERM handling (exit code 130), not killed after the cancel's timeout (-9);
+    # no timing is asserted: a busy machine may take its time.
+    assert end["returncode"] == 130, end
     assert not process.is_running
     assert not out.exists()
     assert atomic_leftovers(out) == []
