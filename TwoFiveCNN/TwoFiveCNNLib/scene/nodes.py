@@ -283,33 +283,65 @@ def _fill_severity_table(table: slicer.vtkMRMLTableNode, prediction: Prediction)
             table.RemoveAttribute(ATTRIBUTE_PREFIX + key)
 
 
-def _fill_colours(
-    colour: slicer.vtkMRMLColorTableNode, scene: slicer.vtkMRMLScene, created: list[slicer.vtkMRMLNode]
+def _fill_colour_table(
+    colour: slicer.vtkMRMLColorTableNode,
+    entries: list[tuple[str, float, float, float, float]],
+    description: str,
+    scene: slicer.vtkMRMLScene,
+    created: list[slicer.vtkMRMLNode],
 ) -> None:
-    """A user colour table from colours.evidence_lut, so the overlay matches the PNG reports.
+    """A user colour table of ``(name, red, green, blue, alpha)`` entries (0..1), saved with the scene.
 
     It gets its own storage node and stays visible to editors: slicer-core's ``Commit()`` moves the
     file of a hidden colour table into ``<scene>_Private/``, away from the scene's data folder.
     """
-    lut = evidence_lut(256)
     colour.SetTypeToUser()
     colour.SetHideFromEditors(False)
-    colour.SetNumberOfColors(len(lut))
-    for index, (red, green, blue, alpha) in enumerate(lut):
-        colour.SetColor(index, f"{index / (len(lut) - 1):.3f}", red, green, blue, alpha)
-    colour.SetDescription("TwoFiveCNN evidence 0..1: inferno, opacity rising with the evidence")
+    colour.SetNumberOfColors(len(entries))
+    for index, (name, red, green, blue, alpha) in enumerate(entries):
+        colour.SetColor(index, name, red, green, blue, alpha)
+    colour.SetDescription(description)
     if colour.GetStorageNode() is None:
         storage = _add_to(scene, colour.CreateDefaultStorageNode(), created)
         colour.SetAndObserveStorageNodeID(storage.GetID())
 
 
-def _fill_involvement(
-    nodes: PredictionNodes,
-    prediction: Prediction,
+def _fill_colours(
+    colour: slicer.vtkMRMLColorTableNode, scene: slicer.vtkMRMLScene, created: list[slicer.vtkMRMLNode]
+) -> None:
+    """The evidence colours from colours.evidence_lut, so the overlay matches the PNG reports."""
+    lut = evidence_lut(256)
+    entries = [(f"{index / (len(lut) - 1):.3f}", *rgba) for index, rgba in enumerate(lut)]
+    _fill_colour_table(colour, entries, "TwoFiveCNN evidence 0..1: inferno, opacity rising with the evidence",
+                       scene, created)
+
+
+def _fill_overlay_volume(
+    node: slicer.vtkMRMLScalarVolumeNode,
+    array_kji: np.ndarray,
     input_node: slicer.vtkMRMLScalarVolumeNode,
+    colour: slicer.vtkMRMLColorTableNode,
+    display_class: type,
     scene: slicer.vtkMRMLScene,
     created: list[slicer.vtkMRMLNode],
-) -> None:
+) -> slicer.vtkMRMLVolumeDisplayNode:
+    """An overlay volume on the input's grid, under the input's own parent transform (so it stays on the
+    input wherever that is moved), shown with ``colour``; returns its display node."""
+    slicer.util.updateVolumeFromArray(node, array_kji)
+    matrix = vtk.vtkMatrix4x4()
+    input_node.GetIJKToRASMatrix(matrix)
+    node.SetIJKToRASMatrix(matrix)
+    node.SetAndObserveTransformNodeID(input_node.GetTransformNodeID())
+    display = node.GetDisplayNode()
+    if display is None:
+        display = _add_to(scene, display_class(), created)
+        node.SetAndObserveDisplayNodeID(display.GetID())
+    display.SetAndObserveColorNodeID(colour.GetID())
+    return display
+
+
+def _fill_involvement(nodes: PredictionNodes, prediction: Prediction, input_node: slicer.vtkMRMLScalarVolumeNode,
+                      scene: slicer.vtkMRMLScene, created: list[slicer.vtkMRMLNode]) -> None:
     """The lung-involvement table (both lungs, each lung, each zone) and the HU-band labelmap."""
     report = prediction.involvement
     regions = [("both lungs", report["lungs"])]
@@ -333,51 +365,22 @@ def _fill_involvement(
     table.SetAttribute(ATTRIBUTE_PREFIX + "involvementGrade", grade)
     table.SetAttribute(ATTRIBUTE_PREFIX + "involvedPercent", f"{100 * report['involved_share']:.2f}")
 
-    colour = nodes.band_colour_node
-    colour.SetTypeToUser()
-    colour.SetHideFromEditors(False)
-    colour.SetNumberOfColors(max(BAND_NAMES) + 1)
-    colour.SetColor(0, "background", 0.0, 0.0, 0.0, 0.0)
+    entries = [("background", 0.0, 0.0, 0.0, 0.0)]
     for value, name in BAND_NAMES.items():
         red, green, blue, alpha = BAND_COLOURS[value]
-        colour.SetColor(value, name, red / 255, green / 255, blue / 255, alpha)
-    colour.SetDescription("TwoFiveCNN lung HU bands: emphysema, aerated, ground glass, consolidation, vessel")
-    if colour.GetStorageNode() is None:
-        storage = _add_to(scene, colour.CreateDefaultStorageNode(), created)
-        colour.SetAndObserveStorageNodeID(storage.GetID())
-
-    bands_node = nodes.bands_node
-    slicer.util.updateVolumeFromArray(bands_node, np.ascontiguousarray(prediction.bands_kji, dtype=np.uint8))
-    matrix = vtk.vtkMatrix4x4()
-    input_node.GetIJKToRASMatrix(matrix)
-    bands_node.SetIJKToRASMatrix(matrix)
-    bands_node.SetAndObserveTransformNodeID(input_node.GetTransformNodeID())
-    display = bands_node.GetDisplayNode()
-    if display is None:
-        display = _add_to(scene, slicer.vtkMRMLLabelMapVolumeDisplayNode(), created)
-        bands_node.SetAndObserveDisplayNodeID(display.GetID())
-    display.SetAndObserveColorNodeID(colour.GetID())
+        entries.append((name, red / 255, green / 255, blue / 255, alpha))
+    _fill_colour_table(nodes.band_colour_node, entries,
+                       "TwoFiveCNN lung HU bands: emphysema, aerated, ground glass, consolidation, vessel",
+                       scene, created)
+    _fill_overlay_volume(nodes.bands_node, np.ascontiguousarray(prediction.bands_kji, dtype=np.uint8), input_node,
+                         nodes.band_colour_node, slicer.vtkMRMLLabelMapVolumeDisplayNode, scene, created)
 
 
-def _fill_evidence(
-    nodes: PredictionNodes,
-    prediction: Prediction,
-    input_node: slicer.vtkMRMLScalarVolumeNode,
-    scene: slicer.vtkMRMLScene,
-    created: list[slicer.vtkMRMLNode],
-) -> None:
-    evidence = nodes.evidence_node
-    slicer.util.updateVolumeFromArray(evidence, np.clip(prediction.evidence_kji, 0, 1).astype(np.float32))
-    matrix = vtk.vtkMatrix4x4()
-    input_node.GetIJKToRASMatrix(matrix)
-    evidence.SetIJKToRASMatrix(matrix)
-    # Under the input's own parent transform, so the overlay stays on the input wherever it is moved.
-    evidence.SetAndObserveTransformNodeID(input_node.GetTransformNodeID())
-    display = evidence.GetDisplayNode()
-    if display is None:
-        display = _add_to(scene, slicer.vtkMRMLScalarVolumeDisplayNode(), created)
-        evidence.SetAndObserveDisplayNodeID(display.GetID())
-    display.SetAndObserveColorNodeID(nodes.colour_node.GetID())
+def _fill_evidence(nodes: PredictionNodes, prediction: Prediction, input_node: slicer.vtkMRMLScalarVolumeNode,
+                   scene: slicer.vtkMRMLScene, created: list[slicer.vtkMRMLNode]) -> None:
+    display = _fill_overlay_volume(nodes.evidence_node, np.clip(prediction.evidence_kji, 0, 1).astype(np.float32),
+                                   input_node, nodes.colour_node, slicer.vtkMRMLScalarVolumeDisplayNode, scene,
+                                   created)
     display.AutoWindowLevelOff()
     display.SetWindowLevelMinMax(0.0, 1.0)
     display.AutoThresholdOff()
