@@ -25,6 +25,7 @@ import numpy as np
 from scipy import ndimage
 
 from .lungs import LUNG_NAMES, LungSettings, segment_lungs_coarse, to_native
+from .morphology import bounding_box, box_opening
 
 # Band labels of the overlay (0 is outside the lungs).
 EMPHYSEMA, AERATED, GROUND_GLASS, CONSOLIDATION, VESSEL = 1, 2, 3, 4, 5
@@ -61,8 +62,7 @@ def band_labels(hu: np.ndarray, lungs: np.ndarray, spacing_zyx: tuple[float, flo
     bands = np.zeros(hu.shape, dtype=np.uint8)
     if not inside.any():
         return bands
-    zs, ys, xs = (np.nonzero(inside.any(axis=axes))[0] for axes in ((1, 2), (0, 2), (0, 1)))
-    box = (slice(zs[0], zs[-1] + 1), slice(ys[0], ys[-1] + 1), slice(xs[0], xs[-1] + 1))
+    box = bounding_box(inside)
     values, region = hu[box], inside[box]
     out = np.zeros(region.shape, dtype=np.uint8)
     out[values < settings.ground_glass_below] = GROUND_GLASS
@@ -70,8 +70,7 @@ def band_labels(hu: np.ndarray, lungs: np.ndarray, spacing_zyx: tuple[float, flo
     out[values < settings.emphysema_below] = EMPHYSEMA
     dense = region & (values >= settings.ground_glass_below)
     size = (1, *(max(1, round(settings.vessel_width_mm / s)) for s in spacing_zyx[1:]))
-    thick = ndimage.maximum_filter(ndimage.minimum_filter(dense.view(np.uint8), size=size), size=size) > 0
-    vessel = dense & ~thick
+    vessel = dense & ~box_opening(dense, size)
     vessel |= (ndimage.maximum_filter(vessel.view(np.uint8), size=(1, 3, 3)) > 0) & (out == GROUND_GLASS)
     out[dense] = CONSOLIDATION
     out[vessel] = VESSEL

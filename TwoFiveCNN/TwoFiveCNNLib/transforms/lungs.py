@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from .morphology import bounding_box, box_closing
+
 RIGHT_LUNG, LEFT_LUNG = 1, 2
 LUNG_NAMES = {RIGHT_LUNG: "right", LEFT_LUNG: "left"}
 # Within one axial slice only: a 2D structuring element for a 3D array.
@@ -150,13 +152,8 @@ def _close_lung(lung: np.ndarray, hu: np.ndarray, allowed: np.ndarray, spacing_z
     beyond its apex or base."""
     half = [round(settings.closing_z_mm / spacing_zyx[0])]
     half += [max(1, round(settings.closing_mm / s)) for s in spacing_zyx[1:]]
-    zs, ys, xs = (np.nonzero(lung.any(axis=axes))[0] for axes in ((1, 2), (0, 2), (0, 1)))
-    box = (slice(zs[0], zs[-1] + 1), slice(max(0, ys[0] - half[1]), ys[-1] + half[1] + 1),
-           slice(max(0, xs[0] - half[2]), xs[-1] + half[2] + 1))
-    region = lung[box].astype(np.uint8)
-    size = tuple(2 * h + 1 for h in half)
-    closed = ndimage.minimum_filter(ndimage.maximum_filter(region, size=size, mode="constant"), size=size,
-                                    mode="constant").astype(bool)
+    box = bounding_box(lung, (0, half[1], half[2]))
+    closed = box_closing(lung[box], tuple(2 * h + 1 for h in half))
     closed |= _enclosed(~closed)[0]
     closed &= allowed[box] & (hu[box] < settings.closing_max_hu)
     closed |= lung[box]
