@@ -18,7 +18,10 @@ Steps, each cheap enough for a 512 x 512 x 300 study in well under a second on t
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 from scipy import ndimage
@@ -27,6 +30,7 @@ from .morphology import bounding_box, box_closing
 
 RIGHT_LUNG, LEFT_LUNG = 1, 2
 LUNG_NAMES = {RIGHT_LUNG: "right", LEFT_LUNG: "left"}
+_WORKERS = max(1, min(4, os.cpu_count() or 1))
 # Within one axial slice only: a 2D structuring element for a 3D array.
 _SLICEWISE = np.array([[[0, 0, 0], [0, 0, 0], [0, 0, 0]],
                        [[0, 1, 0], [1, 1, 1], [0, 1, 0]],
@@ -58,17 +62,43 @@ def to_native(coarse: np.ndarray, factors: tuple[int, int, int], shape: tuple[in
     for axis, factor in enumerate(factors):
         if factor > 1:
             out = np.repeat(out, factor, axis=axis)
+    if out.shape == tuple(shape):
+        return out
     return np.ascontiguousarray(out[: shape[0], : shape[1], : shape[2]])
 
 
-def _enclosed(air: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Air regions of each slice that do not touch the slice's border (inside the body), and the
-    labels of every slice's air regions."""
-    labels, count = ndimage.label(air, structure=_SLICEWISE)
-    border = np.zeros(count + 1, dtype=bool)
-    for edge in (labels[:, 0, :], labels[:, -1, :], labels[:, :, 0], labels[:, :, -1]):
-        border[np.unique(edge)] = True
-    border[0] = True
+def _label_slices(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """In-plane connected regions of every slice (labels unique across slices) and, per label, whether
+    it touches the slice's border. Slabs are labelled in parallel: scipy releases the GIL."""
+    workers = min(len(mask), _WORKERS)
+    bounds = np.linspace(0, len(mask), workers + 1).astype(int)
+    labels = np.empty(mask.shape, dtype=np.int32)
+
+    def label_slab(slab: slice) -> tuple[int, np.ndarray]:
+        count = ndimage.label(mask[slab], structure=_SLICEWISE, output=labels[slab])
+        part = labels[slab]
+        border = np.zeros(count + 1, dtype=bool)
+        for edge in (part[:, 0, :], part[:, -1, :], part[:, :, 0], part[:, :, -1]):
+            border[edge.ravel()] = True
+        return count, border
+
+    slabs = [slice(a, b) for a, b in pairwise(bounds)]
+    with ThreadPoolExecutor(workers) as pool:
+        results = list(pool.map(label_slab, slabs))
+    offset, borders = 0, [np.ones(1, dtype=bool)]
+    for slab, (count, border) in zip(slabs, results):
+        if offset:
+            part = labels[slab]
+            part[part > 0] += offset
+        borders.append(border[1:])
+        offset += count
+    return labels, np.concatenate(borders)
+
+
+def _enclosed(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Regions of each slice's ``mask`` that do not touch the slice's border (for air: inside the
+    body), and the labels of every slice's regions."""
+    labels, border = _label_slices(mask)
     return ~border[labels], labels
 
 
@@ -166,38 +196,57 @@ def segment_lungs_coarse(hu: np.ndarray, spacing_zyx: tuple[float, float, float]
                          settings: LungSettings = LungSettings()) -> tuple[np.ndarray, tuple[int, int, int]]:
     """Right/left lung labels (uint8, 0 elsewhere) on the coarse grid, and the subsampling factors."""
     factors = coarse_factors(spacing_zyx, settings.grid_mm)
-    coarse = np.asarray(hu[:: factors[0], :: factors[1], :: factors[2]], dtype=np.float32)
-    if np.issubdtype(hu.dtype, np.floating):
-        coarse = np.nan_to_num(coarse, nan=-1024.0, posinf=3071.0, neginf=-1024.0)
+    coarse = hu[:: factors[0], :: factors[1], :: factors[2]]
+    if np.issubdtype(hu.dtype, np.floating):  # integer CT is compared as stored: no float copy
+        coarse = np.nan_to_num(coarse.astype(np.float32), nan=-1024.0, posinf=3071.0, neginf=-1024.0)
     spacing = tuple(float(s) * f for s, f in zip(spacing_zyx, factors))
     air = coarse < settings.air_hu
     inside_air, air_labels = _enclosed(air)
     body = ~air | inside_air
     inside_air &= ~_airways(inside_air, air_labels, body, spacing, settings)
     del air_labels
-    components, count = ndimage.label(inside_air)
-    if count == 0:
+    if not inside_air.any():
         return np.zeros(coarse.shape, dtype=np.uint8), factors
+    # Everything after this happens around the enclosed air (lungs and gut gas), plus room to close.
+    crop = bounding_box(inside_air, (0, *(max(1, round(settings.closing_mm / s)) for s in spacing[1:])))
+    labels = np.zeros(coarse.shape, dtype=np.uint8)
+    labels[crop] = _lung_labels(coarse[crop], inside_air[crop], body[crop], spacing, settings)
+    return labels, factors
+
+
+def _lung_labels(hu: np.ndarray, inside_air: np.ndarray, body: np.ndarray,
+                 spacing: tuple[float, float, float], settings: LungSettings) -> np.ndarray:
+    """Right and left lung labels from the enclosed air that is not airway: the largest 3D regions,
+    split at the mediastinum, each closed on its own."""
+    components, count = ndimage.label(inside_air)
+    labels = np.zeros(hu.shape, dtype=np.uint8)
+    if count == 0:
+        return labels
     voxel_ml = float(np.prod(spacing)) / 1000
     sizes = np.bincount(components.ravel())[1:] * voxel_ml
     order = np.argsort(sizes)[::-1]
     largest = sizes[order[0]]
     kept = [int(i) + 1 for i in order[:2] if sizes[i] >= max(settings.min_lung_ml, 0.1 * largest)]
     if not kept:
-        return np.zeros(coarse.shape, dtype=np.uint8), factors
+        return labels
     lung = np.isin(components, kept)
     labels = _split_sides(lung, components, kept)
     if len(kept) == 2 and len(set(np.unique(labels)) - {0}) < 2:
         # Two regions on one side: the smaller one is gut gas or a bulla below, not the other lung.
         labels[components == kept[1]] = 0
+    del components
     allowed = body & ~inside_air | lung  # the body's tissue and the lungs, never other air pockets
+    sides = [side for side in (RIGHT_LUNG, LEFT_LUNG) if (labels == side).any()]
+
+    def close(side: int) -> np.ndarray:
+        return _close_lung(labels == side, hu, allowed & (labels != 3 - side), spacing, settings)
+
+    with ThreadPoolExecutor(max(1, min(len(sides), _WORKERS))) as pool:  # the lungs close independently
+        closed_sides = list(pool.map(close, sides))
     closed = np.zeros_like(labels)
-    for side in (RIGHT_LUNG, LEFT_LUNG):
-        lung_side = labels == side
-        if lung_side.any():
-            closed[_close_lung(lung_side, coarse, allowed & (labels != 3 - side), spacing, settings)
-                   & (closed == 0)] = side
-    return closed, factors
+    for side, closed_side in zip(sides, closed_sides):
+        closed[closed_side & (closed == 0)] = side
+    return closed
 
 
 def segment_lungs(hu: np.ndarray, spacing_zyx: tuple[float, float, float],
