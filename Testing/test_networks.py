@@ -12,6 +12,8 @@ from torch import nn
 from TwoFiveCNNLib.io.model_file import load_archive
 from TwoFiveCNNLib.networks.backbones import (
     IMAGENET_BACKBONES,
+    MIN_PRETRAINED_FRACTION,
+    PartialWeightsError,
     SliceClassifier,
     available_backbones,
     build_backbone,
@@ -226,6 +228,78 @@ def test_load_pretrained_errors(tmp_path) -> None:
     torch.save(build_backbone("compact_resnet", widths=(16, 32), blocks=(1, 1)).state_dict(), wrong_shape)
     with pytest.raises(ValueError, match="shape mismatches"):
         load_pretrained(backbone, wrong_shape)
+
+
+def test_a_full_pretrained_file_loads_with_a_complete_report(tmp_path) -> None:
+    source = build_backbone("compact_resnet", widths=(8, 16), blocks=(1, 1))
+    path = tmp_path / "full.pt"
+    torch.save(source.state_dict(), path)
+    target = build_backbone("compact_resnet", widths=(8, 16), blocks=(1, 1))
+    report = load_pretrained(target, path)
+    n_parameters = len(list(target.parameters()))
+    assert (report.parameters_loaded, report.parameters_total, report.fraction) == (n_parameters, n_parameters, 1.0)
+    assert report.complete and report.mismatched == [] and len(report.loaded) == len(target.state_dict())
+    assert report.describe() == (
+        f"pretrained weights {path}: loaded {n_parameters} of {n_parameters} backbone parameter tensors (100%), "
+        f"{len(target.state_dict())} tensors in all")  # one line: nothing left over
+    assert report.to_dict()["missing"] == {"count": 0, "examples": []}
+
+
+def _shallower_compact_resnet_file(path: Path) -> nn.Module:
+    """A compact ResNet with one block per stage where ours has two: the names it has fit, the rest are absent."""
+    shallow = _trained_statistics(build_backbone("compact_resnet", blocks=(1, 1, 1, 1)), torch.rand(2, 1, 64, 64))
+    torch.save(shallow.state_dict(), path)
+    return shallow
+
+
+def test_a_partial_pretrained_file_is_refused_naming_the_file_and_the_fix(tmp_path) -> None:
+    path = tmp_path / "shallow_resnet.pt"
+    _shallower_compact_resnet_file(path)
+    target = build_backbone("compact_resnet")
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    with pytest.raises(PartialWeightsError, match=r"shallow_resnet\.pt fills only 36 of the 60 parameter tensors .*60%") as error:
+        load_pretrained(target, path)
+    message = str(error.value)
+    assert "--allow-partial" in message and "--backbone" in message
+    assert "48 left as initialised (not in the file), e.g. layer1.1.conv1.weight, layer1.1.bn1.weight" in message
+    assert all(torch.equal(v, before[k]) for k, v in target.state_dict().items()), "a refused file loads nothing"
+    assert isinstance(error.value, ValueError), "the command line reports ValueErrors as usage errors"
+
+
+def test_a_partial_pretrained_file_loads_when_allowed_and_says_what_it_left(tmp_path) -> None:
+    path = tmp_path / "shallow_resnet.pt"
+    shallow = _shallower_compact_resnet_file(path)
+    target = build_backbone("compact_resnet")
+    untouched = target.state_dict()["layer4.1.conv2.weight"].clone()
+    report = load_pretrained(target, path, allow_partial=True)
+    assert (report.parameters_loaded, report.parameters_total) == (36, 60)
+    assert report.fraction < MIN_PRETRAINED_FRACTION and not report.complete
+    assert len(report.missing) == 48 and report.unexpected == [] and report.mismatched == []  # 24 params + 24 buffers
+    torch.testing.assert_close(target.state_dict()["layer4.0.conv2.weight"], shallow.state_dict()["layer4.0.conv2.weight"])
+    assert torch.equal(target.state_dict()["layer4.1.conv2.weight"], untouched)
+    lines = report.describe(examples=2).splitlines()
+    assert lines == [f"pretrained weights {path}: loaded 36 of 60 backbone parameter tensors (60%), 72 tensors in all",
+                     "  48 left as initialised (not in the file), e.g. layer1.1.conv1.weight, layer1.1.bn1.weight"]
+    assert report.to_dict(examples=1)["missing"] == {"count": 48, "examples": ["layer1.1.conv1.weight"]}
+
+
+def test_a_pretrained_file_with_some_other_shapes_loads_the_rest_and_reports_them(tmp_path) -> None:
+    """An RGB first convolution (3 input channels) in a greyscale backbone: skipped and named, the rest loads."""
+    source = build_backbone("compact_resnet")
+    state = source.state_dict()
+    state["conv1.weight"] = state["conv1.weight"].repeat(1, 3, 1, 1)
+    state["extra.weight"] = torch.zeros(2)
+    path = tmp_path / "rgb_stem.pt"
+    torch.save(state, path)
+    target = build_backbone("compact_resnet")
+    report = load_pretrained(target, path)  # 59 of 60 is above the threshold: no flag needed
+    assert (report.parameters_loaded, report.parameters_total) == (59, 60)
+    rgb_shape, grey_shape = tuple(state["conv1.weight"].shape), tuple(target.conv1.weight.shape)
+    assert report.mismatched == [f"conv1.weight (file {rgb_shape}, backbone {grey_shape})"]
+    assert report.unexpected == ["extra.weight"] and report.missing == []
+    text = report.describe()
+    assert "1 not loaded: shapes differ, e.g. conv1.weight" in text
+    assert "1 in the file but not in the backbone (unused), e.g. extra.weight" in text
 
 
 # ---------------------------------------------------------------- attention head

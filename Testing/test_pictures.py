@@ -81,10 +81,11 @@ def test_montage_shows_the_top_k_slices_in_order(tmp_path) -> None:
     attention = np.full(32, 0.01)
     attention[[25, 5, 15]] = [0.3, 0.2, 0.25]
     path = tmp_path / "montage.png"
-    shown = evidence_montage_png(
+    layout = evidence_montage_png(
         slices, evidence, attention, path, "predicted CT-2", "demo — not clinical", top_k=3
     )
-    assert shown == [5, 15, 25]
+    assert layout.shown == [5, 15, 25] and layout.bars.highlighted == [5, 15, 25] and layout.bars.tallest == 25
+    assert layout.bars.numbers == list(range(32)) and layout.bars.x_ticks == [0, 5, 10, 15, 20, 25, 30]
     pixels = open_rgb(path)
     assert pixels.shape[1] == plotting.WIDTH and pixels.std() > 20
     accent_rows = np.array([accent_runs(row) for row in pixels])
@@ -97,7 +98,7 @@ def test_montage_shows_the_top_k_slices_in_order(tmp_path) -> None:
 def test_montage_top_k_larger_than_the_study(tmp_path) -> None:
     slices, evidence = phantom(n_slices=4)
     labels = [f"z = {5 * k} mm" for k in range(4)]
-    shown = evidence_montage_png(
+    layout = evidence_montage_png(
         slices,
         evidence,
         np.array([0.1, 0.4, 0.3, 0.2]),
@@ -107,7 +108,7 @@ def test_montage_top_k_larger_than_the_study(tmp_path) -> None:
         top_k=10,
         slice_labels=labels,
     )
-    assert shown == [0, 1, 2, 3]
+    assert layout.shown == [0, 1, 2, 3] and layout.bars.highlighted == [0, 1, 2, 3]
 
 
 def test_montage_grows_rows_for_many_slices(tmp_path) -> None:
@@ -128,6 +129,8 @@ def test_montage_grows_rows_for_many_slices(tmp_path) -> None:
         ({"evidence": np.zeros((32, 10, 10))}, "evidence"),
         ({"slices": np.zeros((32, 48))}, "slices"),
         ({"slice_labels": ["a"]}, "labels"),
+        ({"slice_numbers": [0] * 32}, "slice_numbers"),
+        ({"slice_numbers": list(range(1, 33))}, "slice_numbers"),
     ],
 )
 def test_montage_rejects_bad_input(tmp_path, change, message) -> None:
@@ -137,6 +140,55 @@ def test_montage_rejects_bad_input(tmp_path, change, message) -> None:
     with pytest.raises(ValueError, match=message):
         evidence_montage_png(path=tmp_path / "m.png", title="t", footer="f", **arguments)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_montage_numbers_tiles_and_bars_by_the_given_slice_numbers(tmp_path) -> None:
+    """Arrays on a canonical grid, slices numbered the other way (a feet-first input): one numbering."""
+    slices, evidence = phantom(n_slices=20)
+    attention = np.full(20, 0.01)
+    attention[[2, 3, 9]] = [0.2, 0.3, 0.25]  # array indices
+    numbers = np.arange(20)[::-1]  # array slice k is the input's slice 19 - k
+    layout = evidence_montage_png(slices, evidence, attention, tmp_path / "m.png", "t", "f", top_k=3,
+                                  slice_numbers=numbers)
+    assert layout.shown == [9, 3, 2], "tiles left to right in slice number: 10, 16, 17"
+    assert layout.bars.numbers == list(range(20)) and layout.bars.values == attention[::-1].tolist()
+    assert layout.bars.highlighted == [10, 16, 17] and layout.bars.tallest == 16
+    assert layout.bars.x_ticks == [0, 2, 4, 6, 8, 10, 12, 14, 16, 18]
+
+
+def test_the_prediction_picture_numbers_slices_as_its_json_on_a_feet_first_input(tmp_path, monkeypatch) -> None:
+    """On a feet-first input the canonical grid runs the other way; the chart must still use the input's numbers."""
+    import json
+
+    from TwoFiveCNNLib.data.phantoms import generate_phantom
+    from TwoFiveCNNLib.inference import outputs
+    from TwoFiveCNNLib.inference.predict import load_model
+    from TwoFiveCNNLib.io.volume import write_volume
+
+    study = generate_phantom(3, seed=11, orientation="LPI", shape_zyx=(40, 96, 96))
+    source = write_volume(study.array_kji, study.geometry, tmp_path / "feet_first.nii.gz")
+    drawn, draw = [], outputs.evidence_montage_png
+
+    def keep_layout(*args, **kwargs):  # our own function, run for real; only its answer is kept
+        drawn.append((kwargs["slice_labels"], draw(*args, **kwargs)))
+        return drawn[-1][1]
+
+    monkeypatch.setattr(outputs, "evidence_montage_png", keep_layout)
+    result = outputs.predict_batch(load_model(None, "cpu"), [source], tmp_path / "out")
+    assert not result.failures
+    record = json.loads((tmp_path / "out" / "feet_first.json").read_text())
+    (labels, layout), = drawn
+    n = len(record["slice_attention"])
+    assert n == 40 and layout.bars.numbers == list(range(n))
+    montage_numbers = sorted(int(labels[k].removeprefix("slice ")) for k in layout.shown)
+    assert montage_numbers == sorted(n - 1 - k for k in layout.shown), "feet-first: the input runs head to feet"
+    assert layout.bars.highlighted == montage_numbers, "the blue bars are the montage's slices"
+    assert layout.bars.tallest == record["most_attended_slice"], "the tallest bar is the JSON's slice"
+    assert record["most_attended_slice"] in layout.bars.highlighted
+    assert layout.bars.values == pytest.approx(record["slice_attention"]), "bar n is the JSON's slice n"
+    pixels = open_rgb(tmp_path / "out" / "feet_first.png")
+    assert pixels.shape[:2] == (layout.size[1], layout.size[0]) and layout.size[0] == plotting.WIDTH
+    assert 500 < layout.size[1] < 900 and pixels.std() > 20
 
 
 def history() -> list[dict]:
@@ -154,10 +206,28 @@ def test_curves_png(tmp_path) -> None:
     path = tmp_path / "curves.png"
     assert curves_png(history(), path) == path
     pixels = open_rgb(path)
-    assert pixels.shape == (500, plotting.WIDTH, 3) and pixels.std() > 10
-    for colour in STAGE_COLOURS[:2]:
-        assert np.all(pixels == colour, axis=-1).sum() > 100  # each stage has its own line
+    assert pixels.shape == (648, plotting.WIDTH, 3) and pixels.std() > 10  # title, then a 280-px row per stage
+    rows = pixels[:344], pixels[344:]
+    for row, colour, other in zip(rows, STAGE_COLOURS[:2], STAGE_COLOURS[1::-1]):
+        assert np.all(row == colour, axis=-1).sum() > 100  # each stage in its own row, in its own colour
+        assert np.all(row == other, axis=-1).sum() == 0
     assert [p.name for p in tmp_path.iterdir()] == ["curves.png"]
+
+
+def test_curve_rows_name_the_stages_and_give_each_its_own_epochs() -> None:
+    from TwoFiveCNNLib.reports.figures import curve_panels, stage_title
+
+    demo_like = [{"stage": "stage1", "epoch": e, "train_loss": 1 / e, "val_balanced_accuracy": 0.5} for e in range(1, 15)]
+    demo_like += [{"stage": "stage2", "epoch": e, "train_loss": 1 / e} for e in range(1, 151)]
+    stage1, stage2 = curve_panels(demo_like)
+    assert (stage1.title, stage2.title) == ("Stage 1: 2D slice CNN", "Stage 2: attention head")
+    assert (stage1.epochs, stage2.epochs) == (14, 150)
+    assert stage1.epoch_ticks == [2, 4, 6, 8, 10, 12, 14] and stage2.epoch_ticks[-1] == 140
+    assert stage1.epoch_range[1] < 15 and stage2.epoch_range[1] > 150  # each stage on its own axis
+    assert stage2.accuracy == [] and len(stage2.loss) == 150
+    assert [p.title for p in curve_panels(history())] == ["Stage 1: 2D slice CNN", "Stage 2: attention head"]
+    assert stage_title("finetune").startswith("Fine-tuning") and stage_title("warmup") == "warmup"
+    assert stage_title(3) == "Stage 3"
 
 
 def test_curves_without_validation_and_single_epoch(tmp_path) -> None:

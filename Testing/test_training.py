@@ -18,6 +18,7 @@ from TwoFiveCNNLib.data.cache import PreprocessedCache
 from TwoFiveCNNLib.data.cohort import load_cohort
 from TwoFiveCNNLib.data.index import DatasetIndex
 from TwoFiveCNNLib.data.splits import Split
+from TwoFiveCNNLib.data.tasks import TaskDefinition
 from TwoFiveCNNLib.inference.cohort_scores import FUSED, embed_cohort, study_probabilities
 from TwoFiveCNNLib.inference.predict import load_model, predict_path
 from TwoFiveCNNLib.io.model_file import ModelFileError
@@ -311,3 +312,60 @@ def test_a_model_from_before_the_lung_features_grades_with_its_cnn_alone(tiny_mo
     prediction, _ = predict_path(model, chest_ct_path)
     assert any("trained before 0.2" in warning for warning in prediction.warnings)
     assert prediction.probabilities == pytest.approx(prediction.cnn_probabilities)
+
+
+# ---------------------------------------------------------------- pretrained backbone files
+
+
+def _backbone_file(path: Path, blocks: tuple[int, ...] = (2, 2, 2, 2)) -> Path:
+    """Weights of the default compact ResNet (``blocks=(1, 1, 1, 1)``: a shallower layout, 36 of 60 names fit)."""
+    from TwoFiveCNNLib.networks.backbones import build_backbone
+
+    torch.save(build_backbone("compact_resnet", blocks=blocks).state_dict(), path)
+    return path
+
+
+def test_a_fitting_pretrained_file_loads_and_the_log_says_so(tmp_path):
+    import io
+
+    from TwoFiveCNNLib.networks.severity_model import SeverityModel
+    from TwoFiveCNNLib.training.run import apply_pretrained
+
+    path = _backbone_file(tmp_path / "full.pt")
+    config = replace(TINY_CONFIG, pretrained=str(path))
+    model = SeverityModel(TaskDefinition.from_name("severity"), config.preprocess, config.architecture)
+    log = io.StringIO()
+    report = apply_pretrained(model, config, ProgressReporter(log, terminal=None))
+    assert report.fraction == 1.0 and report.complete
+    events = [json.loads(line) for line in log.getvalue().splitlines()]
+    assert [e["stage"] for e in events] == ["log"]
+    assert events[0]["message"].startswith(f"pretrained weights {path}: loaded 60 of 60 backbone parameter tensors")
+    assert "warning" not in log.getvalue()
+    assert torch.equal(model.slice_classifier.backbone.conv1.weight, torch.load(path, weights_only=True)["conv1.weight"])
+
+
+def test_a_partial_pretrained_file_is_refused_before_any_work(phantom_cohort, tmp_path, capsys):
+    partial = _backbone_file(tmp_path / "shallow.pt", blocks=(1, 1, 1, 1))
+    out = tmp_path / "m.pt"
+    assert main(["train", "--data", str(phantom_cohort), "--out", str(out), "--cache", str(tmp_path / "cache"),
+                 "--pretrained", str(partial), *TINY_TRAIN_ARGS]) == 2
+    error = capsys.readouterr().err
+    assert f"{partial} fills only 36 of the 60 parameter tensors" in error
+    assert "--allow-partial" in error and "layer1.1.conv1.weight" in error
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shallow.pt"], "refused up front: no split, cache or model"
+
+
+def test_allow_partial_trains_reports_and_records_the_partial_load(phantom_cohort, tmp_path):
+    partial = _backbone_file(tmp_path / "shallow.pt", blocks=(1, 1, 1, 1))
+    out, log = tmp_path / "m.pt", tmp_path / "progress.jsonl"
+    assert main(["train", "--data", str(phantom_cohort), "--out", str(out), "--cache", str(tmp_path / "cache"),
+                 "--pretrained", str(partial), "--allow-partial", "--progress-json", str(log), *TINY_TRAIN_ARGS]) == 0
+    messages = [e["message"] for e in map(json.loads, log.read_text().splitlines()) if e["stage"] == "log"]
+    report_line = next(m for m in messages if m.startswith("pretrained weights"))
+    assert f"{partial}: loaded 36 of 60 backbone parameter tensors (60%)" in report_line
+    assert "48 left as initialised (not in the file), e.g. layer1.1.conv1.weight" in report_line
+    assert any(m.startswith("warning: training from a partial pretrained load") for m in messages)
+    metadata = load_model(out, "cpu").metadata
+    assert metadata["train_config"]["allow_partial"] is True
+    assert metadata["train_config"]["pretrained"] == str(partial)
+    assert metadata["pretrained"]["parameters_loaded"] == 36 and metadata["pretrained"]["missing"]["count"] == 48

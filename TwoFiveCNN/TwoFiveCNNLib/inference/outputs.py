@@ -7,6 +7,7 @@ this layer knows nothing of MRML, so it runs where the MRML library is missing.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -18,9 +19,16 @@ from pathlib import Path
 import numpy as np
 
 from ..io.atomic import write_json_atomic, write_text_atomic
-from ..io.volume import VOLUME_SUFFIXES, Volume, VolumeError, study_name, write_volume
+from ..io.volume import (
+    PROBABILITY_STEP,
+    VOLUME_SUFFIXES,
+    Volume,
+    VolumeError,
+    study_name,
+    write_probability_volume,
+)
 from ..networks.severity_model import SeverityModel
-from ..reports.montage import evidence_montage_png
+from ..reports.montage import LazySlices, evidence_montage_png
 from ..transforms.preprocess import WINDOW_PRESETS, apply_window
 from .predict import predict_path
 from .prediction import DEMO_MODEL_NOTICE, Prediction
@@ -33,9 +41,17 @@ MONTAGE_MAX_PIXELS = 256  # display tiles need no more in-plane resolution than 
 
 @dataclass
 class BatchResult:
+    """What a batch wrote, per input. ``predictions`` keep grades, probabilities, attention and the
+    involvement report; their voxel maps (evidence, bands) are on disk, not held for the whole batch."""
+
     written: dict[str, list[Path]] = field(default_factory=dict)
     predictions: dict[str, Prediction] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
+
+
+def without_voxel_maps(prediction: Prediction) -> Prediction:
+    """The prediction without its study-sized arrays (they are written): a batch's memory stays flat."""
+    return dataclasses.replace(prediction, evidence_kji=np.zeros((0, 0, 0), dtype=np.float16), bands_kji=None)
 
 
 def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
@@ -48,11 +64,19 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
     return studies
 
 
-def montage_slices(volume: Volume, evidence_canonical: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Lung-windowed canonical slices and their evidence, subsampled in-plane for display."""
+def montage_slices(volume: Volume, evidence_canonical: np.ndarray) -> tuple[LazySlices, LazySlices]:
+    """Lung-windowed canonical slices and their evidence, subsampled in-plane for display, each made
+    only when the montage reads it."""
     step = max(1, int(np.ceil(max(volume.array.shape[1:]) / MONTAGE_MAX_PIXELS)))
-    grey = apply_window(volume.array[:, ::step, ::step], WINDOW_PRESETS["lung"]).numpy()
-    return grey, evidence_canonical[:, ::step, ::step]
+    shape = (volume.array.shape[0], *volume.array[0, ::step, ::step].shape)
+
+    def grey(k: int) -> np.ndarray:
+        return apply_window(volume.array[k, ::step, ::step], WINDOW_PRESETS["lung"]).numpy()
+
+    def evidence(k: int) -> np.ndarray:
+        return np.asarray(evidence_canonical[k, ::step, ::step], dtype=np.float32)
+
+    return LazySlices(shape, grey), LazySlices(shape, evidence)
 
 
 def write_montage(prediction: Prediction, volume: Volume, path: Path) -> Path:
@@ -65,7 +89,8 @@ def write_montage(prediction: Prediction, volume: Volume, path: Path) -> Path:
     footer = "  |  ".join(part for part in (prediction.involvement_line(), footer) if part)
     evidence_montage_png(grey, evidence, canonical_attention, path,
                          title=f"{study_name(volume.source) or 'study'}: {prediction.label}  ({probabilities})",
-                         footer=footer, slice_labels=labels)
+                         footer=footer, slice_labels=labels,
+                         slice_numbers=volume.input_slice_index())  # the chart numbers slices as the JSON does
     return path
 
 
@@ -99,12 +124,13 @@ def write_prediction(prediction: Prediction, volume: Volume, out_dir: str | os.P
     name = name or volume.name
     json_path, written = out_dir / f"{name}.json", []
     try:
-        written.append(write_volume(prediction.evidence_kji, prediction.geometry,
-                                    out_dir / f"{name}_evidence{evidence_suffix}"))
+        written.append(write_probability_volume(prediction.evidence_kji, prediction.geometry,
+                                                out_dir / f"{name}_evidence{evidence_suffix}"))
         written.append(write_montage(prediction, volume, out_dir / f"{name}.png"))
         if scene_writer is not None:
             written.append(scene_writer(prediction, volume, out_dir, name))
-        write_json_atomic(json_path, {**prediction.to_json(), "outputs": [p.name for p in written]})
+        write_json_atomic(json_path, {**prediction.to_json(), "outputs": [p.name for p in written],
+                                      "evidence_volume": evidence_volume_record(written[0])})
     except BaseException:
         for path in [*written, json_path]:
             path.unlink(missing_ok=True)
@@ -112,6 +138,14 @@ def write_prediction(prediction: Prediction, volume: Volume, out_dir: str | os.P
                 shutil.rmtree(path.with_name(f"{name}_data"), ignore_errors=True)
         raise
     return [json_path, *written]
+
+
+def evidence_volume_record(path: Path) -> dict:
+    """How the evidence file stores its values: uint8 steps (see ``io.volume.write_probability_volume``)."""
+    nifti = path.name.lower().endswith((".nii", ".nii.gz"))
+    return {"file": path.name, "dtype": "uint8", "value_step": PROBABILITY_STEP,
+            "scaled_on_read": nifti,  # NIfTI readers apply scl_slope; NRRD voxels read 0..255
+            "values": "evidence in [0, 1]: slice attention x in-plane class activation"}
 
 
 def unique_names(paths: list[Path]) -> list[str]:
@@ -140,7 +174,8 @@ def predict_batch(model: SeverityModel, inputs: Iterable[str | os.PathLike], out
             prediction, volume = predict_path(model, path)
             result.written[str(path)] = write_prediction(prediction, volume, out_dir, name, scene_writer,
                                                          evidence_suffix)
-            result.predictions[str(path)] = prediction
+            result.predictions[str(path)] = without_voxel_maps(prediction)
+            del prediction, volume
         except (VolumeError, ValueError, OSError) as error:
             result.failures[str(path)] = str(error)
         except Exception as error:  # noqa: BLE001 - one odd study must not stop a batch of thousands

@@ -111,10 +111,11 @@ def predict_volume(model: SeverityModel, volume: Volume) -> Prediction:
     """
     grid, mapping = to_model_grid(volume, model.preprocess)
     report, bands = lung_involvement(volume.array, volume.spacing_zyx)
-    result = predict_grid(model, grid, lung_features(report), canonical_mask_to_grid(bands > 0, mapping))
+    result = predict_grid(model, grid, lung_features(report), canonical_mask_to_grid(bands, mapping))
     probabilities = result.probabilities
     slice_attention, warnings = map_slice_attention(volume, result.slice_attention, mapping)
-    evidence_kji = volume.to_original(grid_map_to_canonical(result.evidence, mapping))
+    # float16: half the memory of float32 for a map shown and stored in steps of 1/255 anyway.
+    evidence_kji = volume.to_original(grid_map_to_canonical(result.evidence, mapping, np.float16))
     names = model.class_names
     label = names[int(np.argmax(probabilities))]
     bands_kji = volume.to_original(bands)
@@ -124,7 +125,7 @@ def predict_volume(model: SeverityModel, volume: Volume) -> Prediction:
     return Prediction(
         label=label,
         probabilities={name: float(p) for name, p in zip(names, probabilities)},
-        slice_attention=slice_attention, evidence_kji=evidence_kji.astype(np.float32),
+        slice_attention=slice_attention, evidence_kji=evidence_kji,
         geometry=volume.geometry, model_name=model.name, source=volume.source,
         warnings=list(volume.warnings) + warnings + _plausibility_warnings(volume), is_demo_model=model.is_demo,
         cnn_probabilities={name: float(p) for name, p in zip(names, result.cnn_probabilities)},

@@ -15,8 +15,9 @@ DEMO_MODEL_NOTICE = "synthetic-phantom demo model: not for clinical use"
 class Prediction:
     """A study's severity grade with the evidence behind it.
 
-    ``evidence_kji`` is the 3D evidence map (0..1) in the input's storage order and geometry, so it
-    overlays the input voxel for voxel; ``slice_attention`` has one weight per input slice (its own k
+    ``evidence_kji`` is the 3D evidence map (0..1; float16 from ``predict``, which is finer than the
+    1/255 steps it is stored and shown in) in the input's storage order and geometry, so it overlays
+    the input voxel for voxel; ``slice_attention`` has one weight per input slice (its own k
     order) and sums to 1. ``cnn_probabilities`` are the CNN head's own probabilities, before fusion
     with the model's aeration part (which reads the lung features of ``involvement``).
     ``involvement`` holds the lung volumes and HU-band shares measured at the input's resolution (per

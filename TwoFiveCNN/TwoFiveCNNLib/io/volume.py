@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import struct
+import tempfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -353,37 +354,67 @@ def write_probability_volume(values_kji: np.ndarray, geometry: Geometry, path: s
 
     NIfTI files carry the step as their ``scl_slope``, so every NIfTI reader (Slicer, ITK, nibabel)
     gets floats in [0, 1] back. NRRD has no scale field: its voxels read 0..255 and the header's
-    ``twofivecnn_value_step`` and the prediction JSON give the step.
+    ``twofivecnn_value_step`` and the prediction JSON give the step. ITK writes the header (of a
+    one-voxel image on the same geometry, so orientation follows ITK's conventions); the voxels are
+    converted and compressed a slab at a time, so no whole-volume copy is made.
     """
-    steps = np.empty(np.shape(values_kji), dtype=np.uint8)
-    np.rint(np.clip(values_kji, 0.0, 1.0) * 255, out=steps, casting="unsafe")
-    image = image_from_original(steps, geometry)
+    values_kji = np.asarray(values_kji)
     path = Path(path)
+    name = path.name.lower()
+    kind = ".nii.gz" if name.endswith(".nii.gz") else ".nii" if name.endswith(".nii") else ".nrrd"
+    if not name.endswith(kind):
+        raise ValueError(f"{path}: probability volumes are written as .nii.gz, .nii or .nrrd")
+    header = _probability_header(values_kji.shape, geometry, kind)
     with atomic_path(path) as tmp:
         try:
-            if path.name.lower().endswith(".nii.gz"):
-                plain = tmp.with_name(tmp.name[: -len(".gz")])
-                try:
-                    sitk.WriteImage(image, str(plain), useCompression=False)
-                    data = bytearray(plain.read_bytes())
-                finally:
-                    plain.unlink(missing_ok=True)
-                if _nifti_payload(bytes(data[:348])) != len(data):  # ITK only prints when the disk is full
-                    raise VolumeError(f"{plain}: written short")
-                endian = "<" if struct.unpack("<i", data[:4])[0] == 348 else ">"
-                data[112:120] = struct.pack(endian + "2f", PROBABILITY_STEP, 0.0)  # scl_slope, scl_inter
-                with open(tmp, "wb") as out:
-                    out.write(gzip.compress(bytes(data), compresslevel=FAST_COMPRESSION, mtime=0))
+            with open(tmp, "wb") as raw:
+                if kind == ".nrrd":
+                    raw.write(header)
+                compressed = kind != ".nii"
+                out = gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=FAST_COMPRESSION, mtime=0) \
+                    if compressed else raw
+                if kind != ".nrrd":
+                    out.write(header)
+                for start in range(0, values_kji.shape[0], 16):
+                    slab = np.asarray(values_kji[start: start + 16], dtype=np.float32)
+                    steps = np.empty(slab.shape, dtype=np.uint8)
+                    np.rint(np.clip(slab, 0.0, 1.0, out=slab) * 255, out=steps, casting="unsafe")
+                    out.write(memoryview(np.ascontiguousarray(steps)).cast("B"))
+                if compressed:
+                    out.close()
+            if kind == ".nii.gz":
                 _check_gzip_complete(tmp)
-            else:
-                image.SetMetaData("twofivecnn_value_step", repr(PROBABILITY_STEP))
-                sitk.WriteImage(image, str(tmp), True, FAST_COMPRESSION)
-                sitk.ReadImage(str(tmp))
-        except (RuntimeError, VolumeError, OSError):
+        except (OSError, VolumeError) as error:
             free = shutil.disk_usage(tmp.parent).free // 2**20
-            raise OSError(errno.EIO, f"{path}: the volume could not be written whole ({free} MB free on "
-                                     f"that disk); free some space or write elsewhere") from None
+            raise OSError(getattr(error, "errno", None) or errno.EIO,
+                          f"{path}: the volume could not be written whole ({free} MB free on that disk); "
+                          f"free some space or write elsewhere") from None
     return path
+
+
+def _probability_header(shape_kji: tuple[int, ...], geometry: Geometry, kind: str) -> bytes:
+    """ITK's header for a uint8 volume of ``shape_kji`` on ``geometry``, with the value step recorded."""
+    one_voxel = sitk.Image(1, 1, 1, sitk.sitkUInt8)
+    Geometry((1, 1, 1), geometry.spacing, geometry.origin, geometry.direction).apply_to(one_voxel)
+    size_ijk = tuple(int(n) for n in shape_kji[::-1])
+    with tempfile.TemporaryDirectory() as folder:
+        written = Path(folder) / ("header.nrrd" if kind == ".nrrd" else "header.nii")
+        if kind == ".nrrd":
+            one_voxel.SetMetaData("twofivecnn_value_step", repr(PROBABILITY_STEP))
+        sitk.WriteImage(one_voxel, str(written), kind == ".nrrd")
+        data = written.read_bytes()
+    if kind == ".nrrd":
+        header = data[: data.index(b"\n\n") + 2].decode("latin-1")
+        header = re.sub(r"(?m)^sizes: .*$", "sizes: " + " ".join(map(str, size_ijk)), header)
+        if "encoding: gzip" not in header:
+            raise VolumeError("ITK wrote an NRRD header without gzip encoding")
+        return header.encode("latin-1")
+    endian = "<" if struct.unpack("<i", data[:4])[0] == 348 else ">"
+    vox_offset = int(struct.unpack(endian + "f", data[108:112])[0])
+    header = bytearray(data[:vox_offset])
+    header[40:48] = struct.pack(endian + "4h", 3, *size_ijk)
+    header[112:120] = struct.pack(endian + "2f", PROBABILITY_STEP, 0.0)  # scl_slope, scl_inter
+    return bytes(header)
 
 
 def write_volume(array_kji: np.ndarray, geometry: Geometry, path: str | os.PathLike) -> Path:

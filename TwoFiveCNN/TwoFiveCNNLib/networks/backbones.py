@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -39,6 +39,11 @@ BACKBONES: dict[str, Callable[..., nn.Module]] = {
 }
 # The backbones in torchvision's layout: an ImageNet state_dict saved from torchvision fills them whole.
 IMAGENET_BACKBONES = ("mobilenet_v2", "resnet18", "resnet34", "resnet50")
+# Below this share of the backbone's parameter tensors filled (by name and shape), a pretrained file is
+# refused unless partial loads are allowed: a file for another backbone or layout matches a few names
+# (``conv1.weight``, ``bn1.*``) and would otherwise train as if from scratch, silently.
+MIN_PRETRAINED_FRACTION = 0.9
+REPORT_EXAMPLES = 5  # key names shown per kind of leftover
 
 
 def available_backbones() -> list[str]:
@@ -55,11 +60,57 @@ def build_backbone(name: str, **kwargs: Any) -> nn.Module:
 
 @dataclass(frozen=True)
 class LoadReport:
-    """What :func:`load_pretrained` did: tensors loaded, backbone keys left as they were, file keys unused."""
+    """What :func:`load_pretrained` did, so a caller can say it and a run can record it.
 
+    ``loaded``: backbone keys filled from the file; ``missing``: backbone keys left as initialised;
+    ``unexpected``: file keys the backbone has no place for (head keys excluded, they are expected);
+    ``mismatched``: keys both have, at different shapes (not loaded). Coverage counts parameter
+    tensors only: a buffer such as the scalar ``num_batches_tracked`` fits any file that shares the
+    naming, and says nothing of whether its weights fit.
+    """
+
+    path: str
     loaded: list[str]
     missing: list[str]
     unexpected: list[str]
+    mismatched: list[str] = field(default_factory=list)
+    parameters_loaded: int = 0
+    parameters_total: int = 0
+
+    @property
+    def fraction(self) -> float:
+        """Share of the backbone's parameter tensors filled from the file (0..1)."""
+        return self.parameters_loaded / self.parameters_total if self.parameters_total else 0.0
+
+    @property
+    def complete(self) -> bool:
+        """Every backbone tensor filled and every file tensor used: nothing worth a warning."""
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def describe(self, examples: int = REPORT_EXAMPLES) -> str:
+        """Lines for the training log: what loaded, then each kind of leftover with a few key names."""
+        header = (f"pretrained weights {self.path}: loaded {self.parameters_loaded} of {self.parameters_total} "
+                  f"backbone parameter tensors ({self.fraction:.0%}), {len(self.loaded)} tensors in all")
+        return "\n".join([header, *self.leftovers(examples)])
+
+    def leftovers(self, examples: int = REPORT_EXAMPLES) -> list[str]:
+        """One line per kind of key that did not load: count and the first few names (backbone order)."""
+        return [f"  {len(keys)} {what}, e.g. {', '.join(keys[:examples])}"
+                for what, keys in (("left as initialised (not in the file)", self.missing),
+                                   ("in the file but not in the backbone (unused)", self.unexpected),
+                                   ("not loaded: shapes differ", self.mismatched)) if keys]
+
+    def to_dict(self, examples: int = REPORT_EXAMPLES) -> dict:
+        """Counts and a few names, small enough for a model file's metadata."""
+        return {"path": self.path, "parameters_loaded": self.parameters_loaded,
+                "parameters_total": self.parameters_total, "tensors_loaded": len(self.loaded),
+                **{name: {"count": len(keys), "examples": keys[:examples]}
+                   for name, keys in (("missing", self.missing), ("unexpected", self.unexpected),
+                                      ("mismatched", self.mismatched))}}
+
+
+class PartialWeightsError(ValueError):
+    """A pretrained file that fills too little of the backbone: most likely the wrong file or backbone."""
 
 
 def _read_state_dict(path: str | os.PathLike) -> Mapping[str, torch.Tensor]:
@@ -85,32 +136,49 @@ def _strip_wrapper_prefixes(key: str) -> str:
     return key
 
 
-def load_pretrained(backbone: nn.Module, path: str | os.PathLike) -> LoadReport:
-    """Load a local state_dict file into ``backbone`` by key; never downloads.
+def load_pretrained(backbone: nn.Module, path: str | os.PathLike, allow_partial: bool = False,
+                    min_fraction: float = MIN_PRETRAINED_FRACTION) -> LoadReport:
+    """Load a local state_dict file into ``backbone`` by key and shape; never downloads.
 
     Keys under a classification head (``fc.``, ``classifier.``) are ignored, and ``module.`` /
     ``backbone.`` prefixes are stripped, so torchvision ImageNet files and our own checkpoints both
-    load. A partial match is loaded and reported; no match or a shape conflict is an error.
+    load. A file filling under ``min_fraction`` of the backbone's parameter tensors is refused
+    (:class:`PartialWeightsError`, nothing loaded) unless ``allow_partial``; one filling none is
+    always an error. Whatever loads is in the returned report, for the caller to show.
     """
     source = {_strip_wrapper_prefixes(key): value for key, value in _read_state_dict(path).items()}
     target = backbone.state_dict()
-    matched = {key: value for key, value in source.items() if key in target}
-    conflicts = [
-        f"{key}: file {tuple(value.shape)} vs backbone {tuple(target[key].shape)}"
-        for key, value in matched.items()
-        if value.shape != target[key].shape
-    ]
-    if conflicts:
-        raise ValueError(f"{path} does not fit this backbone; shape mismatches: {conflicts[:5]}")
-    missing = sorted(set(target) - set(matched))
-    unexpected = sorted(k for k in source if k not in target and not k.startswith(HEAD_PREFIXES))
-    if not matched:
+    parameter_names = {name for name, _ in backbone.named_parameters()}
+    fitting = {key: value for key, value in source.items() if key in target and value.shape == target[key].shape}
+    report = LoadReport(
+        path=str(path),
+        loaded=[key for key in target if key in fitting],  # backbone order: stem first, reads like the network
+        missing=[key for key in target if key not in source],
+        unexpected=[key for key in source if key not in target and not key.startswith(HEAD_PREFIXES)],
+        mismatched=[f"{key} (file {tuple(source[key].shape)}, backbone {tuple(value.shape)})"
+                    for key, value in target.items() if key in source and key not in fitting],
+        parameters_loaded=len(parameter_names & set(fitting)),
+        parameters_total=len(parameter_names),
+    )
+    shapes = f"; shape mismatches e.g. {report.mismatched[:REPORT_EXAMPLES]}" if report.mismatched else ""
+    if report.parameters_loaded == 0:
         raise ValueError(
             f"no weights in {path} match this backbone ({type(backbone).__name__}); "
-            f"backbone keys e.g. {missing[:5]}, file keys e.g. {unexpected[:5]}."
+            f"backbone keys e.g. {report.missing[:REPORT_EXAMPLES]}, file keys e.g. "
+            f"{report.unexpected[:REPORT_EXAMPLES]}{shapes}."
         )
-    backbone.load_state_dict(matched, strict=False)
-    return LoadReport(loaded=sorted(matched), missing=missing, unexpected=unexpected)
+    if report.fraction < min_fraction and not allow_partial:
+        leftovers = "\n".join(report.leftovers())
+        raise PartialWeightsError(
+            f"{path} fills only {report.parameters_loaded} of the {report.parameters_total} parameter tensors of "
+            f"this backbone ({type(backbone).__name__}, {report.fraction:.0%}; at least {min_fraction:.0%} "
+            f"needed); it was probably saved from another backbone or layout.\n"
+            f"{leftovers}\n"
+            f"Choose the --backbone the file was saved from, or pass --allow-partial (allow_partial=True) "
+            f"to train from the weights that do fit."
+        )
+    backbone.load_state_dict(fitting, strict=False)
+    return report
 
 
 class SliceClassifier(nn.Module):

@@ -5,12 +5,13 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .colours import BACKGROUND, INK, INK_ON_DARK, MUTED, STAGE_COLOURS, colormap
+from .colours import BACKGROUND, INK, INK_ON_DARK, MUTED, RGB, STAGE_COLOURS, colormap
 from .plotting import (
     MARGIN,
     WIDTH,
@@ -90,76 +91,110 @@ def confusion_matrix_png(
 # --------------------------------------------------------------------------- training curves
 
 
-def _series(history: Sequence[dict], key: str) -> dict[str, list[tuple[float, float]]]:
-    """Per stage (in order of appearance), the finite ``(epoch, history[key])`` points."""
-    stages: dict[str, list[tuple[float, float]]] = {}
-    for entry in history:
-        points = stages.setdefault(str(entry["stage"]), [])
-        value = entry.get(key)
-        if value is not None and math.isfinite(float(value)):
-            points.append((float(entry["epoch"]), float(value)))
-    return stages
+# What each stage of a run trains, as a reader names it (history keys are ``stage1``, ``stage2``, ...).
+STAGE_TITLES = {
+    "stage1": "Stage 1: 2D slice CNN",
+    "stage2": "Stage 2: attention head",
+    "finetune": "Fine-tuning: slice CNN and head end to end",
+}
+_CURVE_ROW_HEIGHT = 280  # one stage: its title, then loss and accuracy panels with their axis labels
 
 
-def curves_png(history: list[dict], path: str | os.PathLike) -> Path:
-    """Training loss and validation balanced accuracy per epoch, one line per stage.
+def stage_title(stage: object) -> str:
+    """``"stage1"`` or ``1`` -> ``"Stage 1: 2D slice CNN"``; other stages by their own name."""
+    key = f"stage{stage}" if str(stage).isdigit() else str(stage)
+    return STAGE_TITLES.get(key, f"Stage {stage}" if str(stage).isdigit() else str(stage))
 
-    Each entry of ``history`` holds ``stage`` (name or number), ``epoch``, ``train_loss`` and
-    optionally ``val_balanced_accuracy`` (missing, None or NaN when not validated that epoch).
-    The accuracy axis is fixed to 0..1 so runs can be compared picture to picture.
+
+@dataclass(frozen=True)
+class CurvePanel:
+    """One stage's row of the training-curves picture: what :func:`curves_png` draws, testable as data."""
+
+    stage: str
+    title: str
+    colour: RGB
+    epochs: int
+    epoch_range: tuple[float, float]
+    epoch_ticks: list[float]
+    loss: list[tuple[float, float]]
+    accuracy: list[tuple[float, float]]
+
+
+def _finite_points(entries: Sequence[dict], key: str) -> list[tuple[float, float]]:
+    """The ``(epoch, entry[key])`` points whose value is present and finite."""
+    return [(float(e["epoch"]), float(e[key])) for e in entries
+            if e.get(key) is not None and math.isfinite(float(e[key]))]
+
+
+def curve_panels(history: Sequence[dict]) -> list[CurvePanel]:
+    """Per stage, in order of appearance, its title, colour, own epoch axis and points.
+
+    Each stage gets its own epoch axis: stage 2's 150 cheap epochs drawn over stage 1's 14 on one
+    axis hid stage 1 in the left tenth. Colours follow the order of appearance, as in the live plot
+    of Slicer's training module, so a stage has one colour everywhere.
     """
     if not history:
         raise ValueError("history is empty: nothing to plot.")
+    stages: dict[str, list[dict]] = {}
     for entry in history:
         missing = {"stage", "epoch", "train_loss"} - entry.keys()
         if missing:
             raise ValueError(f"history entry {entry} lacks {sorted(missing)}.")
-    loss = _series(history, "train_loss")
-    accuracy = _series(history, "val_balanced_accuracy")
-    # By order of appearance, so stage 1 and 2 match the live plot in Slicer's training module.
-    colours = {stage: STAGE_COLOURS[i % len(STAGE_COLOURS)] for i, stage in enumerate(loss)}
-    epochs = [float(entry["epoch"]) for entry in history]
-    e_lo, e_hi = min(epochs), max(epochs)
-    if e_hi == e_lo:
-        e_lo, e_hi = e_lo - 1, e_hi + 1
-    epoch_ticks = tick_values(e_lo, e_hi, nice_step(e_hi - e_lo, 8, integer=True))
-    epoch_range = (e_lo - 0.03 * (e_hi - e_lo), e_hi + 0.03 * (e_hi - e_lo))
+        stages.setdefault(str(entry["stage"]), []).append(entry)
+    panels = []
+    for k, (stage, entries) in enumerate(stages.items()):
+        epochs = [float(e["epoch"]) for e in entries]
+        lo, hi = min(epochs), max(epochs)
+        if hi == lo:
+            lo, hi = lo - 1, hi + 1
+        panels.append(CurvePanel(
+            stage=stage, title=stage_title(entries[0]["stage"]), colour=STAGE_COLOURS[k % len(STAGE_COLOURS)],
+            epochs=len(entries),
+            epoch_range=(lo - 0.03 * (hi - lo), hi + 0.03 * (hi - lo)),
+            epoch_ticks=tick_values(lo, hi, nice_step(hi - lo, 8, integer=True)),
+            loss=_finite_points(entries, "train_loss"), accuracy=_finite_points(entries, "val_balanced_accuracy"),
+        ))
+    return panels
 
-    image = Image.new("RGB", (WIDTH, 500), BACKGROUND)
+
+def curves_png(history: list[dict], path: str | os.PathLike) -> Path:
+    """Training loss and validation balanced accuracy per epoch: one row per stage, each on its own axis.
+
+    Each entry of ``history`` holds ``stage`` (name or number), ``epoch``, ``train_loss`` and
+    optionally ``val_balanced_accuracy`` (missing, None or NaN when not validated that epoch).
+    The accuracy axis is fixed to 0..1 so runs can be compared picture to picture; each stage's loss
+    axis is its own (a slice loss and a study loss are different quantities).
+    """
+    rows = curve_panels(history)
+    height = MARGIN + 40 + len(rows) * _CURVE_ROW_HEIGHT + MARGIN
+    image = Image.new("RGB", (WIDTH, height), BACKGROUND)
     draw = ImageDraw.Draw(image)
     draw_text(draw, (MARGIN, MARGIN), "training curves", 20, INK, "lt")
-    x = MARGIN + 170
-    for stage, colour in colours.items():
-        draw.line([(x, MARGIN + 11), (x + 24, MARGIN + 11)], fill=colour, width=3)
-        label = f"stage {stage}"
-        draw_text(draw, (x + 30, MARGIN + 11), label, 15, INK, "lm")
-        x += 30 + int(text_width(draw, label, 15)) + 24
-
-    panel_top, panel_bottom, half = MARGIN + 70, 500 - MARGIN - 60, WIDTH // 2
-    loss_values = [y for points in loss.values() for _, y in points]
-    if loss_values:
-        lo, hi, loss_ticks = nice_range(min(loss_values), max(loss_values))
-    else:
-        lo, hi, loss_ticks = 0.0, 1.0, [0.0, 1.0]
-    panels = (
-        ((MARGIN + 70, panel_top, half - 30, panel_bottom), loss, (lo, hi), loss_ticks, "training loss"),
-        (
-            (half + 90, panel_top, WIDTH - MARGIN - 10, panel_bottom),
-            accuracy,
-            (0.0, 1.0),
-            _UNIT_TICKS,
-            "validation balanced accuracy",
-        ),
-    )
-    for box, series, y_range, y_ticks, label in panels:
-        draw_text(draw, (box[0], box[1] - 22), label, 15, INK, "lt")
-        to_pixel = draw_axes(
-            image, box, epoch_range, y_range, epoch_ticks, y_ticks, "epoch", label.split()[-1]
-        )
-        if any(series.values()):
-            draw_lines(image, to_pixel, series, colours)
+    half = WIDTH // 2
+    for k, row in enumerate(rows):
+        top = MARGIN + 40 + k * _CURVE_ROW_HEIGHT
+        draw.line([(MARGIN, top + 9), (MARGIN + 24, top + 9)], fill=row.colour, width=3)  # the line's key
+        draw_text(draw, (MARGIN + 30, top + 9), row.title, 17, INK, "lm")
+        draw_text(draw, (MARGIN + 40 + text_width(draw, row.title, 17), top + 9),
+                  f"{row.epochs} epoch{'s' * (row.epochs != 1)}", 14, MUTED, "lm")
+        panel_top, panel_bottom = top + 56, top + _CURVE_ROW_HEIGHT - 56
+        if row.loss:
+            lo, hi, loss_ticks = nice_range(min(y for _, y in row.loss), max(y for _, y in row.loss), 4)
         else:
-            draw_text(draw, ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2), "no data", 15, MUTED, "mm")
+            lo, hi, loss_ticks = 0.0, 1.0, [0.0, 1.0]
+        panels = (
+            ((MARGIN + 70, panel_top, half - 30, panel_bottom), row.loss, (lo, hi), loss_ticks, "training loss"),
+            ((half + 90, panel_top, WIDTH - MARGIN - 10, panel_bottom), row.accuracy, (0.0, 1.0),
+             _UNIT_TICKS, "validation balanced accuracy"),
+        )
+        for box, points, y_range, y_ticks, label in panels:
+            draw_text(draw, (box[0], box[1] - 22), label, 15, INK, "lt")
+            to_pixel = draw_axes(image, box, row.epoch_range, y_range, row.epoch_ticks, y_ticks, "epoch",
+                                 label.split()[-1])
+            if points:
+                draw_lines(image, to_pixel, {row.stage: points}, {row.stage: row.colour})
+            else:
+                draw_text(draw, ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2), "no data", 15, MUTED, "mm")
     return save_png(image, path)
 
 

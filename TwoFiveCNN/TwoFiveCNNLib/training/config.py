@@ -25,6 +25,7 @@ class TrainConfig:
     architecture: Architecture = field(default_factory=Architecture)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     pretrained: str | None = None
+    allow_partial: bool = False  # train even if `pretrained` fills little of the backbone (see load_pretrained)
     stage1_epochs: int = 14
     stage1_batch: int = 64
     stage1_lr: float = 2e-3

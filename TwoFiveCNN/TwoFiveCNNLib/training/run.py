@@ -24,7 +24,7 @@ from ..data.tasks import TaskDefinition
 from ..inference.cohort_scores import FUSED, cohort_metrics
 from ..io.atomic import remove_stale_temporaries
 from ..io.progress import ProgressReporter
-from ..networks.backbones import load_pretrained
+from ..networks.backbones import MIN_PRETRAINED_FRACTION, LoadReport, load_pretrained
 from ..networks.severity_model import SeverityModel, resolve_device
 from .baselines import evaluate_baselines
 from .checkpoint import Checkpoint
@@ -53,6 +53,23 @@ def package_versions() -> dict:
             "SimpleITK": SimpleITK.Version_VersionString(), "python": platform.python_version()}
 
 
+def apply_pretrained(model: SeverityModel, config: TrainConfig, reporter: ProgressReporter) -> LoadReport | None:
+    """Load ``config.pretrained`` into the stage-1 backbone and say in the log what it filled.
+
+    A file that fills only part of the backbone is refused (``load_pretrained`` raises) unless
+    ``config.allow_partial``; when allowed, the log says plainly that the rest starts from scratch.
+    """
+    if not config.pretrained:
+        return None
+    report = load_pretrained(model.slice_classifier.backbone, config.pretrained, config.allow_partial)
+    reporter.message(report.describe())
+    if report.fraction < MIN_PRETRAINED_FRACTION:
+        reporter.message(f"warning: training from a partial pretrained load (--allow-partial): "
+                         f"{report.parameters_total - report.parameters_loaded} backbone parameter tensors "
+                         f"start from random initialisation")
+    return report
+
+
 def train(data: str | os.PathLike, out: str | os.PathLike, config: TrainConfig,
           reporter: ProgressReporter | None = None, cache: PreprocessedCache | None = None,
           split_path: str | os.PathLike | None = None, resume: bool = False,
@@ -69,6 +86,11 @@ def train(data: str | os.PathLike, out: str | os.PathLike, config: TrainConfig,
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
     task = TaskDefinition.from_name(config.task)
+    # Built before preprocessing (no random numbers are drawn in between), so a pretrained file that
+    # does not fit is refused in seconds, not after the whole cohort is preprocessed.
+    model = SeverityModel(task, config.preprocess, config.architecture).to(device)
+    pretrained = apply_pretrained(model, config, reporter)
+    model.slice_classifier.to(memory_format=torch.channels_last)
     index = DatasetIndex.load(data)
     split = prepare_split(index, config, Path(split_path) if split_path else out.with_suffix(".split.json"))
     cache = cache or PreprocessedCache()
@@ -86,10 +108,6 @@ def train(data: str | os.PathLike, out: str | os.PathLike, config: TrainConfig,
     for leftover in (out, checkpoint.path):
         remove_stale_temporaries(leftover)
     resume_state = checkpoint.load() if resume else None
-    model = SeverityModel(task, config.preprocess, config.architecture).to(device)
-    if config.pretrained:
-        load_pretrained(model.slice_classifier.backbone, config.pretrained)
-    model.slice_classifier.to(memory_format=torch.channels_last)
     if resume_state is not None:
         reporter.message(f"resuming from {checkpoint.path} after {resume_state[1]['stage']} "
                          f"epoch {resume_state[1]['epoch']}")
@@ -112,7 +130,7 @@ def train(data: str | os.PathLike, out: str | os.PathLike, config: TrainConfig,
         "name": config.name or out.stem, "demo": config.demo, "train_config": config.to_dict(),
         "split": split.to_dict(), "split_fingerprint": split.fingerprint(),
         "dataset_fingerprint": index.fingerprint(), "dataset_counts": index.counts(),
-        "metrics": evaluation, "history": history,
+        "metrics": evaluation, "history": history, **({"pretrained": pretrained.to_dict()} if pretrained else {}),
         "training_seconds": training_seconds, "versions": package_versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     })

@@ -17,6 +17,7 @@ from scipy import ndimage
 
 from ..io.volume import Volume
 
+SLAB_SLICES = 32  # slices resampled at a time: bounds the float memory a full-resolution study needs
 WINDOW_PRESETS: dict[str, tuple[float, float]] = {
     "default": (-1000.0, 400.0),  # the reference code's window: lung and soft tissue
     "lung": (-1350.0, 150.0),  # W 1500 / L -600
@@ -149,12 +150,14 @@ def to_model_grid(volume: Volume, config: PreprocessConfig) -> tuple[np.ndarray,
     crop = body_crop(array, config.body_threshold_hu) if config.crop_to_body else (0, array.shape[1], 0,
                                                                                    array.shape[2])
     y0, y1, x0, x1 = crop
-    windowed = apply_window(array[:, y0:y1, x0:x1], config.window)
     size = (config.in_plane, config.in_plane)
     n_slices = target_slice_count(volume, config)
     with torch.inference_mode():
-        in_plane = resize_slices(windowed, size, config.antialias)
-        del windowed
+        # Window and resize in-plane a slab at a time (each slice on its own, so the result is the
+        # same): no float copy of the whole study is ever made.
+        in_plane = torch.cat([resize_slices(apply_window(array[z: z + SLAB_SLICES, y0:y1, x0:x1], config.window),
+                                            size, config.antialias)
+                              for z in range(0, array.shape[0], SLAB_SLICES)])
         # Resample along z only: view the stack as one (z, y*x) image and resize its first axis.
         flat = in_plane.reshape(1, in_plane.shape[0], -1)
         grid = resize_slices(flat, (n_slices, flat.shape[-1]), config.antialias).reshape(n_slices, *size)
@@ -174,26 +177,33 @@ def slice_values_to_canonical(values: np.ndarray, mapping: GridMapping) -> np.nd
     return np.interp(z, grid_slice_centres(mapping), np.asarray(values, dtype=float))
 
 
-def grid_map_to_canonical(values: np.ndarray, mapping: GridMapping) -> np.ndarray:
-    """Trilinear upsampling of a map on the model grid back into the canonical volume (zero outside the crop)."""
+def grid_map_to_canonical(values: np.ndarray, mapping: GridMapping, dtype: np.dtype = np.float32) -> np.ndarray:
+    """Trilinear upsampling of a map on the model grid back into the canonical volume (zero outside the
+    crop), as ``dtype``. Linear along z on the small grid first, then bilinear in-plane a slab at a
+    time (trilinear is separable), so no float32 copy of the full volume is made for a smaller ``dtype``."""
     z = mapping.canonical_shape[0]
     y0, y1, x0, x1 = mapping.crop_yx
+    out = np.zeros(mapping.canonical_shape, dtype=dtype)
     with torch.inference_mode():
-        tensor = torch.as_tensor(np.asarray(values, dtype=np.float32))[None, None]
-        resized = F.interpolate(tensor, size=(z, y1 - y0, x1 - x0), mode="trilinear", align_corners=False)[0, 0]
-    out = np.zeros(mapping.canonical_shape, dtype=np.float32)
-    out[:, y0:y1, x0:x1] = resized.numpy()
+        grid = torch.as_tensor(np.asarray(values, dtype=np.float32))
+        flat = grid.reshape(1, 1, grid.shape[0], -1)  # (z, y*x) as one image: resize its first axis only
+        along_z = F.interpolate(flat, size=(z, flat.shape[-1]), mode="bilinear", align_corners=False)
+        along_z = along_z.reshape(z, 1, *grid.shape[1:])
+        for start in range(0, z, SLAB_SLICES):
+            slab = F.interpolate(along_z[start: start + SLAB_SLICES], size=(y1 - y0, x1 - x0), mode="bilinear",
+                                 align_corners=False)[:, 0]
+            out[start: start + SLAB_SLICES, y0:y1, x0:x1] = slab.numpy()
     return out
 
 
 def canonical_mask_to_grid(mask: np.ndarray, mapping: GridMapping) -> np.ndarray:
-    """A mask on the canonical volume (e.g. the lungs) on the model grid: the share of each grid cell it
+    """A mask (or labels, non-zero inside) on the canonical volume (e.g. the lungs) on the model grid: the share of each grid cell it
     covers, above one half. Subsampled to about twice the grid's resolution first, so no float copy
     of the full volume is made."""
     y0, y1, x0, x1 = mapping.crop_yx
     steps = [max(1, size // (2 * cells)) for size, cells in
              zip((mask.shape[0], y1 - y0, x1 - x0), mapping.grid_shape)]
-    sample = np.ascontiguousarray(mask[:: steps[0], y0:y1:steps[1], x0:x1:steps[2]], dtype=np.float32)
+    sample = (mask[:: steps[0], y0:y1:steps[1], x0:x1:steps[2]] > 0).astype(np.float32)
     with torch.inference_mode():
         share = F.interpolate(torch.from_numpy(sample)[None, None], size=tuple(mapping.grid_shape), mode="area")
     return share[0, 0].numpy() > 0.5
