@@ -171,21 +171,6 @@ def bench_stage2_epoch(quick: bool) -> dict:
             "stage2_vs_3d_epoch_cost": round(stage2 / cnn3d, 4)}
 
 
-def peak_rss_kb() -> int:
-    """This process's peak resident memory in KiB.
-
-    Linux's ``VmHWM`` belongs to the running program alone; ``ru_maxrss`` survives ``exec`` and so
-    would count the parent's memory at the time it started the child.
-    """
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
-    except (OSError, StopIteration):
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
-
 def peak_rss_child(slices: int) -> dict:
     """Peak resident memory of a fresh process reading and predicting a 512 x 512 x ``slices`` int16 study.
 
@@ -195,8 +180,9 @@ def peak_rss_child(slices: int) -> dict:
         study = bench_study((slices, 512, 512))
         path = write_volume(study.to_original(study.array), study.geometry, Path(folder) / "study.nrrd")
         del study
-        code = ("import json; from TwoFiveCNNLib.evaluation.bench import PreprocessConfig, peak_rss_kb, "
+        code = ("import json; from TwoFiveCNNLib.evaluation.bench import PreprocessConfig, "
                 "untrained_model; from TwoFiveCNNLib.inference.predict import predict_volume; "
+                "from TwoFiveCNNLib.io.memory import peak_rss_kb; "
                 "from TwoFiveCNNLib.io.volume import read_volume; m = untrained_model(PreprocessConfig()); "
                 f"v = read_volume({str(path)!r}); base = peak_rss_kb(); predict_volume(m, v); "
                 "print(json.dumps([base, peak_rss_kb()]))")

@@ -95,6 +95,16 @@ def _label_slices(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return labels, np.concatenate(borders)
 
 
+def label_sizes(labels: np.ndarray, chunk_slices: int = 16) -> np.ndarray:
+    """Voxels per label (index 0 included), counted a few slices at a time: ``np.bincount`` casts its
+    input to 64-bit integers, which for a whole study would be twice the label array again."""
+    sizes = np.zeros(int(labels.max(initial=0)) + 1, dtype=np.int64)
+    for start in range(0, len(labels), chunk_slices):
+        part = labels[start: start + chunk_slices].ravel()
+        sizes[: int(part.max(initial=0)) + 1] += np.bincount(part)
+    return sizes
+
+
 def _enclosed(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Regions of each slice's ``mask`` that do not touch the slice's border (for air: inside the
     body), and the labels of every slice's regions."""
@@ -110,15 +120,15 @@ def _airways(inside_air: np.ndarray, air_labels: np.ndarray, body: np.ndarray,
     enclosed air (the trachea); below, a region continues it when it overlaps the airway of the
     slice above and is still small. A region that has grown to a lung's size stops the trace there.
     """
-    labels = np.where(inside_air, air_labels, 0)
-    areas = np.bincount(labels.ravel())
+    areas = label_sizes(air_labels)  # regions that touch the border are never looked up below
+    labels = air_labels
     pixel_mm2 = spacing_zyx[1] * spacing_zyx[2]
     max_pixels = settings.airway_max_area_mm2 / pixel_mm2
     airway = np.zeros_like(inside_air)
     previous = None
     columns = np.arange(inside_air.shape[2])
     for z in range(inside_air.shape[0] - 1, -1, -1):
-        slice_labels = labels[z]
+        slice_labels = np.where(inside_air[z], labels[z], 0)
         if previous is None:
             present = np.unique(slice_labels[slice_labels > 0])
             if present.size == 0:
@@ -223,7 +233,7 @@ def _lung_labels(hu: np.ndarray, inside_air: np.ndarray, body: np.ndarray,
     if count == 0:
         return labels
     voxel_ml = float(np.prod(spacing)) / 1000
-    sizes = np.bincount(components.ravel())[1:] * voxel_ml
+    sizes = label_sizes(components)[1:] * voxel_ml
     order = np.argsort(sizes)[::-1]
     largest = sizes[order[0]]
     kept = [int(i) + 1 for i in order[:2] if sizes[i] >= max(settings.min_lung_ml, 0.1 * largest)]

@@ -18,6 +18,7 @@ from scipy import ndimage
 from ..io.volume import Volume
 
 SLAB_SLICES = 32  # slices resampled at a time: bounds the float memory a full-resolution study needs
+TORCH_DTYPES = {np.dtype(np.float32): torch.float32, np.dtype(np.float16): torch.float16}
 WINDOW_PRESETS: dict[str, tuple[float, float]] = {
     "default": (-1000.0, 400.0),  # the reference code's window: lung and soft tissue
     "lung": (-1350.0, 150.0),  # W 1500 / L -600
@@ -192,7 +193,7 @@ def grid_map_to_canonical(values: np.ndarray, mapping: GridMapping, dtype: np.dt
         for start in range(0, z, SLAB_SLICES):
             slab = F.interpolate(along_z[start: start + SLAB_SLICES], size=(y1 - y0, x1 - x0), mode="bilinear",
                                  align_corners=False)[:, 0]
-            out[start: start + SLAB_SLICES, y0:y1, x0:x1] = slab.numpy()
+            out[start: start + SLAB_SLICES, y0:y1, x0:x1] = slab.to(TORCH_DTYPES[np.dtype(dtype)]).numpy()
     return out
 
 
