@@ -27,8 +27,9 @@ if TYPE_CHECKING:
     from ..networks.severity_model import SeverityModel
 
 # The console API, re-exported by the package (``TwoFiveCNNLib.scene``).
-__all__ = ["NodePrediction", "PredictionNodes", "find_prediction_nodes", "predict_volume_node",
-           "save_prediction_scene", "save_scene", "show_overlay", "volume_from_node", "write_prediction_nodes"]
+__all__ = ["NodePrediction", "PredictionNodes", "build_prediction_scene", "find_prediction_nodes",
+           "predict_volume_node", "save_prediction_scene", "save_scene", "show_overlay", "volume_from_node",
+           "write_prediction_nodes"]
 
 ATTRIBUTE_PREFIX = "TwoFiveCNN."
 COLOUR_NODE_NAME = "TwoFiveCNN evidence colours"
@@ -560,6 +561,21 @@ def _move_into(source_dir: Path, target_dir: Path) -> None:
         os.replace(entry, target)
 
 
+def build_prediction_scene(
+    prediction: Prediction, volume: Volume, name: str, scene: slicer.vtkMRMLScene | None = None
+) -> tuple[slicer.vtkMRMLScene, slicer.vtkMRMLScalarVolumeNode, PredictionNodes]:
+    """The input CT as Slicer would load it (lung window) and every result node, in ``scene`` or a new one.
+
+    What :func:`save_prediction_scene` saves and what ``views`` renders are built here, once, so a
+    picture of a prediction shows exactly the nodes of its saved scene. ``slicer.mrmlScene`` is
+    never touched.
+    """
+    scene = scene if scene is not None else slicer.vtkMRMLScene()
+    input_node = _add_input_volume(scene, volume, name)
+    nodes = write_prediction_nodes(prediction, input_node, scene)
+    return scene, input_node, nodes
+
+
 def save_prediction_scene(
     prediction: Prediction,
     input_path_or_volume: str | os.PathLike | Volume,
@@ -581,9 +597,7 @@ def save_prediction_scene(
     )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    scene = slicer.vtkMRMLScene()
-    input_node = _add_input_volume(scene, volume, name)
-    write_prediction_nodes(prediction, input_node, scene)
+    scene, _input_node, _nodes = build_prediction_scene(prediction, volume, name)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=out_dir))
     try:
         save_scene(scene, staging / f"{name}.mrml")
