@@ -23,7 +23,20 @@ def test_quick_bench_writes_consistent_figures(tmp_path, capsys):
         inference["backbone_gflops"] / results["matmul_gflops"], rel=0.01)
     # 64 slices through the backbone: the network's work is at least 64 slices' worth.
     assert inference["twofive_network_gflop"] >= 64 * inference["backbone_gflop_per_slice"] * 0.99
-    assert results["memory"]["peak_rss_mb"] > results["memory"]["volume_mb"]
+    whole = results["whole_predict"]
+    for row in whole["peak_rss"]:
+        assert row["peak_rss_mb"] > row["volume_mb"]
+    for row in whole["end_to_end"].values():
+        assert row["cold_single_matmuls"] == pytest.approx(row["cold_single_seconds"] / whole["matmul_2048_seconds"],
+                                                           rel=0.02, abs=0.1)
+        assert row["per_study_in_batch_matmuls"] == pytest.approx(
+            row["per_study_in_batch_seconds"] / whole["matmul_2048_seconds"], rel=0.02, abs=0.1)
+    for profile in whole["stage_profile"].values():
+        stages = profile["stages"]
+        assert {"startup_imports", "load_model", "read", "preprocess", "lungs_and_involvement", "network",
+                "evidence_map", "write_evidence", "write_picture", "write_json"} <= set(stages)
+        assert sum(stage["share"] for stage in stages.values()) == pytest.approx(1.0, abs=0.01)
+        assert sum(stage["seconds"] for stage in stages.values()) == pytest.approx(profile["total_seconds"], abs=0.01)
     assert "speedup vs 3D CNN" in capsys.readouterr().out
 
 

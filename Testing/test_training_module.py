@@ -280,6 +280,10 @@ def test_cancel_leaves_no_model_and_resume_finishes(scene, dataset_csv, cache_di
     started = time.monotonic()
     process.cancel(timeout=20)
     cancel_seconds = time.monotonic() - started
+    if Path("/proc/self/stat").is_file():
+        from test_background_processes import live_members
+
+        assert live_members(process.pid) == []  # the whole process tree has gone when cancel returns
     events += run_until_exit(process, timeout=30)
     end = exit_event(events)
     assert end["cancelled"] and end["returncode"] != 0 and end["error"] is None

@@ -13,6 +13,7 @@ import re
 from typing import Annotated
 
 import numpy as np
+import qt
 import slicer
 import vtk
 from slicer import vtkMRMLScalarVolumeNode
@@ -27,7 +28,15 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 # Shared with the Training module; standard library only, so no torch at Slicer start-up.
-from TwoFiveCNNLib.app.module_settings import HOMEPAGE, LAST_MODEL_FILE_SETTING, path_is_set
+from TwoFiveCNNLib.app.module_settings import (
+    DEVICE_CHOICES,
+    HOMEPAGE,
+    LAST_MODEL_FILE_SETTING,
+    POLL_INTERVAL_MS,
+    device_option,
+    path_is_set,
+    python_executable,
+)
 
 # Installed through the PyTorch extension's PyTorchUtils when missing (the user is asked first).
 TORCH_VERSION_REQUIREMENT = ">=2.1"
@@ -36,7 +45,14 @@ TORCH_MINIMUM_VERSION = (2, 1)
 # Where TwoFiveCNNLib.inference.predict.BUNDLED_MODEL lives, known without importing torch (the widget shows
 # whether the demo model is there before anything heavy is loaded). A test keeps the two equal.
 BUNDLED_MODEL_PATH = pathlib.Path(__file__).resolve().parent / "TwoFiveCNNLib" / "inference" / "demo_model.pt"
-DEVICE_CHOICES = ("auto", "CPU", "GPU")  # passed to TwoFiveCNNLib's resolve_device (case-insensitive)
+
+# Sample data: a synthetic phantom chest CT the module makes itself (TwoFiveCNNLib.data.phantoms).
+SAMPLE_DATA_CATEGORY = "TwoFiveCNN"
+SAMPLE_PHANTOM_NAME = "TwoFiveCNNPhantom"
+SAMPLE_PHANTOM_LABEL, SAMPLE_PHANTOM_SEED = 2, 11  # MosMed CT-2: lesions to see, lungs left to see them in
+# The Sample Data module wants a URI; this one is never fetched (its button calls the custom loader),
+# and its unknown scheme fails at once, offline, should anything else try.
+SAMPLE_PHANTOM_URI = "twofivecnn:phantom"
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +98,42 @@ COVID-19 Related Findings Dataset", medRxiv 2020,
 <a href="https://doi.org/10.1101/2020.05.20.20100362">doi:10.1101/2020.05.20.20100362</a>;
 licensed CC BY-NC-ND 3.0). The module layout follows the 3D Slicer scripted module template.
 """)
+        # The phantom joins the Sample Data module once every module is loaded (SampleData among them).
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+#
+# Register sample data sets in Sample Data module
+#
+
+
+def registerSampleData() -> None:
+    """Offer a synthetic phantom chest CT in the Sample Data module: made here, nothing is downloaded.
+
+    Does nothing where there is no Sample Data module (Python without the Slicer application, or an
+    application built without it). Registering again (a module reload) replaces the entry.
+    """
+    try:
+        import SampleData
+    except ImportError:
+        return
+    sources = SampleData.SampleDataLogic.sampleDataSourcesByCategory(SAMPLE_DATA_CATEGORY)
+    sources[:] = [source for source in sources if source.sampleName != SAMPLE_PHANTOM_NAME]
+    SampleData.SampleDataLogic.registerCustomSampleDataSource(
+        category=SAMPLE_DATA_CATEGORY,
+        sampleName=SAMPLE_PHANTOM_NAME,
+        uris=SAMPLE_PHANTOM_URI,
+        fileNames=SAMPLE_PHANTOM_NAME + ".nrrd",
+        nodeNames=SAMPLE_PHANTOM_NAME,
+        thumbnailFileName=str(pathlib.Path(__file__).resolve().parent / "Resources" / "Icons" / "TwoFiveCNN.png"),
+        loadFileType="VolumeFile",
+        customDownloader=_loadSamplePhantom,
+    )
+
+
+def _loadSamplePhantom(source):
+    """The Sample Data button's action: make the phantom node (the source's URI is never fetched)."""
+    return TwoFiveCNNLogic().loadSamplePhantom(name=source.nodeNames[0])
 
 
 #
@@ -128,6 +180,8 @@ class TwoFiveCNNWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._shownVolume = None  # the input whose results the panel shows
         self._connectingGui = False  # binding writes the widgets: that must not touch the slice views
+        self.batchTimer = None
+        self.batchCancelButton = None
 
     def setup(self) -> None:
         # Must stay cheap and silent: the generic tests instantiate the widget. No torch, no dialogs.
@@ -151,9 +205,23 @@ class TwoFiveCNNWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.showPlotButton.connect("clicked(bool)", self.onShowPlotButton)
         self.ui.runBatchButton.connect("clicked(bool)", self.onRunBatchButton)
 
+        # The batch runs in a child process: a timer collects its progress, never waiting for it.
+        self.batchCancelButton = qt.QPushButton(_("Cancel batch"))
+        self.batchCancelButton.toolTip = _("Stop the batch; the studies graded so far keep their outputs.")
+        self.batchCancelButton.enabled = False
+        self.batchCancelButton.connect("clicked(bool)", self.onCancelBatchButton)
+        self.ui.runBatchButton.parentWidget().layout().insertRow(4, self.batchCancelButton)
+        self.batchTimer = qt.QTimer()
+        self.batchTimer.setInterval(POLL_INTERVAL_MS)
+        self.batchTimer.connect("timeout()", self.onBatchTimer)
+
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
+        if self.batchTimer is not None:
+            self.batchTimer.stop()
+        if self.logic is not None and self.logic.isBatchRunning():
+            self.logic.cancelBatch(wait=True)  # no batch left running after the module is gone
         self.removeObservers()
 
     def enter(self) -> None:
@@ -199,16 +267,6 @@ class TwoFiveCNNWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
             self._onParameterNodeModified()
 
-    def _modelPathOrProblem(self):
-        """``(modelPath, None)`` for the chosen model (None: the demo model), or ``(None, reason)``."""
-        if self._parameterNode.useDemoModel:
-            if BUNDLED_MODEL_PATH.is_file():
-                return None, None
-            return None, _("The demo model is not included in this build: choose a model file.")
-        if not path_is_set(self._parameterNode.modelPath):
-            return None, _("Choose a model file (.pt), or use the bundled demo model.")
-        return self._parameterNode.modelPath, None
-
     def _onParameterNodeModified(self, caller=None, event=None) -> None:
         if not self._parameterNode:
             return
@@ -221,26 +279,14 @@ class TwoFiveCNNWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.modelPathLineEdit.enabled = not parameters.useDemoModel
         self.ui.demoModelWarningLabel.visible = parameters.useDemoModel
 
-        _modelPath, modelProblem = self._modelPathOrProblem()
-        if not parameters.inputVolume:
-            self.ui.applyButton.toolTip = _("Select a chest CT volume first.")
-            self.ui.applyButton.enabled = False
-        elif modelProblem:
-            self.ui.applyButton.toolTip = modelProblem
-            self.ui.applyButton.enabled = False
-        else:
-            self.ui.applyButton.toolTip = _("Grade the selected volume and show the evidence map.")
-            self.ui.applyButton.enabled = True
-
-        if not (path_is_set(parameters.batchInputFolder) and path_is_set(parameters.batchOutputFolder)):
-            self.ui.runBatchButton.toolTip = _("Choose an input folder and an output folder first.")
-            self.ui.runBatchButton.enabled = False
-        elif modelProblem:
-            self.ui.runBatchButton.toolTip = modelProblem
-            self.ui.runBatchButton.enabled = False
-        else:
-            self.ui.runBatchButton.toolTip = _("Grade every volume file of the input folder.")
-            self.ui.runBatchButton.enabled = True
+        applyProblem = self.logic.applyProblem(parameters)
+        self.ui.applyButton.enabled = applyProblem is None
+        self.ui.applyButton.toolTip = applyProblem or _("Grade the selected volume and show the evidence map.")
+        batchProblem = self.logic.batchProblem(parameters)
+        self.ui.runBatchButton.enabled = batchProblem is None
+        self.ui.runBatchButton.toolTip = batchProblem or _(
+            "Grade every volume file of the input folder in a separate process; Slicer stays usable.")
+        self.batchCancelButton.enabled = self.logic.isBatchRunning() and not self.logic.batchProcess.cancelling
 
         if parameters.inputVolume is not self._shownVolume:
             self._showResults()
@@ -266,7 +312,7 @@ class TwoFiveCNNWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onApplyButton(self) -> None:
         volumeNode = self._parameterNode.inputVolume
-        modelPath, _problem = self._modelPathOrProblem()
+        modelPath, _problem = self.logic.modelPathOrProblem(self._parameterNode)
         with slicer.util.tryWithErrorDisplay(_("Failed to grade the volume."), waitCursor=True):
             self.logic.checkTorch()
             result = self.logic.process(volumeNode, modelPath, self._parameterNode.device)
@@ -302,31 +348,49 @@ class TwoFiveCNNWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onRunBatchButton(self) -> None:
         parameters = self._parameterNode
-        modelPath, _problem = self._modelPathOrProblem()
-        self.ui.batchProgressBar.value = 0
+        modelPath, _problem = self.logic.modelPathOrProblem(parameters)
+        with slicer.util.tryWithErrorDisplay(_("Failed to start the batch."), waitCursor=True):
+            self.logic.checkTorch()  # the batch process runs this same Python, and its torch
+            self.logic.startBatch([parameters.batchInputFolder], parameters.batchOutputFolder, modelPath,
+                                  scene=parameters.batchWriteScenes, device=parameters.device)
+            if modelPath is not None:
+                slicer.app.userSettings().setValue(LAST_MODEL_FILE_SETTING, str(modelPath))
+            self.ui.batchProgressBar.value = 0
+            self.ui.batchProgressBar.format = _("starting the batch process...")
+            self.batchTimer.start()
+        self._onParameterNodeModified()
 
-        def progress(done: int, total: int, path: str) -> None:
-            self.ui.batchProgressBar.maximum = total
-            self.ui.batchProgressBar.value = done
-            self.log(f"[{done}/{total}] {path}")
-            slicer.app.processEvents()  # keep the panel painted between studies
+    def onCancelBatchButton(self) -> None:
+        self.logic.cancelBatch()  # returns at once: the end arrives through the timer like any other
+        self.ui.batchProgressBar.format = _("cancelling...")
+        self._onParameterNodeModified()
 
-        self.ui.runBatchButton.enabled = False
-        try:
-            with slicer.util.tryWithErrorDisplay(_("Batch prediction failed."), waitCursor=True):
-                self.logic.checkTorch()
-                result = self.logic.runOnFiles([parameters.batchInputFolder], parameters.batchOutputFolder,
-                                               modelPath, scene=parameters.batchWriteScenes,
-                                               device=parameters.device, progress=progress)
-                if modelPath is not None:
-                    slicer.app.userSettings().setValue(LAST_MODEL_FILE_SETTING, str(modelPath))
-                self.log(_("{ok} studies graded, {failed} failed; see {summary}").format(
-                    ok=len(result.predictions), failed=len(result.failures),
-                    summary=pathlib.Path(parameters.batchOutputFolder) / "summary.tsv"))
-                for path, message in result.failures.items():
-                    self.log(_("FAILED {path}: {message}").format(path=path, message=message.splitlines()[0]))
-        finally:
-            self._onParameterNodeModified()
+    def onBatchTimer(self) -> None:
+        for event in self.logic.batchEvents():  # also logs them, and loads summary.tsv at the end
+            progress = self.logic.batchProgress(event)
+            if progress is not None:
+                done, total, text = progress
+                self.ui.batchProgressBar.maximum = max(total, 1)
+                self.ui.batchProgressBar.value = done
+                self.ui.batchProgressBar.format = text.replace("%", "%%")  # %v, %m, %p are placeholders
+            if event["stage"] == "exit":
+                self.batchTimer.stop()
+                self._onBatchFinished(event)
+        self._onParameterNodeModified()
+
+    def _onBatchFinished(self, event: dict) -> None:
+        summaryNode = self.logic.batchSummaryNode
+        if event["ok"] and summaryNode is not None:
+            self.ui.batchProgressBar.format = summaryNode.GetDescription().replace("%", "%%")
+            slicer.app.layoutManager().setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpTableView)
+            slicer.app.applicationLogic().GetSelectionNode().SetActiveTableID(summaryNode.GetID())
+            slicer.app.applicationLogic().PropagateTableSelection()
+        elif event["cancelled"]:
+            self.ui.batchProgressBar.format = _("cancelled")
+        else:
+            self.ui.batchProgressBar.format = _("failed")
+            slicer.util.errorDisplay(_("Batch prediction failed: {error}").format(error=event.get("error")),
+                                     detailedText=self.logic.batchProcess.stderr_tail)
 
 
 #
@@ -342,7 +406,9 @@ class TwoFiveCNNLogic(ScriptedLoadableModuleLogic):
         print(result.label, result.probabilities)
         logic.showOverlay(getNode("CTChest"), result.evidence_node)
         logic.jumpToMostAttendedSlice(getNode("CTChest"), result)
-        batch = logic.runOnFiles(["/data/cts"], "/data/out", modelPath="my.pt")
+        batch = logic.runOnFiles(["/data/cts"], "/data/out", modelPath="my.pt")  # here, blocking
+        logic.startBatch(["/data/cts"], "/data/out", modelPath="my.pt")  # in a child process
+        events = logic.batchEvents()  # call repeatedly (the panel does, from a timer)
     """
 
     def __init__(self) -> None:
@@ -350,6 +416,8 @@ class TwoFiveCNNLogic(ScriptedLoadableModuleLogic):
         self.logCallback = None
         self._model = None
         self._modelKey = None
+        self.batchProcess = None  # TwoFiveCNNLib.app.processes.PredictionProcess of the last batch
+        self.batchSummaryNode = None  # its summary.tsv as a table node, once it has run to its end
 
     def getParameterNode(self):
         return TwoFiveCNNParameterNode(super().getParameterNode())
@@ -395,6 +463,46 @@ class TwoFiveCNNLogic(ScriptedLoadableModuleLogic):
         logger.debug(f"TwoFiveCNN: using PyTorch {torch.__version__}")
         return torch
 
+    # ------------------------------------------------------------------ what the panel allows
+
+    def modelPathOrProblem(self, parameters):
+        """``(modelPath, None)`` for the model the parameters choose (None: the bundled demo model),
+        or ``(None, why there is none)``."""
+        if parameters.useDemoModel:
+            if BUNDLED_MODEL_PATH.is_file():
+                return None, None
+            return None, _("The demo model is not included in this build: choose a model file.")
+        if not path_is_set(parameters.modelPath):
+            return None, _("Choose a model file (.pt), or use the bundled demo model.")
+        return pathlib.Path(parameters.modelPath), None
+
+    def applyProblem(self, parameters) -> "str | None":
+        """Why Apply cannot be pressed yet, or None."""
+        if not parameters.inputVolume:
+            return _("Select a chest CT volume first.")
+        problem = self.modelPathOrProblem(parameters)[1]
+        if problem:
+            return problem
+        if self.isBatchRunning():
+            # One model at a time: a second one beside the batch's could run the GPU out of memory.
+            return _("A batch is running: wait for it to finish, or cancel it.")
+        return None
+
+    def batchProblem(self, parameters) -> "str | None":
+        """Why Run on folder cannot be pressed yet, or None."""
+        if self.isBatchRunning():
+            return _("A batch is running: wait for it to finish, or cancel it.")
+        if not (path_is_set(parameters.batchInputFolder) and path_is_set(parameters.batchOutputFolder)):
+            return _("Choose an input folder and an output folder first.")
+        problem = self.modelPathOrProblem(parameters)[1]
+        if problem:
+            return problem
+        try:
+            self._batchPaths([parameters.batchInputFolder], parameters.batchOutputFolder)
+        except ValueError as error:
+            return str(error)
+        return None
+
     def loadModel(self, modelPath=None, device: str = "auto"):
         """The model of a file (None: the bundled demo model), loaded once and reused.
 
@@ -410,7 +518,8 @@ class TwoFiveCNNLogic(ScriptedLoadableModuleLogic):
             stamp = (stat.st_mtime_ns, stat.st_size)
         except OSError:
             stamp = None  # load_model says clearly that the file is missing
-        key = (str(path.resolve()), str(device).lower(), stamp)
+        device = device_option(device)
+        key = (str(path.resolve()), device, stamp)
         if self._modelKey != key:
             self._model = self._modelKey = None  # release the previous model (GPU memory) first
             self._model = load_model(path if path_is_set(modelPath) else None, device)
@@ -440,8 +549,20 @@ class TwoFiveCNNLogic(ScriptedLoadableModuleLogic):
         The same code as ``twofivecnn predict``: per study a JSON, an evidence volume and a PNG
         (and with ``scene`` a .mrml), plus ``summary.tsv``. A bad study is reported in the returned
         ``BatchResult.failures`` and the others still run. ``progress(done, total, path)`` is called
-        after every study.
+        after every study. It runs here and blocks until done (console scripts); the panel uses
+        :meth:`startBatch`, which runs the same code in a child process.
         """
+        paths, outputDir = self._batchPaths(paths, outputDir)
+        from TwoFiveCNNLib.inference.outputs import predict_batch
+        from TwoFiveCNNLib.scene.nodes import save_prediction_scene
+
+        model = self.loadModel(modelPath, device)
+        outputDir.mkdir(parents=True, exist_ok=True)
+        return predict_batch(model, paths, outputDir, save_prediction_scene if scene else None, progress=progress)
+
+    @staticmethod
+    def _batchPaths(paths, outputDir) -> "tuple[list[pathlib.Path], pathlib.Path]":
+        """The inputs and the output folder of a batch, checked before any work starts."""
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
         paths = [pathlib.Path(p) for p in paths if path_is_set(p)]
@@ -456,12 +577,92 @@ class TwoFiveCNNLogic(ScriptedLoadableModuleLogic):
                 raise ValueError(_("The output folder must differ from the input folder {path}: the "
                                    "evidence volumes written there would be graded as studies next time.")
                                  .format(path=path))
-        from TwoFiveCNNLib.inference.outputs import predict_batch
-        from TwoFiveCNNLib.scene.nodes import save_prediction_scene
+        return paths, outputDir
 
-        model = self.loadModel(modelPath, device)
-        outputDir.mkdir(parents=True, exist_ok=True)
-        return predict_batch(model, paths, outputDir, save_prediction_scene if scene else None, progress=progress)
+    # ------------------------------------------------------------------ batch in the background
+
+    def startBatch(self, paths, outputDir, modelPath=None, scene: bool = False, device: str = "auto"):
+        """Grade like :meth:`runOnFiles`, in a child process (``twofivecnn predict --progress-json``).
+
+        Returns its ``PredictionProcess`` at once; :meth:`batchEvents` collects the progress and, at
+        the end, shows ``summary.tsv`` as a table node; :meth:`cancelBatch` stops it. Slicer stays
+        usable meanwhile, and the memory the batch took (the GPU's too) is freed when the child exits.
+        """
+        from TwoFiveCNNLib.app.processes import PredictionProcess, prediction_arguments
+
+        if self.isBatchRunning():
+            raise RuntimeError(_("A batch is already running: cancel it first."))
+        paths, outputDir = self._batchPaths(paths, outputDir)
+        if path_is_set(modelPath) and not os.path.isfile(modelPath):
+            raise ValueError(_("There is no such model file: {path}").format(path=modelPath))
+        args = prediction_arguments(modelPath if path_is_set(modelPath) else None, device_option(device), scene)
+        self.batchProcess = PredictionProcess(paths, outputDir, args, python=python_executable())
+        self.batchSummaryNode = None
+        self.log(_("Grading {inputs} into {output} in a separate process.").format(
+            inputs=", ".join(str(p) for p in paths), output=outputDir))
+        return self.batchProcess.start()
+
+    def isBatchRunning(self) -> bool:
+        return self.batchProcess is not None and self.batchProcess.is_running
+
+    def batchEvents(self) -> "list[dict]":
+        """New progress events of the batch, also logged; never blocks.
+
+        When the batch has run to its end (some studies may have failed), its ``summary.tsv`` becomes
+        a table node, :attr:`batchSummaryNode`. Call it from the main thread (the panel's timer): the
+        scene is changed here, never on the threads that read the process.
+        """
+        if self.batchProcess is None:
+            return []
+        from TwoFiveCNNLib.io.progress import describe_event
+
+        events = self.batchProcess.poll()
+        for event in events:
+            self.log(describe_event(event))
+            if event["stage"] == "exit" and event["ok"]:
+                self.batchSummaryNode = self.loadBatchSummary(self.batchProcess.summary_path)
+        return events
+
+    @staticmethod
+    def batchProgress(event: dict) -> "tuple[int, int, str] | None":
+        """``(studies done, total, text)`` for the progress bar after a batch event; None if it has no count."""
+        done, total = event.get("epoch"), event.get("epochs")
+        if event.get("stage") != "predict" or not isinstance(done, int) or not isinstance(total, int):
+            return None
+        text = _("{done}/{total} studies").format(done=done, total=total)
+        if event.get("current"):
+            text += ", " + _("now {name}").format(name=event["current"])
+        return done, total, text
+
+    def cancelBatch(self, wait: bool = False) -> None:
+        """Stop the batch process and everything it started; studies already graded keep their outputs.
+
+        ``wait`` False returns at once (the exit event follows through :meth:`batchEvents`); True
+        returns once no process of the batch is left (console scripts, module cleanup).
+        """
+        if self.batchProcess is not None:
+            self.batchProcess.cancel(wait=wait)
+
+    def loadBatchSummary(self, summaryPath):
+        """A batch's ``summary.tsv`` as a table node; loading it again updates the same node."""
+        from TwoFiveCNNLib.scene.batch_nodes import summary_table_node
+
+        return summary_table_node(slicer.mrmlScene, summaryPath)
+
+    # ------------------------------------------------------------------ sample data
+
+    def loadSamplePhantom(self, label: int = SAMPLE_PHANTOM_LABEL, seed: int = SAMPLE_PHANTOM_SEED,
+                          name: "str | None" = None, shape_zyx=None):
+        """A synthetic chest CT of MosMed class ``label`` as a volume node, made here (no download).
+
+        What the Sample Data module's TwoFiveCNN phantom loads and the self-tests grade: a phantom
+        of ``TwoFiveCNNLib.data.phantoms``, not a patient, fully determined by ``seed``.
+        """
+        from TwoFiveCNNLib.data.phantoms import generate_phantom
+
+        phantom = generate_phantom(label, seed, shape_zyx=shape_zyx)
+        return slicer.util.addVolumeFromArray(phantom.array_kji, phantom.geometry.ijk_to_ras(),
+                                              name=name or SAMPLE_PHANTOM_NAME)
 
     def resultNodes(self, inputVolume):
         """The result nodes of the last run on ``inputVolume`` (``PredictionNodes``), or None."""
@@ -574,7 +775,8 @@ class TwoFiveCNNTest(ScriptedLoadableModuleTest):
         for test in (self.test_versionAtLeast, self.test_volumeFromNode_keeps_geometry,
                      self.test_preprocessVolumeNode_grid, self.test_preprocessVolumeNode_ignores_storage_order,
                      self.test_process_phantom_volume, self.test_process_failure_adds_no_nodes,
-                     self.test_runOnFiles_reports_bad_studies):
+                     self.test_runOnFiles_reports_bad_studies, self.test_sample_phantom,
+                     self.test_panel_says_why_buttons_are_disabled):
             self.setUp()
             test()
 
@@ -588,12 +790,25 @@ class TwoFiveCNNTest(ScriptedLoadableModuleTest):
 
     @staticmethod
     def _phantomNode(label: int = 3, seed: int = 11):
-        """A synthetic chest CT of MosMed class ``label`` as a volume node, in its stored orientation."""
-        from TwoFiveCNNLib.data.phantoms import generate_phantom
+        """A synthetic chest CT of MosMed class ``label`` as a volume node, in its stored orientation:
+        the module's sample data (:meth:`TwoFiveCNNLogic.loadSamplePhantom`)."""
+        return TwoFiveCNNLogic().loadSamplePhantom(label, seed, name=f"Phantom CT-{label}")
 
-        phantom = generate_phantom(label, seed)
-        return slicer.util.addVolumeFromArray(phantom.array_kji, phantom.geometry.ijk_to_ras(),
-                                              name=f"Phantom CT-{label}")
+    @staticmethod
+    def _waitForBatch(logic, timeout: float = 300.0) -> list:
+        """Collect the background batch's events as the panel's timer does, until its exit event."""
+        import time
+
+        events, deadline = [], time.monotonic() + timeout
+        while not events or events[-1]["stage"] != "exit":
+            if time.monotonic() > deadline:
+                logic.cancelBatch(wait=True)
+                raise AssertionError(f"the batch did not finish in {timeout:.0f} s")
+            if hasattr(slicer.app, "processEvents"):
+                slicer.app.processEvents()
+            events += logic.batchEvents()
+            time.sleep(0.1)
+        return events
 
     @staticmethod
     def _ijkToRas(volumeNode) -> np.ndarray:
@@ -762,5 +977,71 @@ class TwoFiveCNNTest(ScriptedLoadableModuleTest):
             rows = (output / "summary.tsv").read_text(encoding="utf-8").splitlines()
             self.assertEqual(len(rows), 3)
             self.assertTrue((output / "good.json").is_file())
-        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), count)  # the batch leaves the scene alone
+            self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), count)  # the batch leaves the scene alone
+
+            # The same batch in a separate process, as the panel runs it; its summary becomes a table node.
+            self.delayDisplay("The same batch in a background process")
+            background = pathlib.Path(folder) / "background"
+            logic.startBatch(studies, background, modelPath, device="CPU")
+            events = self._waitForBatch(logic)
+            self.assertTrue(events[-1]["ok"], events[-1])  # ran to its end, one study failed
+            self.assertEqual([e["epoch"] for e in events if e["stage"] == "predict"], [0, 1, 2])
+            table = logic.batchSummaryNode
+            self.assertEqual(table.GetNumberOfRows(), 2)
+            statuses = table.GetTable().GetColumnByName("status")
+            self.assertEqual(sorted(statuses.GetValue(row) for row in range(2)), ["failed", "ok"])
+            self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), count + 1)
+            self.assertIs(logic.loadBatchSummary(background / "summary.tsv"), table)  # updated, not added
+            self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), count + 1)
+            self.assertTrue((background / "good.json").is_file())
+        self.delayDisplay("Test passed")
+
+    def test_sample_phantom(self):
+        self.delayDisplay("The sample phantom: in the Sample Data module, made by this module")
+        registerSampleData()
+        registerSampleData()  # as after a module reload: still one entry
+        try:
+            import SampleData
+        except ImportError:
+            SampleData = None  # Python without the Slicer application: registering did nothing
+        if SampleData is not None:
+            sources = [source for source in SampleData.SampleDataLogic.sampleDataSourcesByCategory(
+                SAMPLE_DATA_CATEGORY) if source.sampleName == SAMPLE_PHANTOM_NAME]
+            self.assertEqual(len(sources), 1)
+            node = sources[0].customDownloader(sources[0])  # what its button does
+        else:
+            node = TwoFiveCNNLogic().loadSamplePhantom()
+        self.assertEqual(node.GetName(), SAMPLE_PHANTOM_NAME)
+        array = slicer.util.arrayFromVolume(node)
+        self.assertGreaterEqual(int(array.min()), -1024)  # Hounsfield units
+        self.assertGreater(float((array < -500).mean()), 0.05)  # air-filled lungs in a body
+        again = TwoFiveCNNLogic().loadSamplePhantom()  # the same seed: the same phantom
+        np.testing.assert_array_equal(slicer.util.arrayFromVolume(again), array)
+        self.delayDisplay("Test passed")
+
+    def test_panel_says_why_buttons_are_disabled(self):
+        self.delayDisplay("Apply and Run on folder say why they cannot be pressed")
+        import tempfile
+        import types
+
+        logic = TwoFiveCNNLogic()
+        with tempfile.TemporaryDirectory(dir=slicer.app.temporaryPath) as folder:
+            folder = pathlib.Path(folder)
+            unset = pathlib.Path()  # how an empty path field reads
+            parameters = types.SimpleNamespace(inputVolume=None, useDemoModel=False, modelPath=unset,
+                                               batchInputFolder=unset, batchOutputFolder=unset)
+            self.assertIn("volume", logic.applyProblem(parameters))
+            parameters.inputVolume = logic.loadSamplePhantom(shape_zyx=(8, 32, 32))
+            self.assertIn("model file", logic.applyProblem(parameters))
+            parameters.modelPath = folder / "model.pt"
+            self.assertIsNone(logic.applyProblem(parameters))
+            self.assertEqual(logic.modelPathOrProblem(parameters), (folder / "model.pt", None))
+            parameters.useDemoModel = True
+            self.assertEqual(logic.applyProblem(parameters) is None, BUNDLED_MODEL_PATH.is_file())
+            parameters.useDemoModel = False
+            self.assertIn("folder", logic.batchProblem(parameters))
+            parameters.batchInputFolder = parameters.batchOutputFolder = folder
+            self.assertIn("must differ", logic.batchProblem(parameters))
+            parameters.batchOutputFolder = folder / "out"
+            self.assertIsNone(logic.batchProblem(parameters))
         self.delayDisplay("Test passed")

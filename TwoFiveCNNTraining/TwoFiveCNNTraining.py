@@ -27,7 +27,15 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 # Light (standard library only); installed by the TwoFiveCNN module, on which this one depends.
-from TwoFiveCNNLib.app.module_settings import HOMEPAGE, LAST_MODEL_FILE_SETTING, path_is_set
+from TwoFiveCNNLib.app.module_settings import (
+    DEVICE_CHOICES,
+    HOMEPAGE,
+    LAST_MODEL_FILE_SETTING,
+    POLL_INTERVAL_MS,
+    device_option,
+    path_is_set,
+    python_executable,
+)
 
 # For annotations only: the methods import these when they need them. Annotations are quoted where
 # they hold "X | Y", which Slicer 5.8's Python (3.9) cannot evaluate.
@@ -36,9 +44,6 @@ if TYPE_CHECKING:
 
     from TwoFiveCNNLib.app.processes import TrainingProcess
     from TwoFiveCNNLib.scene.training_nodes import ProgressNodes
-
-DEVICE_CHOICES = ["auto", "cpu", "cuda"]
-POLL_INTERVAL_MS = 500
 
 
 #
@@ -94,7 +99,8 @@ class TwoFiveCNNTrainingParameterNode:
     useSceneVolumes: train on the volumes listed in ``labelTable`` instead of ``datasetPath``.
     labelTable: table with 'volume' (node name or ID) and 'label' (CT-0..CT-4) columns.
     modelPath: model file to write; its checkpoint and split are written beside it.
-    stage1Epochs, stage2Epochs, seed, device: the training settings (``twofivecnn train`` options).
+    stage1Epochs, stage2Epochs, seed: the training settings (``twofivecnn train`` options).
+    device: "auto" (GPU when available), "CPU" or "GPU", as in the TwoFiveCNN module.
     """
 
     datasetPath: pathlib.Path
@@ -104,7 +110,7 @@ class TwoFiveCNNTrainingParameterNode:
     stage1Epochs: Annotated[int, WithinRange(1, 1000)] = 14
     stage2Epochs: Annotated[int, WithinRange(1, 10000)] = 150
     seed: Annotated[int, WithinRange(0, 2**31 - 1)] = 0
-    device: Annotated[str, Choice(DEVICE_CHOICES)] = "auto"
+    device: Annotated[str, Choice(list(DEVICE_CHOICES))] = "auto"
 
 
 #
@@ -160,7 +166,7 @@ class TwoFiveCNNTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         if self.timer is not None:
             self.timer.stop()
         if self.logic is not None and self.logic.isTraining():
-            self.logic.cancelTraining()  # no orphan training process after the module is gone
+            self.logic.cancelTraining(wait=True)  # no orphan training process after the module is gone
         self.removeObservers()
 
     def enter(self) -> None:
@@ -210,7 +216,7 @@ class TwoFiveCNNTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.ui.trainButton.enabled = not training and problem is None
         self.ui.trainButton.toolTip = problem or _(
             "Train a model in a separate process; Slicer stays usable.")
-        self.ui.cancelButton.enabled = training
+        self.ui.cancelButton.enabled = training and not self.logic.process.cancelling
         canResume = not training and parameters is not None and self.logic.canResume(parameters.modelPath)
         self.ui.resumeButton.enabled = canResume
         self.ui.resumeButton.toolTip = (
@@ -261,9 +267,10 @@ class TwoFiveCNNTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self._updateButtons()
 
     def onCancelButton(self) -> None:
-        with slicer.util.tryWithErrorDisplay(_("Failed to cancel training."), waitCursor=True):
-            self.logic.cancelTraining()
-        self.onTimer()  # collects the exit event at once
+        with slicer.util.tryWithErrorDisplay(_("Failed to cancel training.")):
+            self.logic.cancelTraining()  # returns at once: the exit event arrives through the timer
+        self.ui.statusLabel.text = _("Cancelling...")
+        self._updateButtons()
 
     def onTimer(self) -> None:
         from TwoFiveCNNLib.io.progress import describe_event, progress_percent
@@ -412,10 +419,7 @@ class TwoFiveCNNTrainingLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def pythonExecutable() -> str:
         """PythonSlicer inside Slicer (the Slicer binary itself would start a second application)."""
-        import shutil
-        import sys
-
-        return shutil.which("PythonSlicer") or sys.executable
+        return python_executable()
 
     def progressNodes(self) -> "ProgressNodes":
         """The curve table and chart nodes of the current scene (recreated after a scene close)."""
@@ -440,7 +444,8 @@ class TwoFiveCNNTrainingLogic(ScriptedLoadableModuleLogic):
         modelPath = pathlib.Path(modelPath)
         if modelPath.suffix.lower() != ".pt":
             modelPath = modelPath.with_name(modelPath.name + ".pt")
-        args = [*train_arguments(stage1Epochs, stage2Epochs, seed, device), *extraArgs]
+        args = [*train_arguments(stage1Epochs, stage2Epochs, seed, device_option(device) if device else None),
+                *extraArgs]
         self.process = TrainingProcess(data, modelPath, args, python=self.pythonExecutable())
         self.lastModelPath = modelPath
         if not resume:
@@ -459,10 +464,14 @@ class TwoFiveCNNTrainingLogic(ScriptedLoadableModuleLogic):
         self.progressNodes().add_events(events)
         return events
 
-    def cancelTraining(self) -> None:
-        """Stop the training process; the checkpoint of the last completed epoch stays for Resume."""
+    def cancelTraining(self, wait: bool = False) -> None:
+        """Stop the training process tree; the checkpoint of the last completed epoch stays for Resume.
+
+        ``wait`` False returns at once (the exit event follows through :meth:`processEvents`); True
+        returns once no process of the run is left (console scripts, module cleanup).
+        """
         if self.process is not None:
-            self.process.cancel()
+            self.process.cancel(wait=wait)
 
     def canResume(self, modelPath: "str | os.PathLike | None") -> bool:
         if not path_is_set(modelPath):

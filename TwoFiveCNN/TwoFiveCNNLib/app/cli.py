@@ -82,6 +82,9 @@ def _add_train(sub) -> None:
     p.add_argument("--split", type=Path, help="reuse (or create) this split JSON; default: <out>.split.json")
     p.add_argument("--backbone", default="compact_resnet")
     p.add_argument("--pretrained", type=Path, help="local file of backbone weights (never downloaded)")
+    p.add_argument("--allow-partial", action="store_true",
+                   help="train even if --pretrained fills under 90%% of the backbone's parameter tensors "
+                        "(the rest starts from random; what loaded is logged)")
     p.add_argument("--in-plane", type=int, default=96, help="model grid in-plane size (pixels)")
     p.add_argument("--slices", type=int, default=32, help="model grid slices per study")
     p.add_argument("--window", default="default", help="HU window preset or 'low,high'")
@@ -116,7 +119,8 @@ def train_config_from_args(args):
         task=args.task, seed=args.seed, fractions=_fractions(args.fractions),
         preprocess=PreprocessConfig.with_window(window, in_plane=args.in_plane, n_slices=args.slices),
         architecture=Architecture(backbone=args.backbone, aeration=not args.no_aeration),
-        pretrained=str(args.pretrained) if args.pretrained else None, stage1_epochs=args.stage1_epochs,
+        pretrained=str(args.pretrained) if args.pretrained else None, allow_partial=args.allow_partial,
+        stage1_epochs=args.stage1_epochs,
         stage2_epochs=args.stage2_epochs, stage2_views=args.stage2_views, finetune_epochs=args.finetune_epochs, device=args.device,
         baselines=args.baselines, name=args.name, demo=args.demo,
     )
@@ -210,12 +214,16 @@ def _add_predict(sub) -> None:
     p.add_argument("--half", action="store_true", help="float16 backbone (CUDA GPUs only)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the backbone: about a minute of compiling, worth it for large batches")
+    p.add_argument("--progress-json", nargs="?", const="-", metavar="PATH",
+                   help="emit one JSON object per line (stdout, or PATH) per study: count, total, current "
+                        "study, for programs such as Slicer")
     p.set_defaults(run=run_predict)
 
 
 def run_predict(args) -> int:
-    from ..inference.outputs import predict_batch
+    from ..inference.outputs import expand_inputs, predict_batch, unique_names
     from ..inference.predict import load_model
+    from ..io.progress import ProgressReporter, item_progress
 
     scene_writer = None
     if args.scene:
@@ -223,8 +231,12 @@ def run_predict(args) -> int:
 
         scene_writer = save_prediction_scene
     model = load_model(args.model, args.device).accelerate(args.half, args.compile)
-    result = predict_batch(model, args.inputs, args.out, scene_writer, evidence_suffix=args.format,
-                           progress=_counter("predict", every_call=True))
+    with _json_stream(args.progress_json) as stream:
+        # Programs (the Slicer module) follow the batch by study: count, total, the study at work.
+        progress = _counter("predict", every_call=True) if stream is None else \
+            item_progress(ProgressReporter(stream), "predict", unique_names(expand_inputs(args.inputs)))
+        result = predict_batch(model, args.inputs, args.out, scene_writer, evidence_suffix=args.format,
+                               progress=progress)
     for path, prediction in result.predictions.items():
         probabilities = ", ".join(f"{k} {v:.2f}" for k, v in prediction.probabilities.items())
         print(f"{path}: {prediction.label} ({probabilities})")
@@ -349,9 +361,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _interrupt)  # a clean stop: temporary files removed, checkpoint kept
+    from ..io.memory import return_large_blocks_to_the_system
     from ..io.model_file import ModelFileError
     from ..io.volume import VolumeError
 
+    return_large_blocks_to_the_system()  # one study's arrays at a time, not every study's peak at once
     try:
         return args.run(args)
     except (VolumeError, DatasetError, ModelFileError, ValueError, FileNotFoundError, PermissionError) as error:

@@ -4,9 +4,9 @@ so the numbers hold on a noisy or different machine."""
 from __future__ import annotations
 
 import functools
-import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -22,6 +22,7 @@ from ..data.phantoms import generate_phantom
 from ..data.tasks import TaskDefinition
 from ..inference.predict import predict_grid
 from ..io.atomic import write_json_atomic
+from ..io.timing import StageTimes
 from ..io.volume import Volume, write_volume
 from ..networks.severity_model import Architecture, SeverityModel
 from ..networks.volumetric import build_volume_baseline
@@ -171,26 +172,127 @@ def bench_stage2_epoch(quick: bool) -> dict:
             "stage2_vs_3d_epoch_cost": round(stage2 / cnn3d, 4)}
 
 
-def peak_rss_child(slices: int) -> dict:
-    """Peak resident memory of a fresh process reading and predicting a 512 x 512 x ``slices`` int16 study.
+def matmul_seconds(size: int = 2048, repeats: int = 5) -> float:
+    """The time unit of the end-to-end figures: one ``size`` x ``size`` float32 matmul, torch's threads."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    return best_time(lambda: a @ b, repeats)
 
-    The study is written to a file first, so the child's peak is reading and predicting, not making it.
-    """
-    with tempfile.TemporaryDirectory() as folder:
-        study = bench_study((slices, 512, 512))
-        path = write_volume(study.to_original(study.array), study.geometry, Path(folder) / "study.nrrd")
-        del study
-        code = ("import json; from TwoFiveCNNLib.evaluation.bench import PreprocessConfig, "
-                "untrained_model; from TwoFiveCNNLib.inference.predict import predict_volume; "
-                "from TwoFiveCNNLib.io.memory import peak_rss_kb; "
-                "from TwoFiveCNNLib.io.volume import read_volume; m = untrained_model(PreprocessConfig()); "
-                f"v = read_volume({str(path)!r}); base = peak_rss_kb(); predict_volume(m, v); "
-                "print(json.dumps([base, peak_rss_kb()]))")
-        output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    before, peak = json.loads(output.stdout.strip().splitlines()[-1])
+
+def write_bench_studies(folder: Path, shape_zyx: tuple[int, int, int], count: int) -> list[Path]:
+    """``count`` phantoms (CT-0..CT-4 in turn, one seed each) of a clinical size as gzip NRRD files, the
+    form studies reach users in."""
+    paths = []
+    for index in range(count):
+        phantom = generate_phantom(index % 5, seed=100 + index, orientation="LPS", shape_zyx=shape_zyx)
+        paths.append(write_volume(phantom.array_kji, phantom.geometry, folder / f"study_{index}.nrrd"))
+    return paths
+
+
+def run_predict_process(inputs: list[Path], out: Path) -> tuple[float, int]:
+    """Wall seconds and peak resident KiB of one whole ``twofivecnn predict`` process, as users run it."""
+    command = [sys.executable, "-m", "TwoFiveCNNLib", "predict", *map(str, inputs), "--out", str(out), "--device",
+               "cpu"]
+    start = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - start
+    stderr = process.stderr.read().decode(errors="replace")
+    process.stderr.close()
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        raise RuntimeError(f"predict failed ({process.returncode}): {stderr[-2000:]}")
+    return seconds, usage.ru_maxrss
+
+
+def bench_end_to_end(studies: dict[str, list[Path]], folder: Path, unit_seconds: float) -> dict:
+    """Per study, as users wait for it: a cold single-study process, and one study inside a batch of
+    all ``paths`` ((batch - single) / (n - 1): start-up and model loading left out), in seconds and
+    in matmuls measured in the same run."""
+    results = {}
+    for name, paths in studies.items():
+        cold, _ = run_predict_process(paths[:1], folder / f"{name}_one")
+        batch, _ = run_predict_process(paths, folder / f"{name}_batch")
+        per_study = max(batch - cold, 0.0) / (len(paths) - 1)
+        results[name] = {"studies_in_batch": len(paths), "cold_single_seconds": round(cold, 2),
+                         "cold_single_matmuls": round(cold / unit_seconds, 1),
+                         "batch_seconds": round(batch, 2), "per_study_in_batch_seconds": round(per_study, 3),
+                         "per_study_in_batch_matmuls": round(per_study / unit_seconds, 1)}
+    return results
+
+
+def startup_imports_seconds() -> float:
+    """What a fresh ``predict`` process spends importing before its first study (torch, SciPy, ITK)."""
+    code = ("import time; t = time.perf_counter(); import TwoFiveCNNLib.app.cli, TwoFiveCNNLib.inference.outputs, "
+            "TwoFiveCNNLib.inference.predict; print(time.perf_counter() - t)")
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(output.stdout.strip().splitlines()[-1])
+
+
+def bench_stage_profile(path: Path, folder: Path) -> dict:
+    """Seconds and share of each stage of one study's ``predict`` (read, preprocess, lungs and
+    involvement, network, evidence map, each output), timed inside the code users run, after a warm-up
+    study; start-up imports and model loading as a fresh process pays them."""
+    from ..inference.outputs import write_prediction
+    from ..inference.predict import load_model, predict_path
+
+    started = time.perf_counter()
+    model = load_model(None, "cpu")
+    load_seconds = time.perf_counter() - started
+    write_prediction(*predict_path(model, path), folder, "warmup")
+    times = StageTimes()
+    prediction, volume = predict_path(model, path, times)
+    write_prediction(prediction, volume, folder, "profiled", times=times)
+    stages = {"startup_imports": startup_imports_seconds(), "load_model": load_seconds, **times}
+    total = sum(stages.values())
+    return {"study": f"{path.name} ({'x'.join(map(str, volume.geometry.size))})",
+            "total_seconds": round(total, 3),
+            "stages": {name: {"seconds": round(seconds, 3), "share": round(seconds / total, 3)}
+                       for name, seconds in stages.items()}}
+
+
+def peak_rss_of_predict(slices: int, folder: Path) -> dict:
+    """Peak resident memory of a whole ``predict`` process on one 512 x 512 x ``slices`` int16 study."""
+    path = write_bench_studies(folder / f"rss_{slices}", (slices, 512, 512), 1)[0]
+    _, peak_kb = run_predict_process([path], folder / f"rss_{slices}_out")
     volume_mb = slices * 512 * 512 * 2 / 2**20
-    return {"study": f"512x512x{slices} int16", "volume_mb": round(volume_mb), "peak_rss_mb": round(peak / 1024),
-            "rss_before_predict_mb": round(before / 1024), "peak_vs_volume": round(peak / 1024 / volume_mb, 2)}
+    return {"study": f"512x512x{slices} int16", "volume_mb": round(volume_mb), "peak_rss_mb": round(peak_kb / 1024),
+            "peak_vs_volume": round(peak_kb / 1024 / volume_mb, 2)}
+
+
+def bench_whole_predict(quick: bool) -> dict:
+    """What users wait for and how much memory they need: the stage profile of one study (slicerio's
+    chest CT and a 512 x 512 x 300 phantom), end-to-end times per study as matmul ratios, and the
+    peak memory of whole ``predict`` processes by study size."""
+    unit = matmul_seconds()
+    results = {"matmul_2048_seconds": round(unit, 4), "stage_profile": {}, "end_to_end": {}, "peak_rss": []}
+    with tempfile.TemporaryDirectory() as name:
+        folder = Path(name)
+        chest = chest_ct_path()
+        profiled = [] if chest is None else [chest]
+        profiled += write_bench_studies(folder / "p300", (64 if quick else 300, 512, 512), 1)
+        for path in profiled:
+            results["stage_profile"][path.stem] = bench_stage_profile(path, folder / f"profile_{path.stem}")
+        count = 2 if quick else 5
+        studies = {"phantom_512x512x60": write_bench_studies(folder / "e2e", (60, 512, 512), count)}
+        if chest is not None:
+            copies = folder / "chest"
+            copies.mkdir()
+            studies["slicerio_chest_ct"] = [shutil.copy(chest, copies / f"chest_{i}.nrrd") for i in range(count)]
+            studies["slicerio_chest_ct"] = [Path(p) for p in studies["slicerio_chest_ct"]]
+        results["end_to_end"] = bench_end_to_end(studies, folder, unit)
+        for slices in (64,) if quick else (100, 200, 400):
+            results["peak_rss"].append(peak_rss_of_predict(slices, folder))
+    return results
+
+
+def chest_ct_path() -> Path | None:
+    """slicerio's real chest CT, where slicerio is installed."""
+    try:
+        import slicerio
+    except ImportError:
+        return None
+    path = Path(slicerio.__file__).parent / "data" / "CTChest4.nrrd"
+    return path if path.exists() else None
 
 
 def machine() -> dict:
@@ -204,7 +306,7 @@ def run_benchmarks(json_path: Path | None = None, quick: bool = False) -> dict:
     results = {"machine": machine(), "matmul_gflops": round(matmul, 1),
                "preprocessing": bench_preprocessing(quick), "inference": bench_inference(quick),
                "stage2_epoch": bench_stage2_epoch(quick),
-               "memory": peak_rss_child(64 if quick else 400)}
+               "whole_predict": bench_whole_predict(quick)}
     if not quick:
         results["compile"] = bench_compile()
     results["inference"]["backbone_efficiency"] = round(results["inference"]["backbone_gflops"] / matmul, 3)
@@ -215,7 +317,7 @@ def run_benchmarks(json_path: Path | None = None, quick: bool = False) -> dict:
 
 
 def format_bench(results: dict) -> str:
-    inference, memory, stage2 = results["inference"], results["memory"], results["stage2_epoch"]
+    inference, stage2, whole = results["inference"], results["stage2_epoch"], results["whole_predict"]
     lines = [f"machine: {results['machine']}", f"float32 matmul: {results['matmul_gflops']} GFLOP/s"]
     lines += [f"preprocess {size}: {r['seconds']} s ({r['vs_float32_copy']}x a float32 copy); lungs "
               f"{r['lungs_seconds']} s, with involvement {r['lungs_and_involvement_seconds']} s"
@@ -227,9 +329,19 @@ def format_bench(results: dict) -> str:
         (f"GFLOP per study: 2.5D network {inference['twofive_network_gflop']}, 3D CNN {inference['cnn3d_gflop']}, "
          f"ACS {inference['acs_gflop']}"),
         f"backbone {inference['backbone_gflops']} GFLOP/s = {inference['backbone_efficiency']} of matmul",
-        f"peak RSS {memory['study']}: {memory['peak_rss_mb']} MB ({memory['peak_vs_volume']}x the volume)",
         f"stage-2 epoch vs 3D epoch ({stage2['studies']} studies): {stage2['stage2_vs_3d_epoch_cost']}",
+        f"whole predict processes (unit: one 2048 matmul = {whole['matmul_2048_seconds']} s):",
     ]
+    for name, row in whole["end_to_end"].items():
+        lines.append(f"  {name}: cold single study {row['cold_single_seconds']} s = {row['cold_single_matmuls']} "
+                     f"matmuls; per study in a batch of {row['studies_in_batch']} "
+                     f"{row['per_study_in_batch_seconds']} s = {row['per_study_in_batch_matmuls']} matmuls")
+    for row in whole["peak_rss"]:
+        lines.append(f"  peak RSS {row['study']}: {row['peak_rss_mb']} MB ({row['peak_vs_volume']}x the volume)")
+    for name, profile in whole["stage_profile"].items():
+        stages = ", ".join(f"{stage} {value['seconds']} s ({100 * value['share']:.0f} %)"
+                           for stage, value in profile["stages"].items())
+        lines.append(f"  stages of {profile['study']}: {stages}")
     if "compile" in results:
         compiled = results["compile"]
         lines.append(f"torch.compile: {compiled['compile_seconds']} s to compile, {compiled['compile_speedup']}x per "

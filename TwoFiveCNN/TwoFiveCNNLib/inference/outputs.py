@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io.atomic import write_json_atomic, write_text_atomic
+from ..io.timing import StageTimes, timed
 from ..io.volume import (
     PROBABILITY_STEP,
     VOLUME_SUFFIXES,
@@ -113,7 +114,8 @@ def _input_slice_labels(volume: Volume) -> list[str]:
 
 
 def write_prediction(prediction: Prediction, volume: Volume, out_dir: str | os.PathLike, name: str | None = None,
-                     scene_writer: SceneWriter | None = None, evidence_suffix: str = ".nii.gz") -> list[Path]:
+                     scene_writer: SceneWriter | None = None, evidence_suffix: str = ".nii.gz",
+                     times: StageTimes | None = None) -> list[Path]:
     """Write ``<name>.json``, ``<name>_evidence<suffix>``, ``<name>.png`` and, with a ``scene_writer``, the
     file it writes (``<name>.mrml`` and its ``<name>_data/`` folder).
 
@@ -124,13 +126,17 @@ def write_prediction(prediction: Prediction, volume: Volume, out_dir: str | os.P
     name = name or volume.name
     json_path, written = out_dir / f"{name}.json", []
     try:
-        written.append(write_probability_volume(prediction.evidence_kji, prediction.geometry,
-                                                out_dir / f"{name}_evidence{evidence_suffix}"))
-        written.append(write_montage(prediction, volume, out_dir / f"{name}.png"))
+        with timed(times, "write_evidence"):
+            written.append(write_probability_volume(prediction.evidence_kji, prediction.geometry,
+                                                    out_dir / f"{name}_evidence{evidence_suffix}"))
+        with timed(times, "write_picture"):
+            written.append(write_montage(prediction, volume, out_dir / f"{name}.png"))
         if scene_writer is not None:
-            written.append(scene_writer(prediction, volume, out_dir, name))
-        write_json_atomic(json_path, {**prediction.to_json(), "outputs": [p.name for p in written],
-                                      "evidence_volume": evidence_volume_record(written[0])})
+            with timed(times, "write_scene"):
+                written.append(scene_writer(prediction, volume, out_dir, name))
+        with timed(times, "write_json"):
+            write_json_atomic(json_path, {**prediction.to_json(), "outputs": [p.name for p in written],
+                                          "evidence_volume": evidence_volume_record(written[0])})
     except BaseException:
         for path in [*written, json_path]:
             path.unlink(missing_ok=True)

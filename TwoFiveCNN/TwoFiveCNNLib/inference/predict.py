@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from ..io.timing import StageTimes, timed
 from ..io.volume import Volume, read_volume
 from ..networks.severity_model import SeverityModel, resolve_device
 from ..transforms.involvement import lung_features, lung_involvement
@@ -107,24 +108,29 @@ def grade_disagreement(cnn_label: str, involvement_grade: str | None) -> str | N
             f"two grades or more apart; review the study")
 
 
-def predict_volume(model: SeverityModel, volume: Volume) -> Prediction:
+def predict_volume(model: SeverityModel, volume: Volume, times: StageTimes | None = None) -> Prediction:
     """Grade one canonical volume and map the evidence back onto its original grid.
 
     The lungs are segmented and their involvement measured on a grid of at most 2 mm
     (:func:`..transforms.involvement.lung_involvement`): a result beside the grade, the features the
     model's aeration part reads, and the shape of the evidence map.
     """
-    grid, mapping = to_model_grid(volume, model.preprocess)
-    report, bands = lung_involvement(volume.array, volume.spacing_zyx)
-    result = predict_grid(model, grid, lung_features(report), canonical_mask_to_grid(bands, mapping))
+    with timed(times, "preprocess"):
+        grid, mapping = to_model_grid(volume, model.preprocess)
+    with timed(times, "lungs_and_involvement"):
+        report, bands = lung_involvement(volume.array, volume.spacing_zyx)
+        lungs_on_grid = canonical_mask_to_grid(bands, mapping)
+    with timed(times, "network"):
+        result = predict_grid(model, grid, lung_features(report), lungs_on_grid)
     probabilities = result.probabilities
-    slice_attention, warnings = map_slice_attention(volume, result.slice_attention, mapping)
-    # float16: half the memory of float32 for a map shown and stored in steps of 1/255 anyway.
-    evidence_kji = volume.to_original(grid_map_to_canonical(result.evidence, mapping, np.float16))
+    with timed(times, "evidence_map"):
+        slice_attention, warnings = map_slice_attention(volume, result.slice_attention, mapping)
+        # float16: half the memory of float32 for a map shown and stored in steps of 1/255 anyway.
+        evidence_kji = volume.to_original(grid_map_to_canonical(result.evidence, mapping, np.float16))
+        bands_kji = volume.to_original(bands)
+        del bands
     names = model.class_names
     label = names[int(np.argmax(probabilities))]
-    bands_kji = volume.to_original(bands)
-    del bands
     disagreement = grade_disagreement(label, report.get("grade"))
     warnings = list(model.metadata.get("load_warnings", [])) + warnings + ([disagreement] if disagreement else [])
     return Prediction(
@@ -162,6 +168,8 @@ def _plausibility_warnings(volume: Volume) -> list[str]:
     return warnings
 
 
-def predict_path(model: SeverityModel, path: str | os.PathLike) -> tuple[Prediction, Volume]:
-    volume = read_volume(path)
-    return predict_volume(model, volume), volume
+def predict_path(model: SeverityModel, path: str | os.PathLike,
+                 times: StageTimes | None = None) -> tuple[Prediction, Volume]:
+    with timed(times, "read"):
+        volume = read_volume(path)
+    return predict_volume(model, volume, times), volume

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import IO, Any
 
 # Share of the whole training run each stage takes (rough, measured on a CPU), so that one bar,
@@ -26,6 +26,12 @@ PREPROCESS_SUBSETS = ("train", "val", "test")  # preprocessed in this order
 METRIC_NAMES = (("loss", "loss"), ("val_loss", "val loss"), ("val_balanced_accuracy", "val bal. acc."),
                 ("val_kappa", "val kappa"))
 COUNTER_LINES = 10  # plain-line counters print about this many lines per run, not one per item
+# What an ``exit`` event's ``job`` is called in its text, and what a cancel of it keeps.
+JOB_NAMES = {"train": "training", "predict": "batch prediction"}
+CANCELLED_TEXT = {
+    "train": "cancelled; the last completed epoch is kept in the checkpoint (Resume continues from it)",
+    "predict": "cancelled; the studies graded so far keep their complete outputs (no summary.tsv)",
+}
 
 
 # ---------------------------------------------------------------------------------------- text
@@ -59,24 +65,30 @@ def _details(event: dict, time_left: bool = True) -> list[str]:
         parts.append(f"{event.get('stage', '?')} ends in ~{format_seconds(event['eta_s'])}")
     if event.get("message") not in (None, ""):
         parts.append(str(event["message"]))
+    if event.get("current") not in (None, ""):
+        parts.append(f"now {event['current']}")
     return parts
 
 
 def describe_event(event: dict) -> str:
     """One line for people: stage, count, metrics and time left, or what a log, exit or done event says.
 
-    ``exit`` events come from :class:`~TwoFiveCNNLib.app.processes.TrainingProcess` (the child
-    process ended); every other stage is one the training or a command reports.
+    ``exit`` events come from :class:`~TwoFiveCNNLib.app.processes.BackgroundProcess` (the child
+    process of a ``job``, training when not said, ended); every other stage is one the training or
+    a command reports.
     """
     stage = event.get("stage", "?")
     if stage == "log":
         return str(event.get("message", ""))
     if stage == "exit":
+        job = str(event.get("job", "train"))
+        name = JOB_NAMES.get(job, job)
         if event.get("cancelled"):
-            return "cancelled; the last completed epoch is kept in the checkpoint (Resume continues from it)"
-        if event.get("returncode") == 0:
-            return "training process finished"
-        return f"training failed (exit code {event.get('returncode')}): {event.get('error')}"
+            return CANCELLED_TEXT.get(job, "cancelled")
+        if event.get("ok", event.get("returncode") == 0):
+            failed = " (some studies failed: see summary.tsv)" if job == "predict" and event.get("returncode") else ""
+            return f"{name} process finished{failed}"
+        return f"{name} failed (exit code {event.get('returncode')}): {event.get('error')}"
     if stage == "done":
         test = event.get("test")
         shown = f", test balanced accuracy {test:.3f}" if isinstance(test, float) else ""
@@ -239,5 +251,28 @@ def counter(stage: str, terminal: IO[str] | None = None, every_call: bool = Fals
             if details:
                 event["message"] = str(details[0])
             display.show(event)
+
+    return report
+
+
+def item_progress(reporter: ProgressReporter, stage: str, names: Sequence[str]) -> Callable[..., None]:
+    """A ``progress(done, total, *details)`` callback for a loop over named items (a batch's studies).
+
+    Reports one event at once (none done, the first item ``current``) and one after every item, with
+    the count, the item just done (``finished``) and the one now at work (``current``, absent after
+    the last): a program following the events can say "3/20, now study_0004" at any time.
+    """
+    names = list(names)
+
+    def fields(done: int, total: int) -> dict[str, Any]:
+        named = {"finished": names[done - 1]} if 0 < done <= len(names) else {}
+        if done < min(total, len(names)):
+            named["current"] = names[done]
+        return {"epoch": done, "epochs": total, **named}
+
+    reporter.event(stage, **fields(0, len(names)))
+
+    def report(done: int, total: int, *details: Any) -> None:
+        reporter.event(stage, **fields(done, total))
 
     return report
