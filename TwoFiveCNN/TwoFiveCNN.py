@@ -68,7 +68,7 @@ class TwoFiveCNN(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("TwoFiveCNN")
-        self.parent.categories = [_("Chest Imaging")]
+        self.parent.categories = [_("Chest Imaging Platform")]
         self.parent.dependencies = []  # PyTorchUtils is checked when needed, with a message if missing
         self.parent.contributors = ["TwoFiveCNN developers"]
         self.parent.helpText = _("""

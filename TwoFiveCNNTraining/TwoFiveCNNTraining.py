@@ -57,7 +57,7 @@ class TwoFiveCNNTraining(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("TwoFiveCNN Training")
-        self.parent.categories = [_("Chest Imaging")]
+        self.parent.categories = [_("Chest Imaging Platform")]
         self.parent.dependencies = ["TwoFiveCNN"]
         self.parent.contributors = ["TwoFiveCNN developers"]
         self.parent.helpText = _("""

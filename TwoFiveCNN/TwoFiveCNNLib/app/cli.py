@@ -217,6 +217,9 @@ def _add_predict(sub) -> None:
     p.add_argument("--progress-json", nargs="?", const="-", metavar="PATH",
                    help="emit one JSON object per line (stdout, or PATH) per study: count, total, current "
                         "study, for programs such as Slicer")
+    p.add_argument("--views", nargs="?", const="evidence", choices=("evidence", "bands"),
+                   help="also write <name>_views.png: Slicer's axial, coronal and sagittal views under the "
+                        "evidence (default) or the lung bands, with the attention and probabilities")
     p.set_defaults(run=run_predict)
 
 
@@ -230,13 +233,21 @@ def run_predict(args) -> int:
         from ..scene import save_prediction_scene  # needs the MRML library (Slicer or slicer-core)
 
         scene_writer = save_prediction_scene
+    extra_writers = []
+    if args.views:
+        from ..scene.views import write_views_png  # needs the MRML library (Slicer or slicer-core)
+
+        def write_views(prediction, volume, out_dir, name):
+            return write_views_png(prediction, volume, out_dir / f"{name}_views.png", args.views, name)
+
+        extra_writers.append(write_views)
     model = load_model(args.model, args.device).accelerate(args.half, args.compile)
     with _json_stream(args.progress_json) as stream:
         # Programs (the Slicer module) follow the batch by study: count, total, the study at work.
         progress = _counter("predict", every_call=True) if stream is None else \
             item_progress(ProgressReporter(stream), "predict", unique_names(expand_inputs(args.inputs)))
         result = predict_batch(model, args.inputs, args.out, scene_writer, evidence_suffix=args.format,
-                               progress=progress)
+                               progress=progress, extra_writers=extra_writers)
     for path, prediction in result.predictions.items():
         probabilities = ", ".join(f"{k} {v:.2f}" for k, v in prediction.probabilities.items())
         print(f"{path}: {prediction.label} ({probabilities})")

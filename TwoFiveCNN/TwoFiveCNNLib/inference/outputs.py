@@ -12,7 +12,7 @@ import os
 import shutil
 import tempfile
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,8 +34,10 @@ from ..transforms.preprocess import WINDOW_PRESETS, apply_window
 from .predict import predict_path
 from .prediction import DEMO_MODEL_NOTICE, Prediction
 
-# Writes a study's Slicer scene: (prediction, input volume, output folder, name) -> the .mrml written.
-SceneWriter = Callable[[Prediction, Volume, Path, str], Path]
+# Writes one more output of a study: (prediction, input volume, output folder, name) -> the file written.
+# The Slicer scene (``scene.save_prediction_scene``) and the three-plane views are such writers.
+OutputWriter = Callable[[Prediction, Volume, Path, str], Path]
+SceneWriter = OutputWriter
 
 MONTAGE_MAX_PIXELS = 256  # display tiles need no more in-plane resolution than this
 
@@ -115,7 +117,7 @@ def _input_slice_labels(volume: Volume) -> list[str]:
 
 def write_prediction(prediction: Prediction, volume: Volume, out_dir: str | os.PathLike, name: str | None = None,
                      scene_writer: SceneWriter | None = None, evidence_suffix: str = ".nii.gz",
-                     times: StageTimes | None = None) -> list[Path]:
+                     times: StageTimes | None = None, extra_writers: Sequence[OutputWriter] = ()) -> list[Path]:
     """Write ``<name>.json``, ``<name>_evidence<suffix>``, ``<name>.png`` and, with a ``scene_writer``, the
     file it writes (``<name>.mrml`` and its ``<name>_data/`` folder).
 
@@ -134,6 +136,9 @@ def write_prediction(prediction: Prediction, volume: Volume, out_dir: str | os.P
         if scene_writer is not None:
             with timed(times, "write_scene"):
                 written.append(scene_writer(prediction, volume, out_dir, name))
+        for writer in extra_writers:
+            with timed(times, "write_other"):
+                written.append(writer(prediction, volume, out_dir, name))
         with timed(times, "write_json"):
             write_json_atomic(json_path, {**prediction.to_json(), "outputs": [p.name for p in written],
                                           "evidence_volume": evidence_volume_record(written[0])})
@@ -166,7 +171,8 @@ def unique_names(paths: list[Path]) -> list[str]:
 
 def predict_batch(model: SeverityModel, inputs: Iterable[str | os.PathLike], out_dir: str | os.PathLike,
                   scene_writer: SceneWriter | None = None, evidence_suffix: str = ".nii.gz",
-                  progress: Callable[[int, int, str], None] | None = None) -> BatchResult:
+                  progress: Callable[[int, int, str], None] | None = None,
+                  extra_writers: Sequence[OutputWriter] = ()) -> BatchResult:
     """Predict every study; a bad study is recorded in ``failures`` and the others still run."""
     inputs = [Path(p) for p in inputs]
     if any(p.is_dir() and p.resolve() == Path(out_dir).resolve() for p in inputs):
@@ -179,7 +185,7 @@ def predict_batch(model: SeverityModel, inputs: Iterable[str | os.PathLike], out
         try:
             prediction, volume = predict_path(model, path)
             result.written[str(path)] = write_prediction(prediction, volume, out_dir, name, scene_writer,
-                                                         evidence_suffix)
+                                                         evidence_suffix, extra_writers=extra_writers)
             result.predictions[str(path)] = without_voxel_maps(prediction)
             del prediction, volume
         except (VolumeError, ValueError, OSError) as error:

@@ -1,0 +1,90 @@
+"""What ``predict`` writes, and what it costs to start: the evidence volume in uint8 steps that read back
+as the map computed, NRRD with its step in the header, the three-plane views, and a command line that
+imports torch only when it predicts (checked through ``sys.modules``, never by timing)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from TwoFiveCNNLib.app.cli import main
+from TwoFiveCNNLib.data.phantoms import generate_phantom
+from TwoFiveCNNLib.inference.outputs import write_prediction
+from TwoFiveCNNLib.inference.predict import load_model, predict_grid, predict_volume
+from TwoFiveCNNLib.io.volume import PROBABILITY_STEP, Volume, write_probability_volume
+from TwoFiveCNNLib.transforms.involvement import lung_features, lung_involvement
+from TwoFiveCNNLib.transforms.preprocess import canonical_mask_to_grid, to_model_grid
+
+
+@pytest.fixture(scope="module")
+def feet_first_study() -> Volume:
+    """A feet-first CT-3 phantom: storage order differs from the canonical one on every axis it can."""
+    phantom = generate_phantom(3, seed=21, orientation="LPI")
+    return Volume.from_original(phantom.array_kji, phantom.geometry, "feet_first.nii.gz")
+
+
+def test_evidence_file_reads_back_within_one_step_of_the_float32_map(feet_first_study, tmp_path):
+    """The stored map against one computed independently in float32 with a single trilinear resize,
+    as before the map was kept in float16 and resampled a slab at a time."""
+    model = load_model(None, "cpu")
+    prediction = predict_volume(model, feet_first_study)
+    grid, mapping = to_model_grid(feet_first_study, model.preprocess)
+    report, bands = lung_involvement(feet_first_study.array, feet_first_study.spacing_zyx)
+    result = predict_grid(model, grid, lung_features(report), canonical_mask_to_grid(bands, mapping))
+    y0, y1, x0, x1 = mapping.crop_yx
+    reference = np.zeros(mapping.canonical_shape, dtype=np.float32)
+    with torch.inference_mode():
+        reference[:, y0:y1, x0:x1] = F.interpolate(torch.from_numpy(result.evidence)[None, None],
+                                                   size=(mapping.canonical_shape[0], y1 - y0, x1 - x0),
+                                                   mode="trilinear", align_corners=False)[0, 0].numpy()
+    reference_kji = feet_first_study.to_original(reference)
+    assert np.abs(prediction.evidence_kji.astype(np.float32) - reference_kji).max() < 1e-3
+    assert list(prediction.probabilities.values()) == pytest.approx(list(result.probabilities), abs=1e-6)
+
+    written = write_prediction(prediction, feet_first_study, tmp_path, "study")
+    evidence_path = tmp_path / "study_evidence.nii.gz"
+    assert evidence_path in written
+    image = sitk.ReadImage(str(evidence_path))  # NIfTI readers apply scl_slope: floats in 0..1
+    assert image.GetSize() == feet_first_study.geometry.size
+    assert np.allclose(image.GetDirection(), feet_first_study.geometry.direction)
+    stored = sitk.GetArrayFromImage(image)
+    assert np.abs(stored - reference_kji).max() <= PROBABILITY_STEP / 2 + 1e-3
+    record = json.loads((tmp_path / "study.json").read_text(encoding="utf-8"))
+    assert record["evidence_volume"]["dtype"] == "uint8"
+    assert record["evidence_volume"]["value_step"] == pytest.approx(PROBABILITY_STEP)
+
+
+def test_nrrd_probability_volume_keeps_steps_and_says_so(feet_first_study, tmp_path):
+    values = np.linspace(0, 1, int(np.prod(feet_first_study.geometry.size)), dtype=np.float32)
+    values = values.reshape(feet_first_study.geometry.size[::-1])
+    path = write_probability_volume(values, feet_first_study.geometry, tmp_path / "map.nrrd")
+    image = sitk.ReadImage(str(path))
+    assert image.GetPixelID() == sitk.sitkUInt8
+    assert float(image.GetMetaData("twofivecnn_value_step")) == pytest.approx(PROBABILITY_STEP)
+    assert np.abs(sitk.GetArrayFromImage(image) * PROBABILITY_STEP - values).max() <= PROBABILITY_STEP / 2 + 1e-6
+    assert [p.name for p in tmp_path.iterdir()] == ["map.nrrd"]  # no temporary file left
+
+
+def test_predict_views_writes_the_three_plane_picture(chest_ct_path, tmp_path):
+    assert main(["predict", str(chest_ct_path), "--out", str(tmp_path), "--views", "bands"]) == 0
+    record = json.loads((tmp_path / "CTChest4.json").read_text(encoding="utf-8"))
+    assert "CTChest4_views.png" in record["outputs"]
+    with Image.open(tmp_path / "CTChest4_views.png") as picture:
+        assert picture.width > 900 and picture.height > 500
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["predict", "--help"], ["predict"], ["no-such-command"]],
+                         ids=["help", "predict help", "argument error", "unknown command"])
+def test_help_and_argument_errors_do_not_import_torch(argv):
+    code = ("import sys\nfrom TwoFiveCNNLib.app.cli import main\ntry:\n    main(sys.argv[1:])\n"
+            "except SystemExit:\n    pass\nprint('torch' in sys.modules, 'scipy' in sys.modules)")
+    run = subprocess.run([sys.executable, "-c", code, *argv], check=False, capture_output=True, text=True,
+                         timeout=120)
+    assert run.stdout.strip().splitlines()[-1] == "False False", run.stderr[-2000:]
