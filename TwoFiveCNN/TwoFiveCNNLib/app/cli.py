@@ -372,11 +372,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _interrupt)  # a clean stop: temporary files removed, checkpoint kept
-    from ..io.memory import return_large_blocks_to_the_system
     from ..io.model_file import ModelFileError
     from ..io.volume import VolumeError
 
-    return_large_blocks_to_the_system()  # one study's arrays at a time, not every study's peak at once
     try:
         return args.run(args)
     except (VolumeError, DatasetError, ModelFileError, ValueError, FileNotFoundError, PermissionError) as error:

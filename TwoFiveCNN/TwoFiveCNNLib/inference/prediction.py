@@ -6,9 +6,26 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..io.volume import Geometry
+from ..io.volume import Geometry, canonical_to_original
 
 DEMO_MODEL_NOTICE = "synthetic-phantom demo model: not for clinical use"
+
+
+class BandLabels:
+    """A study's lung band labels kept on the lungs' analysis grid and made on the input's grid, in its
+    storage order, whenever read as an array (``np.asarray``). The command line writes no band volume,
+    so a 400-slice study never holds a study-sized copy of them; the scene and the views expand them."""
+
+    def __init__(self, coarse: np.ndarray, factors: tuple[int, int, int], canonical_shape: tuple[int, int, int],
+                 geometry: Geometry) -> None:
+        self.coarse, self.factors, self.canonical_shape, self.geometry = coarse, tuple(factors), canonical_shape, geometry
+        self.shape, self.dtype, self.ndim = tuple(int(n) for n in geometry.size[::-1]), coarse.dtype, 3
+
+    def __array__(self, dtype: np.dtype | None = None, copy: bool | None = None) -> np.ndarray:
+        from ..transforms.lungs import to_native  # SciPy: not for the command line's --help
+
+        labels = canonical_to_original(to_native(self.coarse, self.factors, self.canonical_shape), self.geometry)
+        return labels if dtype is None else labels.astype(dtype, copy=False)
 
 
 @dataclass
@@ -22,7 +39,8 @@ class Prediction:
     with the model's aeration part (which reads the lung features of ``involvement``).
     ``involvement`` holds the lung volumes and HU-band shares measured at the input's resolution (per
     lung and zone, with the MosMed grade they imply) and ``bands_kji`` the band of every lung voxel
-    (``transforms.involvement.BAND_NAMES``; 0 outside the lungs), in the input's storage order.
+    (``transforms.involvement.BAND_NAMES``; 0 outside the lungs), in the input's storage order: an
+    array, or from ``predict`` a :class:`BandLabels` that ``np.asarray`` turns into one.
     """
 
     label: str
@@ -36,7 +54,7 @@ class Prediction:
     is_demo_model: bool = False
     cnn_probabilities: dict[str, float] = field(default_factory=dict)
     involvement: dict = field(default_factory=dict)
-    bands_kji: np.ndarray | None = field(default=None, repr=False)
+    bands_kji: np.ndarray | BandLabels | None = field(default=None, repr=False)
 
     @property
     def attention_kji(self) -> np.ndarray:

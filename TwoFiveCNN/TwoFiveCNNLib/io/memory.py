@@ -1,31 +1,31 @@
-"""Process memory: the peak resident size, and freed arrays given back to the system at once."""
+"""Process memory: freed arrays given back to the system between stages, and the peak resident size."""
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import sys
 
-M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
-ARRAY_MMAP_THRESHOLD = 1 << 20
+
+def release_freed_memory() -> bool:
+    """Give the heap's freed blocks back to the system (glibc ``malloc_trim``): after a stage that made
+    and dropped many large temporaries, so the next stage's arrays do not add to them. Returns whether
+    anything was released; a no-op (False) elsewhere."""
+    libc = _glibc()
+    return bool(libc.malloc_trim(0)) if libc is not None else False
 
 
-def return_large_blocks_to_the_system() -> bool:
-    """Serve every allocation over 1 MiB by its own mapping (glibc, Linux), so a freed array leaves the
-    process at once instead of waiting in the heap.
-
-    glibc raises its mapping threshold after each large free, up to 32 MiB, so the arrays of one
-    study (up to tens of MB each) pile up in the heap and the next study's peak adds to them; a
-    fixed threshold keeps a command-line process's peak the size of one study. For a whole
-    process (the command line), not for Slicer's. Returns whether the setting took.
-    """
+@functools.cache
+def _glibc() -> ctypes.CDLL | None:
     if not sys.platform.startswith("linux"):
-        return False
+        return None
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, ARRAY_MMAP_THRESHOLD))
-    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
-        return False
+        libc.malloc_trim  # noqa: B018 - musl and others have no malloc_trim
+    except (OSError, AttributeError):
+        return None
+    return libc
 
 
 def peak_rss_kb() -> int:

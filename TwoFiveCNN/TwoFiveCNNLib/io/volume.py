@@ -146,12 +146,7 @@ class Volume:
 
     def to_original(self, canonical: np.ndarray) -> np.ndarray:
         """Map an array on the canonical grid (e.g. the evidence map) back to storage order ``[k, j, i]``."""
-        source_axes, flips = canonical_axes(self.geometry.direction_matrix)
-        flip_axes = [n for n in range(3) if flips[2 - n]]
-        if flip_axes:
-            canonical = np.flip(canonical, axis=flip_axes)
-        order = [2 - source_axes[2 - n] for n in range(3)]
-        return np.ascontiguousarray(np.transpose(canonical, np.argsort(order)))
+        return canonical_to_original(canonical, self.geometry)
 
     def to_original_slices(self, values_z: np.ndarray) -> np.ndarray | None:
         """Reorder per-axial-slice values (canonical z, feet to head) into the input's own slice order.
@@ -170,6 +165,16 @@ class Volume:
         None when the input's slices are not axial."""
         order = self.to_original_slices(np.arange(self.array.shape[0]))
         return None if order is None else np.argsort(order)
+
+
+def canonical_to_original(canonical: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """An array on the canonical grid of a volume with ``geometry``, in that volume's storage order."""
+    source_axes, flips = canonical_axes(geometry.direction_matrix)
+    flip_axes = [n for n in range(3) if flips[2 - n]]
+    if flip_axes:
+        canonical = np.flip(canonical, axis=flip_axes)
+    order = [2 - source_axes[2 - n] for n in range(3)]
+    return np.ascontiguousarray(np.transpose(canonical, np.argsort(order)))
 
 
 def study_name(path: str | os.PathLike) -> str:

@@ -155,12 +155,21 @@ def lung_involvement(hu: np.ndarray, spacing_zyx: tuple[float, float, float],
     stands for its block of native voxels, so volumes are its count times the block's volume, the
     shares are those of an even sample of the native voxels, and the band labels map back exactly.
     """
+    report, bands, factors = lung_involvement_coarse(hu, spacing_zyx, settings, lung_settings)
+    return report, to_native(bands, factors, hu.shape)
+
+
+def lung_involvement_coarse(hu: np.ndarray, spacing_zyx: tuple[float, float, float],
+                            settings: InvolvementSettings = InvolvementSettings(),
+                            lung_settings: LungSettings | None = None) -> tuple[dict, np.ndarray, tuple[int, int, int]]:
+    """:func:`lung_involvement` with the band labels left on the analysis grid, and its subsampling
+    factors (``to_native`` maps them back): a fraction of the memory while other work runs."""
     lungs, factors = segment_lungs_coarse(hu, spacing_zyx, lung_settings or LungSettings())
     coarse_hu = hu[:: factors[0], :: factors[1], :: factors[2]]
     coarse_spacing = tuple(float(s) * f for s, f in zip(spacing_zyx, factors))
     report, bands = measure_involvement(coarse_hu, lungs, coarse_spacing, settings)
     report["analysis_spacing_mm"] = list(coarse_spacing)
-    return report, to_native(bands, factors, hu.shape)
+    return report, bands, factors
 
 
 def lung_features(report: dict) -> np.ndarray:

@@ -57,14 +57,16 @@ def coarse_factors(spacing_zyx: tuple[float, float, float], grid_mm: float) -> t
 
 
 def to_native(coarse: np.ndarray, factors: tuple[int, int, int], shape: tuple[int, int, int]) -> np.ndarray:
-    """A coarse label array back on the native grid: each coarse voxel fills its block exactly."""
-    out = coarse
-    for axis, factor in enumerate(factors):
-        if factor > 1:
-            out = np.repeat(out, factor, axis=axis)
-    if out.shape == tuple(shape):
-        return out
-    return np.ascontiguousarray(out[: shape[0], : shape[1], : shape[2]])
+    """A coarse label array back on the native grid: each coarse voxel fills its block exactly.
+
+    Written one block offset at a time into the output: no intermediate copies."""
+    if tuple(factors) == (1, 1, 1) and coarse.shape == tuple(shape):
+        return coarse
+    out = np.empty(shape, dtype=coarse.dtype)
+    for offset in np.ndindex(*factors):
+        view = out[tuple(slice(o, None, f) for o, f in zip(offset, factors))]
+        view[...] = coarse[: view.shape[0], : view.shape[1], : view.shape[2]]
+    return out
 
 
 def _label_slices(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

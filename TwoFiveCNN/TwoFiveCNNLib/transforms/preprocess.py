@@ -17,7 +17,7 @@ from scipy import ndimage
 
 from ..io.volume import Volume
 
-SLAB_SLICES = 32  # slices resampled at a time: bounds the float memory a full-resolution study needs
+SLAB_SLICES = 16  # slices resampled at a time: bounds the float memory a full-resolution study needs
 TORCH_DTYPES = {np.dtype(np.float32): torch.float32, np.dtype(np.float16): torch.float16}
 WINDOW_PRESETS: dict[str, tuple[float, float]] = {
     "default": (-1000.0, 400.0),  # the reference code's window: lung and soft tissue
