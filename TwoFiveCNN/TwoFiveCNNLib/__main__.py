@@ -1,7 +1,5 @@
 """``python -m TwoFiveCNNLib``: the same as the ``twofivecnn`` command."""
 
-import sys
+from .app.cli import run_command
 
-from .app.cli import main
-
-sys.exit(main())
+run_command()

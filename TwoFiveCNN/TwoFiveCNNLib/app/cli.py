@@ -224,6 +224,18 @@ def _add_predict(sub) -> None:
 
 
 def run_predict(args) -> int:
+    from ..inference.studies import StudyPrefetcher, expand_inputs
+
+    # The first study is read and its lungs measured while torch loads: neither needs it.
+    prefetcher = StudyPrefetcher()
+    studies = expand_inputs(args.inputs) if all(Path(p).exists() for p in args.inputs) else []
+    if studies and not any(Path(p).resolve() == args.out.resolve() for p in args.inputs):
+        prefetcher.prefetch_next(0, studies[0])  # not a study too large to share memory with torch's loading
+    with prefetcher:
+        return _run_predict(args, prefetcher)
+
+
+def _run_predict(args, prefetcher) -> int:
     from ..inference.outputs import expand_inputs, predict_batch, unique_names
     from ..inference.predict import load_model
     from ..io.progress import ProgressReporter, item_progress
@@ -247,7 +259,7 @@ def run_predict(args) -> int:
         progress = _counter("predict", every_call=True) if stream is None else \
             item_progress(ProgressReporter(stream), "predict", unique_names(expand_inputs(args.inputs)))
         result = predict_batch(model, args.inputs, args.out, scene_writer, evidence_suffix=args.format,
-                               progress=progress, extra_writers=extra_writers)
+                               progress=progress, extra_writers=extra_writers, prefetcher=prefetcher)
     for path, prediction in result.predictions.items():
         probabilities = ", ".join(f"{k} {v:.2f}" for k, v in prediction.probabilities.items())
         print(f"{path}: {prediction.label} ({probabilities})")
@@ -390,5 +402,20 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
+def run_command(argv: list[str] | None = None) -> None:
+    """The ``twofivecnn`` command as a process: :func:`main`, then exit.
+
+    After ``predict``, whose outputs are all written and closed by then, the process ends without
+    the interpreter's teardown of torch's modules, which takes longer than grading a small study.
+    """
+    code = main(argv)
+    command = (argv if argv is not None else sys.argv[1:])[:1]
+    if command == ["predict"]:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run_command()

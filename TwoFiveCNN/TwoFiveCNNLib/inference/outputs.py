@@ -22,7 +22,6 @@ from ..io.atomic import write_json_atomic, write_text_atomic
 from ..io.timing import StageTimes, timed
 from ..io.volume import (
     PROBABILITY_STEP,
-    VOLUME_SUFFIXES,
     Volume,
     VolumeError,
     study_name,
@@ -31,8 +30,9 @@ from ..io.volume import (
 from ..networks.severity_model import SeverityModel
 from ..reports.montage import LazySlices, evidence_montage_png
 from ..transforms.preprocess import WINDOW_PRESETS, apply_window
-from .predict import predict_path
+from .predict import predict_volume
 from .prediction import DEMO_MODEL_NOTICE, Prediction
+from .studies import StudyPrefetcher, expand_inputs, unique_names
 
 # Writes one more output of a study: (prediction, input volume, output folder, name) -> the file written.
 # The Slicer scene (``scene.save_prediction_scene``) and the three-plane views are such writers.
@@ -55,16 +55,6 @@ class BatchResult:
 def without_voxel_maps(prediction: Prediction) -> Prediction:
     """The prediction without its study-sized arrays (they are written): a batch's memory stays flat."""
     return dataclasses.replace(prediction, evidence_kji=np.zeros((0, 0, 0), dtype=np.float16), bands_kji=None)
-
-
-def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
-    """Volume files, DICOM series folders, and folders of volume files (each file one study)."""
-    studies: list[Path] = []
-    for item in map(Path, inputs):
-        volume_files = sorted(p for p in item.iterdir() if p.name.lower().endswith(VOLUME_SUFFIXES)) \
-            if item.is_dir() else []
-        studies.extend(volume_files or [item])
-    return studies
 
 
 def montage_slices(volume: Volume, evidence_canonical: np.ndarray) -> tuple[LazySlices, LazySlices]:
@@ -159,21 +149,16 @@ def evidence_volume_record(path: Path) -> dict:
             "values": "evidence in [0, 1]: slice attention x in-plane class activation"}
 
 
-def unique_names(paths: list[Path]) -> list[str]:
-    """Study names for output files; clashing names (same file name in two folders) get a suffix."""
-    names, seen = [], {}
-    for path in paths:
-        base = study_name(path)
-        seen[base] = seen.get(base, 0) + 1
-        names.append(base if seen[base] == 1 else f"{base}_{seen[base]}")
-    return names
-
-
 def predict_batch(model: SeverityModel, inputs: Iterable[str | os.PathLike], out_dir: str | os.PathLike,
                   scene_writer: SceneWriter | None = None, evidence_suffix: str = ".nii.gz",
                   progress: Callable[[int, int, str], None] | None = None,
-                  extra_writers: Sequence[OutputWriter] = ()) -> BatchResult:
-    """Predict every study; a bad study is recorded in ``failures`` and the others still run."""
+                  extra_writers: Sequence[OutputWriter] = (), prefetcher: StudyPrefetcher | None = None,
+                  ) -> BatchResult:
+    """Predict every study; a bad study is recorded in ``failures`` and the others still run.
+
+    The next study is read and its lungs measured in the background while this one runs through the
+    network and is written (``prefetcher``; pass one already started to begin before the model loads).
+    """
     inputs = [Path(p) for p in inputs]
     if any(p.is_dir() and p.resolve() == Path(out_dir).resolve() for p in inputs):
         raise ValueError(f"{out_dir}: the output folder is also an input folder; the evidence volumes written "
@@ -181,22 +166,39 @@ def predict_batch(model: SeverityModel, inputs: Iterable[str | os.PathLike], out
     check_writable(Path(out_dir))
     studies = expand_inputs(inputs)
     result = BatchResult()
-    for done, (path, name) in enumerate(zip(studies, unique_names(studies)), start=1):
-        try:
-            prediction, volume = predict_path(model, path)
-            result.written[str(path)] = write_prediction(prediction, volume, out_dir, name, scene_writer,
-                                                         evidence_suffix, extra_writers=extra_writers)
-            result.predictions[str(path)] = without_voxel_maps(prediction)
-            del prediction, volume
-        except (VolumeError, ValueError, OSError) as error:
-            result.failures[str(path)] = str(error)
-        except Exception as error:  # noqa: BLE001 - one odd study must not stop a batch of thousands
-            result.failures[str(path)] = f"{path}: unexpected error {type(error).__name__}: {error}"
-            result.failures[str(path)] += "\n" + traceback.format_exc(limit=3)
-        if progress is not None:
-            progress(done, len(studies), str(path))
+    with prefetcher or StudyPrefetcher() as ahead:
+        if studies:
+            ahead.prefetch(studies[0])
+        for done, (path, name) in enumerate(zip(studies, unique_names(studies)), start=1):
+            _predict_one(model, ahead, studies[done:done + 1], path, name, Path(out_dir), result,
+                         scene_writer, evidence_suffix, extra_writers)
+            if progress is not None:
+                progress(done, len(studies), str(path))
     write_summary(result, Path(out_dir))
     return result
+
+
+def _predict_one(model: SeverityModel, ahead: StudyPrefetcher, following: list[Path], path: Path, name: str,
+                 out_dir: Path, result: BatchResult, scene_writer: SceneWriter | None, evidence_suffix: str,
+                 extra_writers: Sequence[OutputWriter]) -> None:
+    """One study of a batch into ``result``: its outputs, or why it failed. The next study is read
+    while this one is predicted (when both fit in memory together), also when this one failed."""
+    prepared = None
+    try:
+        prepared = ahead.take(path)
+        if following:
+            ahead.prefetch_next(prepared.volume.array.size, following[0])
+        prediction = predict_volume(model, prepared.volume, prepared.times, prepared)
+        result.written[str(path)] = write_prediction(prediction, prepared.volume, out_dir, name, scene_writer,
+                                                     evidence_suffix, extra_writers=extra_writers)
+        result.predictions[str(path)] = without_voxel_maps(prediction)
+    except (VolumeError, ValueError, OSError) as error:
+        result.failures[str(path)] = str(error)
+    except Exception as error:  # noqa: BLE001 - one odd study must not stop a batch of thousands
+        result.failures[str(path)] = f"{path}: unexpected error {type(error).__name__}: {error}"
+        result.failures[str(path)] += "\n" + traceback.format_exc(limit=3)
+    if prepared is None and following:
+        ahead.prefetch_next(0, following[0])
 
 
 def check_writable(folder: Path) -> None:

@@ -25,6 +25,7 @@ from ..transforms.preprocess import (
     to_model_grid,
 )
 from .prediction import BandLabels, Prediction
+from .studies import PreparedStudy
 
 BUNDLED_MODEL = Path(__file__).with_name("demo_model.pt")
 
@@ -110,12 +111,14 @@ def grade_disagreement(cnn_label: str, involvement_grade: str | None) -> str | N
             f"two grades or more apart; review the study")
 
 
-def predict_volume(model: SeverityModel, volume: Volume, times: StageTimes | None = None) -> Prediction:
+def predict_volume(model: SeverityModel, volume: Volume, times: StageTimes | None = None,
+                   prepared: PreparedStudy | None = None) -> Prediction:
     """Grade one canonical volume and map the evidence back onto its original grid.
 
     The lungs are segmented and their involvement measured on a grid of at most 2 mm
     (:func:`..transforms.involvement.lung_involvement`): a result beside the grade, the features the
-    model's aeration part reads, and the shape of the evidence map.
+    model's aeration part reads, and the shape of the evidence map. ``prepared`` brings them measured
+    ahead (:func:`.studies.prepare_study` on this ``volume``).
     """
     # Between stages, the heap's freed temporaries go back to the system (release_freed_memory), so
     # one stage's leftovers never add to the next stage's peak: a 400-slice study stays within 1 GB.
@@ -123,7 +126,10 @@ def predict_volume(model: SeverityModel, volume: Volume, times: StageTimes | Non
         grid, mapping = to_model_grid(volume, model.preprocess)
         release_freed_memory()
     with timed(times, "lungs_and_involvement"):
-        report, coarse_bands, factors = lung_involvement_coarse(volume.array, volume.spacing_zyx)
+        if prepared is None:
+            report, coarse_bands, factors = lung_involvement_coarse(volume.array, volume.spacing_zyx)
+        else:  # measured ahead, by studies.StudyPrefetcher
+            report, coarse_bands, factors = prepared.involvement, prepared.coarse_bands, prepared.factors
         lungs_on_grid = canonical_mask_to_grid(to_native(coarse_bands, factors, volume.array.shape), mapping)
         release_freed_memory()
     with timed(times, "network"):

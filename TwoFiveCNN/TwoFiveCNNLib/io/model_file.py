@@ -12,9 +12,10 @@ import os
 import pickle
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 from .atomic import atomic_path
 
@@ -31,6 +32,8 @@ def save_archive(path: str | os.PathLike, kind: str, tensors: dict[str, Any], me
     """Write tensors (nested dicts of tensors, numbers, strings) and JSON metadata atomically."""
     archive = {"format": kind, "format_version": FORMAT_VERSION, "metadata_json": json.dumps(metadata),
                "tensors": tensors}
+    import torch  # here, not at import: the command line's error handling needs this module, not torch
+
     with atomic_path(path) as tmp:
         torch.save(archive, tmp)
     return Path(path)
@@ -46,6 +49,8 @@ def load_archive(path: str | os.PathLike, kind: str = MODEL_FORMAT,
     if not zipfile.is_zipfile(path):
         raise ModelFileError(f"{path}: not a readable {what} file (not a torch archive); it may be truncated "
                              f"or not a TwoFiveCNN file.")
+    import torch
+
     try:
         archive = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:

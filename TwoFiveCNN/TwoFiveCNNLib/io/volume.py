@@ -331,6 +331,20 @@ def read_image(path: str | os.PathLike) -> tuple[sitk.Image, list[str]]:
     return _check_image(image, p), warnings
 
 
+def voxel_count(path: str | os.PathLike) -> int | None:
+    """Voxels of a volume file from its header alone (cheap); None for folders and unreadable files."""
+    path = Path(path)
+    if not path.is_file() or not path.name.lower().endswith(VOLUME_SUFFIXES):
+        return None
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return None
+    return int(np.prod(reader.GetSize(), dtype=np.int64))
+
+
 def read_volume(path: str | os.PathLike) -> Volume:
     """Read NIfTI, NRRD, MetaImage or a DICOM series folder into a canonical :class:`Volume`.
 
