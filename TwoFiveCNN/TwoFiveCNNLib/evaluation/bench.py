@@ -188,20 +188,26 @@ def write_bench_studies(folder: Path, shape_zyx: tuple[int, int, int], count: in
     return paths
 
 
-def run_predict_process(inputs: list[Path], out: Path) -> tuple[float, int]:
-    """Wall seconds and peak resident KiB of one whole ``twofivecnn predict`` process, as users run it."""
-    command = [sys.executable, "-m", "TwoFiveCNNLib", "predict", *map(str, inputs), "--out", str(out), "--device",
-               "cpu"]
+# A whole ``twofivecnn predict`` that also reports its own peak memory (``VmHWM``): the peak a parent
+# reads from ``wait4`` would include the parent's memory at the moment it forked.
+PREDICT_REPORTING_PEAK = ("import sys; from TwoFiveCNNLib.app.cli import main; from TwoFiveCNNLib.io.memory import "
+                          "peak_rss_kb; code = main(sys.argv[1:]); print('peak_rss_kb', peak_rss_kb()); "
+                          "sys.exit(code)")
+
+
+def run_predict_process(inputs: list[Path], out: Path, report_peak: bool = False) -> tuple[float, int | None]:
+    """Wall seconds of one whole ``twofivecnn predict`` process, as users run it (``python -m``), or
+    with ``report_peak`` the same work with its peak resident KiB."""
+    arguments = ["predict", *map(str, inputs), "--out", str(out), "--device", "cpu"]
+    command = [sys.executable, "-c", PREDICT_REPORTING_PEAK, *arguments] if report_peak else \
+        [sys.executable, "-m", "TwoFiveCNNLib", *arguments]
     start = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(process.pid, 0)
+    run = subprocess.run(command, capture_output=True, text=True, check=False)
     seconds = time.perf_counter() - start
-    stderr = process.stderr.read().decode(errors="replace")
-    process.stderr.close()
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0:
-        raise RuntimeError(f"predict failed ({process.returncode}): {stderr[-2000:]}")
-    return seconds, usage.ru_maxrss
+    if run.returncode != 0:
+        raise RuntimeError(f"predict failed ({run.returncode}): {run.stderr[-2000:]}")
+    peaks = [int(line.split()[1]) for line in run.stdout.splitlines() if line.startswith("peak_rss_kb ")]
+    return seconds, peaks[-1] if peaks else None
 
 
 def bench_end_to_end(studies: dict[str, list[Path]], folder: Path, unit_seconds: float) -> dict:
@@ -253,7 +259,7 @@ def bench_stage_profile(path: Path, folder: Path) -> dict:
 def peak_rss_of_predict(slices: int, folder: Path) -> dict:
     """Peak resident memory of a whole ``predict`` process on one 512 x 512 x ``slices`` int16 study."""
     path = write_bench_studies(folder / f"rss_{slices}", (slices, 512, 512), 1)[0]
-    _, peak_kb = run_predict_process([path], folder / f"rss_{slices}_out")
+    _, peak_kb = run_predict_process([path], folder / f"rss_{slices}_out", report_peak=True)
     volume_mb = slices * 512 * 512 * 2 / 2**20
     return {"study": f"512x512x{slices} int16", "volume_mb": round(volume_mb), "peak_rss_mb": round(peak_kb / 1024),
             "peak_vs_volume": round(peak_kb / 1024 / volume_mb, 2)}
