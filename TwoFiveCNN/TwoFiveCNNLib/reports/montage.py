@@ -106,14 +106,16 @@ def attention_bars(attention: np.ndarray, shown: Sequence[int], slice_numbers: n
     )
 
 
-def _attention_strip(image: Image.Image, box: tuple[int, int, int, int], bars: AttentionBars) -> None:
-    """Bars of the attention of every slice, the slices shown in the montage in the accent colour."""
+def draw_attention_strip(image: Image.Image, box: tuple[int, int, int, int], bars: AttentionBars,
+                         x_label: str = "slice") -> Callable[[float, float], tuple[float, float]]:
+    """Bars of the attention of every slice, the highlighted ones (the slices a picture shows) in the
+    accent colour and numbered; returns the strip's (slice, value) -> pixel mapping."""
     values = np.asarray(bars.values)
     n = values.size
     low, high = min(0.0, float(values.min())), max(0.0, float(values.max()))
     y_lo, y_top, y_ticks = nice_range(low, high, max_ticks=3)
     y_hi = max(y_top, high + 0.18 * (high - low))  # room for the number labels above the tallest bars
-    to_pixel = draw_axes(image, box, (-0.5, n - 0.5), (y_lo, y_hi), bars.x_ticks, y_ticks, "slice", "attention")
+    to_pixel = draw_axes(image, box, (-0.5, n - 0.5), (y_lo, y_hi), bars.x_ticks, y_ticks, x_label, "attention")
     draw = ImageDraw.Draw(image)
     slot = (box[2] - box[0]) / n
     gap = 1 if slot >= 3 else 0
@@ -136,6 +138,7 @@ def _attention_strip(image: Image.Image, box: tuple[int, int, int, int], bars: A
         if all(centre + half < a or centre - half > b for a, b in taken):
             draw_text(draw, (centre, y), str(number), 12, INK, "mb")
             taken.append((centre - half, centre + half))
+    return to_pixel
 
 
 @dataclass(frozen=True)
@@ -216,7 +219,7 @@ def evidence_montage_png(
     strip_box = (MARGIN + 70, strip_top + 24, WIDTH - MARGIN - 10, strip_top + strip_height - 48)
     draw_text(draw, (strip_box[0], strip_top), "slice attention (shown slices in blue)", 14, INK, "lt")
     bars = attention_bars(attention, shown, numbers)
-    _attention_strip(image, strip_box, bars)
+    draw_attention_strip(image, strip_box, bars)
     draw_text(draw, (WIDTH / 2, image_height - MARGIN), footer, 13, MUTED, "mb")
     save_png(image, path)
     return MontageLayout(shown=shown, bars=bars, size=image.size)

@@ -25,16 +25,13 @@ from vtk.util.numpy_support import vtk_to_numpy
 from ..inference.prediction import DEMO_MODEL_NOTICE, Prediction
 from ..io.volume import Volume
 from ..reports.colours import ACCENT, BACKGROUND, BAND_COLOURS, BAR, INK, MUTED
+from ..reports.montage import attention_bars, draw_attention_strip
 from ..reports.plotting import (
     MARGIN,
     WIDTH,
-    draw_axes,
     draw_text,
-    nice_range,
-    nice_step,
     save_png,
     text_width,
-    tick_values,
 )
 from ..transforms.involvement import BAND_NAMES, INVOLVED_BANDS
 from .nodes import build_prediction_scene
@@ -294,22 +291,13 @@ def focus_voxel(prediction: Prediction, overlay: str = "evidence") -> tuple[int,
 
 def _attention_plot(image: Image.Image, box: tuple[int, int, int, int], attention: np.ndarray,
                     shown_k: int, most_attended: int) -> None:
-    """One bar per input slice ``k`` (the numbering of the JSON and the scene's table); the most
-    attended in the accent colour, and the slice the axial view shows marked when it is another."""
+    """One bar per input slice ``k`` (the numbering of the JSON and the scene's table), drawn as the
+    montage draws them, the most attended highlighted; the slice the views show marked when it is another."""
     n = attention.size
-    y_lo, y_hi, y_ticks = nice_range(0.0, float(attention.max()) * 1.15, max_ticks=4)
-    x_ticks = tick_values(0, n - 1, nice_step(n - 1, 8, integer=True)) if n > 1 else [0]
-    to_pixel = draw_axes(image, box, (-0.5, n - 0.5), (y_lo, y_hi), x_ticks, y_ticks, "input slice k", "attention")
-    draw = ImageDraw.Draw(image)
-    slot = (box[2] - box[0]) / n
-    gap = 1 if slot >= 3 else 0
-    for k, value in enumerate(attention):
-        (x0, top), (_, bottom) = to_pixel(k - 0.5, float(value)), to_pixel(k, 0.0)
-        right = max(round(x0) + gap, round(x0 + slot) - 1 - gap)
-        draw.rectangle([round(x0) + gap, top, right, bottom], fill=ACCENT if k == most_attended else BAR)
-    x, top = to_pixel(most_attended, float(attention[most_attended]))
-    draw_text(draw, (x, top - 3), f"k={most_attended}", 12, INK, "mb")
+    bars = attention_bars(attention, [most_attended], np.arange(n))
+    to_pixel = draw_attention_strip(image, box, bars, x_label="input slice k")
     if shown_k != most_attended:
+        draw = ImageDraw.Draw(image)
         x, _ = to_pixel(shown_k, 0.0)
         draw.line([(x, box[1]), (x, box[3])], fill=MUTED, width=1)
         draw_text(draw, (x + 4, box[1] + 4), f"views at k={shown_k}", 12, MUTED, "lt")
