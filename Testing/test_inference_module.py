@@ -9,8 +9,6 @@ scene and nodes, TwoFiveCNNLib, torch, the model file and the files on disk.
 from __future__ import annotations
 
 import shutil
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -223,32 +221,3 @@ def test_run_on_files_grades_the_good_and_reports_the_bad(logic, chest_ct_path, 
         logic.runOnFiles([studies], studies, tiny_model)
     with pytest.raises(ValueError, match="output folder"):
         logic.runOnFiles([studies], Path(), tiny_model)
-
-
-def test_check_torch_asks_the_pytorch_extension(module, monkeypatch):
-    monkeypatch.setitem(sys.modules, "PyTorchUtils", None)  # the PyTorch extension is not installed
-    with pytest.raises(RuntimeError, match='"PyTorch" extension.*Extensions Manager'):
-        module.TwoFiveCNNLogic().checkTorch()
-
-    calls = []
-
-    class MissingTorch:
-        torch = None
-
-        def torchInstalled(self):
-            return False
-
-        def installTorch(self, **kwargs):
-            calls.append(kwargs)
-            return self.torch
-
-    monkeypatch.setitem(sys.modules, "PyTorchUtils", types.SimpleNamespace(PyTorchUtilsLogic=MissingTorch))
-    with pytest.raises(RuntimeError, match="not installed"):  # the user declined
-        module.TwoFiveCNNLogic().checkTorch()
-    # Testing: no question asked; otherwise the user confirms. Either way with the version requirement.
-    assert calls == [{"askConfirmation": False, "torchVersionRequirement": ">=2.1"}]
-    monkeypatch.setattr(slicer.app, "testingEnabled", lambda: False)
-    MissingTorch.torch = types.SimpleNamespace(__version__="1.13.1")
-    with pytest.raises(RuntimeError, match="needs PyTorch >=2.1"):
-        module.TwoFiveCNNLogic().checkTorch()
-    assert calls[-1] == {"askConfirmation": True, "torchVersionRequirement": ">=2.1"}

@@ -33,14 +33,15 @@ from TwoFiveCNNLib.app.module_settings import (
     HOMEPAGE,
     LAST_MODEL_FILE_SETTING,
     POLL_INTERVAL_MS,
+    TORCH_INSTALL_NOTICE,
+    TORCH_MINIMUM_VERSION,
+    TORCH_SKIP_MESSAGE,
+    TORCH_VERSION_REQUIREMENT,
     device_option,
     path_is_set,
     python_executable,
+    torch_importable,
 )
-
-# Installed through the PyTorch extension's PyTorchUtils when missing (the user is asked first).
-TORCH_VERSION_REQUIREMENT = ">=2.1"
-TORCH_MINIMUM_VERSION = (2, 1)
 
 # Where TwoFiveCNNLib.inference.predict.BUNDLED_MODEL lives, known without importing torch (the widget shows
 # whether the demo model is there before anything heavy is loaded). A test keeps the two equal.
@@ -427,15 +428,16 @@ class TwoFiveCNNLogic(ScriptedLoadableModuleLogic):
         if self.logCallback:
             self.logCallback(message)
 
-    def checkTorch(self, askConfirmation=None):
+    def checkTorch(self, askConfirmation: bool = True, log=None):
         """Make sure a recent enough PyTorch is importable and return the ``torch`` module.
 
-        Installs PyTorch through the PyTorch extension when it is missing, asking the user first
-        (``askConfirmation`` None: ask unless Slicer runs its tests). Call it from an action the
-        user started, never at import time.
+        Installs PyTorch through the PyTorch extension when it is missing: first says in the log
+        (``log``, default :meth:`log`) what is downloaded and how long it may take, then asks the user
+        (unless ``askConfirmation`` is False) with the wait cursor of the calling button lifted, so the
+        question does not look like a busy application. Never installs while Slicer runs its tests:
+        a build machine must not download gigabytes (the self-tests skip instead). Call it from an
+        action the user started, never at import time.
         """
-        if askConfirmation is None:
-            askConfirmation = not slicer.app.testingEnabled()
         try:
             import PyTorchUtils
         except ModuleNotFoundError as error:
@@ -447,8 +449,17 @@ class TwoFiveCNNLogic(ScriptedLoadableModuleLogic):
         if torchLogic.torchInstalled():
             import torch
         else:
-            torch = torchLogic.installTorch(askConfirmation=askConfirmation,
-                                            torchVersionRequirement=TORCH_VERSION_REQUIREMENT)
+            if slicer.app.testingEnabled():
+                raise RuntimeError("PyTorch is not installed, and nothing is installed while Slicer runs its "
+                                   "tests. Install it in the PyTorch Utils module.")
+            (log or self.log)(TORCH_INSTALL_NOTICE)
+            if askConfirmation and not _confirmWithoutWaitCursor(
+                    TORCH_INSTALL_NOTICE + "\n\n" + _("Install PyTorch now?")):
+                torch = None
+            else:
+                # PyTorchUtils' own question would repeat ours, without the sizes: ours was asked.
+                torch = torchLogic.installTorch(askConfirmation=False,
+                                                torchVersionRequirement=TORCH_VERSION_REQUIREMENT)
             if torch is None:
                 raise RuntimeError(
                     "PyTorch is required but was not installed. Press Apply again to install it, "
@@ -746,6 +757,24 @@ class TwoFiveCNNLogic(ScriptedLoadableModuleLogic):
         return grid
 
 
+def _confirmWithoutWaitCursor(question: str) -> bool:
+    """Ask ``question`` (OK / Cancel) with the normal cursor, then put the caller's cursors back.
+
+    Buttons run their work under ``tryWithErrorDisplay(..., waitCursor=True)``: a question shown under
+    that busy cursor looks as if it could not be answered. Override cursors stack, so all are lifted
+    and restored in order, and the install that follows runs under the wait cursor again.
+    """
+    app, lifted = slicer.app, []
+    while app.overrideCursor() is not None and len(lifted) < 100:
+        lifted.append(app.overrideCursor().shape())
+        app.restoreOverrideCursor()
+    try:
+        return bool(slicer.util.confirmOkCancelDisplay(question, windowTitle=_("Install PyTorch")))
+    finally:
+        for shape in reversed(lifted):
+            app.setOverrideCursor(shape)
+
+
 def _versionAtLeast(version: str, minimum: tuple) -> bool:
     """Whether a version string such as "2.3.1+cu121" is at least ``minimum`` (major, minor)."""
     match = re.match(r"(\d+)\.(\d+)", version)
@@ -760,10 +789,11 @@ def _versionAtLeast(version: str, minimum: tuple) -> bool:
 class TwoFiveCNNTest(ScriptedLoadableModuleTest):
     """Self-tests on synthetic volume nodes, run with "Reload and Test" or by CTest.
 
-    They exercise the real logic and TwoFiveCNNLib (PyTorch is installed through the PyTorch
-    extension if missing, without asking, as Slicer does when testing). The grading tests use the
-    bundled demo model and are skipped, with a message, while it is not bundled; the project's pytest
-    suite runs them with a small model it trains itself (``modelPath``).
+    They exercise the real logic and TwoFiveCNNLib. The tests that need PyTorch check for it first
+    (:meth:`_torchOrSkip`): where Slicer's build machines run them without PyTorch, they are skipped
+    with a message rather than install it. The grading tests use the bundled demo model and are
+    skipped, with a message, while it is not bundled; the project's pytest suite runs them with a small
+    model it trains itself (``modelPath``).
     """
 
     modelPath = None  # None: the bundled demo model
@@ -780,8 +810,25 @@ class TwoFiveCNNTest(ScriptedLoadableModuleTest):
             self.setUp()
             test()
 
+    def _torchOrSkip(self) -> bool:
+        """Whether a test that needs PyTorch may go on; its first call.
+
+        While Slicer runs its tests (``--testing``, the build machines) a missing PyTorch is not
+        installed: the test says so and is skipped. Otherwise (Reload and Test) PyTorch is installed
+        as Apply does it, after asking.
+        """
+        if torch_importable():
+            return True
+        if slicer.app.testingEnabled():
+            self.delayDisplay(TORCH_SKIP_MESSAGE)
+            return False
+        TwoFiveCNNLogic().checkTorch()
+        return True
+
     def _modelOrSkip(self):
         """``(usable, modelPath)``: the model to grade with, or False after saying why the test is skipped."""
+        if not self._torchOrSkip():
+            return False, None
         path = pathlib.Path(self.modelPath) if self.modelPath else BUNDLED_MODEL_PATH
         if not path.is_file():
             self.delayDisplay(f"Skipped: no model at {path} (the demo model is not bundled yet).")
@@ -824,6 +871,8 @@ class TwoFiveCNNTest(ScriptedLoadableModuleTest):
         return generate_phantom(2, seed=5, orientation="LPS", shape_zyx=shape).array_kji
 
     def test_versionAtLeast(self):
+        self.assertTrue(_versionAtLeast("2.3.0", TORCH_MINIMUM_VERSION))
+        self.assertFalse(_versionAtLeast("2.2.2", TORCH_MINIMUM_VERSION))  # built for NumPy 1
         self.assertTrue(_versionAtLeast("2.1.0", (2, 1)))
         self.assertTrue(_versionAtLeast("2.10.0+cu121", (2, 1)))
         self.assertFalse(_versionAtLeast("1.13.1", (2, 1)))
@@ -845,8 +894,10 @@ class TwoFiveCNNTest(ScriptedLoadableModuleTest):
 
     def test_preprocessVolumeNode_grid(self):
         self.delayDisplay("Preprocessing a synthetic chest to the model grid")
+        if not self._torchOrSkip():
+            return
         logic = TwoFiveCNNLogic()
-        logic.checkTorch(askConfirmation=False)
+        logic.checkTorch()  # and recent enough
         from TwoFiveCNNLib.transforms.preprocess import PreprocessConfig
 
         volumeNode = slicer.util.addVolumeFromArray(self._syntheticChest(), np.diag([0.8, 0.8, 2.0, 1.0]))
@@ -861,8 +912,10 @@ class TwoFiveCNNTest(ScriptedLoadableModuleTest):
 
     def test_preprocessVolumeNode_ignores_storage_order(self):
         self.delayDisplay("The same anatomy stored left-to-right or right-to-left gives the same grid")
+        if not self._torchOrSkip():
+            return
         logic = TwoFiveCNNLogic()
-        logic.checkTorch(askConfirmation=False)
+        logic.checkTorch()  # and recent enough
         from TwoFiveCNNLib.transforms.preprocess import PreprocessConfig
 
         array = self._syntheticChest()
@@ -932,6 +985,8 @@ class TwoFiveCNNTest(ScriptedLoadableModuleTest):
 
     def test_process_failure_adds_no_nodes(self):
         self.delayDisplay("A model file that is not a model fails without leaving nodes behind")
+        if not self._torchOrSkip():
+            return
         import tempfile
 
         logic = TwoFiveCNNLogic()

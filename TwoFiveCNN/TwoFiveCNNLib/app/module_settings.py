@@ -1,4 +1,5 @@
-"""What the two Slicer modules (TwoFiveCNN and TwoFiveCNN Training) share: keys, links, words, path checks.
+"""What the two Slicer modules (TwoFiveCNN and TwoFiveCNN Training) share: keys, links, words, path checks,
+the PyTorch floor.
 
 Both module files import this when Slicer starts, so it must stay light: standard library only, and
 none of TwoFiveCNNLib's heavy parts (torch, numpy), which wait until a module actually needs them.
@@ -21,6 +22,41 @@ POLL_INTERVAL_MS = 500
 # The one place the two vocabularies meet: a panel shows the keys, the command line gets the values.
 DEVICES = {"auto": "auto", "CPU": "cpu", "GPU": "cuda"}
 DEVICE_CHOICES = tuple(DEVICES)
+
+
+# PyTorch, which PyTorchUtils (the PyTorch extension) installs on first use. The floor is the first
+# torch release built for NumPy 2 (pytorch/pytorch#107302): Slicer >= 5.10 ships NumPy 2, and an older
+# torch fails there on the first array it is given. Both modules ask for it; the package's own
+# requirement in pyproject.toml is checked against it (Testing/test_first_run_torch.py).
+TORCH_MINIMUM_VERSION = (2, 3)
+TORCH_VERSION_REQUIREMENT = ">={}.{}".format(*TORCH_MINIMUM_VERSION)
+# Said in the panel's log before anything is downloaded, and in the question that follows: a first
+# Apply that silently goes away for minutes looks like a hang.
+TORCH_INSTALL_NOTICE = (
+    f"PyTorch (torch{TORCH_VERSION_REQUIREMENT}) is not installed yet. It will be downloaded and installed "
+    "through the PyTorch extension: about 200 MB for the CPU build, over 2 GB for the CUDA build chosen when "
+    "an NVIDIA GPU is found. This takes a few minutes, longer on a slow connection, and Slicer may not "
+    "respond until it is done. It happens only once."
+)
+# Why a self-test that needs torch did not run: Slicer's build machines may test the extension without
+# PyTorch, and a test must not download gigabytes there. Starts like every other skip message.
+TORCH_SKIP_MESSAGE = (
+    "Skipped: PyTorch is not installed, and the self-tests never install it while Slicer runs its tests. "
+    "Install PyTorch in the PyTorch Utils module to run this test."
+)
+
+
+def torch_importable() -> bool:
+    """Whether ``import torch`` works here, installing nothing.
+
+    The self-tests ask this before a test that needs torch. It imports torch when present (those tests
+    need it anyway); only a failed import means absent, whatever the installed files say.
+    """
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def device_option(choice: str | None) -> str:
