@@ -32,6 +32,7 @@ from TwoFiveCNNLib.app.module_settings import (
     DEVICE_CHOICES,
     HOMEPAGE,
     LAST_MODEL_FILE_SETTING,
+    OVERLAY_KINDS,
     POLL_INTERVAL_MS,
     TORCH_INSTALL_NOTICE,
     TORCH_MINIMUM_VERSION,
@@ -150,7 +151,8 @@ class TwoFiveCNNParameterNode:
     useDemoModel: grade with the bundled synthetic-phantom demo model instead of ``modelPath``.
     modelPath: a model file written by TwoFiveCNN training.
     device: "auto" (GPU when available), "CPU" or "GPU".
-    showOverlay, overlayOpacity: the evidence map as the slice views' foreground layer.
+    showOverlay, overlayOpacity: the chosen overlay as the slice views' foreground layer.
+    overlayKind: which overlay: "evidence" (the evidence map) or "lung bands" (the HU bands of the lungs).
     batchInputFolder, batchOutputFolder, batchWriteScenes: the Batch section.
     """
 
@@ -159,6 +161,7 @@ class TwoFiveCNNParameterNode:
     modelPath: pathlib.Path
     device: Annotated[str, Choice(list(DEVICE_CHOICES))] = "auto"
     showOverlay: bool = True
+    overlayKind: Annotated[str, Choice(list(OVERLAY_KINDS))] = "evidence"
     overlayOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.4
     batchInputFolder: pathlib.Path
     batchOutputFolder: pathlib.Path
@@ -201,6 +204,7 @@ class TwoFiveCNNWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.overlayCheckBox.connect("toggled(bool)", self.onOverlayChanged)
+        self.ui.overlayKindComboBox.connect("currentIndexChanged(int)", self.onOverlayChanged)
         self.ui.opacitySliderWidget.connect("valueChanged(double)", self.onOverlayChanged)
         self.ui.jumpButton.connect("clicked(bool)", self.onJumpButton)
         self.ui.showPlotButton.connect("clicked(bool)", self.onShowPlotButton)
@@ -299,7 +303,7 @@ class TwoFiveCNNWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         nodes = self.logic.resultNodes(volumeNode)
         self.ui.resultTableView.setMRMLTableNode(nodes.table_node if nodes else None)
         for widget in (self.ui.jumpButton, self.ui.showPlotButton, self.ui.overlayCheckBox,
-                       self.ui.opacitySliderWidget):
+                       self.ui.overlayKindComboBox, self.ui.opacitySliderWidget):
             widget.enabled = nodes is not None
         if nodes is None:
             self.ui.resultLabel.text = _("No result yet for {name}.").format(name=volumeNode.GetName()) \
@@ -321,8 +325,8 @@ class TwoFiveCNNWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 slicer.app.userSettings().setValue(LAST_MODEL_FILE_SETTING, str(modelPath))
             self._showResults()
             if self._parameterNode.showOverlay:
-                self.logic.showOverlay(volumeNode, result.evidence_node, True,
-                                       self._parameterNode.overlayOpacity)
+                self.logic.showOverlay(volumeNode, self.logic.overlayNode(result.nodes, self._parameterNode.overlayKind),
+                                       True, self._parameterNode.overlayOpacity)
 
     def onOverlayChanged(self, *args) -> None:
         if self._connectingGui or not self._parameterNode:
@@ -330,7 +334,8 @@ class TwoFiveCNNWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         nodes = self.logic.resultNodes(self._parameterNode.inputVolume)
         if nodes is None:
             return
-        self.logic.showOverlay(self._parameterNode.inputVolume, nodes.evidence_node,
+        self.logic.showOverlay(self._parameterNode.inputVolume,
+                               self.logic.overlayNode(nodes, self.ui.overlayKindComboBox.currentText),
                                self.ui.overlayCheckBox.checked, self.ui.opacitySliderWidget.value)
 
     def onJumpButton(self) -> None:
@@ -705,6 +710,16 @@ class TwoFiveCNNLogic(ScriptedLoadableModuleLogic):
             if text:
                 lines.append(text)
         return "\n".join(lines)
+
+    @staticmethod
+    def overlayNode(nodes, kind: str = "evidence"):
+        """The result node the overlay choice ``kind`` shows: the evidence map, or the lung band labels
+        (the evidence map when the model measured no lungs)."""
+        if kind not in OVERLAY_KINDS:
+            raise ValueError(f"overlay {kind!r}: choose one of {list(OVERLAY_KINDS)}.")
+        if OVERLAY_KINDS[kind] == "bands" and getattr(nodes, "bands_node", None) is not None:
+            return nodes.bands_node
+        return nodes.evidence_node
 
     def showOverlay(self, inputVolume, evidenceNode, visible: bool = True, opacity: float = 0.4) -> None:
         """The evidence map as foreground over ``inputVolume`` in every slice view (or remove it)."""

@@ -22,6 +22,8 @@ POLL_INTERVAL_MS = 500
 # The one place the two vocabularies meet: a panel shows the keys, the command line gets the values.
 DEVICES = {"auto": "auto", "CPU": "cpu", "GPU": "cuda"}
 DEVICE_CHOICES = tuple(DEVICES)
+# The inference panel's overlay choices (the words shown) and the result node each one shows.
+OVERLAY_KINDS = {"evidence": "evidence", "lung bands": "bands"}
 
 
 # PyTorch, which PyTorchUtils (the PyTorch extension) installs on first use. The floor is the first
