@@ -88,3 +88,13 @@ def test_help_and_argument_errors_do_not_import_torch(argv):
     run = subprocess.run([sys.executable, "-c", code, *argv], check=False, capture_output=True, text=True,
                          timeout=120)
     assert run.stdout.strip().splitlines()[-1] == "False False", run.stderr[-2000:]
+
+
+def test_channels_last_backbone_gives_the_contiguous_results(feet_first_study):
+    """The loaded backbone is channels-last for speed; its grades are those of the plain layout."""
+    fast = load_model(None, "cpu")
+    plain = load_model(None, "cpu")
+    plain.slice_classifier.to(memory_format=torch.contiguous_format)
+    a, b = predict_volume(fast, feet_first_study), predict_volume(plain, feet_first_study)
+    assert list(a.probabilities.values()) == pytest.approx(list(b.probabilities.values()), abs=1e-4)
+    assert np.abs(a.evidence_kji.astype(np.float32) - b.evidence_kji.astype(np.float32)).max() <= PROBABILITY_STEP
