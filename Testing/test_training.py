@@ -369,3 +369,18 @@ def test_allow_partial_trains_reports_and_records_the_partial_load(phantom_cohor
     assert metadata["train_config"]["allow_partial"] is True
     assert metadata["train_config"]["pretrained"] == str(partial)
     assert metadata["pretrained"]["parameters_loaded"] == 36 and metadata["pretrained"]["missing"]["count"] == 48
+
+
+def test_a_checkpoint_from_before_a_new_setting_still_resumes(tmp_path):
+    """A setting added since a checkpoint was saved counts as its default; a changed one refuses."""
+    from TwoFiveCNNLib.io.model_file import CHECKPOINT_FORMAT, save_archive
+    from TwoFiveCNNLib.training.checkpoint import Checkpoint
+
+    path = tmp_path / "run.pt.ckpt"
+    saved = TINY_CONFIG.to_dict()
+    del saved["allow_partial"]  # as written before the setting existed
+    save_archive(path, CHECKPOINT_FORMAT, {"w": torch.zeros(1)}, {"stage": "stage1", "epoch": 1, "history": [],
+                                                                  "config": saved})
+    assert Checkpoint(path, TINY_CONFIG).load() is not None
+    with pytest.raises(ValueError, match="other settings"):
+        Checkpoint(path, replace(TINY_CONFIG, seed=TINY_CONFIG.seed + 1)).load()

@@ -26,12 +26,20 @@ class Checkpoint:
         if not self.path.exists():
             return None
         tensors, metadata = load_archive(self.path, CHECKPOINT_FORMAT)
-        if metadata["config"] != self.config.to_dict():
+        if not self._same_settings(metadata["config"]):
             raise ValueError(
                 f"{self.path}: this checkpoint was made with other settings; resume with the same command "
                 f"line, or delete the checkpoint to start afresh."
             )
         return tensors, metadata
+
+    def _same_settings(self, saved: dict) -> bool:
+        """Whether a checkpoint's settings are this run's; settings added since it was saved count as
+        their defaults (a checkpoint from before ``allow_partial`` resumes a run without it)."""
+        try:
+            return type(self.config).from_dict(saved).to_dict() == self.config.to_dict()
+        except (TypeError, KeyError, ValueError):
+            return False
 
     def remove(self) -> None:
         if distributed_rank_world()[0] == 0:
