@@ -367,8 +367,9 @@ def test_save_prediction_scene_reloads(chest: Volume, chest_ct_path: Path, tmp_p
     assert mrml == tmp_path / "case 1.mrml" and mrml.is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["case 1.mrml", "case 1_data"]
     data = sorted(p.name for p in (tmp_path / "case 1_data").iterdir())
+    assert "case_1.nrrd" not in data  # the input is read from its own file, not copied
+    assert chest_ct_path.name in mrml.read_text(encoding="utf-8")
     assert {
-        "case_1.nrrd",
         "case_1_evidence.nrrd",
         "case_1_severity.tsv",
         "case_1_slice_attention.tsv",
@@ -383,6 +384,12 @@ def test_save_prediction_scene_reloads(chest: Volume, chest_ct_path: Path, tmp_p
     save_prediction_scene(again, chest, tmp_path, "case 1")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["case 1.mrml", "case 1_data"]
     check_reloaded(reload(mrml), "case 1", again, chest.to_original(chest.array), chest.geometry.ijk_to_ras())
+
+    # A volume with no file behind it is copied into the scene's data folder.
+    unsourced = Volume(chest.array, chest.spacing_zyx, chest.geometry, "")
+    mrml = save_prediction_scene(again, unsourced, tmp_path / "copied", "case 2")
+    assert "case_2.nrrd" in {p.name for p in (tmp_path / "copied" / "case 2_data").iterdir()}
+    check_reloaded(reload(mrml), "case 2", again, chest.to_original(chest.array), chest.geometry.ijk_to_ras())
 
     with pytest.raises(ValueError, match="plain file name"):
         save_prediction_scene(prediction, chest, tmp_path, "../escape")

@@ -516,6 +516,8 @@ def save_scene(scene: slicer.vtkMRMLScene, mrml_path: str | os.PathLike) -> Path
     for node in storable:
         if not node.GetSaveWithScene():  # e.g. Slicer's built-in colour tables
             continue
+        if node.GetAttribute(LINKED_ATTRIBUTE) == "1" and node.GetStorageNode() is not None:
+            continue  # read from its source file (save_prediction_scene links the input CT)
         storage = node.GetStorageNode()
         if storage is None:
             storage = node.CreateDefaultStorageNode()
@@ -551,6 +553,28 @@ def _add_input_volume(
     return node
 
 
+LINKED_ATTRIBUTE = ATTRIBUTE_PREFIX + "linkedInput"  # a node whose data is its source file, not rewritten
+LINKABLE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+def _link_to_source(node: slicer.vtkMRMLScalarVolumeNode, volume: Volume) -> bool:
+    """Let the scene read the input from the file it came from instead of a copy in its data folder:
+    a saved scene costs the outputs, not another copy of the CT. Only single volume files (not DICOM
+    folders) that still hold what was read; returns whether the node was linked."""
+    source = Path(volume.source) if volume.source else None
+    if source is None or not source.is_file() or not source.name.lower().endswith(LINKABLE_SUFFIXES):
+        return False
+    storage = node.GetStorageNode() or node.CreateDefaultStorageNode()
+    if storage is None:
+        return False
+    if storage.GetScene() is None:
+        node.GetScene().AddNode(storage)
+        node.SetAndObserveStorageNodeID(storage.GetID())
+    storage.SetFileName(str(source.resolve()))
+    node.SetAttribute(LINKED_ATTRIBUTE, "1")
+    return True
+
+
 def _move_into(source_dir: Path, target_dir: Path) -> None:
     """Move every entry of ``source_dir`` onto ``target_dir``, folders first so the .mrml lands last."""
     for entry in sorted(source_dir.iterdir(), key=lambda p: (not p.is_dir(), p.name)):
@@ -582,7 +606,8 @@ def save_prediction_scene(
     out_dir: str | os.PathLike,
     name: str,
 ) -> Path:
-    """Write ``<out_dir>/<name>.mrml`` and ``<out_dir>/<name>_data/``: the input CT and every result node.
+    """Write ``<out_dir>/<name>.mrml`` and ``<out_dir>/<name>_data/``: every result node, and the input
+    CT as a link to its file when it came from a single volume file (else a copy in the data folder).
 
     Headless and independent of ``slicer.mrmlScene``: a new scene is built and written into a
     temporary folder inside ``out_dir``, then moved into place, so an interrupted run leaves the
@@ -597,7 +622,8 @@ def save_prediction_scene(
     )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    scene, _input_node, _nodes = build_prediction_scene(prediction, volume, name)
+    scene, input_node, _nodes = build_prediction_scene(prediction, volume, name)
+    _link_to_source(input_node, volume)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=out_dir))
     try:
         save_scene(scene, staging / f"{name}.mrml")
