@@ -1,0 +1,101 @@
+"""Does the evidence point at the lesions? Scores against voxel masks, where a cohort has them
+(``twofivecnn synth`` writes them beside its studies; ``twofivecnn evaluate --masks``).
+
+- Voxel AUC, per study: the Mann-Whitney AUC of the evidence at lesion voxels against the evidence
+  at the other voxels of the (lesion-inclusive) lung mask, on the study's own grid.
+- Attention rank correlation, per study: Spearman's correlation between the slice attention and the
+  number of lesion voxels in each slice, both in the input's own slice order.
+
+Both are averaged over the studies that have lesions; studies without lesions have neither.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+from ..data.index import DatasetIndex
+from ..inference.predict import predict_volume
+from ..io.volume import read_volume, study_name
+from ..networks.severity_model import SeverityModel
+
+LESION_SUFFIX, LUNGS_SUFFIX = "_lesion.nii.gz", "_lungs.nii.gz"
+
+
+def voxel_auc(evidence: np.ndarray, lesion: np.ndarray, lungs: np.ndarray) -> float | None:
+    """Mann-Whitney AUC of ``evidence`` at lesion voxels against the other lung voxels (ties count
+    half); None without lesion voxels or without other lung voxels. Computed on the distinct values,
+    so a study of millions of voxels costs one sort."""
+    inside = lungs > 0
+    positive = inside & (lesion > 0)
+    negative = inside & ~(lesion > 0)
+    n_positive, n_negative = int(positive.sum()), int(negative.sum())
+    if n_positive == 0 or n_negative == 0:
+        return None
+    values = np.asarray(evidence)[inside].astype(np.float32)
+    levels, codes = np.unique(values, return_inverse=True)
+    is_positive = positive[inside]
+    positive_counts = np.bincount(codes[is_positive], minlength=levels.size)
+    negative_counts = np.bincount(codes[~is_positive], minlength=levels.size)
+    negative_below = np.cumsum(negative_counts) - negative_counts
+    wins = float(np.sum(positive_counts * (negative_below + 0.5 * negative_counts)))
+    return wins / (n_positive * n_negative)
+
+
+def attention_rank_correlation(slice_attention: np.ndarray, lesion_kji: np.ndarray) -> float | None:
+    """Spearman's correlation of per-slice attention with per-slice lesion voxels (input slice order k);
+    None when either is constant over the slices."""
+    counts = np.asarray(lesion_kji > 0).reshape(len(lesion_kji), -1).sum(axis=1)
+    attention = np.asarray(slice_attention, dtype=float)
+    if attention.shape != counts.shape:
+        raise ValueError(f"{attention.size} attention weights for {counts.size} slices.")
+    if np.ptp(counts) == 0 or np.ptp(attention) == 0:
+        return None
+    return float(stats.spearmanr(attention, counts).statistic)
+
+
+def read_masks(masks_dir: str | os.PathLike, study_path: str | os.PathLike, geometry) -> tuple[np.ndarray, np.ndarray]:
+    """A study's lesion and lung masks (storage order), checked to lie on the study's own grid."""
+    name = study_name(study_path)
+    masks = []
+    for suffix in (LESION_SUFFIX, LUNGS_SUFFIX):
+        path = Path(masks_dir) / f"{name}{suffix}"
+        if not path.is_file():
+            raise ValueError(f"{path}: no {suffix[1:-7]} mask for study {study_path}; --masks must be the "
+                             f"folder `twofivecnn synth` wrote beside studies/ (masks/).")
+        volume = read_volume(path)
+        if volume.geometry.size != geometry.size or not np.allclose(
+                [*volume.geometry.spacing, *volume.geometry.origin, *volume.geometry.direction],
+                [*geometry.spacing, *geometry.origin, *geometry.direction], atol=1e-4):
+            raise ValueError(f"{path}: its grid differs from its study's ({study_path}); masks must be on the "
+                             f"study's own grid.")
+        masks.append(volume.to_original(volume.array) > 0)
+    return masks[0], masks[1]
+
+
+def evaluate_masks(model: SeverityModel, data: str | os.PathLike, masks_dir: str | os.PathLike,
+                   progress: Callable[[int, int], None] | None = None) -> dict:
+    """Voxel AUC and attention rank correlation of every study of ``data`` that has lesions, each
+    study predicted as ``predict`` does, and their means."""
+    index = DatasetIndex.load(data)
+    rows = []
+    for done, study in enumerate(index.studies, start=1):
+        volume = read_volume(study.path)
+        lesion, lungs = read_masks(masks_dir, study.path, volume.geometry)
+        prediction = predict_volume(model, volume)
+        rows.append({"study_id": study.study_id, "label": study.label, "lesion_voxels": int(lesion.sum()),
+                     "voxel_auc": voxel_auc(prediction.evidence_kji, lesion, lungs),
+                     "attention_rank_correlation": attention_rank_correlation(prediction.slice_attention, lesion)})
+        if progress is not None:
+            progress(done, len(index.studies))
+
+    def mean(key: str) -> float | None:
+        values = [row[key] for row in rows if row[key] is not None]
+        return float(np.mean(values)) if values else None
+
+    return {"voxel_auc": mean("voxel_auc"), "attention_rank_correlation": mean("attention_rank_correlation"),
+            "studies_with_lesions": sum(row["lesion_voxels"] > 0 for row in rows), "studies": rows}
