@@ -32,6 +32,33 @@ def run_phantoms(args) -> int:
     return 0
 
 
+def _add_synth(sub) -> None:
+    p = sub.add_parser("synth", help="insert COVID-19 lesions into real normal chest CTs: a MosMed-style "
+                                     "folder, with lesion and lung masks beside it")
+    p.add_argument("--base", required=True, nargs="+", type=Path, metavar="CT",
+                   help="normal chest CT volume files, or folders of them (e.g. MosMedData's CT-0 folder)")
+    p.add_argument("--out", required=True, type=Path,
+                   help="writes OUT/studies/CT-k/study_NNNN.nii.gz, OUT/masks/ and OUT/synth.json")
+    p.add_argument("--counts", default="10,10,10,10,10",
+                   help="studies per class CT-0..CT-4 (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=run_synth)
+
+
+def run_synth(args) -> int:
+    from ..data.phantoms import parse_counts
+    from ..data.synth import write_synth_cohort
+
+    counts = parse_counts(args.counts)
+    command = " ".join(["twofivecnn synth --base", *(str(b) for b in args.base), "--out", str(args.out),
+                        "--counts", args.counts, "--seed", str(args.seed)])
+    paths = write_synth_cohort(args.base, args.out, counts, args.seed, command=command,
+                               progress=_counter("synth", every_call=True))
+    print(f"wrote {len(paths)} lesion-inserted studies to {args.out / 'studies'}, their masks to "
+          f"{args.out / 'masks'}, and {args.out / 'synth.json'}")
+    return 0
+
+
 def _add_index(sub) -> None:
     p = sub.add_parser("index", help="check a dataset, print its summary and optionally save a split")
     p.add_argument("data", type=Path, help="MosMed-style folder or CSV (path,label)")
@@ -174,6 +201,9 @@ def _add_evaluate(sub) -> None:
                    help="auto: the model's test split if DATA is its training set, else every study")
     p.add_argument("--json", type=Path, help="write metrics JSON here")
     p.add_argument("--confusion", type=Path, help="write the confusion matrix picture here (.png)")
+    p.add_argument("--masks", type=Path,
+                   help="folder of <study>_lesion.nii.gz and <study>_lungs.nii.gz (as `synth` writes beside "
+                        "studies/): also score where the evidence points (voxel AUC, attention rank correlation)")
     p.add_argument("--device", default="auto")
     p.add_argument("--cache", type=Path)
     p.set_defaults(run=run_evaluate)
@@ -195,6 +225,18 @@ def run_evaluate(args) -> int:
     for name, metrics in report["components"].items():
         print(f"  {name}: balanced accuracy {metrics['balanced_accuracy']:.3f}, "
               f"QWK {metrics['quadratic_weighted_kappa']:.3f}")
+    if args.masks:
+        from ..evaluation.localisation import evaluate_masks
+
+        report["localisation"] = evaluate_masks(model, args.data, args.masks, progress=_counter("localisation"))
+        localisation = report["localisation"]
+
+        def figure(value: float | None) -> str:
+            return "n/a" if value is None else f"{value:.3f}"
+
+        print(f"localisation over {localisation['studies_with_lesions']} studies with lesions: voxel AUC "
+              f"{figure(localisation['voxel_auc'])}, attention rank correlation "
+              f"{figure(localisation['attention_rank_correlation'])}")
     if args.json:
         write_json_atomic(args.json, report)
     if args.confusion:
@@ -371,7 +413,8 @@ def _init_distributed() -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="twofivecnn", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_phantoms, _add_index, _add_train, _add_evaluate, _add_predict, _add_demo, _add_bench):
+    for add in (_add_phantoms, _add_synth, _add_index, _add_train, _add_evaluate, _add_predict, _add_demo,
+                _add_bench):
         add(sub)
     return parser
 

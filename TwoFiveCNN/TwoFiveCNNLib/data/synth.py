@@ -1,0 +1,586 @@
+"""Realistic synthetic studies: COVID-19 lesions inserted into real chest CT (``twofivecnn synth``).
+
+Phantoms (:mod:`.phantoms`) know their grade exactly but are not anatomy; real COVID-19 studies are
+anatomy but their masks are scarce and cannot ship. Inserting lesions into real, normal chest CTs
+gives both: real lungs, vessels, airways and chest wall around lesions whose extent, and so whose
+MosMed grade, is known voxel for voxel. Per study, from one base CT:
+
+1. the anatomy varies: a small in-plane affine (rotation, scale, shift) and a mild smooth elastic
+   deformation, applied to the HU and to the base's lung labels with the same coordinates; thicker
+   slices (never finer than the base, each new slice the average of the base slices it covers);
+   a cropped field of view (the body may touch the edge, the lungs stay whole);
+2. the lesion-inclusive lung mask is the base's own lungs (:func:`segment_lungs` on the untouched
+   base), carried along by step 1, so lesions of any density lie in it by construction;
+3. the lesion covers exactly a share of the lung voxels drawn within the grade's MosMed range: the
+   top of a score (smooth multifocal blobs plus peripheral, posterior and basal predominance), in one
+   lung or both;
+4. inside it, ground glass that keeps the vessels, consolidation (more of it at higher grades) and
+   crazy paving (ground glass under a reticular network), with edges blended over a voxel or two;
+5. scanner noise, then the study is stored as LPS, RAS or feet-first (storage order and direction).
+
+Everything is drawn from the seed, so the same seed and bases give the same bytes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from ..io.atomic import write_json_atomic
+from ..io.volume import (
+    VOLUME_SUFFIXES,
+    Geometry,
+    VolumeError,
+    canonical_axes,
+    read_volume,
+    voxel_count,
+    write_volume,
+)
+from ..transforms.lungs import LEFT_LUNG, RIGHT_LUNG, segment_lungs
+from .phantoms import N_CLASSES, _check_counts, study_seed
+
+SYNTH_VERSION = 1
+# Involved share of the lung voxels per grade (CT-0..CT-4): MosMed's ranges, a point clear of each
+# boundary so that the grade never hangs on rounding or on a measurement's small error.
+INVOLVEMENT_RANGES: tuple[tuple[float, float], ...] = (
+    (0.0, 0.0), (0.06, 0.24), (0.26, 0.49), (0.51, 0.74), (0.76, 0.95),
+)
+# Share of the lesion that is consolidation, per grade: it rises as the disease progresses.
+CONSOLIDATION_RANGES: tuple[tuple[float, float], ...] = (
+    (0.0, 0.0), (0.0, 0.15), (0.05, 0.3), (0.15, 0.45), (0.25, 0.6),
+)
+CRAZY_PAVING_CHANCE = (0.0, 0.25, 0.4, 0.5, 0.5)  # per grade: a study shows crazy paving at all
+BILATERAL_CHANCE = (0.0, 0.6, 0.8, 0.95, 1.0)  # per grade; a share one lung cannot hold is bilateral anyway
+GROUND_GLASS_HU = (-650.0, -450.0)  # the study's ground-glass level
+CONSOLIDATION_HU = (-50.0, 50.0)
+RETICULAR_HU = (150.0, 250.0)  # crazy paving: the lines stand this far above the ground glass
+NOISE_HU = (0.0, 25.0)  # standard deviation of the scanner noise added to the whole study
+ROTATION_DEG = 8.0
+SCALE_RANGE = (0.92, 1.08)  # per in-plane axis
+SHIFT_MM = 6.0
+ELASTIC_MM = (0.0, 3.0)  # standard deviation of the elastic displacement at its control points
+ELASTIC_GRID = (3, 5, 5)  # control points (z, y, x): a few, so the deformation stays smooth
+MAX_CROP = 0.2  # of the in-plane size, per side, never into the lungs
+SLICE_MM = (1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 5.0)  # slice spacings to draw from (those not finer than the base)
+# Stored orientations as index axes (k, j, i) reversed from the canonical LPS grid, with the direction
+# following, exactly as an archive that stores the same CT otherwise would.
+ORIENTATIONS: dict[str, tuple[bool, bool, bool]] = {
+    "LPS": (False, False, False),  # identity direction, first slice at the feet
+    "RAS": (False, True, True),  # rows and columns reversed: direction diag(-1, -1, 1)
+    "feet-first": (True, False, False),  # slices reversed: direction z -1, first slice at the head
+}
+WALL_HU = 40.0  # soft tissue of the chest wall, for the partial-volume voxels at a lesion's pleural edge
+PURE_AIR_HU = -700.0  # outside the lung mask and below this: airway or outside air, left alone
+MIN_LUNG_ML = 100.0  # a base whose lungs are smaller is not a chest CT
+HU_RANGE = (-1024.0, 3071.0)  # the stored range; padding outside the scanner's circle reads as air
+
+
+@dataclass(frozen=True)
+class BaseCT:
+    """A normal chest CT that lesions are inserted into: canonical HU and its lung labels.
+
+    The lung labels come from the untouched base, so they are what TwoFiveCNN's own lung segmentation
+    finds on a normal chest; lesions are then placed inside them.
+    """
+
+    name: str  # file name, as synth.json records it
+    hu: np.ndarray  # float32, canonical [z, y, x], clipped to HU_RANGE
+    lungs: np.ndarray  # uint8 labels on the same grid: RIGHT_LUNG, LEFT_LUNG
+    spacing_zyx: tuple[float, float, float]
+    origin_lps: tuple[float, float, float]  # LPS position of canonical voxel [0, 0, 0]
+
+
+@dataclass
+class SynthStudy:
+    """One synthetic study in its stored orientation, with its masks on the same grid and geometry."""
+
+    array_kji: np.ndarray  # int16 HU, storage order
+    lesion_kji: np.ndarray  # uint8: 1 lesion
+    lungs_kji: np.ndarray  # uint8: 1 right lung, 2 left lung (lesion included)
+    geometry: Geometry
+    info: dict
+
+
+# ------------------------------------------------------------------------------------------- bases
+
+
+def find_bases(paths: Sequence[str | os.PathLike]) -> list[Path]:
+    """The base volume files: files as given, folders expanded to their volume files (sorted by name).
+
+    Every file's header is read here, so a bad base is refused before any study is made.
+    """
+    if not paths:
+        raise VolumeError("--base: give at least one normal chest CT volume file, or a folder of them.")
+    found: list[Path] = []
+    for given in paths:
+        path = Path(given).expanduser()
+        if not path.exists():
+            raise VolumeError(f"--base {path}: no such file or folder. Give normal chest CT volume files "
+                              f"({', '.join(VOLUME_SUFFIXES)}) or folders of them.")
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")
+                           and p.name.lower().endswith(VOLUME_SUFFIXES))
+            if not files:
+                raise VolumeError(f"--base {path}: the folder holds no volume files "
+                                  f"({', '.join(VOLUME_SUFFIXES)}). Give a folder of normal chest CT volumes, "
+                                  f"such as MosMedData's CT-0 folder, "
+                                  f"or the files themselves.")
+        else:
+            if not path.name.lower().endswith(VOLUME_SUFFIXES):
+                raise VolumeError(f"--base {path}: not a volume file. Give normal chest CT volume files "
+                                  f"({', '.join(VOLUME_SUFFIXES)}) or folders of them (convert DICOM first).")
+            files = [path]
+        for file in files:
+            if voxel_count(file) is None:
+                raise VolumeError(f"--base {file}: cannot be read as an image (truncated, corrupt, or not "
+                                  f"really a volume file). Re-export it, or leave it out of --base.")
+        found.extend(files)
+    return found
+
+
+def load_base(path: str | os.PathLike) -> BaseCT:
+    """Read a base CT into the canonical grid and find its lungs (refused if it has none)."""
+    volume = read_volume(path)
+    if volume.array.shape[0] < 2:
+        raise VolumeError(f"--base {path}: a single axial slice; a base must be a whole chest CT volume.")
+    lungs = segment_lungs(volume.array, volume.spacing_zyx)
+    lung_ml = float(np.count_nonzero(lungs)) * float(np.prod(volume.spacing_zyx)) / 1000
+    if lung_ml < MIN_LUNG_ML:
+        raise VolumeError(f"--base {path}: no lungs found ({lung_ml:.0f} mL of lung); bases must be chest CTs "
+                          f"in Hounsfield units that show the lungs. Leave this file out of --base.")
+    hu = np.clip(volume.array, *HU_RANGE).astype(np.float32)
+    return BaseCT(Path(path).name, hu, lungs, volume.spacing_zyx, _canonical_origin(volume.geometry))
+
+
+def _canonical_origin(geometry: Geometry) -> tuple[float, float, float]:
+    """LPS position of canonical voxel [0, 0, 0]: the stored voxel at the low end of every LPS axis.
+
+    Studies are stored on axis-aligned grids from there, so an oblique base comes out straightened
+    (the tilt is one more small rotation of the anatomy)."""
+    source_axes, flips = canonical_axes(geometry.direction_matrix)
+    ijk = np.zeros(3)
+    for world in range(3):
+        if flips[world]:
+            ijk[source_axes[world]] = geometry.size[source_axes[world]] - 1
+    return tuple(float(v) for v in (geometry.ijk_to_lps() @ np.append(ijk, 1.0))[:3])
+
+
+# ------------------------------------------------------------------------------------------ anatomy
+
+
+def _smooth_field(rng: np.random.Generator, shape: tuple[int, ...], spacing_zyx: Sequence[float],
+                  octaves: Sequence[tuple[float, float]]) -> np.ndarray:
+    """A smooth random field of unit variance on ``shape`` (float32): (sigma in mm, weight) octaves of
+    filtered white noise, drawn on a coarse grid and stretched linearly, which costs far less than
+    filtering the full grid."""
+    cell = min(sigma for sigma, _ in octaves) / 2
+    coarse = tuple(int(min(n, max(4, np.ceil(n * s / cell)))) for n, s in zip(shape, spacing_zyx))
+    cell_mm = [n * s / c for n, s, c in zip(shape, spacing_zyx, coarse)]
+    total = np.zeros(coarse, dtype=np.float32)
+    for sigma, weight in octaves:
+        noise = ndimage.gaussian_filter(rng.standard_normal(coarse, dtype=np.float32),
+                                        [sigma / c for c in cell_mm], mode="reflect")
+        total += weight * noise / max(float(noise.std()), 1e-6)
+    total = (total - total.mean()) / max(float(total.std()), 1e-6)
+    for axis in (2, 1, 0):  # the smallest intermediate arrays first
+        total = _stretch(total, axis, shape[axis])
+    return total
+
+
+def _stretch(array: np.ndarray, axis: int, n_out: int) -> np.ndarray:
+    """Linear interpolation of ``array`` along ``axis`` to ``n_out`` samples, ends aligned (float32)."""
+    n_in = array.shape[axis]
+    if n_in == n_out:
+        return array
+    position = np.linspace(0.0, n_in - 1, n_out, dtype=np.float32)
+    low = np.minimum(position.astype(np.intp), n_in - 2)
+    weight_shape = [1] * array.ndim
+    weight_shape[axis] = n_out
+    weight = (position - low).reshape(weight_shape)
+    below = np.take(array, low, axis=axis)
+    above = np.take(array, low + 1, axis=axis)
+    above -= below
+    above *= weight
+    above += below
+    return above
+
+
+def _slab_weights(z_mm: float, thickness: float, base_mm: float, n_base: int) -> tuple[int, np.ndarray]:
+    """First base slice and weights that make a slice of ``thickness`` centred at ``z_mm``: the overlap
+    of each base slice's extent with the new one. For equal thickness this is linear interpolation."""
+    centres = np.arange(n_base) * base_mm
+    overlap = np.clip(np.minimum(centres + base_mm / 2, z_mm + thickness / 2)
+                      - np.maximum(centres - base_mm / 2, z_mm - thickness / 2), 0, None)
+    nonzero = np.nonzero(overlap > 1e-6 * base_mm)[0]
+    if not len(nonzero):  # the slice lies at the very end of the base
+        nearest = int(np.clip(round(z_mm / base_mm), 0, n_base - 1))
+        return nearest, np.ones(1)
+    weights = overlap[nonzero[0]: nonzero[-1] + 1]
+    return int(nonzero[0]), weights / weights.sum()
+
+
+def _weighted_slices(volume: np.ndarray, first: int, weights: np.ndarray) -> np.ndarray:
+    """Sum of ``weights`` times consecutive slices from ``first``, by plain arithmetic (BLAS products of
+    such thin matrices are slow, and slower still when other processes share the cores)."""
+    total = volume[first] * np.float32(weights[0])
+    for offset, weight in enumerate(weights[1:], 1):
+        total += volume[first + offset] * np.float32(weight)
+    return total
+
+
+def _deform(base: BaseCT, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, dict, tuple]:
+    """The base's HU and lung labels on a new grid: affine and elastic in-plane, thicker slices, cropped.
+
+    Returns HU (float32), labels (uint8), the parameters drawn, and the new canonical spacing and
+    LPS origin. HU and labels are moved by the same coordinates; the labels as a signed map (right +1,
+    left -1) interpolated linearly and cut at one half, so their edges follow the HU's partial volume.
+    HU are interpolated in-plane by cubic splines: linear interpolation blurs vessel edges into the
+    ground-glass range, and slicerio's normal CT then measures about 5 % involved instead of 3.6 %
+    (cubic: about 4.3 %).
+    """
+    nz_b, ny, nx = base.hu.shape
+    sz_b, sy, sx = base.spacing_zyx
+    rotation = float(rng.uniform(-ROTATION_DEG, ROTATION_DEG))
+    scale_y, scale_x = (float(s) for s in rng.uniform(*SCALE_RANGE, size=2))
+    shift_y, shift_x = (float(s) for s in rng.uniform(-SHIFT_MM, SHIFT_MM, size=2))
+    elastic_mm = float(rng.uniform(*ELASTIC_MM))
+    control = rng.standard_normal((2, *ELASTIC_GRID)).astype(np.float32) * elastic_mm
+    choices = sorted({round(sz_b, 4), *(s for s in SLICE_MM if s > sz_b + 1e-3)})
+    slice_mm = float(choices[int(rng.integers(len(choices)))])
+    z0 = float(rng.uniform(0, slice_mm - sz_b)) if slice_mm > sz_b + 1e-3 else 0.0  # where the first slice lies
+    n_out = int(np.floor(((nz_b - 1) * sz_b - z0) / slice_mm + 1e-6)) + 1
+
+    # Output pixel -> source pixel: p_src = M^-1 (p - shift) + elastic(p), in mm about the centre.
+    theta = np.deg2rad(rotation)
+    rotate = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
+    forward = rotate @ np.diag([scale_y, scale_x])
+    inverse = np.linalg.inv(forward)
+    cy, cx = (ny - 1) / 2, (nx - 1) / 2
+    py = ((np.arange(ny) - cy) * sy - shift_y)[:, None]
+    px = ((np.arange(nx) - cx) * sx - shift_x)[None, :]
+    affine_y = inverse[0, 0] * py + inverse[0, 1] * px
+    affine_x = inverse[1, 0] * py + inverse[1, 1] * px
+    # Control displacements stretched in-plane (cubic: smooth) once per control layer, linear along z.
+    stretch = (ny / ELASTIC_GRID[1], nx / ELASTIC_GRID[2])
+    layers = np.stack([[ndimage.zoom(plane, stretch, order=3, mode="nearest") for plane in axis] for axis in control])
+    signed = np.zeros(256, dtype=np.float32)  # lung labels as one signed map: right +1, left -1
+    signed[RIGHT_LUNG], signed[LEFT_LUNG] = 1.0, -1.0
+
+    hu = np.empty((n_out, ny, nx), dtype=np.float32)
+    side = np.empty((n_out, ny, nx), dtype=np.float32)
+    for k in range(n_out):
+        z_mm = z0 + k * slice_mm
+        first, weights = _slab_weights(z_mm, slice_mm, sz_b, nz_b)
+        hu_slice = _weighted_slices(base.hu, first, weights)
+        side_slice = _weighted_slices(signed[base.lungs[first: first + len(weights)]], 0, weights)
+        t = z_mm / max((nz_b - 1) * sz_b, 1e-6) * (ELASTIC_GRID[0] - 1)
+        low = min(int(t), ELASTIC_GRID[0] - 2)
+        displacement = layers[:, low] + (t - low) * (layers[:, low + 1] - layers[:, low])
+        coordinates = np.stack([(affine_y + displacement[0]) / sy + cy, (affine_x + displacement[1]) / sx + cx])
+        ndimage.map_coordinates(hu_slice, coordinates, output=hu[k], order=3, mode="constant", cval=HU_RANGE[0])
+        ndimage.map_coordinates(side_slice, coordinates, output=side[k], order=1, mode="constant", cval=0.0)
+    lungs = np.where(side >= 0.5, RIGHT_LUNG, np.where(side <= -0.5, LEFT_LUNG, 0)).astype(np.uint8)
+
+    # Field of view: random margins per side, never into the lungs (a cut lung would lose its lesions).
+    ys = np.nonzero(lungs.any(axis=(0, 2)))[0]
+    if not len(ys):
+        raise VolumeError(f"--base {base.name}: the lungs left the field of view after deformation.")
+    xs = np.nonzero(lungs.any(axis=(0, 1)))[0]
+    limits = {"anterior": ys.min(), "posterior": ny - 1 - ys.max(), "right": xs.min(), "left": nx - 1 - xs.max()}
+    crop = {}
+    for name, free in limits.items():
+        size = ny if name in ("anterior", "posterior") else nx
+        crop[name] = int(rng.integers(0, max(0, min(int(MAX_CROP * size), int(free) - 2)) + 1))
+    window = (slice(None), slice(crop["anterior"], ny - crop["posterior"]),
+              slice(crop["right"], nx - crop["left"]))
+    hu, lungs = np.ascontiguousarray(hu[window]), np.ascontiguousarray(lungs[window])
+
+    spacing = (slice_mm, sy, sx)
+    origin = (base.origin_lps[0] + crop["right"] * sx, base.origin_lps[1] + crop["anterior"] * sy,
+              base.origin_lps[2] + z0)
+    parameters = {"rotation_deg": round(rotation, 3), "scale_yx": [round(scale_y, 4), round(scale_x, 4)],
+                  "shift_mm_yx": [round(shift_y, 2), round(shift_x, 2)], "elastic_mm": round(elastic_mm, 3),
+                  "elastic_grid_zyx": list(ELASTIC_GRID), "slice_mm": slice_mm, "first_slice_mm": round(z0, 3),
+                  "crop_voxels": crop}
+    return hu, lungs, parameters, (spacing, origin)
+
+
+# ------------------------------------------------------------------------------------------ lesions
+
+
+def _standardised(values: np.ndarray) -> np.ndarray:
+    return (values - values.mean()) / max(float(values.std()), 1e-6)
+
+
+def _box(mask: np.ndarray, pad: int) -> tuple[slice, ...]:
+    """The bounding box of ``mask`` with ``pad`` voxels around it, inside the array."""
+    box = []
+    for axis in range(mask.ndim):
+        found = np.nonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))[0]
+        box.append(slice(max(0, found[0] - pad), min(mask.shape[axis], found[-1] + pad + 1)))
+    return tuple(box)
+
+
+def _top(score: np.ndarray, count: int) -> np.ndarray:
+    """A mask of the ``count`` highest scores: exactly that many, even when scores tie."""
+    chosen = np.zeros(score.shape, dtype=bool)
+    if count > 0:
+        chosen[np.argpartition(-score, count - 1)[:count]] = True
+    return chosen
+
+
+def _insert_lesions(hu: np.ndarray, lungs: np.ndarray, spacing_zyx: tuple[float, float, float], grade: int,
+                    rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+    """Paint lesions into ``hu`` (canonical, in place) on exactly the drawn share of the lung voxels.
+
+    Returns the lesion mask and what was drawn. Work is done on the lungs' bounding box only.
+    """
+    lesion = np.zeros(hu.shape, dtype=bool)
+    low, high = INVOLVEMENT_RANGES[grade]
+    if high == 0:
+        return lesion, {"involved_share_drawn": 0.0, "involved_share_mask": 0.0, "laterality": "none",
+                        "patterns": {"ground_glass": 0.0, "crazy_paving": 0.0, "consolidation": 0.0}}
+    share = float(rng.uniform(low, high))
+    box = _box(lungs > 0, pad=2)
+    labels = lungs[box]
+    lung = labels > 0
+    n_lung = int(lung.sum())
+    n_lesion = max(1, round(share * n_lung))
+    shape = labels.shape
+    sz, sy, sx = spacing_zyx
+
+    # Score: multifocal blobs plus the predominance maps, each of unit spread over the lung.
+    blobs = _smooth_field(rng, shape, spacing_zyx, [(10.0, 0.6), (22.0, 1.0)])[lung]
+    # Depth under the pleura, in-plane (slices may be far thicker than the pixels).
+    depth_mm = np.stack([ndimage.distance_transform_edt(plane, sampling=(sy, sx)).astype(np.float32)
+                         for plane in lung])[lung]
+    reach_mm = float(rng.uniform(8.0, 20.0))
+    y = np.broadcast_to(np.arange(shape[1], dtype=np.float32)[None, :, None], shape)[lung]
+    z = np.broadcast_to(np.arange(shape[0], dtype=np.float32)[:, None, None], shape)[lung]
+    weights = {"multifocal": 1.0, "peripheral": float(rng.uniform(0.5, 1.3)),
+               "posterior": float(rng.uniform(0.4, 1.1)), "basal": float(rng.uniform(0.2, 0.8))}
+    posterior = _standardised(y)
+    score = (weights["multifocal"] * _standardised(blobs)
+             + weights["peripheral"] * _standardised(np.exp(-depth_mm / np.float32(reach_mm)))
+             + weights["posterior"] * posterior + weights["basal"] * _standardised(-z))
+    del blobs, depth_mm, y, z
+    right = labels[lung] == RIGHT_LUNG
+    side = rng.choice([RIGHT_LUNG, LEFT_LUNG])
+    in_side = right if side == RIGHT_LUNG else ~right
+    bilateral = rng.random() < BILATERAL_CHANCE[grade] or n_lesion > 0.85 * int(in_side.sum())
+    if bilateral:
+        score += np.float32(rng.uniform(-0.4, 0.4)) * np.where(right, np.float32(1), np.float32(-1))
+        laterality = "bilateral"  # one side somewhat worse, at random
+    else:
+        score[~in_side] -= 1e3
+        laterality = "right" if side == RIGHT_LUNG else "left"
+    involved = _top(score, n_lesion)
+    threshold = float(score[involved].min())
+
+    # Patterns: consolidation in the dependent cores of the lesions, crazy paving in patches of the rest.
+    cores = _smooth_field(rng, shape, spacing_zyx, [(12.0, 1.0)])[lung]
+    n_cons = round(rng.uniform(*CONSOLIDATION_RANGES[grade]) * n_lesion)
+    cons_score = _standardised(score - np.float32(threshold)) + 0.7 * posterior + 0.7 * cores
+    consolidated = _top(np.where(involved, cons_score, np.float32(-np.inf)), n_cons)
+    del score, cores, cons_score, posterior
+    paving = rng.random() < CRAZY_PAVING_CHANCE[grade]
+    n_paving = round(rng.uniform(0.2, 0.6) * (n_lesion - n_cons)) if paving else 0
+    patches = _smooth_field(rng, shape, spacing_zyx, [(15.0, 1.0)])[lung]
+    crazy = _top(np.where(involved & ~consolidated, patches, np.float32(-np.inf)), n_paving)
+    del patches
+
+    def on_box(values: np.ndarray) -> np.ndarray:
+        full = np.zeros(shape, dtype=bool)
+        full[lung] = values
+        return full
+
+    lesion_box, cons_box, crazy_box = on_box(involved), on_box(consolidated), on_box(crazy)
+    per_lung = {name: round(int((involved & voxels).sum()) / max(1, int(voxels.sum())), 4)
+                for name, voxels in (("right", right), ("left", ~right))}
+    del involved, consolidated, crazy, right, in_side
+
+    # Values (float32, in place where it saves a copy of the box). Ground glass lifts the parenchyma
+    # to a level but keeps whatever is denser (vessels); consolidation replaces what was there.
+    base = hu[box].copy()
+    ggo_hu, cons_hu, reticular_hu = (float(rng.uniform(*limits))
+                                     for limits in (GROUND_GLASS_HU, CONSOLIDATION_HU, RETICULAR_HU))
+    variation = _smooth_field(rng, shape, spacing_zyx, [(6.0, 1.0)])
+    grain = ndimage.gaussian_filter(rng.standard_normal(shape, dtype=np.float32), (0, 0.7, 0.7))
+    grain *= np.float32(15 / max(float(grain.std()), 1e-6))
+    ground_glass = variation * np.float32(40)
+    ground_glass += grain
+    ground_glass += np.float32(ggo_hu)
+    if n_paving:
+        # Reticular network: thin lines where band-passed noise crosses zero, in-plane, enclosing
+        # polygons of about 15-25 mm like thickened septa around secondary lobules. Never finer than
+        # 1.5 voxels, which a coarse grid would draw as speckle rather than lines.
+        noise = rng.standard_normal(shape, dtype=np.float32)
+        fine = (0.0, max(3.0 / sy, 1.5), max(3.0 / sx, 1.5))
+        band = ndimage.gaussian_filter(noise, fine)
+        band -= ndimage.gaussian_filter(noise, tuple(2 * f for f in fine))
+        del noise
+        lines = np.clip(1 - np.abs(band) / np.float32(0.35 * max(float(band.std()), 1e-6)), 0, 1)
+        del band
+        lines *= np.float32(reticular_hu)
+        ground_glass[crazy_box] += lines[crazy_box]
+        del lines
+    np.maximum(ground_glass, base, out=ground_glass)
+    consolidation = variation
+    consolidation *= np.float32(20)
+    consolidation += grain
+    consolidation += np.float32(cons_hu)
+    del grain
+    # Blends of about a voxel in-plane and the same mm across slices (none across slices so much
+    # thicker than the pixels that it would change nothing). First, within a lesion, consolidation
+    # fades into the ground glass around it.
+    sigma = (0.8 * sy / sz if sy / sz > 0.6 else 0.0, 0.8, 0.8)
+    cons_weight = ndimage.gaussian_filter(cons_box.astype(np.float32), sigma)
+    cons_weight[cons_box] = 1
+    consolidation -= ground_glass
+    consolidation *= cons_weight
+    target = ground_glass
+    target += consolidation
+    del consolidation, cons_weight
+    # Edges: lung voxels next to the lesion move part of the way towards the nearby lesion's values.
+    reach = ndimage.gaussian_filter(lesion_box.astype(np.float32), sigma)
+    lifted = target - base
+    lifted[~lesion_box] = 0
+    lifted = ndimage.gaussian_filter(lifted, sigma)
+    lifted /= np.maximum(reach, np.float32(1e-6))
+    np.maximum(lifted, 0, out=lifted)  # the nearby lesion's rise over the base
+    blended = base.copy()
+    blended[lesion_box] = target[lesion_box]
+    del target
+    edge = lung & ~lesion_box & (reach > 0.01)
+    blended[edge] += (reach * lifted)[edge]
+    # Voxels just outside the lung mask that are part lung, part chest wall (partial volume): their lung
+    # part is lesion too. Left as they were, they draw a dark line between a lesion and the pleura.
+    lung_hu = float(np.median(base[lung]))
+    partial = ~lung & (reach > 0.1) & (base > PURE_AIR_HU) & (base < WALL_HU)
+    air_part = np.clip((WALL_HU - base[partial]) / max(WALL_HU - lung_hu, 1.0), 0, 1)
+    blended[partial] += air_part * lifted[partial]
+    hu[box] = blended
+    lesion[box] = lesion_box
+
+    info = {"involved_share_drawn": round(share, 6), "involved_share_mask": round(n_lesion / n_lung, 6),
+            "involved_share_per_lung": per_lung, "laterality": laterality,
+            "patterns": {"ground_glass": round((n_lesion - n_cons - n_paving) / n_lesion, 4),
+                         "crazy_paving": round(n_paving / n_lesion, 4),
+                         "consolidation": round(n_cons / n_lesion, 4)},
+            "ground_glass_hu": round(ggo_hu, 1), "consolidation_hu": round(cons_hu, 1),
+            "reticular_hu": round(reticular_hu, 1) if n_paving else None,
+            "predominance_weights": {k: round(v, 3) for k, v in weights.items()},
+            "peripheral_reach_mm": round(reach_mm, 2)}
+    return lesion, info
+
+
+# ------------------------------------------------------------------------------------------- studies
+
+
+def _store(canonical: np.ndarray, spacing_zyx: tuple[float, float, float],
+           origin_lps: tuple[float, float, float], flips_kji: tuple[bool, bool, bool]) -> tuple[np.ndarray, Geometry]:
+    """A canonical array in a stored orientation: index axes reversed and the direction and origin
+    following, so every voxel keeps its place in the patient (as Testing/test_lungs.py's ``reoriented``)."""
+    nz, ny, nx = canonical.shape
+    size, spacing = (nx, ny, nz), tuple(float(s) for s in spacing_zyx[::-1])
+    direction, origin = np.eye(3), np.array(origin_lps, dtype=float)
+    array = canonical
+    for axis_ijk, flip in enumerate(flips_kji[::-1]):
+        if flip:
+            origin += direction[:, axis_ijk] * spacing[axis_ijk] * (size[axis_ijk] - 1)
+            direction[:, axis_ijk] *= -1
+            array = np.flip(array, axis=2 - axis_ijk)
+    geometry = Geometry(size, spacing, tuple(float(o) for o in origin),
+                        tuple(float(d) for d in direction.ravel()))
+    return np.ascontiguousarray(array), geometry
+
+
+def synthesize_study(base: BaseCT, grade: int, seed: int, orientation: str | None = None,
+                     insert_lesions: bool = True) -> SynthStudy:
+    """One study of MosMed grade ``grade`` from ``base``, fully determined by ``seed``.
+
+    Anatomy, lesions, noise and orientation draw from separate streams, so ``insert_lesions=False``
+    gives the very same study without its lesions (what tests compare against), and a forced
+    ``orientation`` (one of :data:`ORIENTATIONS`) stores the same study otherwise.
+    """
+    if grade not in range(N_CLASSES):
+        raise ValueError(f"grade {grade!r}: MosMed grades are 0..{N_CLASSES - 1} (CT-0..CT-4).")
+    if orientation is not None and orientation not in ORIENTATIONS:
+        raise ValueError(f"orientation {orientation!r}: choose one of {', '.join(ORIENTATIONS)} or None.")
+    anatomy_rng, lesion_rng, noise_rng, store_rng = (
+        np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4))
+    hu, lungs, deformation, (spacing, origin) = _deform(base, anatomy_rng)
+    if insert_lesions:
+        lesion, lesion_info = _insert_lesions(hu, lungs, spacing, grade, lesion_rng)
+    else:
+        lesion, lesion_info = np.zeros(hu.shape, dtype=bool), {}
+    noise_hu = float(noise_rng.uniform(*NOISE_HU))
+    hu += noise_rng.standard_normal(hu.shape, dtype=np.float32) * noise_hu
+    study = np.clip(np.rint(hu), *HU_RANGE).astype(np.int16)
+    drawn = str(store_rng.choice(list(ORIENTATIONS)))  # drawn even when forced: the stream stays the same
+    orientation = orientation or drawn
+    flips = ORIENTATIONS[orientation]
+    array_kji, geometry = _store(study, spacing, origin, flips)
+    lesion_kji, _ = _store(lesion.astype(np.uint8), spacing, origin, flips)
+    lungs_kji, _ = _store(lungs, spacing, origin, flips)
+    nz, ny, nx = study.shape
+    info = {"base": base.name, "grade": grade, "label": f"CT-{grade}", "seed": seed, **lesion_info,
+            "lung_voxels": int(np.count_nonzero(lungs)), "lesion_voxels": int(np.count_nonzero(lesion)),
+            "orientation": orientation, "direction": list(geometry.direction), "size": [nx, ny, nz],
+            "spacing": list(geometry.spacing), "noise_hu": round(noise_hu, 2), "deformation": deformation}
+    return SynthStudy(array_kji, lesion_kji, lungs_kji, geometry, info)
+
+
+def write_synth_cohort(bases: Sequence[str | os.PathLike], out_dir: str | os.PathLike, counts: Sequence[int],
+                       seed: int, command: str = "", progress: Callable[..., None] | None = None) -> list[Path]:
+    """Write ``out_dir/studies/CT-k/study_NNNN.nii.gz`` (int16 HU), the masks beside them in
+    ``out_dir/masks/`` (``study_NNNN_lesion.nii.gz``, ``study_NNNN_lungs.nii.gz``: uint8 on the study's
+    grid and storage order) and ``out_dir/synth.json``.
+
+    The masks stay outside ``studies/`` so that a dataset index never takes them for studies. Studies
+    are numbered 0001.. across grades in order; study n draws its base and everything else from
+    :func:`~.phantoms.study_seed` (seed, n), so it does not depend on how many others are made.
+    ``progress(done, total, text)`` is called after each study.
+    """
+    counts = _check_counts(counts)
+    paths = find_bases(bases)
+    out = Path(out_dir)
+    labels = [label for label, count in enumerate(counts) for _ in range(count)]
+    names = [f"study_{n:04d}" for n in range(1, len(labels) + 1)]
+    planned = {Path("studies", f"CT-{label}", f"{name}.nii.gz") for label, name in zip(labels, names)}
+    planned |= {Path("masks", f"{name}_{kind}.nii.gz") for name in names for kind in ("lesion", "lungs")}
+    stale = sorted(p for folder in ("studies", "masks") if (out / folder).is_dir()
+                   for p in (out / folder).rglob("*") if p.is_file() and p.relative_to(out) not in planned)
+    if stale:
+        raise ValueError(f"{out}: already holds {len(stale)} file(s) this cohort would not replace (e.g. "
+                         f"{stale[0]}); they would mix into the data set. Choose an empty output folder or "
+                         f"delete them.")
+    records, written, loaded = [], [], {}
+    for n, (label, name) in enumerate(zip(labels, names), 1):
+        seed_n = study_seed(seed, n)
+        chosen = paths[int(np.random.default_rng([seed, n, 1]).integers(len(paths)))]
+        if chosen not in loaded:
+            loaded = {chosen: load_base(chosen)}  # one base in memory at a time: bases can be large
+        study = synthesize_study(loaded[chosen], label, seed_n)
+        study_path = Path("studies", f"CT-{label}", f"{name}.nii.gz")
+        lesion_path, lungs_path = (Path("masks", f"{name}_{kind}.nii.gz") for kind in ("lesion", "lungs"))
+        # Masks first: a study on disk always has its masks.
+        write_volume(study.lesion_kji, study.geometry, out / lesion_path)
+        write_volume(study.lungs_kji, study.geometry, out / lungs_path)
+        written.append(write_volume(study.array_kji, study.geometry, out / study_path))
+        records.append({"path": study_path.as_posix(), "lesion_mask": lesion_path.as_posix(),
+                        "lung_mask": lungs_path.as_posix(), **study.info})
+        if progress is not None:
+            progress(n, len(labels), f"{study_path.as_posix()} from {chosen.name}")
+    settings = {"generator": "TwoFiveCNNLib.data.synth", "version": SYNTH_VERSION, "seed": seed,
+                "command": command, "counts": counts, "bases": [p.name for p in paths],
+                "involvement_ranges": [list(r) for r in INVOLVEMENT_RANGES],
+                "consolidation_ranges": [list(r) for r in CONSOLIDATION_RANGES],
+                "masks": "lesion: 1 = lesion; lungs: 1 right, 2 left (the lesion-inclusive lung mask)"}
+    write_json_atomic(out / "synth.json", {"settings": settings, "studies": records})
+    return written
