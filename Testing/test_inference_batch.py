@@ -17,6 +17,7 @@ import pytest
 
 slicer = pytest.importorskip("slicer")
 
+from test_background_processes import live_members
 from test_extension_layout import load_module, slicer_stubbed  # noqa: F401  (fixture)
 
 STUDIES = 20
@@ -58,18 +59,6 @@ def ended(events: list[dict]) -> bool:
     return bool(events) and events[-1]["stage"] == "exit"
 
 
-def live_members(pgid: int) -> list[int]:
-    """Processes of group ``pgid`` still running (zombies excluded: they have ended, init reaps them)."""
-    members = []
-    for stat_path in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            stat = stat_path.read_text()
-        except OSError:
-            continue
-        state, _ppid, group = stat[stat.rfind(")") + 2:].split()[:3]
-        if int(group) == pgid and state not in ("Z", "X"):
-            members.append(int(stat_path.parent.name))
-    return members
 
 
 def table_nodes(scene) -> list:

@@ -138,7 +138,7 @@ def _sample_grid(rng: np.random.Generator, shape_zyx: tuple[int, int, int] | Non
     return _Grid(x[None, None, :], y[None, :, None], t[:, None, None], (sxy, sxy, sz))
 
 
-def _stretch(array: np.ndarray, axis: int, n_out: int) -> np.ndarray:
+def stretch_axis(array: np.ndarray, axis: int, n_out: int) -> np.ndarray:
     """Linear interpolation of ``array`` along ``axis`` to ``n_out`` samples, ends aligned.
 
     Plain gathers and arithmetic rather than BLAS products: threaded BLAS on tiny matrices
@@ -170,7 +170,7 @@ def _smooth_fields(rng: np.random.Generator, shape: tuple[int, int, int],
             noise = ndimage.gaussian_filter(rng.standard_normal(coarse, dtype=np.float32), sigma, mode="wrap")
             total += weight * (noise - noise.mean()) / noise.std()
         total = (total - total.mean()) / total.std()
-        fields.append(_stretch(_stretch(_stretch(total, 2, nx), 1, ny), 0, nz))
+        fields.append(stretch_axis(stretch_axis(stretch_axis(total, 2, nx), 1, ny), 0, nz))
     return fields
 
 

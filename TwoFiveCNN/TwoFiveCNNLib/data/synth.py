@@ -42,7 +42,7 @@ from ..io.volume import (
     write_volume,
 )
 from ..transforms.lungs import LEFT_LUNG, RIGHT_LUNG, segment_lungs
-from .phantoms import N_CLASSES, _check_counts, study_seed
+from .phantoms import N_CLASSES, _check_counts, stretch_axis, study_seed
 
 SYNTH_VERSION = 1
 # Involved share of the lung voxels per grade (CT-0..CT-4): MosMed's ranges, a point clear of each
@@ -188,26 +188,11 @@ def _smooth_field(rng: np.random.Generator, shape: tuple[int, ...], spacing_zyx:
         total += weight * noise / max(float(noise.std()), 1e-6)
     total = (total - total.mean()) / max(float(total.std()), 1e-6)
     for axis in (2, 1, 0):  # the smallest intermediate arrays first
-        total = _stretch(total, axis, shape[axis])
+        if total.shape[axis] != shape[axis]:
+            total = stretch_axis(total, axis, shape[axis])
     return total
 
 
-def _stretch(array: np.ndarray, axis: int, n_out: int) -> np.ndarray:
-    """Linear interpolation of ``array`` along ``axis`` to ``n_out`` samples, ends aligned (float32)."""
-    n_in = array.shape[axis]
-    if n_in == n_out:
-        return array
-    position = np.linspace(0.0, n_in - 1, n_out, dtype=np.float32)
-    low = np.minimum(position.astype(np.intp), n_in - 2)
-    weight_shape = [1] * array.ndim
-    weight_shape[axis] = n_out
-    weight = (position - low).reshape(weight_shape)
-    below = np.take(array, low, axis=axis)
-    above = np.take(array, low + 1, axis=axis)
-    above -= below
-    above *= weight
-    above += below
-    return above
 
 
 def _slab_weights(z_mm: float, thickness: float, base_mm: float, n_base: int) -> tuple[int, np.ndarray]:
