@@ -58,7 +58,7 @@ def _with_file_size_limit(limit_bytes: int):
     return apply
 
 
-@pytest.mark.parametrize("limit_bytes", [3_000, 400_000])
+@pytest.mark.parametrize("limit_bytes", [3_000, 100_000])  # the first output fails; a later one (the PNG) fails
 def test_full_disk_leaves_no_partial_outputs(chest_ct_path, tmp_path, limit_bytes):
     out = tmp_path / "out"
     run = subprocess.run([sys.executable, "-m", "TwoFiveCNNLib", "predict", str(chest_ct_path), "--out", str(out),

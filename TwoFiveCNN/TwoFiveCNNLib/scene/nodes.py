@@ -557,10 +557,13 @@ LINKED_ATTRIBUTE = ATTRIBUTE_PREFIX + "linkedInput"  # a node whose data is its 
 LINKABLE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 
-def _link_to_source(node: slicer.vtkMRMLScalarVolumeNode, volume: Volume) -> bool:
+def _link_to_source(node: slicer.vtkMRMLScalarVolumeNode, volume: Volume, scene_folder: Path) -> bool:
     """Let the scene read the input from the file it came from instead of a copy in its data folder:
     a saved scene costs the outputs, not another copy of the CT. Only single volume files (not DICOM
-    folders) that still hold what was read; returns whether the node was linked."""
+    folders) that still hold what was read; returns whether the node was linked.
+
+    The link is written relative to ``scene_folder``, where the .mrml will finally lie (it is
+    written in a staging folder below it first), so the pair can move together."""
     source = Path(volume.source) if volume.source else None
     if source is None or not source.is_file() or not source.name.lower().endswith(LINKABLE_SUFFIXES):
         return False
@@ -570,7 +573,11 @@ def _link_to_source(node: slicer.vtkMRMLScalarVolumeNode, volume: Volume) -> boo
     if storage.GetScene() is None:
         node.GetScene().AddNode(storage)
         node.SetAndObserveStorageNodeID(storage.GetID())
-    storage.SetFileName(str(source.resolve()))
+    try:
+        link = os.path.relpath(source.resolve(), Path(scene_folder).resolve())
+    except ValueError:  # another drive (Windows): no relative link, so the scene keeps a copy
+        return False
+    storage.SetFileName(link)
     node.SetAttribute(LINKED_ATTRIBUTE, "1")
     return True
 
@@ -623,7 +630,7 @@ def save_prediction_scene(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     scene, input_node, _nodes = build_prediction_scene(prediction, volume, name)
-    _link_to_source(input_node, volume)
+    _link_to_source(input_node, volume, out_dir)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=out_dir))
     try:
         save_scene(scene, staging / f"{name}.mrml")
