@@ -28,6 +28,7 @@ MIN_PER_CLASS = 3  # every split subset needs a study of each class to be strati
 METHODS = {  # result key -> label in the table and plot
     "twofive": "2.5D (CNN + aeration)",
     "twofive_cnn_only": "2.5D CNN only",
+    "aeration_only": "involvement only (lung features)",  # runs made before 0.2 lack it: "-" in the table
     "pooled_2d": "pure 2D (slice average)",
     "cnn3d": "pure 3D CNN",
     "acs": "ACS-inflated 3D",
