@@ -165,7 +165,22 @@ def test_bad_arguments_are_refused_with_their_name(chest_ct_path, tmp_path, caps
     assert "'1,x'" in capsys.readouterr().err
     assert main(["synth", "--base", str(chest_ct_path), "--out", str(tmp_path / "e"), "--counts", "0,0"]) == 2
     assert "nothing to generate" in capsys.readouterr().err
-    assert not any((tmp_path / name).exists() for name in "abcde")
+    assert main(["synth", "--base", str(chest_ct_path), "--out", str(tmp_path / "f"), "--prefix", "a/b"]) == 2
+    assert "--prefix 'a/b'" in capsys.readouterr().err
+    assert not any((tmp_path / name).exists() for name in "abcdef")
+
+
+def test_a_prefix_keeps_study_ids_apart(chest_ct_path, tmp_path):
+    """With --prefix, a synth cohort and another with MosMed's study_NNNN names index together."""
+    from TwoFiveCNNLib.data.index import DatasetIndex
+
+    assert main(["synth", "--base", str(chest_ct_path), "--out", str(tmp_path), "--counts", "1,1,0,0,0",
+                 "--prefix", "synth"]) == 0
+    names = sorted(p.name for p in (tmp_path / "studies").rglob("*.nii.gz"))
+    assert names == ["synth_0001.nii.gz", "synth_0002.nii.gz"]
+    assert sorted(p.name for p in (tmp_path / "masks").iterdir()) == [
+        "synth_0001_lesion.nii.gz", "synth_0001_lungs.nii.gz", "synth_0002_lesion.nii.gz", "synth_0002_lungs.nii.gz"]
+    assert [study.study_id for study in DatasetIndex.load(tmp_path).studies] == ["synth_0001", "synth_0002"]
 
 
 def test_synth_help_imports_neither_torch_nor_scipy():

@@ -42,6 +42,9 @@ def _add_synth(sub) -> None:
     p.add_argument("--counts", default="10,10,10,10,10",
                    help="studies per class CT-0..CT-4 (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--prefix", default="study",
+                   help="study file names <prefix>_NNNN (default %(default)s; another, such as 'synth', keeps "
+                        "them apart from MosMedData's study_NNNN when both are indexed together)")
     p.set_defaults(run=run_synth)
 
 
@@ -51,9 +54,9 @@ def run_synth(args) -> int:
 
     counts = parse_counts(args.counts)
     command = " ".join(["twofivecnn synth --base", *(str(b) for b in args.base), "--out", str(args.out),
-                        "--counts", args.counts, "--seed", str(args.seed)])
+                        "--counts", args.counts, "--seed", str(args.seed), "--prefix", args.prefix])
     paths = write_synth_cohort(args.base, args.out, counts, args.seed, command=command,
-                               progress=_counter("synth", every_call=True))
+                               progress=_counter("synth", every_call=True), prefix=args.prefix)
     print(f"wrote {len(paths)} lesion-inserted studies to {args.out / 'studies'}, their masks to "
           f"{args.out / 'masks'}, and {args.out / 'synth.json'}")
     return 0

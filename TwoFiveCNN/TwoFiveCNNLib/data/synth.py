@@ -24,6 +24,7 @@ Everything is drawn from the seed, so the same seed and bases give the same byte
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -522,10 +523,12 @@ def synthesize_study(base: BaseCT, grade: int, seed: int, orientation: str | Non
 
 
 def write_synth_cohort(bases: Sequence[str | os.PathLike], out_dir: str | os.PathLike, counts: Sequence[int],
-                       seed: int, command: str = "", progress: Callable[..., None] | None = None) -> list[Path]:
-    """Write ``out_dir/studies/CT-k/study_NNNN.nii.gz`` (int16 HU), the masks beside them in
-    ``out_dir/masks/`` (``study_NNNN_lesion.nii.gz``, ``study_NNNN_lungs.nii.gz``: uint8 on the study's
-    grid and storage order) and ``out_dir/synth.json``.
+                       seed: int, command: str = "", progress: Callable[..., None] | None = None,
+                       prefix: str = "study") -> list[Path]:
+    """Write ``out_dir/studies/CT-k/<prefix>_NNNN.nii.gz`` (int16 HU), the masks beside them in
+    ``out_dir/masks/`` (``<prefix>_NNNN_lesion.nii.gz``, ``<prefix>_NNNN_lungs.nii.gz``: uint8 on the
+    study's grid and storage order) and ``out_dir/synth.json``. ``prefix`` keeps study ids apart from
+    another cohort's (MosMedData's are ``study_NNNN`` too) when the folders are indexed together.
 
     The masks stay outside ``studies/`` so that a dataset index never takes them for studies. Studies
     are numbered 0001.. across grades in order; study n draws its base and everything else from
@@ -533,10 +536,12 @@ def write_synth_cohort(bases: Sequence[str | os.PathLike], out_dir: str | os.Pat
     ``progress(done, total, text)`` is called after each study.
     """
     counts = _check_counts(counts)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", prefix):
+        raise ValueError(f"--prefix {prefix!r}: use letters, digits, '_' or '-' (it starts every study's file name).")
     paths = find_bases(bases)
     out = Path(out_dir)
     labels = [label for label, count in enumerate(counts) for _ in range(count)]
-    names = [f"study_{n:04d}" for n in range(1, len(labels) + 1)]
+    names = [f"{prefix}_{n:04d}" for n in range(1, len(labels) + 1)]
     planned = {Path("studies", f"CT-{label}", f"{name}.nii.gz") for label, name in zip(labels, names)}
     planned |= {Path("masks", f"{name}_{kind}.nii.gz") for name in names for kind in ("lesion", "lungs")}
     stale = sorted(p for folder in ("studies", "masks") if (out / folder).is_dir()
