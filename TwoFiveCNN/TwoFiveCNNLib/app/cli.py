@@ -273,15 +273,15 @@ def run_predict(args) -> int:
 
     # The first study is read and its lungs measured while torch loads: neither needs it.
     prefetcher = StudyPrefetcher()
-    studies = expand_inputs(args.inputs) if all(Path(p).exists() for p in args.inputs) else []
+    studies = expand_inputs(args.inputs)  # a missing path stays itself: predict_batch reports it
     if studies and not any(Path(p).resolve() == args.out.resolve() for p in args.inputs):
         prefetcher.prefetch_next(0, studies[0])  # not a study too large to share memory with torch's loading
     with prefetcher:
-        return _run_predict(args, prefetcher)
+        return _run_predict(args, prefetcher, studies)
 
 
-def _run_predict(args, prefetcher) -> int:
-    from ..inference.outputs import expand_inputs, predict_batch, unique_names
+def _run_predict(args, prefetcher, studies: list[Path]) -> int:
+    from ..inference.outputs import predict_batch, unique_names
     from ..inference.predict import load_model
     from ..io.progress import ProgressReporter, item_progress
 
@@ -302,7 +302,7 @@ def _run_predict(args, prefetcher) -> int:
     with _json_stream(args.progress_json) as stream:
         # Programs (the Slicer module) follow the batch by study: count, total, the study at work.
         progress = _counter("predict", every_call=True) if stream is None else \
-            item_progress(ProgressReporter(stream), "predict", unique_names(expand_inputs(args.inputs)))
+            item_progress(ProgressReporter(stream), "predict", unique_names(studies))
         result = predict_batch(model, args.inputs, args.out, scene_writer, evidence_suffix=args.format,
                                progress=progress, extra_writers=extra_writers, prefetcher=prefetcher)
     for path, prediction in result.predictions.items():

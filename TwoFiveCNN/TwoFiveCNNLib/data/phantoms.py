@@ -21,7 +21,7 @@ the slice count and slice spacing.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -136,6 +136,16 @@ def _sample_grid(rng: np.random.Generator, shape_zyx: tuple[int, int, int] | Non
     y = (np.arange(ny, dtype=np.float32) - (ny - 1) / 2) * sxy
     t = np.linspace(0.0, 1.0, nz, dtype=np.float32)
     return _Grid(x[None, None, :], y[None, :, None], t[:, None, None], (sxy, sxy, sz))
+
+
+def check_grade_and_orientation(grade: int, orientation: str | None,
+                                orientations: Collection[str] = tuple(ORIENTATIONS), name: str = "grade") -> None:
+    """A MosMed grade 0..4 (the caller's argument ``name``) and a stored orientation among
+    ``orientations`` (or None: drawn), or a clear error."""
+    if grade not in range(N_CLASSES):
+        raise ValueError(f"{name} {grade!r}: MosMed classes are 0..{N_CLASSES - 1} (CT-0..CT-4).")
+    if orientation is not None and orientation not in orientations:
+        raise ValueError(f"orientation {orientation!r}: choose one of {sorted(orientations)} or None.")
 
 
 def stretch_axis(array: np.ndarray, axis: int, n_out: int) -> np.ndarray:
@@ -381,10 +391,7 @@ def generate_phantom(label: int, seed: int, orientation: str | None = None,
     (one of :data:`ORIENTATIONS`; drawn from the seed when None). ``shape_zyx`` fixes the number
     of slices, rows and columns (drawn from the seed when None).
     """
-    if label not in range(N_CLASSES):
-        raise ValueError(f"label {label!r}: MosMed classes are 0..{N_CLASSES - 1} (CT-0..CT-4).")
-    if orientation is not None and orientation not in ORIENTATIONS:
-        raise ValueError(f"orientation {orientation!r}: choose one of {sorted(ORIENTATIONS)} or None.")
+    check_grade_and_orientation(label, orientation, name="label")
     grid_rng, anatomy_rng, lesion_rng, store_rng = (
         np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4))
     grid = _sample_grid(grid_rng, shape_zyx)

@@ -43,7 +43,7 @@ from ..io.volume import (
     write_volume,
 )
 from ..transforms.lungs import LEFT_LUNG, RIGHT_LUNG, segment_lungs
-from .phantoms import N_CLASSES, _check_counts, stretch_axis, study_seed
+from .phantoms import _check_counts, check_grade_and_orientation, stretch_axis, study_seed
 
 SYNTH_VERSION = 1
 # Involved share of the lung voxels per grade (CT-0..CT-4): MosMed's ranges, a point clear of each
@@ -494,10 +494,7 @@ def synthesize_study(base: BaseCT, grade: int, seed: int, orientation: str | Non
     gives the very same study without its lesions (what tests compare against), and a forced
     ``orientation`` (one of :data:`ORIENTATIONS`) stores the same study otherwise.
     """
-    if grade not in range(N_CLASSES):
-        raise ValueError(f"grade {grade!r}: MosMed grades are 0..{N_CLASSES - 1} (CT-0..CT-4).")
-    if orientation is not None and orientation not in ORIENTATIONS:
-        raise ValueError(f"orientation {orientation!r}: choose one of {', '.join(ORIENTATIONS)} or None.")
+    check_grade_and_orientation(grade, orientation, tuple(ORIENTATIONS))
     anatomy_rng, lesion_rng, noise_rng, store_rng = (
         np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4))
     hu, lungs, deformation, (spacing, origin) = _deform(base, anatomy_rng)
