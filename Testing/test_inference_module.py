@@ -138,8 +138,8 @@ def test_overlay_and_jump_drive_the_slice_views(logic, chest, tiny_model):
         assert composite.GetForegroundOpacity() == pytest.approx(0.25)
     logic.showOverlay(node, result.evidence_node, False)
     assert all(c.GetForegroundVolumeID() is None for c in composites)
-    # The panel's overlay choice: the evidence map or the lung bands, the same slice views.
-    assert logic.overlayNode(result.nodes, "evidence") is result.evidence_node
+    # The panel's overlay choice: the lesion map or the lung bands, the same slice views.
+    assert logic.overlayNode(result.nodes, "lesion map") is result.evidence_node
     bands = logic.overlayNode(result.nodes, "lung bands")
     assert bands is result.nodes.bands_node and bands is not None
     logic.showOverlay(node, bands, True, 0.5)

@@ -1,5 +1,5 @@
-"""What ``predict`` writes, and what it costs to start: the evidence volume in uint8 steps that read back
-as the map computed, NRRD with its step in the header, the three-plane views, and a command line that
+"""What ``predict`` writes, and what it costs to start: the evidence volume (the lesion map) in uint8 steps
+that read back as the map the bands give, NRRD with its step in the header, the three-plane views, and a command line that
 imports torch only when it predicts (checked through ``sys.modules``, never by timing)."""
 
 from __future__ import annotations
@@ -12,15 +12,20 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from TwoFiveCNNLib.app.cli import main
 from TwoFiveCNNLib.data.phantoms import generate_phantom
 from TwoFiveCNNLib.inference.outputs import write_prediction
 from TwoFiveCNNLib.inference.predict import load_model, predict_grid, predict_volume
 from TwoFiveCNNLib.io.volume import PROBABILITY_STEP, Volume, write_probability_volume
-from TwoFiveCNNLib.transforms.involvement import lung_features, lung_involvement
-from TwoFiveCNNLib.transforms.preprocess import canonical_mask_to_grid, to_model_grid
+from TwoFiveCNNLib.transforms.involvement import (
+    CONSOLIDATION,
+    GROUND_GLASS,
+    LESION_WINDOW_MM,
+    lung_features,
+    lung_involvement,
+)
+from TwoFiveCNNLib.transforms.preprocess import to_model_grid
 
 
 @pytest.fixture(scope="module")
@@ -30,22 +35,28 @@ def feet_first_study() -> Volume:
     return Volume.from_original(phantom.array_kji, phantom.geometry, "feet_first.nii.gz")
 
 
-def test_evidence_file_reads_back_within_one_step_of_the_float32_map(feet_first_study, tmp_path):
-    """The stored map against one computed independently in float32 with a single trilinear resize,
-    as before the map was kept in float16 and resampled a slab at a time."""
+def test_evidence_file_is_the_lesion_map_of_the_bands_within_one_step(feet_first_study, tmp_path):
+    """The stored evidence against the involved share around each voxel counted here by hand from the
+    band labels, in the input's own (feet-first) storage order."""
     model = load_model(None, "cpu")
     prediction = predict_volume(model, feet_first_study)
-    grid, mapping = to_model_grid(feet_first_study, model.preprocess)
     report, bands = lung_involvement(feet_first_study.array, feet_first_study.spacing_zyx)
-    result = predict_grid(model, grid, lung_features(report), canonical_mask_to_grid(bands, mapping))
-    y0, y1, x0, x1 = mapping.crop_yx
-    reference = np.zeros(mapping.canonical_shape, dtype=np.float32)
-    with torch.inference_mode():
-        reference[:, y0:y1, x0:x1] = F.interpolate(torch.from_numpy(result.evidence)[None, None],
-                                                   size=(mapping.canonical_shape[0], y1 - y0, x1 - x0),
-                                                   mode="trilinear", align_corners=False)[0, 0].numpy()
+    assert report["analysis_spacing_mm"] == list(feet_first_study.spacing_zyx)  # here the native grid
+    half = [max(1, round(LESION_WINDOW_MM / s)) // 2 for s in feet_first_study.spacing_zyx[1:]]
+    involved = np.isin(bands, (GROUND_GLASS, CONSOLIDATION))
+    padded = np.pad(involved, ((0, 0), (half[0], half[0]), (half[1], half[1])))
+    reference = np.zeros(bands.shape, dtype=np.float32)
+    for dy in range(2 * half[0] + 1):
+        for dx in range(2 * half[1] + 1):
+            reference += padded[:, dy: dy + bands.shape[1], dx: dx + bands.shape[2]]
+    reference /= (2 * half[0] + 1) * (2 * half[1] + 1)
     reference_kji = feet_first_study.to_original(reference)
     assert np.abs(prediction.evidence_kji.astype(np.float32) - reference_kji).max() < 1e-3
+    lesion_voxels = feet_first_study.to_original(involved)
+    assert prediction.evidence_kji[lesion_voxels].mean() > 0.8
+    assert prediction.evidence_kji[~lesion_voxels].mean() < 0.05
+    grid, _ = to_model_grid(feet_first_study, model.preprocess)
+    result = predict_grid(model, grid, lung_features(report))
     assert list(prediction.probabilities.values()) == pytest.approx(list(result.probabilities), abs=1e-6)
 
     written = write_prediction(prediction, feet_first_study, tmp_path, "study")

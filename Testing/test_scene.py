@@ -167,7 +167,7 @@ def test_write_prediction_nodes(chest: Volume, tilt: bool):
     nodes = write_prediction_nodes(prediction, node)
 
     evidence = nodes.evidence_node
-    assert evidence.GetName() == "CTChest4 evidence"
+    assert evidence.GetName() == "CTChest4 lesion map"
     assert evidence.GetImageData().GetDimensions() == node.GetImageData().GetDimensions()
     np.testing.assert_array_equal(ijk_to_ras(evidence), matrix_before)
     evidence_array = slicer.util.arrayFromVolume(evidence)
@@ -342,7 +342,7 @@ def check_reloaded(
 ) -> None:
     volume = node_named(scene, name, "vtkMRMLScalarVolumeNode")
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(volume), input_array)
-    evidence = node_named(scene, f"{name} evidence", "vtkMRMLScalarVolumeNode")
+    evidence = node_named(scene, f"{name} lesion map", "vtkMRMLScalarVolumeNode")
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(evidence), prediction.evidence_kji)
     np.testing.assert_allclose(ijk_to_ras(evidence), matrix, atol=1e-6)
     assert volume.GetNodeReferenceID("TwoFiveCNN.evidence") == evidence.GetID()
@@ -370,7 +370,7 @@ def test_save_prediction_scene_reloads(chest: Volume, chest_ct_path: Path, tmp_p
     assert "case_1.nrrd" not in data  # the input is read from its own file, not copied
     assert chest_ct_path.name in mrml.read_text(encoding="utf-8")
     assert {
-        "case_1_evidence.nrrd",
+        "case_1_lesion_map.nrrd",
         "case_1_severity.tsv",
         "case_1_slice_attention.tsv",
         "TwoFiveCNN_evidence_colours.csv",

@@ -77,13 +77,14 @@ class TwoFiveCNN(ScriptedLoadableModule):
 Grades COVID-19 pneumonia severity on a chest CT volume with the MosMed scale (CT-0: no findings,
 CT-1: under 25% of the lungs involved, CT-2: 25-50%, CT-3: 50-75%, CT-4: over 75%) using a two-stage
 2.5D convolutional network: a 2D network embeds every axial slice, and a light volumetric head combines
-the slice embeddings into class probabilities. It also shows where the evidence lies: per-slice attention
-and in-plane activation are combined into a 3D evidence map on the input's own voxel grid.
+the slice embeddings into class probabilities, with an attention weight per slice (the slices the grade
+rests on). Beside the grade it measures the lungs: their volume, the share of each HU band and the
+involved share, and shows where the lesions are as a lesion map on the input's own voxel grid.
 <p>Select a chest CT volume in Hounsfield units (any orientation), choose the model (the bundled demo
 model or a model file trained with the TwoFiveCNN Training module or <code>twofivecnn train</code>) and
-press Apply. The grade and the class probabilities appear in the panel and in a table node, the evidence
-map is overlaid on the slice views, and "Jump to most-attended slice" shows the slice the model relied on
-most. The Batch section grades every volume file of a folder and writes one JSON, evidence volume and
+press Apply. The grade and the class probabilities appear in the panel and in a table node, the lesion
+map (or the lung bands) is overlaid on the slice views, and "Jump to most-attended slice" shows the slice the model relied on
+most. The Batch section grades every volume file of a folder and writes one JSON, lesion-map volume and
 picture per study plus a summary.tsv, exactly like <code>twofivecnn predict</code>.</p>
 <p>PyTorch is needed: install the "PyTorch" extension from the Extensions Manager; PyTorch itself is
 then installed on first use, after asking you.</p>
@@ -152,7 +153,8 @@ class TwoFiveCNNParameterNode:
     modelPath: a model file written by TwoFiveCNN training.
     device: "auto" (GPU when available), "CPU" or "GPU".
     showOverlay, overlayOpacity: the chosen overlay as the slice views' foreground layer.
-    overlayKind: which overlay: "evidence" (the evidence map) or "lung bands" (the HU bands of the lungs).
+    overlayKind: which overlay: "lesion map" (the involved share of the lung around each voxel) or "lung bands"
+      (the HU bands of the lungs).
     batchInputFolder, batchOutputFolder, batchWriteScenes: the Batch section.
     """
 
@@ -161,7 +163,7 @@ class TwoFiveCNNParameterNode:
     modelPath: pathlib.Path
     device: Annotated[str, Choice(list(DEVICE_CHOICES))] = "auto"
     showOverlay: bool = True
-    overlayKind: Annotated[str, Choice(list(OVERLAY_KINDS))] = "evidence"
+    overlayKind: Annotated[str, Choice(list(OVERLAY_KINDS))] = "lesion map"
     overlayOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.4
     batchInputFolder: pathlib.Path
     batchOutputFolder: pathlib.Path
@@ -286,7 +288,7 @@ class TwoFiveCNNWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         applyProblem = self.logic.applyProblem(parameters)
         self.ui.applyButton.enabled = applyProblem is None
-        self.ui.applyButton.toolTip = applyProblem or _("Grade the selected volume and show the evidence map.")
+        self.ui.applyButton.toolTip = applyProblem or _("Grade the selected volume and show the lesion map.")
         batchProblem = self.logic.batchProblem(parameters)
         self.ui.runBatchButton.enabled = batchProblem is None
         self.ui.runBatchButton.toolTip = batchProblem or _(
@@ -712,9 +714,9 @@ class TwoFiveCNNLogic(ScriptedLoadableModuleLogic):
         return "\n".join(lines)
 
     @staticmethod
-    def overlayNode(nodes, kind: str = "evidence"):
-        """The result node the overlay choice ``kind`` shows: the evidence map, or the lung band labels
-        (the evidence map when the model measured no lungs)."""
+    def overlayNode(nodes, kind: str = "lesion map"):
+        """The result node the overlay choice ``kind`` shows: the lesion map, or the lung band labels
+        (the lesion map when no lungs were measured)."""
         if kind not in OVERLAY_KINDS:
             raise ValueError(f"overlay {kind!r}: choose one of {list(OVERLAY_KINDS)}.")
         if OVERLAY_KINDS[kind] == "bands" and getattr(nodes, "bands_node", None) is not None:

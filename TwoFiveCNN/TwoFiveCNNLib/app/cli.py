@@ -103,7 +103,11 @@ def _fractions(text: str) -> tuple[float, float, float]:
 
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train both stages (torchrun for several processes)")
-    p.add_argument("--data", required=True, type=Path, help="MosMed-style folder or CSV (path,label)")
+    p.add_argument("--data", required=True, type=Path, nargs="+", metavar="DATA",
+                   help="MosMed-style folder or CSV (path,label); several are split as one dataset")
+    p.add_argument("--train-only", type=Path, nargs="+", metavar="DATA",
+                   help="datasets whose studies only ever train, never validate or test: synthetic ones, "
+                        "such as `twofivecnn synth` makes from a cohort's normal CTs")
     p.add_argument("--out", required=True, type=Path, help="model file to write (.pt)")
     p.add_argument("--task", default="severity",
                    help="severity (5 classes), binary (CT-0 vs CT-1..4) or groups like 'CT-0|CT-1,CT-2|CT-3,CT-4'")
@@ -167,7 +171,7 @@ def run_train(args) -> int:
         reporter = _reporter(stream, args.quiet)
         try:
             model = train(args.data, args.out, config, reporter, PreprocessedCache(args.cache), args.split,
-                          args.resume, args.held_out)
+                          args.resume, args.held_out, args.train_only)
         finally:
             reporter.close()  # ends a bar an error or Ctrl-C interrupted, before the message is printed
     for subset in ("test", "held_out"):

@@ -23,7 +23,8 @@ POLL_INTERVAL_MS = 500
 DEVICES = {"auto": "auto", "CPU": "cpu", "GPU": "cuda"}
 DEVICE_CHOICES = tuple(DEVICES)
 # The inference panel's overlay choices (the words shown) and the result node each one shows.
-OVERLAY_KINDS = {"evidence": "evidence", "lung bands": "bands"}
+# The panel's overlay choice: shown name -> overlay (the voxel lesion map, or the lungs' HU band labels).
+OVERLAY_KINDS = {"lesion map": "evidence", "lung bands": "bands"}
 
 
 # PyTorch, which PyTorchUtils (the PyTorch extension) installs on first use. The floor is the first

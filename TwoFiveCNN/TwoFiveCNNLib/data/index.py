@@ -10,6 +10,7 @@ import csv
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,7 +88,8 @@ class DatasetIndex:
             if study.study_id in seen:
                 raise DatasetError(
                     f"duplicate study {study.study_id!r}: {seen[study.study_id].path} and {study.path}. "
-                    f"Study ids (file names without extension) must be unique; rename or remove one."
+                    f"Study ids (file names without extension) must be unique, also across datasets used together; "
+                    f"rename or remove one (`twofivecnn synth --prefix` names synthetic studies apart)."
                 )
             seen[study.study_id] = study
         self.studies = sorted(self.studies, key=lambda s: s.study_id)
@@ -160,6 +162,18 @@ class DatasetIndex:
             f"{p}: not a dataset. Pass a folder laid out as {FOLDER_LAYOUT}, "
             f"or a .csv file with 'path,label' columns."
         )
+
+    @classmethod
+    def load_all(cls, paths: Sequence[str | os.PathLike]) -> DatasetIndex:
+        """Index one or several datasets as one (for example phantoms beside lesion-inserted real CT);
+        study ids must be unique across them (``twofivecnn synth --prefix`` keeps them apart)."""
+        if isinstance(paths, (str, os.PathLike)):
+            return cls.load(paths)
+        indexes = [cls.load(path) for path in paths]
+        if len(indexes) == 1:
+            return indexes[0]
+        return cls([s for index in indexes for s in index.studies], CLASS_NAMES,
+                   " + ".join(index.source for index in indexes))
 
     def counts(self) -> dict[str, int]:
         """Studies per class, including classes with none."""

@@ -21,7 +21,15 @@ REPORT_NAMES = {CNN_ONLY: "cnn_only", AERATION_ONLY: "aeration_only"}
 def choose_studies(model: SeverityModel, index: DatasetIndex, subset: str) -> tuple[list, str]:
     """The studies to score. ``auto``: the model's own test split when ``index`` is its training
     dataset (scoring training studies would flatter the model), else every study."""
-    trained_on_this = model.metadata.get("dataset_fingerprint") == index.fingerprint()
+    fingerprint = index.fingerprint()
+    trained_on_this = fingerprint == model.metadata.get("dataset_fingerprint") or \
+        fingerprint in model.metadata.get("dataset_sources", [])
+    train_only = model.metadata.get("train_only", {})
+    if fingerprint == train_only.get("fingerprint"):
+        if subset not in ("auto", "all"):
+            raise ValueError(f"{index.source}: the model trained on every study of this dataset (--train-only); "
+                             f"it has no {subset} split here. Score it on other data.")
+        return index.studies, f"all {len(index)} studies of {index.source} (WARNING: the model trained on all of them)"
     if subset == "auto":
         subset = "test" if trained_on_this and model.metadata.get("split") else "all"
     if subset == "all":
@@ -31,7 +39,9 @@ def choose_studies(model: SeverityModel, index: DatasetIndex, subset: str) -> tu
         raise ValueError(f"--subset {subset}: {index.source} is not the dataset this model was trained on, "
                          f"so it has no {subset} split there; use --subset all.")
     split = Split.from_dict(model.metadata["split"])
-    studies = split.subset(index, subset)
+    # The split may span several datasets trained on together; score this one's share of the subset.
+    by_id = {s.study_id: s for s in index.studies}
+    studies = [by_id[sid] for sid in getattr(split, subset) if sid in by_id]
     if not studies:
         raise ValueError(f"the model's {subset} split is empty; use --subset all or another subset.")
     return studies, f"{subset} split of {index.source} ({len(studies)} studies, seed {split.seed})"

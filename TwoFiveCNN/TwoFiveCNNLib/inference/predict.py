@@ -1,5 +1,5 @@
-"""Predict one study: model grid -> slice embeddings -> head -> probabilities, slice attention and a 3D
-evidence map mapped back onto the input's own grid."""
+"""Predict one study: model grid -> slice embeddings -> head -> probabilities and slice attention; beside
+them the lungs' involvement and the voxel lesion map, on the input's own grid."""
 
 from __future__ import annotations
 
@@ -9,18 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 from ..io.memory import release_freed_memory
 from ..io.timing import StageTimes, timed
 from ..io.volume import Volume, read_volume
 from ..networks.severity_model import SeverityModel, resolve_device
-from ..transforms.involvement import lung_features, lung_involvement_coarse
+from ..transforms.involvement import lesion_map, lung_features, lung_involvement_coarse
 from ..transforms.lungs import to_native
 from ..transforms.preprocess import (
     GridMapping,
-    canonical_mask_to_grid,
-    grid_map_to_canonical,
     slice_values_to_canonical,
     to_model_grid,
 )
@@ -40,33 +37,22 @@ def load_model(path: str | os.PathLike | None = None, device: str = "auto") -> S
     return model
 
 
-def disease_weights(probabilities: torch.Tensor) -> torch.Tensor:
-    """CAM weights for "evidence of disease": expected class map minus the least-severe class's map."""
-    weights = probabilities.clone()
-    weights[0] -= 1.0
-    return weights
-
-
 @dataclass
 class GridResult:
     probabilities: np.ndarray  # (C,)
     slice_attention: np.ndarray  # (S,) over the model's slices
-    evidence: np.ndarray  # (S, H, W) in 0..1
     cnn_probabilities: np.ndarray | None = None  # the CNN head's alone, before fusion with the lung features
 
 
 @torch.inference_mode()
-def predict_grid(model: SeverityModel, grid: np.ndarray, features: np.ndarray | None = None,
-                 lungs: np.ndarray | None = None) -> GridResult:
-    """Probabilities, slice attention and 3D evidence for one study on the model grid.
+def predict_grid(model: SeverityModel, grid: np.ndarray, features: np.ndarray | None = None) -> GridResult:
+    """Probabilities and slice attention for one study on the model grid.
 
-    ``features`` are the study's lung features (fused with the CNN when the model has an aeration
-    part); ``lungs``, the lung mask on the model grid, gives the coarse evidence map its shape.
+    ``features`` are the study's lung features, fused with the CNN when the model has an involvement part.
     """
     device = next(model.parameters()).device
     slices = torch.from_numpy(np.ascontiguousarray(grid, dtype=np.float32))[:, None]
-    maps = model.slice_feature_maps(slices)
-    embeddings = maps.mean(dim=(2, 3))  # global average pooling, as in the backbone's forward
+    embeddings = model.embed_slices(slices)
     logits, attention = model.head(embeddings[None].to(device))
     cnn_probabilities = logits[0].float().softmax(-1).cpu()
     aeration_probabilities = None if features is None else \
@@ -74,19 +60,7 @@ def predict_grid(model: SeverityModel, grid: np.ndarray, features: np.ndarray | 
     if aeration_probabilities is not None:
         aeration_probabilities = aeration_probabilities[0]
     probabilities = model.fuse(cnn_probabilities, aeration_probabilities)
-    attention = attention[0].float().cpu()
-    # Class activation map (Zhou et al. 2016) for "evidence of disease", from the same feature maps.
-    cam = model.slice_classifier.activation_maps_of(maps, disease_weights(probabilities).to(device))
-    cam = cam.cpu().clamp_(min=0)
-    cam = torch.nn.functional.interpolate(cam[None, None], size=grid.shape, mode="trilinear",
-                                          align_corners=False)[0, 0]
-    # The CAM is coarse (a few cells per slice); the lungs give the map its anatomical shape.
-    if lungs is not None:
-        cam *= torch.from_numpy(ndimage.binary_dilation(lungs, iterations=1)).float()
-    cam /= cam.max().clamp(min=1e-6)
-    evidence = cam * (attention / attention.max())[:, None, None] * (1 - probabilities[0])
-    return GridResult(probabilities.numpy(), attention.numpy(), evidence.clamp_(0, 1).numpy(),
-                      cnn_probabilities.numpy())
+    return GridResult(probabilities.numpy(), attention[0].float().cpu().numpy(), cnn_probabilities.numpy())
 
 
 def map_slice_attention(volume: Volume, attention: np.ndarray, mapping: GridMapping) -> tuple[np.ndarray, list[str]]:
@@ -130,16 +104,17 @@ def predict_volume(model: SeverityModel, volume: Volume, times: StageTimes | Non
             report, coarse_bands, factors = lung_involvement_coarse(volume.array, volume.spacing_zyx)
         else:  # measured ahead, by studies.StudyPrefetcher
             report, coarse_bands, factors = prepared.involvement, prepared.coarse_bands, prepared.factors
-        lungs_on_grid = canonical_mask_to_grid(to_native(coarse_bands, factors, volume.array.shape), mapping)
         release_freed_memory()
     with timed(times, "network"):
-        result = predict_grid(model, grid, lung_features(report), lungs_on_grid)
+        result = predict_grid(model, grid, lung_features(report))
     probabilities = result.probabilities
     with timed(times, "evidence_map"):
         slice_attention, warnings = map_slice_attention(volume, result.slice_attention, mapping)
-        # float16: half the memory of float32 for a map shown and stored in steps of 1/255 anyway.
-        release_freed_memory()
-        evidence_kji = volume.to_original(grid_map_to_canonical(result.evidence, mapping, np.float16))
+        # The voxel lesion map, on the lungs' analysis grid and mapped back block by block (float16: half
+        # the memory of float32 for a map shown and stored in steps of 1/255 anyway).
+        lesions = lesion_map(coarse_bands, tuple(report.get("analysis_spacing_mm", volume.spacing_zyx)))
+        evidence_kji = volume.to_original(to_native(lesions, factors, volume.array.shape))
+        del lesions
         bands_kji = BandLabels(coarse_bands, factors, volume.array.shape, volume.geometry)
     names = model.class_names
     label = names[int(np.argmax(probabilities))]

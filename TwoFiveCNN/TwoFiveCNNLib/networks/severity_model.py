@@ -75,12 +75,19 @@ class SeverityModel(nn.Module):
         device = self.aeration.weight.device
         return self.aeration(self.normalise_aeration(features.cpu()).to(device)).float().softmax(-1).cpu()
 
-    @staticmethod
-    def fuse(cnn_probabilities: torch.Tensor, aeration_probabilities: torch.Tensor | None) -> torch.Tensor:
-        """The model's probabilities: the CNN head's, averaged with the aeration model's when there is one."""
+    @property
+    def fusion_cnn_weight(self) -> float:
+        """The CNN head's share of the fused probabilities (the involvement model has the rest): chosen
+        on the validation split when training (:func:`..training.stages.choose_fusion_weight`); an even
+        mix for files from before the choice was made."""
+        return float(self.metadata.get("fusion", {}).get("cnn_weight", 0.5))
+
+    def fuse(self, cnn_probabilities: torch.Tensor, aeration_probabilities: torch.Tensor | None) -> torch.Tensor:
+        """The model's probabilities: the CNN head's, mixed with the involvement model's when there is one."""
         if aeration_probabilities is None:
             return cnn_probabilities
-        return (cnn_probabilities + aeration_probabilities.to(cnn_probabilities.device)) / 2
+        weight = self.fusion_cnn_weight
+        return weight * cnn_probabilities + (1 - weight) * aeration_probabilities.to(cnn_probabilities.device)
 
     def weight_groups(self) -> tuple[str, ...]:
         return ("slice_classifier", "head", "aeration") if self.aeration is not None else ("slice_classifier", "head")

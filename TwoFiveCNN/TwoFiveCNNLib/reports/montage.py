@@ -203,7 +203,7 @@ def evidence_montage_png(
     draw_text(draw, (MARGIN, MARGIN), title, 20, INK, "lt")
     subtitle = f"{len(shown)} of {n_slices} slices with the highest attention"
     draw_text(draw, (MARGIN, MARGIN + 28), subtitle, 14, MUTED)
-    _colour_bar(image, WIDTH - MARGIN, MARGIN + 6, "evidence")
+    _colour_bar(image, WIDTH - MARGIN, MARGIN + 6, "lesion map")
     row_left = (WIDTH - (columns * tile_width + (columns - 1) * gap)) // 2
     for position, k in enumerate(shown):
         row, column = divmod(position, columns)

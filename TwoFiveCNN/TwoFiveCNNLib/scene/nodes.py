@@ -41,7 +41,7 @@ PLOT_COLOUR = ACCENT_UNIT  # the reports' accent blue
 # role: (MRML class, node name given the input's name). The role names the node reference on the input.
 _NODES = {
     "table": ("vtkMRMLTableNode", "{} severity"),
-    "evidence": ("vtkMRMLScalarVolumeNode", "{} evidence"),
+    "evidence": ("vtkMRMLScalarVolumeNode", "{} lesion map"),
     "slice_table": ("vtkMRMLTableNode", "{} slice attention"),
     "plot_series": ("vtkMRMLPlotSeriesNode", "{} slice attention"),
     "plot_chart": ("vtkMRMLPlotChartNode", "{} attention chart"),

@@ -421,8 +421,8 @@ def write_views_png(
         views = render_slice_views(scene, input_node, overlay_node, focus_ras[:3],
                                    application_logic=application_logic)
         if overlay == "evidence":
-            subtitle = (f"Slicer's slice views through the most-attended slice (k={k}) under the evidence map "
-                        f"(slice attention x in-plane activation)")
+            subtitle = (f"Slicer's slice views through the most-attended slice (k={k}) under the lesion map "
+                        f"(the involved share of the lung around each voxel)")
         else:
             subtitle = "Slicer's slice views through the most involved region under the lung HU bands"
         return save_png(views_image(prediction, views, f"{name}: {prediction.label}", subtitle, overlay, k), path)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import platform
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ import torch
 
 from ..data.cache import PreprocessedCache
 from ..data.cohort import load_cohort
-from ..data.index import DatasetIndex
+from ..data.index import DatasetError, DatasetIndex
 from ..data.splits import Split, make_split
 from ..data.tasks import TaskDefinition
 from ..inference.cohort_scores import FUSED, cohort_metrics
@@ -30,7 +31,14 @@ from .baselines import evaluate_baselines
 from .checkpoint import Checkpoint
 from .config import TrainConfig
 from .distributed import distributed_rank_world
-from .stages import finetune, stage2_data, train_aeration_model, train_head, train_stage1
+from .stages import (
+    choose_fusion_weight,
+    finetune,
+    stage2_data,
+    train_aeration_model,
+    train_head,
+    train_stage1,
+)
 
 
 def prepare_split(index: DatasetIndex, config: TrainConfig, split_path: Path | None) -> Split:
@@ -43,6 +51,12 @@ def prepare_split(index: DatasetIndex, config: TrainConfig, split_path: Path | N
     if split_path is not None and distributed_rank_world()[0] == 0:
         split.save(split_path)
     return split
+
+
+def source_fingerprints(data: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
+    """The fingerprint of each dataset trained on, so that ``evaluate`` recognises any one of them."""
+    paths = [data] if isinstance(data, (str, os.PathLike)) else list(data)
+    return [DatasetIndex.load(path).fingerprint() for path in paths]
 
 
 def package_versions() -> dict:
@@ -70,15 +84,38 @@ def apply_pretrained(model: SeverityModel, config: TrainConfig, reporter: Progre
     return report
 
 
-def train(data: str | os.PathLike, out: str | os.PathLike, config: TrainConfig,
+def load_train_only(paths: Sequence[str | os.PathLike] | None, index: DatasetIndex,
+                    held_out: str | os.PathLike | None) -> DatasetIndex | None:
+    """Studies that only ever train (synthetic ones, such as ``twofivecnn synth`` makes from a cohort's
+    normal CTs): never in validation, test or the held-out scores. Refused if any of them is also a
+    study of the split or of ``held_out``: the same study on both sides would flatter every score."""
+    if not paths:
+        return None
+    extra = DatasetIndex.load_all(paths)
+    others = {s.study_id: s for s in index.studies}
+    if held_out is not None:
+        others.update({s.study_id: s for s in DatasetIndex.load(held_out).studies})
+    clashes = [s for s in extra.studies if s.study_id in others]
+    if clashes:
+        raise DatasetError(
+            f"{clashes[0].path}: study id {clashes[0].study_id!r} is also {others[clashes[0].study_id].path} "
+            f"({len(clashes)} such studies); train-only studies need ids of their own "
+            f"(`twofivecnn synth --prefix synth`).")
+    return extra
+
+
+def train(data: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.PathLike, config: TrainConfig,
           reporter: ProgressReporter | None = None, cache: PreprocessedCache | None = None,
           split_path: str | os.PathLike | None = None, resume: bool = False,
-          held_out: str | os.PathLike | None = None) -> SeverityModel:
-    """Train both stages on a dataset (MosMed-style folder or CSV) and write the model file ``out``.
+          held_out: str | os.PathLike | None = None,
+          train_only: Sequence[str | os.PathLike] | None = None) -> SeverityModel:
+    """Train both stages on a dataset (MosMed-style folder or CSV, or several indexed as one) and write
+    the model file ``out``.
 
     ``held_out``: an extra dataset never used for training or selection, on which the model (and
     the baselines) are also scored and the scores recorded in the model file. Scores are those of
     the model as saved (float16 weights), so ``twofivecnn evaluate`` reproduces them.
+    ``train_only``: datasets added to the training subset only (see :func:`load_train_only`).
     """
     reporter = reporter or ProgressReporter()
     out = Path(out)
@@ -91,16 +128,21 @@ def train(data: str | os.PathLike, out: str | os.PathLike, config: TrainConfig,
     model = SeverityModel(task, config.preprocess, config.architecture).to(device)
     pretrained = apply_pretrained(model, config, reporter)
     model.slice_classifier.to(memory_format=torch.channels_last)
-    index = DatasetIndex.load(data)
+    index = DatasetIndex.load_all(data)
+    extra = load_train_only(train_only, index, held_out)
     split = prepare_split(index, config, Path(split_path) if split_path else out.with_suffix(".split.json"))
     cache = cache or PreprocessedCache()
     reporter.message(f"{len(index)} studies; split train/val/test = "
-                     f"{len(split.train)}/{len(split.val)}/{len(split.test)} (seed {split.seed})")
-    cohorts = {name: load_cohort(split.subset(index, name), task, config.preprocess, cache,
+                     f"{len(split.train)}/{len(split.val)}/{len(split.test)} (seed {split.seed})"
+                     + (f"; {len(extra)} train-only studies from {extra.source}" if extra else ""))
+    subsets = {name: split.subset(index, name) for name in ("train", "val", "test") if getattr(split, name)}
+    if extra is not None:
+        subsets["train"] = subsets.get("train", []) + extra.studies
+    cohorts = {name: load_cohort(studies, task, config.preprocess, cache,
                                  lambda done, total, name=name: reporter.event(
                                      "preprocess", subset=name, epoch=done, epochs=total),
                                  with_lung_features=config.architecture.aeration)
-               for name in ("train", "val", "test") if getattr(split, name)}
+               for name, studies in subsets.items()}
     if held_out is not None:
         cohorts["held_out"] = load_cohort(DatasetIndex.load(held_out).studies, task, config.preprocess, cache,
                                           with_lung_features=config.architecture.aeration)
@@ -114,13 +156,16 @@ def train(data: str | os.PathLike, out: str | os.PathLike, config: TrainConfig,
     stage1_state = resume_state if resume_state and resume_state[1]["stage"] == "stage1" else None
     stage1 = train_stage1(model, cohorts["train"], cohorts["val"], config, reporter, checkpoint, stage1_state,
                           device)
-    data = stage2_data(model, cohorts["train"], cohorts["val"], config, reporter, device)
-    stage2 = train_head(model.head, data, model.class_names, config, reporter, device)
+    embedded = stage2_data(model, cohorts["train"], cohorts["val"], config, reporter, device)
+    stage2 = train_head(model.head, embedded, model.class_names, config, reporter, device)
     history = {"stage1": stage1, "stage2": stage2}
     if config.finetune_epochs > 0:
         history["finetune"] = finetune(model, cohorts["train"], cohorts["val"], config, reporter, device)
     if model.aeration is not None:
         train_aeration_model(model, cohorts["train"], config)
+        fusion = choose_fusion_weight(model, cohorts["val"])
+        reporter.message(f"fusion: the CNN head's share {fusion['cnn_weight']}, the involvement model's "
+                         f"{1 - fusion['cnn_weight']} (chosen on the validation split)")
     training_seconds = round(time.monotonic() - started, 1)
     if config.baselines:  # from the trained weights, before they are rounded for the file
         model.metadata["baselines"] = evaluate_baselines(model, cohorts, config, reporter, device)
@@ -130,6 +175,9 @@ def train(data: str | os.PathLike, out: str | os.PathLike, config: TrainConfig,
         "name": config.name or out.stem, "demo": config.demo, "train_config": config.to_dict(),
         "split": split.to_dict(), "split_fingerprint": split.fingerprint(),
         "dataset_fingerprint": index.fingerprint(), "dataset_counts": index.counts(),
+        "dataset_sources": source_fingerprints(data),
+        **({"train_only": {"source": extra.source, "counts": extra.counts(), "fingerprint": extra.fingerprint(),
+                           "study_ids": [s.study_id for s in extra.studies]}} if extra else {}),
         "metrics": evaluation, "history": history, **({"pretrained": pretrained.to_dict()} if pretrained else {}),
         "training_seconds": training_seconds, "versions": package_versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -19,7 +19,7 @@ from ..networks.severity_model import SeverityModel, renamed_slice_classifier_ke
 from .checkpoint import Checkpoint
 from .config import TrainConfig, epoch_generator
 from .distributed import distributed_rank_world
-from .engine import BestState, EpochPlan, class_weights, fit, fit_linear, optimiser_step
+from .engine import BestState, EpochPlan, class_weights, fit, fit_linear, optimiser_step, score
 
 # ---------------------------------------------------------------- stage 1
 
@@ -221,3 +221,28 @@ def train_aeration_model(model: SeverityModel, train: Cohort, config: TrainConfi
     linear.reset_parameters()
     fit_linear(linear, model.normalise_aeration(train.lung_features), train.labels,
                class_weights(train.labels, model.task.num_classes), steps, weight_decay=1e-2)
+
+
+# CNN shares of the fused probabilities tried on the validation split (0: involvement alone, 1: CNN alone).
+FUSION_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def choose_fusion_weight(model: SeverityModel, val: Cohort) -> dict:
+    """Choose how the CNN head and the involvement model are mixed, by the validation split's balanced
+    accuracy, then kappa; ties go to the more even mix. Sets and returns ``model.metadata["fusion"]``.
+
+    Which part to trust depends on the data: on phantoms, whose grade is their involved share, the
+    involvement model is strong; on real anatomy, where the lung mask misses dense consolidation,
+    the CNN matters more. So the mix is measured on validation studies, never assumed.
+    """
+    cnn = torch.from_numpy(head_probabilities(model.head, embed_cohort(model, val), val.mask()))
+    involvement = model.aeration_probabilities(val.lung_features)
+    labels = val.labels.tolist()
+    scores = {weight: score(compute_metrics(labels, (weight * cnn + (1 - weight) * involvement).numpy(),
+                                            model.class_names)) for weight in FUSION_WEIGHTS}
+    best = max(FUSION_WEIGHTS, key=lambda weight: (scores[weight], -abs(weight - 0.5)))
+    model.metadata["fusion"] = {"cnn_weight": best, "chosen_on": "validation split",
+                                "candidates": [{"cnn_weight": w, "balanced_accuracy": round(scores[w][0], 4),
+                                                "quadratic_weighted_kappa": round(scores[w][1], 4)}
+                                               for w in FUSION_WEIGHTS]}
+    return model.metadata["fusion"]

@@ -37,6 +37,8 @@ ZONES = ("upper", "middle", "lower", "ventral", "dorsal")
 LUNG_FEATURES = ("emphysema", "ground_glass", "consolidation", "involved")
 # MosMed's grades by involved share of the lungs; below ``normal_share`` a lung counts as normal.
 MOSMED_UPPER_SHARES = (0.25, 0.50, 0.75)
+# In-plane window of the voxel lesion map (see lesion_map).
+LESION_WINDOW_MM = 5.0
 
 
 @dataclass(frozen=True)
@@ -170,6 +172,27 @@ def lung_involvement_coarse(hu: np.ndarray, spacing_zyx: tuple[float, float, flo
     report, bands = measure_involvement(coarse_hu, lungs, coarse_spacing, settings)
     report["analysis_spacing_mm"] = list(coarse_spacing)
     return report, bands, factors
+
+
+def lesion_map(bands: np.ndarray, spacing_zyx: tuple[float, float, float],
+               window_mm: float = LESION_WINDOW_MM) -> np.ndarray:
+    """The voxel lesion map, float16 in 0..1: the share of involved lung (ground glass or consolidation)
+    in the in-plane ``window_mm`` square around each voxel, on ``bands``' grid.
+
+    It shows where the involvement figures found lesions, smoothed just enough that the vessels and
+    aerated specks inside a lesion read as lesion and a lone speck outside one as little. Being the
+    bands' own count, the picture and the numbers never disagree. (The CNN's class activation map,
+    3 x 3 cells per slice, did not separate lesion from healthy lung: voxel AUC 0.50, see the README.)
+    """
+    out = np.zeros(bands.shape, dtype=np.float16)
+    inside = bands > 0
+    if not inside.any():
+        return out
+    window = (1, *(max(1, round(window_mm / s)) | 1 for s in spacing_zyx[1:]))
+    box = bounding_box(inside, margin=tuple(w // 2 for w in window))
+    involved = np.isin(bands[box], INVOLVED_BANDS).astype(np.float32)
+    out[box] = ndimage.uniform_filter(involved, window, mode="constant")
+    return out
 
 
 def lung_features(report: dict) -> np.ndarray:

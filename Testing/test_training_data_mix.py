@@ -1,0 +1,85 @@
+"""Training on several datasets at once, studies that only ever train, and the fusion chosen on validation:
+real phantoms and lesion-inserted real CT, really trained."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY_TRAIN_ARGS
+from TwoFiveCNNLib.app.cli import main
+from TwoFiveCNNLib.data.index import DatasetIndex
+from TwoFiveCNNLib.inference.predict import load_model
+from TwoFiveCNNLib.training.stages import FUSION_WEIGHTS
+
+
+@pytest.fixture(scope="module")
+def synth_cohort(chest_ct_path: Path, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("synth_mix")
+    assert main(["synth", "--base", str(chest_ct_path), "--out", str(out), "--counts", "2,2,2,2,2",
+                 "--seed", "3", "--prefix", "synth"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def mixed_model(phantom_cohort, synth_cohort, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("mixed") / "mixed.pt"
+    assert main(["train", "--data", str(phantom_cohort), "--train-only", str(synth_cohort), "--out", str(out),
+                 "--cache", str(tmp_path_factory.mktemp("cache_mix")), *TINY_TRAIN_ARGS]) == 0
+    return out
+
+
+def test_train_only_studies_train_and_never_validate_or_test(mixed_model, phantom_cohort, synth_cohort):
+    meta = load_model(mixed_model, "cpu").metadata
+    synth_ids = {s.study_id for s in DatasetIndex.load(synth_cohort).studies}
+    assert set(meta["train_only"]["study_ids"]) == synth_ids and len(synth_ids) == 10
+    split_ids = set(meta["split"]["train"]) | set(meta["split"]["val"]) | set(meta["split"]["test"])
+    assert split_ids == {s.study_id for s in DatasetIndex.load(phantom_cohort).studies}
+    assert not split_ids & synth_ids
+    assert meta["metrics"]["test"]["twofive"]["n_studies"] == len(meta["split"]["test"])
+
+
+def test_evaluating_the_train_only_data_says_the_model_trained_on_it(mixed_model, synth_cohort, tmp_path):
+    report = tmp_path / "report.json"
+    assert main(["evaluate", "--model", str(mixed_model), "--data", str(synth_cohort), "--json", str(report),
+                 "--cache", str(tmp_path / "cache")]) == 0
+    assert "WARNING: the model trained on all of them" in json.loads(report.read_text())["subset_description"]
+
+
+def test_the_fusion_is_chosen_on_validation_and_used(mixed_model):
+    model = load_model(mixed_model, "cpu")
+    fusion = model.metadata["fusion"]
+    assert fusion["cnn_weight"] in FUSION_WEIGHTS and model.fusion_cnn_weight == fusion["cnn_weight"]
+    assert [c["cnn_weight"] for c in fusion["candidates"]] == list(FUSION_WEIGHTS)
+    chosen = next(c for c in fusion["candidates"] if c["cnn_weight"] == fusion["cnn_weight"])
+    best = max((c["balanced_accuracy"], c["quadratic_weighted_kappa"]) for c in fusion["candidates"])
+    assert (chosen["balanced_accuracy"], chosen["quadratic_weighted_kappa"]) == best
+    cnn, involvement = torch.tensor([[0.6, 0.4]]), torch.tensor([[0.2, 0.8]])
+    model.metadata["fusion"] = {"cnn_weight": 1.0}
+    assert torch.equal(model.fuse(cnn, involvement), cnn)
+    model.metadata["fusion"] = {"cnn_weight": 0.25}
+    assert torch.allclose(model.fuse(cnn, involvement), torch.tensor([[0.3, 0.7]]))
+
+
+def test_several_datasets_split_as_one_and_evaluate_scores_each_ones_share(phantom_cohort, synth_cohort, tmp_path):
+    out = tmp_path / "both.pt"
+    assert main(["train", "--data", str(phantom_cohort), str(synth_cohort), "--out", str(out),
+                 "--cache", str(tmp_path / "cache"), *TINY_TRAIN_ARGS]) == 0
+    meta = load_model(out, "cpu").metadata
+    synth_ids = {s.study_id for s in DatasetIndex.load(synth_cohort).studies}
+    assert synth_ids & set(meta["split"]["val"]), "the validation split holds studies of both datasets"
+    report = tmp_path / "synth.json"
+    assert main(["evaluate", "--model", str(out), "--data", str(synth_cohort), "--json", str(report),
+                 "--cache", str(tmp_path / "cache")]) == 0
+    scored = {row["study_id"] for row in json.loads(report.read_text())["studies"]}
+    assert scored == synth_ids & set(meta["split"]["test"])
+
+
+def test_a_train_only_study_that_is_also_in_the_split_is_refused(phantom_cohort, tmp_path, capsys):
+    code = main(["train", "--data", str(phantom_cohort), "--train-only", str(phantom_cohort),
+                 "--out", str(tmp_path / "m.pt"), *TINY_TRAIN_ARGS])
+    assert code != 0 and not (tmp_path / "m.pt").exists()
+    message = capsys.readouterr().err
+    assert "train-only studies need ids of their own" in message and "--prefix" in message
