@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import reoriented
 from TwoFiveCNNLib.data.phantoms import generate_phantom
-from TwoFiveCNNLib.io.volume import Geometry, Volume, read_volume
+from TwoFiveCNNLib.io.volume import Volume, read_volume
 from TwoFiveCNNLib.transforms.involvement import (
     BAND_NAMES,
     CONSOLIDATION,
@@ -44,21 +45,6 @@ def reference_lungs(chest: Volume, chest_ct_path: Path) -> np.ndarray:
     labels[voxels_kji == values["right lung"]] = RIGHT_LUNG
     labels[voxels_kji == values["left lung"]] = LEFT_LUNG
     return Volume.from_original(labels, chest.geometry).array
-
-
-def reoriented(volume: Volume, flips_kji: tuple[bool, bool, bool]) -> Volume:
-    """The same CT stored with some index axes reversed (e.g. RAS rather than LPS, or feet first)."""
-    array = volume.to_original(volume.array)
-    geometry = volume.geometry
-    direction = np.array(geometry.direction).reshape(3, 3).copy()
-    origin = np.array(geometry.origin, dtype=float)
-    for axis_ijk, flip in enumerate(flips_kji[::-1]):
-        if flip:
-            origin += direction[:, axis_ijk] * geometry.spacing[axis_ijk] * (geometry.size[axis_ijk] - 1)
-            direction[:, axis_ijk] *= -1
-            array = np.flip(array, axis=2 - axis_ijk)
-    new = Geometry(geometry.size, geometry.spacing, tuple(origin), tuple(direction.ravel()))
-    return Volume.from_original(np.ascontiguousarray(array), new)
 
 
 def outside_air(hu: np.ndarray) -> np.ndarray:

@@ -88,7 +88,7 @@ most. The Batch section grades every volume file of a folder and writes one JSON
 picture per study plus a summary.tsv, exactly like <code>twofivecnn predict</code>.</p>
 <p>PyTorch is needed: install the "PyTorch" extension from the Extensions Manager; PyTorch itself is
 then installed on first use, after asking you.</p>
-<p><b>The bundled demo model was trained on synthetic phantoms only. It is not a medical device and
+<p><b>The bundled demo model was trained on synthetic data only (phantoms, and lesions inserted into variants of one real chest CT). It is not a medical device and
 must not be used for clinical decisions.</b> Train your own model with the TwoFiveCNN Training module.</p>
 <p>See the <a href="{homepage}">project page</a> for documentation.</p>
 """).format(homepage=HOMEPAGE)
@@ -149,7 +149,7 @@ class TwoFiveCNNParameterNode:
     """What the user chose, saved with the scene.
 
     inputVolume: the chest CT (HU) to grade.
-    useDemoModel: grade with the bundled synthetic-phantom demo model instead of ``modelPath``.
+    useDemoModel: grade with the bundled synthetic-data demo model instead of ``modelPath``.
     modelPath: a model file written by TwoFiveCNN training.
     device: "auto" (GPU when available), "CPU" or "GPU".
     showOverlay, overlayOpacity: the chosen overlay as the slice views' foreground layer.
@@ -281,7 +281,7 @@ class TwoFiveCNNWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         demoAvailable = BUNDLED_MODEL_PATH.is_file()
         self.ui.useDemoModelCheckBox.enabled = demoAvailable or parameters.useDemoModel
         self.ui.useDemoModelCheckBox.toolTip = (
-            _("Grade with the demo model bundled with the extension (trained on synthetic phantoms only).")
+            _("Grade with the demo model bundled with the extension (trained on synthetic data only).")
             if demoAvailable else _("The demo model is not included in this build: choose a model file."))
         self.ui.modelPathLineEdit.enabled = not parameters.useDemoModel
         self.ui.demoModelWarningLabel.visible = parameters.useDemoModel
@@ -548,7 +548,7 @@ class TwoFiveCNNLogic(ScriptedLoadableModuleLogic):
     def process(self, inputVolume, modelPath=None, device: str = "auto"):
         """Grade ``inputVolume`` and show the result in the scene; returns a ``NodePrediction``.
 
-        ``modelPath`` None uses the bundled synthetic-phantom demo model. Re-running on the same
+        ``modelPath`` None uses the bundled synthetic-data demo model. Re-running on the same
         volume updates the same result nodes. A failure (unreadable model, unusable volume) adds
         no node: loading and inference happen before any node is touched.
         """

@@ -72,7 +72,7 @@ exported once as NRRD files beside the model). "Show summary" checks it before t
 curves follow it live; Cancel keeps the last completed epoch and Resume continues from it.</p>
 <p><b>Results</b>: per-class metrics and the confusion matrix of the held-out test split; "Use in
 TwoFiveCNN" selects the new model in the TwoFiveCNN module.</p>
-<p>The demo model bundled with the TwoFiveCNN module was trained on synthetic phantoms only; it is not a
+<p>The demo model bundled with the TwoFiveCNN module was trained on synthetic data only (phantoms, and lesions inserted into one real CT); it is not a
 medical device and must not be used for clinical decisions. A model you train is only as good as your
 data and its validation.</p>
 <p>See the <a href="{homepage}">project page</a> for documentation.</p>

@@ -139,7 +139,7 @@ def _add_train(sub) -> None:
                    help="emit one JSON object per line (stdout, or PATH) for programs such as Slicer")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--name", default="", help="model name shown with every prediction")
-    p.add_argument("--demo", action="store_true", help="mark as a synthetic-phantom demo model")
+    p.add_argument("--demo", action="store_true", help="mark as a demo model trained on synthetic data (every output says: not for clinical use)")
     p.set_defaults(run=run_train)
 
 

@@ -28,7 +28,7 @@ BUNDLED_MODEL = Path(__file__).with_name("demo_model.pt")
 
 
 def load_model(path: str | os.PathLike | None = None, device: str = "auto") -> SeverityModel:
-    """Load a model file, or the bundled synthetic-phantom demo model when ``path`` is None.
+    """Load a model file, or the bundled synthetic-data demo model when ``path`` is None.
 
     The backbone's weights are laid out channels-last, the layout its inputs are given in: faster
     convolutions on CPUs, the same results."""

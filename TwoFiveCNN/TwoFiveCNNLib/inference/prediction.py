@@ -8,7 +8,7 @@ import numpy as np
 
 from ..io.volume import Geometry, canonical_to_original
 
-DEMO_MODEL_NOTICE = "synthetic-phantom demo model: not for clinical use"
+DEMO_MODEL_NOTICE = "synthetic-data demo model: not for clinical use"
 
 
 class BandLabels:

@@ -659,7 +659,7 @@ def predict_volume_node(volume_node: slicer.vtkMRMLScalarVolumeNode, model_path:
                         model: SeverityModel | None = None) -> NodePrediction:
     """Grade a volume node and show the result in the scene (re-running updates the same nodes).
 
-    ``model_path`` None uses the bundled synthetic-phantom demo model; an already loaded ``model``
+    ``model_path`` None uses the bundled synthetic-data demo model; an already loaded ``model``
     saves reloading it for many volumes. The input node is never modified.
     """
     from ..inference.predict import load_model, predict_volume
