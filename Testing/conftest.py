@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from TwoFiveCNNLib.io.volume import Geometry, Volume
 
 
 @pytest.fixture(scope="session")
@@ -56,18 +55,3 @@ def tiny_model(phantom_cohort, tmp_path_factory) -> Path:
     assert main(["train", "--data", str(phantom_cohort), "--out", str(out), "--cache", str(cache),
                  *TINY_TRAIN_ARGS]) == 0
     return out
-
-
-def reoriented(volume: Volume, flips_kji: tuple[bool, bool, bool]) -> Volume:
-    """The same CT stored with some index axes reversed (e.g. RAS rather than LPS, or feet first)."""
-    array = volume.to_original(volume.array)
-    geometry = volume.geometry
-    direction = np.array(geometry.direction).reshape(3, 3).copy()
-    origin = np.array(geometry.origin, dtype=float)
-    for axis_ijk, flip in enumerate(flips_kji[::-1]):
-        if flip:
-            origin += direction[:, axis_ijk] * geometry.spacing[axis_ijk] * (geometry.size[axis_ijk] - 1)
-            direction[:, axis_ijk] *= -1
-            array = np.flip(array, axis=2 - axis_ijk)
-    new = Geometry(geometry.size, geometry.spacing, tuple(origin), tuple(direction.ravel()))
-    return Volume.from_original(np.ascontiguousarray(array), new)

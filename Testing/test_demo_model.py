@@ -4,9 +4,8 @@ grade it CT-0 however the CT is stored, and say what it was trained on."""
 from __future__ import annotations
 
 import pytest
-from conftest import reoriented
 from TwoFiveCNNLib.inference.predict import load_model, predict_volume
-from TwoFiveCNNLib.io.volume import read_volume
+from TwoFiveCNNLib.io.volume import read_volume, stored_flipped
 
 FLIPS = {"LPS": (False, False, False), "RAS": (False, True, True), "feet first": (True, False, False)}
 
@@ -18,7 +17,7 @@ def demo_model():
 
 @pytest.mark.parametrize("orientation", list(FLIPS))
 def test_the_untouched_real_ct_grades_ct0_in_every_orientation(demo_model, chest_ct_path, orientation):
-    volume = reoriented(read_volume(chest_ct_path), FLIPS[orientation])
+    volume = stored_flipped(read_volume(chest_ct_path), FLIPS[orientation])
     prediction = predict_volume(demo_model, volume)
     assert prediction.label == "CT-0", prediction.probabilities
     assert prediction.cnn_probabilities["CT-0"] > 0.5

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import reoriented
 from TwoFiveCNNLib.data.phantoms import generate_phantom
-from TwoFiveCNNLib.io.volume import Volume, read_volume
+from TwoFiveCNNLib.io.volume import Volume, read_volume, stored_flipped
 from TwoFiveCNNLib.transforms.involvement import (
     BAND_NAMES,
     CONSOLIDATION,
@@ -64,7 +63,7 @@ def outside_air(hu: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("flips", [(False, False, False), (False, True, True), (True, False, False)],
                          ids=["as stored", "LPS in-plane", "feet-first flipped"])
 def test_lungs_match_the_expert_segments_in_every_orientation(chest, reference_lungs, flips):
-    volume = reoriented(chest, flips)
+    volume = stored_flipped(chest, flips)
     np.testing.assert_array_equal(volume.array, chest.array)  # the same anatomy, stored otherwise
     labels = segment_lungs(volume.array, volume.spacing_zyx)
     for side in (RIGHT_LUNG, LEFT_LUNG):

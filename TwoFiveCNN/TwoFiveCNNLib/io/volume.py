@@ -168,6 +168,22 @@ class Volume:
         return None if order is None else np.argsort(order)
 
 
+def stored_flipped(volume: Volume, flips_kji: tuple[bool, bool, bool]) -> Volume:
+    """The same CT stored with some index axes reversed (RAS rather than LPS, feet first...): the same
+    anatomy in the same place, another storage order, as scanners and converters write it."""
+    array = volume.to_original(volume.array)
+    geometry = volume.geometry
+    direction = np.array(geometry.direction).reshape(3, 3).copy()
+    origin = np.array(geometry.origin, dtype=float)
+    for axis_ijk, flip in enumerate(flips_kji[::-1]):
+        if flip:
+            origin += direction[:, axis_ijk] * geometry.spacing[axis_ijk] * (geometry.size[axis_ijk] - 1)
+            direction[:, axis_ijk] *= -1
+            array = np.flip(array, axis=2 - axis_ijk)
+    flipped = Geometry(geometry.size, geometry.spacing, tuple(origin), tuple(direction.ravel()))
+    return Volume.from_original(np.ascontiguousarray(array), flipped, volume.source)
+
+
 def canonical_to_original(canonical: np.ndarray, geometry: Geometry) -> np.ndarray:
     """An array on the canonical grid of a volume with ``geometry``, in that volume's storage order."""
     source_axes, flips = canonical_axes(geometry.direction_matrix)
