@@ -32,7 +32,7 @@ def sitk_image(array_zyx: np.ndarray, spacing=(0.7, 0.8, 2.5), origin=(-10.0, 20
 
 
 TINY_TRAIN_ARGS = ["--in-plane", "48", "--slices", "12", "--stage1-epochs", "1", "--stage2-epochs", "4",
-                   "--stage2-views", "2", "--quiet"]
+                   "--stage2-views", "2", "--lesion-epochs", "2", "--quiet"]
 
 
 @pytest.fixture(scope="session")

@@ -47,15 +47,16 @@ def base(chest_ct_path: Path):
 
 @pytest.fixture(scope="module")
 def cohort(chest_ct_path: Path, tmp_path_factory) -> Path:
-    """One study per grade, made by the command line."""
+    """One study per grade, made by the command line with two worker processes."""
     out = tmp_path_factory.mktemp("synth")
     assert main(["synth", "--base", str(chest_ct_path), "--out", str(out), "--counts", "1,1,1,1,1",
-                 "--seed", "3"]) == 0
+                 "--seed", "3", "--workers", "2"]) == 0
     return out
 
 
 def test_same_seed_same_bytes_another_seed_other_studies(cohort, chest_ct_path, tmp_path):
-    # The base given as a folder (as a user's own normal CTs would be) gives the same cohort.
+    # The base given as a folder (as a user's own normal CTs would be), made in this process alone,
+    # gives the same cohort as two workers did.
     folder = tmp_path / "bases"
     folder.mkdir()
     shutil.copy(chest_ct_path, folder / chest_ct_path.name)

@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import TINY_TRAIN_ARGS
 from TwoFiveCNNLib.app.cli import main
 from TwoFiveCNNLib.data.index import DatasetIndex
-from TwoFiveCNNLib.inference.predict import load_model
+from TwoFiveCNNLib.inference.predict import load_model, predict_volume
+from TwoFiveCNNLib.io.volume import read_volume
 from TwoFiveCNNLib.training.stages import FUSION_WEIGHTS
 
 
@@ -83,3 +85,22 @@ def test_a_train_only_study_that_is_also_in_the_split_is_refused(phantom_cohort,
     assert code != 0 and not (tmp_path / "m.pt").exists()
     message = capsys.readouterr().err
     assert "train-only studies need ids of their own" in message and "--prefix" in message
+
+
+def test_studies_with_masks_train_the_lesion_network_which_only_adds_beyond_the_lungs(mixed_model, synth_cohort):
+    model = load_model(mixed_model, "cpu")
+    assert model.lesion_net is not None and model.architecture.lesion_net
+    history = model.metadata["history"]["lesions"]
+    assert len(history) == 2 and {"val_lesion_dice", "val_lung_dice"} <= set(history[0])
+    volume = read_volume(next((synth_cohort / "studies" / "CT-4").glob("*.nii.gz")))
+    prediction = predict_volume(model, volume)
+    model.lesion_net = None
+    without = predict_volume(model, volume)
+    inside = np.asarray(prediction.bands_kji) > 0
+    assert np.array_equal(prediction.evidence_kji[inside], without.evidence_kji[inside])
+    assert (prediction.evidence_kji >= without.evidence_kji).all()
+
+
+def test_a_model_trained_without_masks_has_no_lesion_network(tiny_model):
+    model = load_model(tiny_model, "cpu")
+    assert model.lesion_net is None and "lesions" not in model.metadata["history"]

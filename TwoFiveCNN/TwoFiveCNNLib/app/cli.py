@@ -45,6 +45,9 @@ def _add_synth(sub) -> None:
     p.add_argument("--prefix", default="study",
                    help="study file names <prefix>_NNNN (default %(default)s; another, such as 'synth', keeps "
                         "them apart from MosMedData's study_NNNN when both are indexed together)")
+    p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
+                   help="processes making studies side by side (default %(default)s; about 1 GB each for a "
+                        "512 x 512 x 300 base); the files are the same for any number")
     p.set_defaults(run=run_synth)
 
 
@@ -56,7 +59,8 @@ def run_synth(args) -> int:
     command = " ".join(["twofivecnn synth --base", *(str(b) for b in args.base), "--out", str(args.out),
                         "--counts", args.counts, "--seed", str(args.seed), "--prefix", args.prefix])
     paths = write_synth_cohort(args.base, args.out, counts, args.seed, command=command,
-                               progress=_counter("synth", every_call=True), prefix=args.prefix)
+                               progress=_counter("synth", every_call=True), prefix=args.prefix,
+                               workers=args.workers)
     print(f"wrote {len(paths)} lesion-inserted studies to {args.out / 'studies'}, their masks to "
           f"{args.out / 'masks'}, and {args.out / 'synth.json'}")
     return 0
@@ -127,6 +131,9 @@ def _add_train(sub) -> None:
     p.add_argument("--stage2-views", type=int, default=6, help="augmented embedding views per training study")
     p.add_argument("--finetune-epochs", type=int, default=0,
                    help="after stage 2, fine-tune backbone and head end to end for N epochs (low learning rate)")
+    p.add_argument("--lesion-epochs", type=int, default=12,
+                   help="epochs of the lesion network, trained when training studies have voxel masks beside "
+                        "them (ROOT/masks, as `twofivecnn synth` writes); 0: none (default %(default)s)")
     p.add_argument("--held-out", type=Path, help="another dataset to score the model (and baselines) on")
     p.add_argument("--baselines", action="store_true",
                    help="also train the pure-3D baselines (3D CNN, ACS-inflated backbone) on the same split")
@@ -155,7 +162,8 @@ def train_config_from_args(args):
         architecture=Architecture(backbone=args.backbone, aeration=not args.no_aeration),
         pretrained=str(args.pretrained) if args.pretrained else None, allow_partial=args.allow_partial,
         stage1_epochs=args.stage1_epochs,
-        stage2_epochs=args.stage2_epochs, stage2_views=args.stage2_views, finetune_epochs=args.finetune_epochs, device=args.device,
+        stage2_epochs=args.stage2_epochs, stage2_views=args.stage2_views, finetune_epochs=args.finetune_epochs,
+        lesion_epochs=args.lesion_epochs, device=args.device,
         baselines=args.baselines, name=args.name, demo=args.demo,
     )
 

@@ -26,7 +26,10 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -519,9 +522,27 @@ def synthesize_study(base: BaseCT, grade: int, seed: int, orientation: str | Non
     return SynthStudy(array_kji, lesion_kji, lungs_kji, geometry, info)
 
 
+_LOADED_BASE: dict[Path, BaseCT] = {}  # per process: one base in memory at a time (bases can be large)
+
+
+def _write_study(out: Path, base_path: Path, label: int, name: str, seed_n: int) -> tuple[Path, dict]:
+    """Make one study and write it with its masks (masks first: a study on disk always has its masks)."""
+    if base_path not in _LOADED_BASE:
+        _LOADED_BASE.clear()
+        _LOADED_BASE[base_path] = load_base(base_path)
+    study = synthesize_study(_LOADED_BASE[base_path], label, seed_n)
+    study_path = Path("studies", f"CT-{label}", f"{name}.nii.gz")
+    lesion_path, lungs_path = (Path("masks", f"{name}_{kind}.nii.gz") for kind in ("lesion", "lungs"))
+    write_volume(study.lesion_kji, study.geometry, out / lesion_path)
+    write_volume(study.lungs_kji, study.geometry, out / lungs_path)
+    write_volume(study.array_kji, study.geometry, out / study_path)
+    return study_path, {"path": study_path.as_posix(), "lesion_mask": lesion_path.as_posix(),
+                        "lung_mask": lungs_path.as_posix(), **study.info}
+
+
 def write_synth_cohort(bases: Sequence[str | os.PathLike], out_dir: str | os.PathLike, counts: Sequence[int],
                        seed: int, command: str = "", progress: Callable[..., None] | None = None,
-                       prefix: str = "study") -> list[Path]:
+                       prefix: str = "study", workers: int = 1) -> list[Path]:
     """Write ``out_dir/studies/CT-k/<prefix>_NNNN.nii.gz`` (int16 HU), the masks beside them in
     ``out_dir/masks/`` (``<prefix>_NNNN_lesion.nii.gz``, ``<prefix>_NNNN_lungs.nii.gz``: uint8 on the
     study's grid and storage order) and ``out_dir/synth.json``. ``prefix`` keeps study ids apart from
@@ -530,7 +551,8 @@ def write_synth_cohort(bases: Sequence[str | os.PathLike], out_dir: str | os.Pat
     The masks stay outside ``studies/`` so that a dataset index never takes them for studies. Studies
     are numbered 0001.. across grades in order; study n draws its base and everything else from
     :func:`~.phantoms.study_seed` (seed, n), so it does not depend on how many others are made.
-    ``progress(done, total, text)`` is called after each study.
+    ``progress(done, total, text)`` is called after each study. ``workers`` processes make studies side
+    by side; the bytes are the same for any number.
     """
     counts = _check_counts(counts)
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", prefix):
@@ -547,23 +569,21 @@ def write_synth_cohort(bases: Sequence[str | os.PathLike], out_dir: str | os.Pat
         raise ValueError(f"{out}: already holds {len(stale)} file(s) this cohort would not replace (e.g. "
                          f"{stale[0]}); they would mix into the data set. Choose an empty output folder or "
                          f"delete them.")
-    records, written, loaded = [], [], {}
-    for n, (label, name) in enumerate(zip(labels, names), 1):
-        seed_n = study_seed(seed, n)
-        chosen = paths[int(np.random.default_rng([seed, n, 1]).integers(len(paths)))]
-        if chosen not in loaded:
-            loaded = {chosen: load_base(chosen)}  # one base in memory at a time: bases can be large
-        study = synthesize_study(loaded[chosen], label, seed_n)
-        study_path = Path("studies", f"CT-{label}", f"{name}.nii.gz")
-        lesion_path, lungs_path = (Path("masks", f"{name}_{kind}.nii.gz") for kind in ("lesion", "lungs"))
-        # Masks first: a study on disk always has its masks.
-        write_volume(study.lesion_kji, study.geometry, out / lesion_path)
-        write_volume(study.lungs_kji, study.geometry, out / lungs_path)
-        written.append(write_volume(study.array_kji, study.geometry, out / study_path))
-        records.append({"path": study_path.as_posix(), "lesion_mask": lesion_path.as_posix(),
-                        "lung_mask": lungs_path.as_posix(), **study.info})
-        if progress is not None:
-            progress(n, len(labels), f"{study_path.as_posix()} from {chosen.name}")
+    jobs = [(out, paths[int(np.random.default_rng([seed, n, 1]).integers(len(paths)))], label, name,
+             study_seed(seed, n)) for n, (label, name) in enumerate(zip(labels, names), 1)]
+    workers = max(1, min(workers, len(jobs)))
+    records, written = [], []
+    with ExitStack() as stack:
+        if workers > 1:  # each study has its own seed: the same bytes whatever the number of workers
+            pool = stack.enter_context(ProcessPoolExecutor(workers, mp_context=get_context("spawn")))
+            results = pool.map(_write_study, *zip(*jobs))
+        else:
+            results = (_write_study(*job) for job in jobs)
+        for n, ((_, chosen, *_), (study_path, record)) in enumerate(zip(jobs, results), 1):
+            written.append(out / study_path)
+            records.append(record)
+            if progress is not None:
+                progress(n, len(labels), f"{study_path.as_posix()} from {chosen.name}")
     settings = {"generator": "TwoFiveCNNLib.data.synth", "version": SYNTH_VERSION, "seed": seed,
                 "command": command, "counts": counts, "bases": [p.name for p in paths],
                 "involvement_ranges": [list(r) for r in INVOLVEMENT_RANGES],

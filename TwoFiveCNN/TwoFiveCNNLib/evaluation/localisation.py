@@ -13,17 +13,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 from scipy import stats
 
 from ..data.index import DatasetIndex
+from ..data.masks import read_masks
 from ..inference.predict import predict_volume
-from ..io.volume import read_volume, study_name
+from ..io.volume import read_volume
 from ..networks.severity_model import SeverityModel
-
-LESION_SUFFIX, LUNGS_SUFFIX = "_lesion.nii.gz", "_lungs.nii.gz"
 
 
 def voxel_auc(evidence: np.ndarray, lesion: np.ndarray, lungs: np.ndarray) -> float | None:
@@ -56,25 +54,6 @@ def attention_rank_correlation(slice_attention: np.ndarray, lesion_kji: np.ndarr
     if np.ptp(counts) == 0 or np.ptp(attention) == 0:
         return None
     return float(stats.spearmanr(attention, counts).statistic)
-
-
-def read_masks(masks_dir: str | os.PathLike, study_path: str | os.PathLike, geometry) -> tuple[np.ndarray, np.ndarray]:
-    """A study's lesion and lung masks (storage order), checked to lie on the study's own grid."""
-    name = study_name(study_path)
-    masks = []
-    for suffix in (LESION_SUFFIX, LUNGS_SUFFIX):
-        path = Path(masks_dir) / f"{name}{suffix}"
-        if not path.is_file():
-            raise ValueError(f"{path}: no {suffix[1:-7]} mask for study {study_path}; --masks must be the "
-                             f"folder `twofivecnn synth` wrote beside studies/ (masks/).")
-        volume = read_volume(path)
-        if volume.geometry.size != geometry.size or not np.allclose(
-                [*volume.geometry.spacing, *volume.geometry.origin, *volume.geometry.direction],
-                [*geometry.spacing, *geometry.origin, *geometry.direction], atol=1e-4):
-            raise ValueError(f"{path}: its grid differs from its study's ({study_path}); masks must be on the "
-                             f"study's own grid.")
-        masks.append(volume.to_original(volume.array) > 0)
-    return masks[0], masks[1]
 
 
 def evaluate_masks(model: SeverityModel, data: str | os.PathLike, masks_dir: str | os.PathLike,

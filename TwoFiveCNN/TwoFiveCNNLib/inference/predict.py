@@ -13,11 +13,13 @@ import torch
 from ..io.memory import release_freed_memory
 from ..io.timing import StageTimes, timed
 from ..io.volume import Volume, read_volume
+from ..networks.lesion_net import LESIONS, LUNGS
 from ..networks.severity_model import SeverityModel, resolve_device
-from ..transforms.involvement import lesion_map, lung_features, lung_involvement_coarse
+from ..transforms.involvement import InvolvementSettings, lesion_map, lung_features, lung_involvement_coarse
 from ..transforms.lungs import to_native
 from ..transforms.preprocess import (
     GridMapping,
+    grid_map_to_canonical,
     slice_values_to_canonical,
     to_model_grid,
 )
@@ -61,6 +63,21 @@ def predict_grid(model: SeverityModel, grid: np.ndarray, features: np.ndarray | 
         aeration_probabilities = aeration_probabilities[0]
     probabilities = model.fuse(cnn_probabilities, aeration_probabilities)
     return GridResult(probabilities.numpy(), attention[0].float().cpu().numpy(), cnn_probabilities.numpy())
+
+
+def learned_lesions(model: SeverityModel, grid: np.ndarray, mapping: GridMapping, volume: Volume,
+                    factors: tuple[int, int, int]) -> np.ndarray | None:
+    """The lesion network's lesion probability on the lungs' analysis grid (every ``factors``-th voxel),
+    where it sees lung and the voxel is dense (at least the ground-glass band's upper limit, as a
+    consolidation is); None when the model has no lesion network."""
+    probabilities = model.lesion_probabilities(torch.from_numpy(np.ascontiguousarray(grid, dtype=np.float32))[:, None])
+    if probabilities is None:
+        return None
+    inside_lungs = probabilities[:, LESIONS] * (probabilities[:, LUNGS] > 0.5)
+    learned = grid_map_to_canonical(inside_lungs.numpy(), mapping, np.float16, factors)
+    dense = volume.array[:: factors[0], :: factors[1], :: factors[2]] >= InvolvementSettings().ground_glass_below
+    learned[~dense[: learned.shape[0], : learned.shape[1], : learned.shape[2]]] = 0
+    return learned
 
 
 def map_slice_attention(volume: Volume, attention: np.ndarray, mapping: GridMapping) -> tuple[np.ndarray, list[str]]:
@@ -112,7 +129,8 @@ def predict_volume(model: SeverityModel, volume: Volume, times: StageTimes | Non
         slice_attention, warnings = map_slice_attention(volume, result.slice_attention, mapping)
         # The voxel lesion map, on the lungs' analysis grid and mapped back block by block (float16: half
         # the memory of float32 for a map shown and stored in steps of 1/255 anyway).
-        lesions = lesion_map(coarse_bands, tuple(report.get("analysis_spacing_mm", volume.spacing_zyx)))
+        lesions = lesion_map(coarse_bands, tuple(report.get("analysis_spacing_mm", volume.spacing_zyx)),
+                             beyond_lungs=learned_lesions(model, grid, mapping, volume, factors))
         evidence_kji = volume.to_original(to_native(lesions, factors, volume.array.shape))
         del lesions
         bands_kji = BandLabels(coarse_bands, factors, volume.array.shape, volume.geometry)

@@ -19,8 +19,10 @@ from ..transforms.involvement import LUNG_FEATURES
 from ..transforms.preprocess import PreprocessConfig
 from .backbones import SliceClassifier, build_backbone
 from .heads import AttentionHead
+from .lesion_net import LesionNet
 
 SLICE_BATCH = 64  # slices per forward pass: fast on CPU, bounded memory on GPU
+LESION_NET_WIDTH = 8  # channels of the lesion network's first level (doubling at each of its four)
 
 
 @dataclass
@@ -32,6 +34,7 @@ class Architecture:
     head_context_kernel: int = 3
     head_dropout: float = 0.25
     aeration: bool = True  # fuse the CNN with a logistic model on the lungs' HU-band shares
+    lesion_net: bool = False  # a lesion network (trained where voxel masks exist) for the lesion map
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -53,7 +56,24 @@ class SeverityModel(nn.Module):
         # probabilities are averaged with the head's. Trained jointly, the head learned to ignore the
         # features, because the backbone's embeddings of its own training slices looked more certain.
         self.aeration = nn.Linear(len(LUNG_FEATURES), task.num_classes) if architecture.aeration else None
+        self.lesion_net = LesionNet(LESION_NET_WIDTH) if architecture.lesion_net else None
         self._feature_maps = self.slice_classifier.backbone.feature_maps  # replaced by a compiled one in accelerate()
+
+    def attach_lesion_net(self) -> LesionNet:
+        """Add an untrained lesion network (on the backbone's device), recorded in the architecture."""
+        self.architecture.lesion_net = True
+        self.lesion_net = LesionNet(LESION_NET_WIDTH).to(next(self.parameters()).device)
+        return self.lesion_net
+
+    @torch.inference_mode()
+    def lesion_probabilities(self, grid: torch.Tensor) -> torch.Tensor | None:
+        """``(s, 1, H, W)`` model-grid slices -> ``(s, 2, H, W)`` probabilities of lesion-inclusive lung and of
+        lesion from the lesion network; None without one."""
+        if self.lesion_net is None:
+            return None
+        self.lesion_net.eval()
+        device = next(self.lesion_net.parameters()).device
+        return torch.cat([self.lesion_net(chunk.to(device)).sigmoid().cpu() for chunk in grid.split(SLICE_BATCH)])
 
     def set_aeration_normalisation(self, features: torch.Tensor) -> None:
         """Standardise lung features with the training studies' mean and spread (kept in metadata, with
@@ -90,7 +110,8 @@ class SeverityModel(nn.Module):
         return weight * cnn_probabilities + (1 - weight) * aeration_probabilities.to(cnn_probabilities.device)
 
     def weight_groups(self) -> tuple[str, ...]:
-        return ("slice_classifier", "head", "aeration") if self.aeration is not None else ("slice_classifier", "head")
+        groups = ("slice_classifier", "head") + (("aeration",) if self.aeration is not None else ())
+        return groups + (("lesion_net",) if self.lesion_net is not None else ())
 
     @property
     def class_names(self) -> tuple[str, ...]:

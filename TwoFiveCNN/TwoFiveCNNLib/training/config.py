@@ -11,7 +11,7 @@ from ..networks.severity_model import Architecture
 from ..transforms.preprocess import PreprocessConfig
 
 # One random stream per stage, so that changing one stage's settings leaves the others' draws alone.
-STAGE_SEEDS = {"stage1": 1, "stage2": 2, "views": 3, "finetune": 4}
+STAGE_SEEDS = {"stage1": 1, "stage2": 2, "views": 3, "finetune": 4, "lesions": 5}
 
 
 @dataclass
@@ -38,6 +38,10 @@ class TrainConfig:
     stage2_views: int = 6  # augmented embedding views per training study
     finetune_epochs: int = 0  # optional end-to-end fine-tuning of backbone and head after stage 2
     finetune_lr: float = 1e-4
+    lesion_epochs: int = 12  # the lesion network, trained when training studies have voxel masks (0: never)
+    lesion_slices_per_epoch: int = 1024
+    lesion_batch: int = 32
+    lesion_lr: float = 3e-3
     device: str = "auto"
     baselines: bool = False  # also train the pure-3D baselines (3D CNN, ACS-inflated) on the same split
     baseline_epochs: int = 30

@@ -33,12 +33,13 @@ def class_weights(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
 class BestState:
     """The module's weights at its best validation score so far (a copy, safe from later steps)."""
 
-    def __init__(self, score_: tuple[float, float] | None = None, state: dict | None = None) -> None:
-        self.score, self.state = score_, state
+    def __init__(self, score_: tuple[float, ...] | None = None, state: dict | None = None,
+                 key: Callable[[dict], tuple[float, ...]] = score) -> None:
+        self.score, self.state, self.key = score_, state, key
 
     def offer(self, module: nn.Module, metrics: dict) -> None:
-        if self.score is None or score(metrics) > self.score:
-            self.score = score(metrics)
+        if self.score is None or self.key(metrics) > self.score:
+            self.score = self.key(metrics)
             self.state = {k: v.detach().clone() for k, v in module.state_dict().items()}
 
     def restore(self, module: nn.Module) -> None:
@@ -67,7 +68,8 @@ def fit(module: nn.Module, plan: EpochPlan, train_epoch: Callable[[torch.Generat
     """Train ``module`` for ``plan.epochs`` epochs, validating after each; end with its best weights.
 
     ``train_epoch(generator)`` trains one epoch and returns its losses; ``validate()`` returns metrics
-    (``balanced_accuracy``, ``quadratic_weighted_kappa``). ``after_epoch`` runs before the epoch is
+    (``balanced_accuracy``, ``quadratic_weighted_kappa`` for classifiers; others are recorded as they
+    are, and ``best.key`` picks the best epoch). ``after_epoch`` runs before the epoch is
     reported (a checkpoint there is on disk when a user sees the epoch and cancels). ``start``,
     ``history`` and ``best`` continue a resumed run.
     """
@@ -80,9 +82,11 @@ def fit(module: nn.Module, plan: EpochPlan, train_epoch: Callable[[torch.Generat
         losses = train_epoch(generator)
         metrics = validate()
         best.offer(module, metrics)
-        record = {"epoch": epoch, "epochs": plan.epochs, "loss": float(np.mean(losses)),
-                  "val_balanced_accuracy": metrics["balanced_accuracy"],
-                  "val_kappa": metrics["quadratic_weighted_kappa"], **(record_extra() if record_extra else {})}
+        validation = ({"val_balanced_accuracy": metrics["balanced_accuracy"],
+                       "val_kappa": metrics["quadratic_weighted_kappa"]} if "balanced_accuracy" in metrics
+                      else {f"val_{name}": value for name, value in metrics.items()})
+        record = {"epoch": epoch, "epochs": plan.epochs, "loss": float(np.mean(losses)), **validation,
+                  **(record_extra() if record_extra else {})}
         history.append(record)
         if after_epoch is not None:
             after_epoch(epoch, history, best)

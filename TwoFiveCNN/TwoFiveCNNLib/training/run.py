@@ -31,6 +31,7 @@ from .baselines import evaluate_baselines
 from .checkpoint import Checkpoint
 from .config import TrainConfig
 from .distributed import distributed_rank_world
+from .lesions import train_lesion_net, with_masks
 from .stages import (
     choose_fusion_weight,
     finetune,
@@ -166,6 +167,13 @@ def train(data: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.P
         fusion = choose_fusion_weight(model, cohorts["val"])
         reporter.message(f"fusion: the CNN head's share {fusion['cnn_weight']}, the involvement model's "
                          f"{1 - fusion['cnn_weight']} (chosen on the validation split)")
+    lesion_train, lesion_val = with_masks(subsets["train"]), with_masks(subsets.get("val", []))
+    if not lesion_val:  # e.g. masks only on train-only studies: validate on a fifth of them
+        lesion_train, lesion_val = [s for i, s in enumerate(lesion_train) if i % 5], lesion_train[::5]
+    if config.lesion_epochs > 0 and lesion_train and lesion_val:
+        reporter.message(f"lesion network: {len(lesion_train)} training and {len(lesion_val)} validation studies "
+                         f"with voxel masks")
+        history["lesions"] = train_lesion_net(model, lesion_train, lesion_val, config, reporter, cache, device)
     training_seconds = round(time.monotonic() - started, 1)
     if config.baselines:  # from the trained weights, before they are rounded for the file
         model.metadata["baselines"] = evaluate_baselines(model, cohorts, config, reporter, device)

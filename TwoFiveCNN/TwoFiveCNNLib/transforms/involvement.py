@@ -175,7 +175,7 @@ def lung_involvement_coarse(hu: np.ndarray, spacing_zyx: tuple[float, float, flo
 
 
 def lesion_map(bands: np.ndarray, spacing_zyx: tuple[float, float, float],
-               window_mm: float = LESION_WINDOW_MM) -> np.ndarray:
+               window_mm: float = LESION_WINDOW_MM, beyond_lungs: np.ndarray | None = None) -> np.ndarray:
     """The voxel lesion map, float16 in 0..1: the share of involved lung (ground glass or consolidation)
     in the in-plane ``window_mm`` square around each voxel, on ``bands``' grid.
 
@@ -183,15 +183,21 @@ def lesion_map(bands: np.ndarray, spacing_zyx: tuple[float, float, float],
     aerated specks inside a lesion read as lesion and a lone speck outside one as little. Being the
     bands' own count, the picture and the numbers never disagree. (The CNN's class activation map,
     3 x 3 cells per slice, did not separate lesion from healthy lung: voxel AUC 0.50, see the README.)
+
+    ``beyond_lungs``: lesion evidence for voxels outside the lung mask (the lesion network's, on the
+    same grid), taken where it is higher: dense consolidation against the chest wall, which the HU
+    lung mask leaves out.
     """
     out = np.zeros(bands.shape, dtype=np.float16)
     inside = bands > 0
-    if not inside.any():
-        return out
-    window = (1, *(max(1, round(window_mm / s)) | 1 for s in spacing_zyx[1:]))
-    box = bounding_box(inside, margin=tuple(w // 2 for w in window))
-    involved = np.isin(bands[box], INVOLVED_BANDS).astype(np.float32)
-    out[box] = ndimage.uniform_filter(involved, window, mode="constant")
+    if inside.any():
+        window = (1, *(max(1, round(window_mm / s)) | 1 for s in spacing_zyx[1:]))
+        box = bounding_box(inside, margin=tuple(w // 2 for w in window))
+        involved = np.isin(bands[box], INVOLVED_BANDS).astype(np.float32)
+        out[box] = ndimage.uniform_filter(involved, window, mode="constant")
+    if beyond_lungs is not None:
+        outside = ~inside
+        out[outside] = np.maximum(out[outside], beyond_lungs[outside])
     return out
 
 

@@ -178,13 +178,16 @@ def slice_values_to_canonical(values: np.ndarray, mapping: GridMapping) -> np.nd
     return np.interp(z, grid_slice_centres(mapping), np.asarray(values, dtype=float))
 
 
-def grid_map_to_canonical(values: np.ndarray, mapping: GridMapping, dtype: np.dtype = np.float32) -> np.ndarray:
+def grid_map_to_canonical(values: np.ndarray, mapping: GridMapping, dtype: np.dtype = np.float32,
+                          factors: tuple[int, int, int] = (1, 1, 1)) -> np.ndarray:
     """Trilinear upsampling of a map on the model grid back into the canonical volume (zero outside the
     crop), as ``dtype``. Linear along z on the small grid first, then bilinear in-plane a slab at a
-    time (trilinear is separable), so no float32 copy of the full volume is made for a smaller ``dtype``."""
-    z = mapping.canonical_shape[0]
-    y0, y1, x0, x1 = mapping.crop_yx
-    out = np.zeros(mapping.canonical_shape, dtype=dtype)
+    time (trilinear is separable), so no float32 copy of the full volume is made for a smaller ``dtype``.
+    ``factors``: onto every ``f``-th canonical voxel instead (the lungs' analysis grid)."""
+    shape = tuple(-(-n // f) for n, f in zip(mapping.canonical_shape, factors))
+    y0, y1, x0, x1 = (-(-v // factors[1 + i // 2]) for i, v in enumerate(mapping.crop_yx))
+    z = shape[0]
+    out = np.zeros(shape, dtype=dtype)
     with torch.inference_mode():
         grid = torch.as_tensor(np.asarray(values, dtype=np.float32))
         flat = grid.reshape(1, 1, grid.shape[0], -1)  # (z, y*x) as one image: resize its first axis only

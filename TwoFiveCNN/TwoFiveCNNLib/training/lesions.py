@@ -1,0 +1,84 @@
+"""Training the lesion network on studies that have voxel masks (see :mod:`..networks.lesion_net`).
+
+Model-grid slices and their masks, resampled onto the same grid; a class-balanced loss (binary
+cross-entropy plus soft Dice, so small lesions count); the best epoch by the validation studies'
+lesion Dice, then lung Dice. Slices are drawn at random each epoch, a fixed number of them, so an
+epoch costs the same however many studies have masks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..data.cache import PreprocessedCache
+from ..data.index import Study
+from ..data.masks import masks_dir_of, read_masks
+from ..io.progress import ProgressReporter
+from ..io.volume import Volume, read_volume
+from ..networks.lesion_net import LESIONS, LUNGS
+from ..networks.severity_model import SeverityModel
+from ..transforms.preprocess import canonical_mask_to_grid
+from .config import TrainConfig
+from .engine import BestState, EpochPlan, fit, optimiser_step
+
+
+def with_masks(studies: Sequence[Study]) -> list[Study]:
+    """The studies that have voxel masks beside them (``ROOT/masks``)."""
+    return [study for study in studies if masks_dir_of(study.path) is not None]
+
+
+def mask_slices(studies: Sequence[Study], model: SeverityModel, cache: PreprocessedCache) -> tuple[torch.Tensor, torch.Tensor]:
+    """Model-grid slices ``(n, 1, H, W)`` float16 and their targets ``(n, 2, H, W)`` (lungs, lesions) bool."""
+    images, targets = [], []
+    for study in studies:
+        grid, mapping = cache.get_with_mapping(study.path, model.preprocess)
+        geometry = read_volume(study.path).geometry
+        lesion_kji, lungs_kji = read_masks(masks_dir_of(study.path), study.path, geometry)
+        canonical = [Volume.from_original(mask, geometry).array for mask in (lungs_kji, lesion_kji)]
+        target = np.stack([canonical_mask_to_grid(mask, mapping) for mask in canonical], axis=1)
+        images.append(torch.from_numpy(grid.astype(np.float16))[:, None])
+        targets.append(torch.from_numpy(target))
+    return torch.cat(images), torch.cat(targets)
+
+
+def dice(probabilities: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """Soft Dice per channel over a batch ``(n, C, H, W)``."""
+    overlap = (probabilities * target).sum(dim=(0, 2, 3))
+    return (2 * overlap + eps) / (probabilities.sum(dim=(0, 2, 3)) + target.sum(dim=(0, 2, 3)) + eps)
+
+
+def train_lesion_net(model: SeverityModel, train: Sequence[Study], val: Sequence[Study], config: TrainConfig,
+                     reporter: ProgressReporter, cache: PreprocessedCache, device: torch.device) -> list[dict]:
+    """Attach and train the model's lesion network on ``train`` (studies with masks); keep its best epoch on ``val``."""
+    net = model.attach_lesion_net()
+    train_images, train_targets = mask_slices(train, model, cache)
+    val_images, val_targets = mask_slices(val, model, cache)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=config.lesion_lr, weight_decay=config.weight_decay)
+
+    def train_epoch(generator: torch.Generator) -> list[float]:
+        net.train()
+        drawn = torch.randint(len(train_images), (config.lesion_slices_per_epoch,), generator=generator)
+        losses = []
+        for batch in drawn.split(config.lesion_batch):
+            images, targets = train_images[batch].float(), train_targets[batch].float()
+            flip = torch.rand(len(batch), generator=generator) < 0.5  # left-right: the other side's lung
+            images[flip], targets[flip] = images[flip].flip(-1), targets[flip].flip(-1)
+            logits = net(images.to(device))
+            targets = targets.to(device)
+            loss = F.binary_cross_entropy_with_logits(logits, targets) + (1 - dice(logits.sigmoid(), targets)).mean()
+            losses.append(optimiser_step(optimizer, loss))
+        return losses
+
+    @torch.inference_mode()
+    def validate() -> dict:
+        probabilities = model.lesion_probabilities(val_images.float())
+        hard = (probabilities > 0.5).float()
+        scores = dice(hard, val_targets.float(), eps=1e-6)
+        return {"lesion_dice": round(float(scores[LESIONS]), 4), "lung_dice": round(float(scores[LUNGS]), 4)}
+
+    best = BestState(key=lambda metrics: (metrics["lesion_dice"], metrics["lung_dice"]))
+    return fit(net, EpochPlan("lesions", config.lesion_epochs, config.seed), train_epoch, validate, reporter, best)
