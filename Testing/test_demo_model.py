@@ -26,8 +26,10 @@ def test_the_untouched_real_ct_grades_ct0_in_every_orientation(demo_model, chest
 
 def test_the_demo_model_says_what_it_was_trained_on(demo_model):
     meta = demo_model.metadata
-    assert meta["demo"] is True and "CTChest4" in demo_model.name
-    for subset in ("train", "val"):  # lesion-inserted real CT (synth --prefix rs) beside the phantoms
-        assert any(sid.startswith("rs_") for sid in meta["split"][subset])
-        assert any(not sid.startswith("rs_") for sid in meta["split"][subset])
+    assert meta["demo"] is True and "CTChest4" in demo_model.name and "LIDC-IDRI-0001" in demo_model.name
+    for subset in ("train", "val"):  # lesions inserted into two real CTs (synth --prefix rs, li), beside phantoms
+        for prefix in ("rs_", "li_"):
+            assert any(sid.startswith(prefix) for sid in meta["split"][subset])
+        assert any(not sid.startswith(("rs_", "li_")) for sid in meta["split"][subset])
     assert meta["fusion"]["chosen_on"] == "validation split"
+    assert demo_model.lesion_net is not None, "trained on the inserted lesions' masks"

@@ -195,7 +195,7 @@ def test_evaluate_reproduces_the_metrics_the_model_file_records(tiny_model, phan
     assert report["metrics"]["n_studies"] > 0
     assert report["metrics"] == recorded["twofive"]  # the same computation on the same weights: exactly
     assert report["components"]["cnn_only"] == recorded["twofive_cnn_only"]
-    assert report["components"]["aeration_only"] == recorded["aeration_only"]
+    assert report["components"]["involvement_only"] == recorded["aeration_only"]
 
 
 def test_recorded_metrics_are_those_of_the_float16_weights(tiny_model, phantom_cohort, tmp_path):

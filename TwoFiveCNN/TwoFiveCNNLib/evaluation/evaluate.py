@@ -15,7 +15,7 @@ from ..inference.cohort_scores import AERATION_ONLY, CNN_ONLY, FUSED, cohort_met
 from ..networks.severity_model import SeverityModel
 
 # The report's names for the fused model's parts (the model file calls the CNN part "twofive_cnn_only").
-REPORT_NAMES = {CNN_ONLY: "cnn_only", AERATION_ONLY: "aeration_only"}
+REPORT_NAMES = {CNN_ONLY: "cnn_only", AERATION_ONLY: "involvement_only"}
 
 
 def choose_studies(model: SeverityModel, index: DatasetIndex, subset: str) -> tuple[list, str]:
