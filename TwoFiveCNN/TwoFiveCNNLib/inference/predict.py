@@ -75,8 +75,8 @@ def learned_lesions(model: SeverityModel, grid: np.ndarray, mapping: GridMapping
         return None
     inside_lungs = probabilities[:, LESIONS] * (probabilities[:, LUNGS] > 0.5)
     learned = grid_map_to_canonical(inside_lungs.numpy(), mapping, np.float16, factors)
-    dense = volume.array[:: factors[0], :: factors[1], :: factors[2]] >= InvolvementSettings().ground_glass_below
-    learned[~dense[: learned.shape[0], : learned.shape[1], : learned.shape[2]]] = 0
+    coarse_hu = volume.array[:: factors[0], :: factors[1], :: factors[2]]
+    np.multiply(learned, coarse_hu >= InvolvementSettings().ground_glass_below, out=learned)
     return learned
 
 

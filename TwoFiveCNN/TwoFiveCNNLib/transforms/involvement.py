@@ -195,9 +195,8 @@ def lesion_map(bands: np.ndarray, spacing_zyx: tuple[float, float, float],
         box = bounding_box(inside, margin=tuple(w // 2 for w in window))
         involved = np.isin(bands[box], INVOLVED_BANDS).astype(np.float32)
         out[box] = ndimage.uniform_filter(involved, window, mode="constant")
-    if beyond_lungs is not None:
-        outside = ~inside
-        out[outside] = np.maximum(out[outside], beyond_lungs[outside])
+    if beyond_lungs is not None:  # in place: no copies of the grid's size beside the map
+        np.maximum(out, beyond_lungs, out=out, where=~inside)
     return out
 
 
