@@ -73,7 +73,8 @@ class SeverityModel(nn.Module):
             return None
         self.lesion_net.eval()
         device = next(self.lesion_net.parameters()).device
-        return torch.cat([self.lesion_net(chunk.to(device)).sigmoid().cpu() for chunk in grid.split(SLICE_BATCH)])
+        # A few slices at a time: the U-Net's full-resolution activations are what cost memory here.
+        return torch.cat([self.lesion_net(chunk.to(device)).sigmoid().cpu() for chunk in grid.split(8)])
 
     def set_aeration_normalisation(self, features: torch.Tensor) -> None:
         """Standardise lung features with the training studies' mean and spread (kept in metadata, with

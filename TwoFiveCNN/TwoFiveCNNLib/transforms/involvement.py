@@ -190,13 +190,17 @@ def lesion_map(bands: np.ndarray, spacing_zyx: tuple[float, float, float],
     """
     out = np.zeros(bands.shape, dtype=np.float16)
     inside = bands > 0
+    if beyond_lungs is not None:  # copies and boolean writes only: float16 arithmetic is slow in NumPy
+        np.copyto(out, beyond_lungs)
+        out[inside] = 0
     if inside.any():
         window = (1, *(max(1, round(window_mm / s)) | 1 for s in spacing_zyx[1:]))
         box = bounding_box(inside, margin=tuple(w // 2 for w in window))
         involved = np.isin(bands[box], INVOLVED_BANDS).astype(np.float32)
-        out[box] = ndimage.uniform_filter(involved, window, mode="constant")
-    if beyond_lungs is not None:  # in place: no copies of the grid's size beside the map
-        np.maximum(out, beyond_lungs, out=out, where=~inside)
+        shares = ndimage.uniform_filter(involved, window, mode="constant")
+        if beyond_lungs is not None:
+            np.maximum(shares, out[box], out=shares)
+        out[box] = shares
     return out
 
 

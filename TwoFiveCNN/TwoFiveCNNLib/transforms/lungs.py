@@ -57,16 +57,19 @@ def coarse_factors(spacing_zyx: tuple[float, float, float], grid_mm: float) -> t
 
 
 def to_native(coarse: np.ndarray, factors: tuple[int, int, int], shape: tuple[int, int, int]) -> np.ndarray:
-    """A coarse label array back on the native grid: each coarse voxel fills its block exactly.
+    """A coarse label array (or map) back on the native grid: each coarse voxel fills its block exactly.
 
-    Written one block offset at a time into the output: no intermediate copies."""
+    Written into an output padded to whole blocks (the result is a view of it) a few coarse slices at
+    a time, rows widened first so every copy runs along whole native rows: one pass over memory and
+    no copy of the volume's size beside the output."""
     if tuple(factors) == (1, 1, 1) and coarse.shape == tuple(shape):
         return coarse
-    out = np.empty(shape, dtype=coarse.dtype)
-    for offset in np.ndindex(*factors):
-        view = out[tuple(slice(o, None, f) for o, f in zip(offset, factors))]
-        view[...] = coarse[: view.shape[0], : view.shape[1], : view.shape[2]]
-    return out
+    (nz, ny, nx), (fz, fy, fx) = coarse.shape, factors
+    blocks = np.empty((nz, fz, ny, fy, nx * fx), dtype=coarse.dtype)
+    for start in range(0, nz, 16):
+        rows = np.repeat(coarse[start: start + 16], fx, axis=2) if fx > 1 else coarse[start: start + 16]
+        blocks[start: start + 16] = rows[:, None, :, None, :]
+    return blocks.reshape(nz * fz, ny * fy, nx * fx)[: shape[0], : shape[1], : shape[2]]
 
 
 def _label_slices(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
