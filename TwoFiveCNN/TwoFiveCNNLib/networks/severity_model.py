@@ -35,6 +35,11 @@ class Architecture:
     head_dropout: float = 0.25
     aeration: bool = True  # fuse the CNN with a logistic model on the lungs' HU-band shares
     lesion_net: bool = False  # a lesion network (trained where voxel masks exist) for the lesion map
+    # The lung features (of LUNG_FEATURES) the involvement part reads; files from before this field read all.
+    involvement_features: tuple[str, ...] = LUNG_FEATURES
+
+    def __post_init__(self) -> None:
+        self.involvement_features = tuple(self.involvement_features)  # a JSON list when read back
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -55,7 +60,12 @@ class SeverityModel(nn.Module):
         # Late fusion: a logistic model on aeration shares, trained apart from the CNN head, whose
         # probabilities are averaged with the head's. Trained jointly, the head learned to ignore the
         # features, because the backbone's embeddings of its own training slices looked more certain.
-        self.aeration = nn.Linear(len(LUNG_FEATURES), task.num_classes) if architecture.aeration else None
+        unknown = [name for name in architecture.involvement_features if name not in LUNG_FEATURES]
+        if unknown or not architecture.involvement_features:
+            raise ValueError(f"involvement features {list(architecture.involvement_features)}: choose one or more "
+                             f"of {', '.join(LUNG_FEATURES)}.")
+        self._feature_columns = [LUNG_FEATURES.index(name) for name in architecture.involvement_features]
+        self.aeration = nn.Linear(len(self._feature_columns), task.num_classes) if architecture.aeration else None
         self.lesion_net = LesionNet(LESION_NET_WIDTH) if architecture.lesion_net else None
         self._feature_maps = self.slice_classifier.backbone.feature_maps  # replaced by a compiled one in accelerate()
 
@@ -80,13 +90,15 @@ class SeverityModel(nn.Module):
         """Standardise lung features with the training studies' mean and spread (kept in metadata, with
         the features' names: a file read by a version that measures other features is recognised)."""
         self.metadata["aeration_features"] = list(LUNG_FEATURES)
-        self.metadata["aeration_mean"] = features.mean(0).tolist()
-        self.metadata["aeration_std"] = features.std(0).clamp(min=1e-3).tolist()
+        chosen = features[:, self._feature_columns]
+        self.metadata["aeration_mean"] = chosen.mean(0).tolist()
+        self.metadata["aeration_std"] = chosen.std(0).clamp(min=1e-3).tolist()
 
     def normalise_aeration(self, features: torch.Tensor) -> torch.Tensor:
+        """The features the involvement part reads (``architecture.involvement_features``), standardised."""
         mean = torch.tensor(self.metadata["aeration_mean"])
         std = torch.tensor(self.metadata["aeration_std"])
-        return (features - mean) / std
+        return (features[:, self._feature_columns] - mean) / std
 
     @torch.inference_mode()
     def aeration_probabilities(self, features: torch.Tensor | None) -> torch.Tensor | None:
