@@ -114,6 +114,16 @@ def test_untouched_real_ct_is_normal(chest):
         assert lungs["bands_ml"][name] == pytest.approx(int((bands == value).sum()) * voxel_ml, abs=0.01)
     per_lung = report["per_lung"]
     assert per_lung["right"]["voxels"] + per_lung["left"]["voxels"] == lungs["voxels"]
+    # Zones counted directly from the voxels' coordinates: thirds of the lung's z extent, halves of its y extent.
+    z, y, _ = np.nonzero(labels == LEFT_LUNG)
+    third = (z.max() + 1 - z.min()) / 3
+    upper = z >= z.min() + 2 * third
+    dorsal = y >= (y.min() + y.max() + 1) / 2
+    left_zones = per_lung["left"]["zones"]
+    assert (left_zones["upper"]["voxels"], left_zones["dorsal"]["voxels"]) == (int(upper.sum()), int(dorsal.sum()))
+    consolidation = bands[labels == LEFT_LUNG] == CONSOLIDATION
+    assert left_zones["dorsal"]["bands_ml"]["consolidation"] == pytest.approx(
+        int((consolidation & dorsal).sum()) * voxel_ml, abs=0.01)
     for record in per_lung.values():
         zones = record["zones"]
         assert zones["upper"]["voxels"] + zones["middle"]["voxels"] + zones["lower"]["voxels"] == record["voxels"]
@@ -164,6 +174,21 @@ def test_consolidation_at_the_lung_edge_is_mostly_inside_and_counted(chest, refe
 def test_consolidation_at_the_lung_edge_is_inside_everywhere(chest, reference_lungs):
     for hu, lesion in edge_lesions(chest, reference_lungs):
         assert (segment_lungs(hu, chest.spacing_zyx)[lesion] == RIGHT_LUNG).mean() >= 0.9
+
+
+def test_box_morphology_equals_scipy_ndimage():
+    """The shifted-array erosion and dilation give what scipy.ndimage's min/max filters give (mirrored
+    edges, ndimage's window placement), for odd and even boxes on small random masks."""
+    from scipy import ndimage
+    from TwoFiveCNNLib.transforms.morphology import box_dilation, box_opening
+
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        mask = rng.random(tuple(rng.integers(1, 12, 3))) < rng.random()
+        size = tuple(int(s) for s in rng.integers(1, 8, 3))
+        opened = ndimage.maximum_filter(ndimage.minimum_filter(mask.view(np.uint8), size=size), size=size) > 0
+        np.testing.assert_array_equal(box_opening(mask, size), opened)
+        np.testing.assert_array_equal(box_dilation(mask, size), ndimage.maximum_filter(mask.view(np.uint8), size=size) > 0)
 
 
 # ------------------------------------------------------------------------------------------ phantoms

@@ -25,7 +25,7 @@ import numpy as np
 from scipy import ndimage
 
 from .lungs import LUNG_NAMES, LungSettings, segment_lungs_coarse, to_native
-from .morphology import bounding_box, box_opening
+from .morphology import bounding_box, box_dilation, box_opening
 
 # Band labels of the overlay (0 is outside the lungs).
 EMPHYSEMA, AERATED, GROUND_GLASS, CONSOLIDATION, VESSEL = 1, 2, 3, 4, 5
@@ -73,7 +73,7 @@ def band_labels(hu: np.ndarray, lungs: np.ndarray, spacing_zyx: tuple[float, flo
     dense = region & (values >= settings.ground_glass_below)
     size = (1, *(max(1, round(settings.vessel_width_mm / s)) for s in spacing_zyx[1:]))
     vessel = dense & ~box_opening(dense, size)
-    vessel |= (ndimage.maximum_filter(vessel.view(np.uint8), size=(1, 3, 3)) > 0) & (out == GROUND_GLASS)
+    vessel |= box_dilation(vessel, (1, 3, 3)) & (out == GROUND_GLASS)
     out[dense] = CONSOLIDATION
     out[vessel] = VESSEL
     out[~region] = 0
@@ -89,18 +89,42 @@ def band_labels(hu: np.ndarray, lungs: np.ndarray, spacing_zyx: tuple[float, flo
     return bands
 
 
-def _zone_counts(lung_bands: np.ndarray, z: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
-    """Band counts per zone of one lung, from its voxels' bands and canonical z and y indices: thirds of
-    its head-to-feet extent (z grows to the head) and halves of its front-to-back extent (y to the back)."""
+def _slice_and_row_counts(lungs: np.ndarray, bands: np.ndarray) -> np.ndarray:
+    """Voxel counts per (canonical slice z, row y, lung label, band label): ``[z, y, side, band]``.
+
+    One ``bincount`` per slab of slices over a combined index, inside the lungs' bounding box, so no
+    coordinate arrays of the lungs' size are built; every zone's counts are sums of these."""
     n_bands = max(BAND_NAMES) + 1
+    n_keys = (max(LUNG_NAMES) + 1) * n_bands
+    counts = np.zeros((*lungs.shape[:2], max(LUNG_NAMES) + 1, n_bands), dtype=np.int64)
+    box = bounding_box(lungs > 0)
+    sides, labels = lungs[box], bands[box]
+    rows = sides.shape[1]
+    slab = 8
+    position = (np.arange(slab, dtype=np.int32)[:, None, None] * rows
+                + np.arange(rows, dtype=np.int32)[None, :, None]) * n_keys
+    for start in range(0, len(sides), slab):
+        key = sides[start: start + slab].astype(np.int32) * n_bands
+        key += labels[start: start + slab]
+        key += position[: len(key)]
+        part = np.bincount(key.ravel(), minlength=len(key) * rows * n_keys)
+        counts[box[0].start + start: box[0].start + start + len(key), box[1]] = part.reshape(len(key), rows, -1, n_bands)
+    return counts
+
+
+def _zone_counts(counts: np.ndarray) -> dict[str, np.ndarray]:
+    """Band counts per zone of one lung, from its counts per canonical slice and row (``[z, y, band]``):
+    thirds of its head-to-feet extent (z grows to the head) and halves of its front-to-back extent
+    (y to the back)."""
+    per_slice, per_row = counts.sum(axis=1), counts.sum(axis=0)
+    z = np.nonzero(per_slice.sum(axis=1))[0]
+    y = np.nonzero(per_row.sum(axis=1))[0]
     third = (z.max() + 1 - z.min()) / 3
-    height = np.minimum(((z - z.min()) / third).astype(np.int64), 2)  # 0 lower, 1 middle, 2 upper
-    dorsal = (y >= (y.min() + y.max() + 1) / 2).astype(np.int64)
-    by_height = np.bincount(height * n_bands + lung_bands, minlength=3 * n_bands).reshape(3, n_bands)
-    by_depth = np.bincount(dorsal * n_bands + lung_bands, minlength=2 * n_bands).reshape(2, n_bands)
-    counts = {"upper": by_height[2], "middle": by_height[1], "lower": by_height[0],
-              "ventral": by_depth[0], "dorsal": by_depth[1]}
-    return {zone: counts[zone] for zone in ZONES}
+    height = np.minimum(((np.arange(len(per_slice)) - z.min()) / third).astype(np.int64), 2)  # 0 lower
+    dorsal = np.arange(len(per_row)) >= (y.min() + y.max() + 1) / 2
+    return {"upper": per_slice[height == 2].sum(axis=0), "middle": per_slice[height == 1].sum(axis=0),
+            "lower": per_slice[height <= 0].sum(axis=0), "ventral": per_row[~dorsal].sum(axis=0),
+            "dorsal": per_row[dorsal].sum(axis=0)}
 
 
 def _figures(counts: np.ndarray, voxel_ml: float) -> dict:
@@ -128,19 +152,20 @@ def measure_involvement(hu: np.ndarray, lungs: np.ndarray, spacing_zyx: tuple[fl
     """
     bands = band_labels(hu, lungs, spacing_zyx, settings)
     voxel_ml = float(np.prod(spacing_zyx)) / 1000
-    n_bands = max(BAND_NAMES) + 1
-    z, y, x = np.nonzero(lungs)  # every lung voxel once: all counts come from this one pass
-    sides, voxel_bands = lungs[z, y, x], bands[z, y, x]
-    report = {"lungs": _figures(np.bincount(voxel_bands, minlength=n_bands), voxel_ml), "per_lung": {},
-              "settings": settings.to_dict()}
-    for value, name in LUNG_NAMES.items():
-        side = sides == value
-        if not side.any():
-            continue
-        record = _figures(np.bincount(voxel_bands[side], minlength=n_bands), voxel_ml)
-        zones = _zone_counts(voxel_bands[side], z[side], y[side])
-        record["zones"] = {zone: _figures(counts, voxel_ml) for zone, counts in zones.items()}
-        report["per_lung"][name] = record
+    counts = _slice_and_row_counts(lungs, bands) if (lungs > 0).any() else None
+    if counts is None:
+        report = {"lungs": _figures(np.zeros(max(BAND_NAMES) + 1, dtype=np.int64), voxel_ml), "per_lung": {},
+                  "settings": settings.to_dict()}
+    else:
+        report = {"lungs": _figures(counts[:, :, 1:].sum(axis=(0, 1, 2)), voxel_ml), "per_lung": {},
+                  "settings": settings.to_dict()}
+        for value, name in LUNG_NAMES.items():
+            side = counts[:, :, value]
+            if not side.any():
+                continue
+            record = _figures(side.sum(axis=(0, 1)), voxel_ml)
+            record["zones"] = {zone: _figures(c, voxel_ml) for zone, c in _zone_counts(side).items()}
+            report["per_lung"][name] = record
     share = report["lungs"]["involved_share"]
     report["involved_share"] = share
     report["grade"] = grade_for_share(share, settings) if report["lungs"]["voxels"] else None

@@ -72,32 +72,37 @@ def to_native(coarse: np.ndarray, factors: tuple[int, int, int], shape: tuple[in
     return blocks.reshape(nz * fz, ny * fy, nx * fx)[: shape[0], : shape[1], : shape[2]]
 
 
-def _label_slices(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """In-plane connected regions of every slice (labels unique across slices) and, per label, whether
-    it touches the slice's border. Slabs are labelled in parallel: scipy releases the GIL."""
+def _enclosed_regions(mask: np.ndarray, want_labels: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """Regions of each slice's ``mask`` that do not touch the slice's border (for air: inside the
+    body) and, if wanted, the in-plane connected regions of every slice (labels unique across slices).
+    Slabs are labelled and looked up in parallel: scipy and NumPy release the GIL."""
     workers = min(len(mask), _WORKERS)
     bounds = np.linspace(0, len(mask), workers + 1).astype(int)
+    slabs = [slice(a, b) for a, b in pairwise(bounds)]
     labels = np.empty(mask.shape, dtype=np.int32)
+    enclosed = np.empty(mask.shape, dtype=bool)
 
-    def label_slab(slab: slice) -> tuple[int, np.ndarray]:
+    def label_slab(slab: slice) -> int:
         count = ndimage.label(mask[slab], structure=_SLICEWISE, output=labels[slab])
         part = labels[slab]
         border = np.zeros(count + 1, dtype=bool)
+        border[0] = True
         for edge in (part[:, 0, :], part[:, -1, :], part[:, :, 0], part[:, :, -1]):
             border[edge.ravel()] = True
-        return count, border
+        np.logical_not(border[part], out=enclosed[slab])
+        return count
 
-    slabs = [slice(a, b) for a, b in pairwise(bounds)]
+    def renumber(slab: slice, offset: int) -> None:
+        part = labels[slab]
+        part[part > 0] += offset
+
     with ThreadPoolExecutor(workers) as pool:
-        results = list(pool.map(label_slab, slabs))
-    offset, borders = 0, [np.ones(1, dtype=bool)]
-    for slab, (count, border) in zip(slabs, results):
-        if offset:
-            part = labels[slab]
-            part[part > 0] += offset
-        borders.append(border[1:])
-        offset += count
-    return labels, np.concatenate(borders)
+        counts = list(pool.map(label_slab, slabs))
+        if not want_labels:
+            return enclosed, None
+        offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).tolist()
+        list(pool.map(renumber, slabs[1:], offsets[1:]))
+    return enclosed, labels
 
 
 def label_sizes(labels: np.ndarray, chunk_slices: int = 16) -> np.ndarray:
@@ -108,13 +113,6 @@ def label_sizes(labels: np.ndarray, chunk_slices: int = 16) -> np.ndarray:
         part = labels[start: start + chunk_slices].ravel()
         sizes[: int(part.max(initial=0)) + 1] += np.bincount(part)
     return sizes
-
-
-def _enclosed(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Regions of each slice's ``mask`` that do not touch the slice's border (for air: inside the
-    body), and the labels of every slice's regions."""
-    labels, border = _label_slices(mask)
-    return ~border[labels], labels
 
 
 def _airways(inside_air: np.ndarray, air_labels: np.ndarray, body: np.ndarray,
@@ -199,7 +197,7 @@ def _close_lung(lung: np.ndarray, hu: np.ndarray, allowed: np.ndarray, spacing_z
     half += [max(1, round(settings.closing_mm / s)) for s in spacing_zyx[1:]]
     box = bounding_box(lung, (0, half[1], half[2]))
     closed = box_closing(lung[box], tuple(2 * h + 1 for h in half))
-    closed |= _enclosed(~closed)[0]
+    closed |= _enclosed_regions(~closed, want_labels=False)[0]
     closed &= allowed[box] & (hu[box] < settings.closing_max_hu)
     closed |= lung[box]
     out = np.zeros_like(lung)
@@ -215,17 +213,26 @@ def segment_lungs_coarse(hu: np.ndarray, spacing_zyx: tuple[float, float, float]
     if np.issubdtype(hu.dtype, np.floating):  # integer CT is compared as stored: no float copy
         coarse = np.nan_to_num(coarse.astype(np.float32), nan=-1024.0, posinf=3071.0, neginf=-1024.0)
     spacing = tuple(float(s) * f for s, f in zip(spacing_zyx, factors))
+    labels = np.zeros(coarse.shape, dtype=np.uint8)
     air = coarse < settings.air_hu
-    inside_air, air_labels = _enclosed(air)
+    if air.all():
+        return labels, factors
+    # Beyond the box around everything denser than air, each slice is air that reaches the image's
+    # border: working inside that box (plus room to close) changes nothing and skips the empty field.
+    margin = (0, *(max(1, round(settings.closing_mm / s)) for s in spacing[1:]))
+    outer = bounding_box(~air, margin)
+    coarse, air = coarse[outer], air[outer]
+    inside_air, air_labels = _enclosed_regions(air)
     body = ~air | inside_air
     inside_air &= ~_airways(inside_air, air_labels, body, spacing, settings)
     del air_labels
     if not inside_air.any():
-        return np.zeros(coarse.shape, dtype=np.uint8), factors
+        return labels, factors
     # Everything after this happens around the enclosed air (lungs and gut gas), plus room to close.
-    crop = bounding_box(inside_air, (0, *(max(1, round(settings.closing_mm / s)) for s in spacing[1:])))
-    labels = np.zeros(coarse.shape, dtype=np.uint8)
-    labels[crop] = _lung_labels(coarse[crop], inside_air[crop], body[crop], spacing, settings)
+    crop = bounding_box(inside_air, margin)
+    lungs = np.zeros(coarse.shape, dtype=np.uint8)
+    lungs[crop] = _lung_labels(coarse[crop], inside_air[crop], body[crop], spacing, settings)
+    labels[outer] = lungs
     return labels, factors
 
 

@@ -26,8 +26,40 @@ def box_closing(mask: np.ndarray, size: tuple[int, int, int]) -> np.ndarray:
     return ndimage.minimum_filter(dilated, size=size, mode="constant").astype(bool)
 
 
+def _slide(mask: np.ndarray, size: int, axis: int, combine: np.ufunc) -> np.ndarray:
+    """``combine`` (``np.logical_and`` or ``np.logical_or``) of each voxel's window of ``size`` voxels
+    along ``axis``, placed as scipy.ndimage places it (``size // 2`` before the voxel), voxels beyond the
+    array's edge left out: what ndimage's minimum/maximum filter give with mirrored edges. A few
+    shifted boolean operations: far cheaper than a generic filter for the small windows used here."""
+    out = mask.copy()
+    length = mask.shape[axis]
+    for offset in range(-(size // 2), size - size // 2):
+        if offset == 0 or abs(offset) >= length:
+            continue
+        target = [slice(None)] * mask.ndim
+        source = [slice(None)] * mask.ndim
+        target[axis] = slice(max(0, -offset), length - max(0, offset))
+        source[axis] = slice(max(0, offset), length - max(0, -offset))
+        part = out[tuple(target)]
+        combine(part, mask[tuple(source)], out=part)
+    return out
+
+
+def box_erosion(mask: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
+    """Erosion by a box, edges mirrored (so the array's edge does not erode)."""
+    for axis, width in enumerate(size):
+        mask = _slide(mask, width, axis, np.logical_and)
+    return mask
+
+
+def box_dilation(mask: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
+    """Dilation by a box (the window placed as in :func:`box_erosion`)."""
+    for axis, width in enumerate(size):
+        mask = _slide(mask, width, axis, np.logical_or)
+    return mask
+
+
 def box_opening(mask: np.ndarray, size: tuple[int, int, int]) -> np.ndarray:
     """Erosion then dilation by a box: what remains is at least the box wide. Edges are mirrored, so a
     structure is not thinned by the array's edge."""
-    region = mask.astype(np.uint8)
-    return ndimage.maximum_filter(ndimage.minimum_filter(region, size=size), size=size) > 0
+    return box_dilation(box_erosion(mask.astype(bool, copy=False), size), size)
