@@ -32,10 +32,12 @@ BUNDLED_MODEL = Path(__file__).with_name("demo_model.pt")
 def load_model(path: str | os.PathLike | None = None, device: str = "auto") -> SeverityModel:
     """Load a model file, or the bundled synthetic-data demo model when ``path`` is None.
 
-    The backbone's weights are laid out channels-last, the layout its inputs are given in: faster
-    convolutions on CPUs, the same results."""
+    The convolution weights (backbone and lesion network) are laid out channels-last, the layout their
+    inputs are given in: faster convolutions on CPUs, the same results."""
     model = SeverityModel.load(path or BUNDLED_MODEL, resolve_device(device))
     model.slice_classifier.to(memory_format=torch.channels_last)
+    if model.lesion_net is not None:
+        model.lesion_net.to(memory_format=torch.channels_last)
     return model
 
 
