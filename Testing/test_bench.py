@@ -26,6 +26,8 @@ def test_quick_bench_writes_consistent_figures(tmp_path, capsys):
     whole = results["whole_predict"]
     for row in whole["peak_rss"]:
         assert row["peak_rss_mb"] > row["volume_mb"]
+    # predict's default engine here (ONNX Runtime, whose export ships with the demo model), then torch.
+    assert {row["engine"] for row in whole["end_to_end"].values()} == {"onnx", "torch"}
     for row in whole["end_to_end"].values():
         assert row["cold_single_matmuls"] == pytest.approx(row["cold_single_seconds"] / whole["matmul_2048_seconds"],
                                                            rel=0.02, abs=0.1)

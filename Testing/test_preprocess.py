@@ -28,7 +28,7 @@ def synthetic_volume(shape=(40, 96, 120), spacing=(2.5, 0.7, 0.7)) -> Volume:
 def test_window_maps_hu_to_unit_range_and_tames_nan_and_inf():
     values = np.array([np.nan, np.inf, -np.inf, -2000, -1000, -300, 400, 3000], dtype=np.float32)
     original = values.copy()
-    out = apply_window(values, (-1000, 400)).numpy()
+    out = apply_window(values, (-1000, 400))
     np.testing.assert_allclose(out, [0, 1, 0, 0, 0, 0.5, 1, 1], atol=1e-6)
     np.testing.assert_array_equal(np.isnan(values), np.isnan(original))  # the input is untouched
 
@@ -97,3 +97,23 @@ def test_config_round_trip_presets_and_errors():
         PreprocessConfig(window=(400, -1000))
     with pytest.raises(ValueError, match="newer version"):
         PreprocessConfig.from_dict({**config.to_dict(), "future_setting": 1})
+
+
+@pytest.mark.parametrize("antialias", [True, False], ids=["antialiased", "plain"])
+def test_numpy_resampling_equals_torch_interpolate(antialias):
+    """The model grid is made, and maps are brought back, with NumPy weights: they must give what
+    torch's bilinear interpolation gives, shrinking and enlarging, odd sizes and single rows included."""
+    import torch
+    import torch.nn.functional as F
+    from TwoFiveCNNLib.transforms.resample import resize_axis0, resize_stack
+
+    rng = np.random.default_rng(0)
+    for height, width, out_height, out_width in [(400, 380, 96, 96), (120, 111, 128, 128), (96, 96, 400, 371),
+                                                 (7, 300, 3, 96), (64, 64, 64, 32), (1, 9, 4, 4)]:
+        stack = rng.random((3, height, width), dtype=np.float32)
+        expected = F.interpolate(torch.from_numpy(stack)[:, None], size=(out_height, out_width), mode="bilinear",
+                                 align_corners=False, antialias=antialias)[:, 0].numpy()
+        np.testing.assert_allclose(resize_stack(stack, (out_height, out_width), antialias), expected, atol=2e-5)
+        along = F.interpolate(torch.from_numpy(stack.reshape(1, 1, 3, -1)), size=(out_height, height * width),
+                              mode="bilinear", align_corners=False, antialias=antialias)[0, 0].numpy()
+        np.testing.assert_allclose(resize_axis0(stack, out_height, antialias).reshape(out_height, -1), along, atol=2e-5)

@@ -18,3 +18,5 @@ ctchest4="$(.venv/bin/python -c 'import pathlib, slicerio; print(pathlib.Path(sl
   --out TwoFiveCNN/TwoFiveCNNLib/inference/demo_model.pt \
   --cache "$work/cache" --split "$work/split.json" --seed 0 --demo \
   --name "TwoFiveCNN synthetic demo model (phantoms, lesions inserted into CTChest4 and LIDC-IDRI-0001)"
+# Its networks for ONNX Runtime, shipped beside it (predict --engine auto/onnx; needs the onnx package).
+.venv/bin/twofivecnn export-onnx

@@ -272,9 +272,14 @@ def _add_predict(sub) -> None:
     p.add_argument("--scene", action="store_true", help="also write a Slicer scene <name>.mrml per study")
     p.add_argument("--format", choices=(".nii.gz", ".nrrd"), default=".nii.gz", help="evidence volume format")
     p.add_argument("--device", default="auto")
-    p.add_argument("--half", action="store_true", help="float16 backbone (CUDA GPUs only)")
+    p.add_argument("--engine", choices=("auto", "torch", "onnx"), default="auto",
+                   help="run the networks on torch, or on ONNX Runtime (CPU; needs an export made by export-onnx, "
+                        "shipped for the demo model): a process that never imports torch starts seconds sooner. "
+                        "auto (default): ONNX Runtime when installed and an export of the model exists, else torch")
+    p.add_argument("--half", action="store_true", help="float16 backbone (CUDA GPUs only; torch engine)")
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile the backbone: about a minute of compiling, worth it for large batches")
+                   help="torch.compile the backbone: about a minute of compiling, worth it for large batches "
+                        "(torch engine)")
     p.add_argument("--progress-json", nargs="?", const="-", metavar="PATH",
                    help="emit one JSON object per line (stdout, or PATH) per study: count, total, current "
                         "study, for programs such as Slicer")
@@ -287,7 +292,7 @@ def _add_predict(sub) -> None:
 def run_predict(args) -> int:
     from ..inference.studies import StudyPrefetcher, expand_inputs
 
-    # The first study is read and its lungs measured while torch loads: neither needs it.
+    # The first study is read and its lungs measured while the model loads (torch, if it runs on torch).
     prefetcher = StudyPrefetcher()
     studies = expand_inputs(args.inputs)  # a missing path stays itself: predict_batch reports it
     if studies and not any(Path(p).resolve() == args.out.resolve() for p in args.inputs):
@@ -314,7 +319,8 @@ def _run_predict(args, prefetcher, studies: list[Path]) -> int:
             return write_views_png(prediction, volume, out_dir / f"{name}_views.png", args.views, name)
 
         extra_writers.append(write_views)
-    model = load_model(args.model, args.device).accelerate(args.half, args.compile)
+    engine = "torch" if args.engine == "auto" and (args.half or args.compile) else args.engine
+    model = load_model(args.model, args.device, engine).accelerate(args.half, args.compile)
     with _json_stream(args.progress_json) as stream:
         # Programs (the Slicer module) follow the batch by study: count, total, the study at work.
         progress = _counter("predict", every_call=True) if stream is None else \
@@ -334,6 +340,23 @@ def _run_predict(args, prefetcher, studies: list[Path]) -> int:
         print(f"FAILED {message}", file=sys.stderr)
     print(f"{len(result.predictions)} predicted, {len(result.failures)} failed; summary in {args.out / 'summary.tsv'}")
     return EXIT_FAILED_STUDIES if result.failures else 0
+
+
+def _add_export_onnx(sub) -> None:
+    p = sub.add_parser("export-onnx", help="export a model's networks for ONNX Runtime (predict --engine onnx)")
+    p.add_argument("--model", type=Path, help="model file (default: the bundled demo model)")
+    p.add_argument("--out", type=Path, help="export folder (default: MODEL.onnx beside the model file, where "
+                                            "predict looks for it)")
+    p.set_defaults(run=run_export_onnx)
+
+
+def run_export_onnx(args) -> int:
+    from ..inference.onnx_export import export_onnx
+    from ..inference.predict import BUNDLED_MODEL
+
+    folder = export_onnx(args.model or BUNDLED_MODEL, args.out)
+    print(f"exported to {folder}")
+    return 0
 
 
 def _add_demo(sub) -> None:
@@ -432,8 +455,8 @@ def _init_distributed() -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="twofivecnn", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_phantoms, _add_synth, _add_index, _add_train, _add_evaluate, _add_predict, _add_demo,
-                _add_bench):
+    for add in (_add_phantoms, _add_synth, _add_index, _add_train, _add_evaluate, _add_predict, _add_export_onnx,
+                _add_demo, _add_bench):
         add(sub)
     return parser
 

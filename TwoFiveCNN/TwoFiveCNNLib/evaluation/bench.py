@@ -4,6 +4,7 @@ so the numbers hold on a noisy or different machine."""
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import platform
 import shutil
@@ -195,10 +196,20 @@ PREDICT_REPORTING_PEAK = ("import sys; from TwoFiveCNNLib.app.cli import main; f
                           "sys.exit(code)")
 
 
-def run_predict_process(inputs: list[Path], out: Path, report_peak: bool = False) -> tuple[float, int | None]:
+def default_engine() -> str:
+    """The engine ``predict --engine auto`` runs the bundled model on here: ``onnx`` where ONNX Runtime is
+    installed (its export ships with the model), else ``torch``."""
+    from ..inference.onnx_model import onnxruntime_available
+    from ..inference.predict import onnx_export_for
+
+    return "onnx" if onnxruntime_available() and onnx_export_for(None) is not None else "torch"
+
+
+def run_predict_process(inputs: list[Path], out: Path, report_peak: bool = False,
+                        engine: str = "auto") -> tuple[float, int | None]:
     """Wall seconds of one whole ``twofivecnn predict`` process, as users run it (``python -m``), or
     with ``report_peak`` the same work with its peak resident KiB."""
-    arguments = ["predict", *map(str, inputs), "--out", str(out), "--device", "cpu"]
+    arguments = ["predict", *map(str, inputs), "--out", str(out), "--device", "cpu", "--engine", engine]
     command = [sys.executable, "-c", PREDICT_REPORTING_PEAK, *arguments] if report_peak else \
         [sys.executable, "-m", "TwoFiveCNNLib", *arguments]
     start = time.perf_counter()
@@ -215,21 +226,25 @@ def bench_end_to_end(studies: dict[str, list[Path]], folder: Path, unit_seconds:
     all ``paths`` ((batch - single) / (n - 1): start-up and model loading left out), in seconds and
     in matmuls measured in the same run."""
     results = {}
-    for name, paths in studies.items():
-        cold, _ = run_predict_process(paths[:1], folder / f"{name}_one")
-        batch, _ = run_predict_process(paths, folder / f"{name}_batch")
+    engines = [default_engine()] + (["torch"] if default_engine() != "torch" else [])
+    for (name, paths), engine in itertools.product(studies.items(), engines):
+        cold, _ = run_predict_process(paths[:1], folder / f"{name}_{engine}_one", engine=engine)
+        batch, _ = run_predict_process(paths, folder / f"{name}_{engine}_batch", engine=engine)
         per_study = max(batch - cold, 0.0) / (len(paths) - 1)
-        results[name] = {"studies_in_batch": len(paths), "cold_single_seconds": round(cold, 2),
+        row = name if engine == engines[0] else f"{name}_{engine}"  # the first: what users get by default
+        results[row] = {"engine": engine, "studies_in_batch": len(paths), "cold_single_seconds": round(cold, 2),
                          "cold_single_matmuls": round(cold / unit_seconds, 1),
                          "batch_seconds": round(batch, 2), "per_study_in_batch_seconds": round(per_study, 3),
                          "per_study_in_batch_matmuls": round(per_study / unit_seconds, 1)}
     return results
 
 
-def startup_imports_seconds() -> float:
-    """What a fresh ``predict`` process spends importing before its first study (torch, SciPy, ITK)."""
+def startup_imports_seconds(engine: str) -> float:
+    """What a fresh ``predict`` process spends importing before its first study (SciPy, ITK, and torch or
+    ONNX Runtime)."""
+    runtime = "onnxruntime" if engine == "onnx" else "torch"
     code = ("import time; t = time.perf_counter(); import TwoFiveCNNLib.app.cli, TwoFiveCNNLib.inference.outputs, "
-            "TwoFiveCNNLib.inference.predict; print(time.perf_counter() - t)")
+            f"TwoFiveCNNLib.inference.predict, {runtime}; print(time.perf_counter() - t)")
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(output.stdout.strip().splitlines()[-1])
 
@@ -241,16 +256,17 @@ def bench_stage_profile(path: Path, folder: Path) -> dict:
     from ..inference.outputs import write_prediction
     from ..inference.predict import load_model, predict_path
 
+    engine = default_engine()
     started = time.perf_counter()
-    model = load_model(None, "cpu")
+    model = load_model(None, "cpu", engine)
     load_seconds = time.perf_counter() - started
     write_prediction(*predict_path(model, path), folder, "warmup")
     times = StageTimes()
     prediction, volume = predict_path(model, path, times)
     write_prediction(prediction, volume, folder, "profiled", times=times)
-    stages = {"startup_imports": startup_imports_seconds(), "load_model": load_seconds, **times}
+    stages = {"startup_imports": startup_imports_seconds(engine), "load_model": load_seconds, **times}
     total = sum(stages.values())
-    return {"study": f"{path.name} ({'x'.join(map(str, volume.geometry.size))})",
+    return {"study": f"{path.name} ({'x'.join(map(str, volume.geometry.size))})", "engine": engine,
             "total_seconds": round(total, 3),
             "stages": {name: {"seconds": round(seconds, 3), "share": round(seconds / total, 3)}
                        for name, seconds in stages.items()}}
@@ -261,7 +277,8 @@ def peak_rss_of_predict(slices: int, folder: Path) -> dict:
     path = write_bench_studies(folder / f"rss_{slices}", (slices, 512, 512), 1)[0]
     _, peak_kb = run_predict_process([path], folder / f"rss_{slices}_out", report_peak=True)
     volume_mb = slices * 512 * 512 * 2 / 2**20
-    return {"study": f"512x512x{slices} int16", "volume_mb": round(volume_mb), "peak_rss_mb": round(peak_kb / 1024),
+    return {"study": f"512x512x{slices} int16", "engine": default_engine(), "volume_mb": round(volume_mb),
+            "peak_rss_mb": round(peak_kb / 1024),
             "peak_vs_volume": round(peak_kb / 1024 / volume_mb, 2)}
 
 
@@ -339,15 +356,17 @@ def format_bench(results: dict) -> str:
         f"whole predict processes (unit: one 2048 matmul = {whole['matmul_2048_seconds']} s):",
     ]
     for name, row in whole["end_to_end"].items():
-        lines.append(f"  {name}: cold single study {row['cold_single_seconds']} s = {row['cold_single_matmuls']} "
+        lines.append(f"  {name} ({row['engine']}): cold single study {row['cold_single_seconds']} s = "
+                     f"{row['cold_single_matmuls']} "
                      f"matmuls; per study in a batch of {row['studies_in_batch']} "
                      f"{row['per_study_in_batch_seconds']} s = {row['per_study_in_batch_matmuls']} matmuls")
     for row in whole["peak_rss"]:
-        lines.append(f"  peak RSS {row['study']}: {row['peak_rss_mb']} MB ({row['peak_vs_volume']}x the volume)")
+        lines.append(f"  peak RSS {row['study']} ({row['engine']}): {row['peak_rss_mb']} MB ({row['peak_vs_volume']}x "
+                     f"the volume)")
     for name, profile in whole["stage_profile"].items():
         stages = ", ".join(f"{stage} {value['seconds']} s ({100 * value['share']:.0f} %)"
                            for stage, value in profile["stages"].items())
-        lines.append(f"  stages of {profile['study']}: {stages}")
+        lines.append(f"  stages of {profile['study']} ({profile['engine']}): {stages}")
     if "compile" in results:
         compiled = results["compile"]
         lines.append(f"torch.compile: {compiled['compile_seconds']} s to compile, {compiled['compile_speedup']}x per "

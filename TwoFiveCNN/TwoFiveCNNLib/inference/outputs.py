@@ -27,10 +27,9 @@ from ..io.volume import (
     study_name,
     write_probability_volume,
 )
-from ..networks.severity_model import SeverityModel
 from ..reports.montage import LazySlices, evidence_montage_png
 from ..transforms.preprocess import WINDOW_PRESETS, apply_window
-from .predict import predict_volume
+from .predict import AnyModel, predict_volume
 from .prediction import DEMO_MODEL_NOTICE, Prediction
 from .studies import StudyPrefetcher, expand_inputs, unique_names
 
@@ -64,7 +63,7 @@ def montage_slices(volume: Volume, evidence_canonical: np.ndarray) -> tuple[Lazy
     shape = (volume.array.shape[0], *volume.array[0, ::step, ::step].shape)
 
     def grey(k: int) -> np.ndarray:
-        return apply_window(volume.array[k, ::step, ::step], WINDOW_PRESETS["lung"]).numpy()
+        return apply_window(volume.array[k, ::step, ::step], WINDOW_PRESETS["lung"])
 
     def evidence(k: int) -> np.ndarray:
         return np.asarray(evidence_canonical[k, ::step, ::step], dtype=np.float32)
@@ -149,7 +148,7 @@ def evidence_volume_record(path: Path) -> dict:
             "values": "evidence in [0, 1]: slice attention x in-plane class activation"}
 
 
-def predict_batch(model: SeverityModel, inputs: Iterable[str | os.PathLike], out_dir: str | os.PathLike,
+def predict_batch(model: AnyModel, inputs: Iterable[str | os.PathLike], out_dir: str | os.PathLike,
                   scene_writer: SceneWriter | None = None, evidence_suffix: str = ".nii.gz",
                   progress: Callable[[int, int, str], None] | None = None,
                   extra_writers: Sequence[OutputWriter] = (), prefetcher: StudyPrefetcher | None = None,
@@ -178,7 +177,7 @@ def predict_batch(model: SeverityModel, inputs: Iterable[str | os.PathLike], out
     return result
 
 
-def _predict_one(model: SeverityModel, ahead: StudyPrefetcher, following: list[Path], path: Path, name: str,
+def _predict_one(model: AnyModel, ahead: StudyPrefetcher, following: list[Path], path: Path, name: str,
                  out_dir: Path, result: BatchResult, scene_writer: SceneWriter | None, evidence_suffix: str,
                  extra_writers: Sequence[OutputWriter]) -> None:
     """One study of a batch into ``result``: its outputs, or why it failed. The next study is read

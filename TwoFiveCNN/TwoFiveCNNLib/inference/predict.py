@@ -1,20 +1,24 @@
 """Predict one study: model grid -> slice embeddings -> head -> probabilities and slice attention; beside
-them the lungs' involvement and the voxel lesion map, on the input's own grid."""
+them the lungs' involvement and the voxel lesion map, on the input's own grid.
+
+The networks run on torch (:class:`..networks.severity_model.SeverityModel`) or on ONNX Runtime
+(:class:`.onnx_model.OnnxSeverityModel`, a process that never imports torch); nothing here imports
+torch before a torch model is used.
+"""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Union
 
 import numpy as np
-import torch
 
 from ..io.memory import release_freed_memory
 from ..io.timing import StageTimes, timed
 from ..io.volume import Volume, read_volume
-from ..networks.lesion_net import LESIONS, LUNGS
-from ..networks.severity_model import SeverityModel, resolve_device
+from ..networks.lesion_channels import LESIONS, LUNGS
 from ..transforms.involvement import InvolvementSettings, lesion_map, lung_features, lung_involvement_coarse
 from ..transforms.lungs import to_native
 from ..transforms.preprocess import (
@@ -23,17 +27,71 @@ from ..transforms.preprocess import (
     slice_values_to_canonical,
     to_model_grid,
 )
+from .onnx_model import (
+    OnnxModelError,
+    OnnxSeverityModel,
+    export_folder_of,
+    file_sha256,
+    onnxruntime_available,
+)
 from .prediction import BandLabels, Prediction
 from .studies import PreparedStudy
 
+if TYPE_CHECKING:
+    from ..networks.severity_model import SeverityModel
+
 BUNDLED_MODEL = Path(__file__).with_name("demo_model.pt")
+ENGINES = ("auto", "torch", "onnx")
+AnyModel = Union["SeverityModel", OnnxSeverityModel]
 
 
-def load_model(path: str | os.PathLike | None = None, device: str = "auto") -> SeverityModel:
+def onnx_export_for(path: str | os.PathLike | None) -> Path | None:
+    """The ONNX export to run for a model: the folder itself, or the export beside a model file (for the
+    bundled model, the one shipped beside it) when it was made from this very file; else None."""
+    source = Path(path) if path is not None else BUNDLED_MODEL
+    if source.is_dir():
+        return source
+    folder = export_folder_of(source)
+    record = folder / "model.json"
+    if not record.is_file():
+        return None
+    import json
+
+    try:
+        made_from = json.loads(record.read_text()).get("source_sha256")
+    except ValueError:
+        return None
+    return folder if made_from == file_sha256(source) else None
+
+
+def load_model(path: str | os.PathLike | None = None, device: str = "auto", engine: str = "torch") -> AnyModel:
     """Load a model file, or the bundled synthetic-data demo model when ``path`` is None.
 
-    The convolution weights (backbone and lesion network) are laid out channels-last, the layout their
-    inputs are given in: faster convolutions on CPUs, the same results."""
+    ``engine``: ``torch``; ``onnx`` (ONNX Runtime, CPU: the export folder ``path``, or the export made
+    from the model file ``path`` by ``twofivecnn export-onnx``); ``auto``: ONNX Runtime when it is
+    installed, the device is the CPU and such an export exists, torch otherwise.
+
+    The torch model's convolution weights (backbone and lesion network) are laid out channels-last,
+    the layout their inputs are given in: faster convolutions on CPUs, the same results."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine {engine!r}: choose one of {', '.join(ENGINES)}.")
+    if engine != "torch":
+        folder = onnx_export_for(path)
+        usable = folder is not None and onnxruntime_available() and device.lower() in ("auto", "cpu")
+        if engine == "onnx":
+            if not onnxruntime_available():
+                raise ValueError("--engine onnx needs ONNX Runtime: pip install onnxruntime (or use --engine torch).")
+            if device.lower() not in ("auto", "cpu"):
+                raise ValueError("--engine onnx runs on the CPU; leave out --device or use --engine torch.")
+            if folder is None:
+                raise OnnxModelError(f"{path or BUNDLED_MODEL}: no ONNX export made from this model file; make one "
+                                     f"with `twofivecnn export-onnx --model {path or BUNDLED_MODEL}`.")
+        if engine == "onnx" or usable:
+            return OnnxSeverityModel(folder)
+    import torch
+
+    from ..networks.severity_model import SeverityModel, resolve_device
+
     model = SeverityModel.load(path or BUNDLED_MODEL, resolve_device(device))
     model.slice_classifier.to(memory_format=torch.channels_last)
     if model.lesion_net is not None:
@@ -48,12 +106,23 @@ class GridResult:
     cnn_probabilities: np.ndarray | None = None  # the CNN head's alone, before fusion with the lung features
 
 
-@torch.inference_mode()
-def predict_grid(model: SeverityModel, grid: np.ndarray, features: np.ndarray | None = None) -> GridResult:
+def predict_grid(model: AnyModel, grid: np.ndarray, features: np.ndarray | None = None) -> GridResult:
     """Probabilities and slice attention for one study on the model grid.
 
     ``features`` are the study's lung features, fused with the CNN when the model has an involvement part.
     """
+    if isinstance(model, OnnxSeverityModel):
+        graded = model.grade(grid, features)
+        return GridResult(graded.probabilities, graded.slice_attention, graded.cnn_probabilities)
+    import torch
+
+    with torch.inference_mode():
+        return _predict_grid_torch(model, grid, features)
+
+
+def _predict_grid_torch(model: SeverityModel, grid: np.ndarray, features: np.ndarray | None) -> GridResult:
+    import torch
+
     device = next(model.parameters()).device
     slices = torch.from_numpy(np.ascontiguousarray(grid, dtype=np.float32))[:, None]
     embeddings = model.embed_slices(slices)
@@ -67,16 +136,23 @@ def predict_grid(model: SeverityModel, grid: np.ndarray, features: np.ndarray | 
     return GridResult(probabilities.numpy(), attention[0].float().cpu().numpy(), cnn_probabilities.numpy())
 
 
-def learned_lesions(model: SeverityModel, grid: np.ndarray, mapping: GridMapping, volume: Volume,
+def learned_lesions(model: AnyModel, grid: np.ndarray, mapping: GridMapping, volume: Volume,
                     factors: tuple[int, int, int]) -> np.ndarray | None:
     """The lesion network's lesion probability on the lungs' analysis grid (every ``factors``-th voxel),
     where it sees lung and the voxel is dense (at least the ground-glass band's upper limit, as a
     consolidation is); None when the model has no lesion network."""
-    probabilities = model.lesion_probabilities(torch.from_numpy(np.ascontiguousarray(grid, dtype=np.float32))[:, None])
+    if isinstance(model, OnnxSeverityModel):
+        probabilities = model.lesion_probabilities(grid)
+    else:
+        import torch
+
+        with torch.inference_mode():
+            probabilities = model.lesion_probabilities(torch.from_numpy(np.ascontiguousarray(grid, dtype=np.float32))[:, None])
+        probabilities = None if probabilities is None else probabilities.numpy()
     if probabilities is None:
         return None
     inside_lungs = probabilities[:, LESIONS] * (probabilities[:, LUNGS] > 0.5)
-    learned = grid_map_to_canonical(inside_lungs.numpy(), mapping, np.float16, factors)
+    learned = grid_map_to_canonical(inside_lungs, mapping, np.float16, factors)
     coarse_hu = volume.array[:: factors[0], :: factors[1], :: factors[2]]
     learned[coarse_hu < InvolvementSettings().ground_glass_below] = 0  # a boolean write: float16 math is slow
     return learned
@@ -104,7 +180,7 @@ def grade_disagreement(cnn_label: str, involvement_grade: str | None) -> str | N
             f"two grades or more apart; review the study")
 
 
-def predict_volume(model: SeverityModel, volume: Volume, times: StageTimes | None = None,
+def predict_volume(model: AnyModel, volume: Volume, times: StageTimes | None = None,
                    prepared: PreparedStudy | None = None) -> Prediction:
     """Grade one canonical volume and map the evidence back onto its original grid.
 
@@ -175,7 +251,7 @@ def _plausibility_warnings(volume: Volume) -> list[str]:
     return warnings
 
 
-def predict_path(model: SeverityModel, path: str | os.PathLike,
+def predict_path(model: AnyModel, path: str | os.PathLike,
                  times: StageTimes | None = None) -> tuple[Prediction, Volume]:
     with timed(times, "read"):
         volume = read_volume(path)

@@ -13,8 +13,7 @@ import itertools
 import torch
 from torch import nn
 
-# Output channels: the lesion-inclusive lungs, and the lesions.
-LUNGS, LESIONS = 0, 1
+from .lesion_channels import LESIONS, LUNGS  # noqa: F401 - the output channels, re-exported
 
 
 def _block(channels_in: int, channels_out: int) -> nn.Sequential:

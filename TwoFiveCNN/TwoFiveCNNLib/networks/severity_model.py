@@ -140,6 +140,11 @@ class SeverityModel(nn.Module):
     def is_demo(self) -> bool:
         return bool(self.metadata.get("demo", False))
 
+    @property
+    def involvement_feature_columns(self) -> list[int]:
+        """Columns of :data:`LUNG_FEATURES` the involvement part reads."""
+        return list(self._feature_columns)
+
     def accelerate(self, half: bool = False, compile: bool = False) -> SeverityModel:
         """Inference options: float16 backbone (CUDA only), and ``torch.compile`` of the backbone, which
         costs a minute or so of compiling and pays back over large batches (see ``twofivecnn bench``)."""

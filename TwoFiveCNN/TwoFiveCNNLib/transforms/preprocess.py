@@ -1,7 +1,8 @@
 """From a canonical CT volume to the model grid: HU window, body crop, antialiased resampling.
 
 Every parameter lives in :class:`PreprocessConfig`, which is saved inside the model file so a
-model always sees its inputs prepared the way it was trained.
+model always sees its inputs prepared the way it was trained. Written in NumPy (the weights are
+torch's, see :mod:`.resample`): preparing a study and mapping maps back need no torch.
 """
 
 from __future__ import annotations
@@ -11,14 +12,12 @@ import json
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from scipy import ndimage
 
 from ..io.volume import Volume
+from .resample import resize_axis0, resize_stack
 
 SLAB_SLICES = 16  # slices resampled at a time: bounds the float memory a full-resolution study needs
-TORCH_DTYPES = {np.dtype(np.float32): torch.float32, np.dtype(np.float16): torch.float16}
 WINDOW_PRESETS: dict[str, tuple[float, float]] = {
     "default": (-1000.0, 400.0),  # the reference code's window: lung and soft tissue
     "lung": (-1350.0, 150.0),  # W 1500 / L -600
@@ -95,15 +94,14 @@ class GridMapping:
         return cls(**{k: tuple(v) for k, v in data.items()})
 
 
-def apply_window(array: np.ndarray, window: tuple[float, float]) -> torch.Tensor:
+def apply_window(array: np.ndarray, window: tuple[float, float]) -> np.ndarray:
     """Clip HU to the window and scale to 0..1 as float32 (NaN becomes 0, +-inf the window's ends)."""
     low, high = window
-    # A length-1 axis counts as contiguous whatever its stride, and torch refuses negative strides.
-    contiguous = np.ascontiguousarray(array)
-    tensor = torch.from_numpy(contiguous if min(contiguous.strides, default=0) >= 0 else contiguous.copy())
-    out = tensor.to(torch.float32, copy=tensor.dtype == torch.float32)
-    out.sub_(low).mul_(1.0 / (high - low)).clamp_(0.0, 1.0)
-    return out.nan_to_num_(nan=0.0)
+    out = np.array(array, dtype=np.float32)  # always a copy
+    out -= np.float32(low)
+    out *= np.float32(1.0 / (high - low))
+    np.clip(out, 0.0, 1.0, out=out)
+    return np.nan_to_num(out, copy=False, nan=0.0)
 
 
 def body_crop(array: np.ndarray, threshold_hu: float, margin: int = 4) -> tuple[int, int, int, int]:
@@ -137,14 +135,6 @@ def target_slice_count(volume: Volume, config: PreprocessConfig) -> int:
     return int(np.clip(round(extent / config.slice_spacing_mm), 1, config.max_slices))
 
 
-def resize_slices(slices: torch.Tensor, size: tuple[int, int], antialias: bool) -> torch.Tensor:
-    """Bilinear resize of a ``(n, h, w)`` stack, antialiased when shrinking."""
-    if tuple(slices.shape[-2:]) == tuple(size):
-        return slices
-    return F.interpolate(slices[:, None], size=size, mode="bilinear", align_corners=False,
-                         antialias=antialias)[:, 0]
-
-
 def to_model_grid(volume: Volume, config: PreprocessConfig) -> tuple[np.ndarray, GridMapping]:
     """Window, crop and resample a canonical volume to ``(slices, in_plane, in_plane)`` float32 in 0..1."""
     array = volume.array
@@ -153,17 +143,13 @@ def to_model_grid(volume: Volume, config: PreprocessConfig) -> tuple[np.ndarray,
     y0, y1, x0, x1 = crop
     size = (config.in_plane, config.in_plane)
     n_slices = target_slice_count(volume, config)
-    with torch.inference_mode():
-        # Window and resize in-plane a slab at a time (each slice on its own, so the result is the
-        # same): no float copy of the whole study is ever made.
-        in_plane = torch.cat([resize_slices(apply_window(array[z: z + SLAB_SLICES, y0:y1, x0:x1], config.window),
+    # Window and resize in-plane a slab at a time (each slice on its own, so the result is the same):
+    # no float copy of the whole study is ever made. Then resample along z on the small grid.
+    in_plane = np.concatenate([resize_stack(apply_window(array[z: z + SLAB_SLICES, y0:y1, x0:x1], config.window),
                                             size, config.antialias)
-                              for z in range(0, array.shape[0], SLAB_SLICES)])
-        # Resample along z only: view the stack as one (z, y*x) image and resize its first axis.
-        flat = in_plane.reshape(1, in_plane.shape[0], -1)
-        grid = resize_slices(flat, (n_slices, flat.shape[-1]), config.antialias).reshape(n_slices, *size)
-        grid = grid.clamp_(0.0, 1.0).contiguous().numpy()
-    return grid, GridMapping(tuple(array.shape), crop, tuple(grid.shape))
+                               for z in range(0, array.shape[0], SLAB_SLICES)])
+    grid = np.clip(resize_axis0(in_plane, n_slices, config.antialias), 0.0, 1.0)
+    return np.ascontiguousarray(grid, dtype=np.float32), GridMapping(tuple(array.shape), crop, tuple(grid.shape))
 
 
 def grid_slice_centres(mapping: GridMapping) -> np.ndarray:
@@ -186,17 +172,11 @@ def grid_map_to_canonical(values: np.ndarray, mapping: GridMapping, dtype: np.dt
     ``factors``: onto every ``f``-th canonical voxel instead (the lungs' analysis grid)."""
     shape = tuple(-(-n // f) for n, f in zip(mapping.canonical_shape, factors))
     y0, y1, x0, x1 = (-(-v // factors[1 + i // 2]) for i, v in enumerate(mapping.crop_yx))
-    z = shape[0]
     out = np.zeros(shape, dtype=dtype)
-    with torch.inference_mode():
-        grid = torch.as_tensor(np.asarray(values, dtype=np.float32))
-        flat = grid.reshape(1, 1, grid.shape[0], -1)  # (z, y*x) as one image: resize its first axis only
-        along_z = F.interpolate(flat, size=(z, flat.shape[-1]), mode="bilinear", align_corners=False)
-        along_z = along_z.reshape(z, 1, *grid.shape[1:])
-        for start in range(0, z, SLAB_SLICES):
-            slab = F.interpolate(along_z[start: start + SLAB_SLICES], size=(y1 - y0, x1 - x0), mode="bilinear",
-                                 align_corners=False)[:, 0]
-            out[start: start + SLAB_SLICES, y0:y1, x0:x1] = slab.to(TORCH_DTYPES[np.dtype(dtype)]).numpy()
+    along_z = resize_axis0(np.asarray(values, dtype=np.float32), shape[0], antialias=False)
+    for start in range(0, shape[0], SLAB_SLICES):
+        slab = resize_stack(along_z[start: start + SLAB_SLICES], (y1 - y0, x1 - x0), antialias=False)
+        out[start: start + SLAB_SLICES, y0:y1, x0:x1] = slab
     return out
 
 
@@ -208,6 +188,9 @@ def canonical_mask_to_grid(mask: np.ndarray, mapping: GridMapping) -> np.ndarray
     steps = [max(1, size // (2 * cells)) for size, cells in
              zip((mask.shape[0], y1 - y0, x1 - x0), mapping.grid_shape)]
     sample = (mask[:: steps[0], y0:y1:steps[1], x0:x1:steps[2]] > 0).astype(np.float32)
+    import torch  # training only (the lesion network's targets)
+    import torch.nn.functional as F
+
     with torch.inference_mode():
         share = F.interpolate(torch.from_numpy(sample)[None, None], size=tuple(mapping.grid_shape), mode="area")
     return share[0, 0].numpy() > 0.5
