@@ -113,3 +113,31 @@ def test_channels_last_backbone_gives_the_contiguous_results(feet_first_study):
     a, b = predict_volume(fast, feet_first_study), predict_volume(plain, feet_first_study)
     assert list(a.probabilities.values()) == pytest.approx(list(b.probabilities.values()), abs=1e-4)
     assert np.abs(a.evidence_kji.astype(np.float32) - b.evidence_kji.astype(np.float32)).max() <= PROBABILITY_STEP
+
+
+def test_a_study_that_cannot_be_written_in_the_background_fails_alone(chest_ct_path, tmp_path):
+    """A batch writes each study while predicting the next: a write that fails there (here a folder in
+    the way of the picture) makes that study fail, with no record of it left, and the others complete,
+    in order, with progress for every study."""
+    import shutil
+    from pathlib import Path
+
+    from TwoFiveCNNLib.inference.outputs import predict_batch
+    from TwoFiveCNNLib.inference.predict import load_model
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name in ("a", "b", "c"):
+        shutil.copy(chest_ct_path, inputs / f"{name}.nrrd")
+    out = tmp_path / "out"
+    (out / "b.png").mkdir(parents=True)
+    seen = []
+    result = predict_batch(load_model(None, "cpu", "auto"), [inputs], out,
+                           progress=lambda done, total, path: seen.append((done, total, Path(path).name)))
+    assert seen == [(1, 3, "a.nrrd"), (2, 3, "b.nrrd"), (3, 3, "c.nrrd")]
+    assert [Path(p).name for p in result.predictions] == ["a.nrrd", "c.nrrd"]
+    assert [Path(p).name for p in result.failures] == ["b.nrrd"] and "b.png" in next(iter(result.failures.values()))
+    assert (out / "a.json").is_file() and (out / "c.json").is_file() and not (out / "b.json").exists()
+    assert not list(out.glob("b_evidence*"))
+    rows = (out / "summary.tsv").read_text().splitlines()
+    assert [row.split("\t")[1] for row in rows[1:]] == ["ok", "ok", "failed"]

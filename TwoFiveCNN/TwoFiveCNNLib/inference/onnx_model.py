@@ -88,6 +88,8 @@ class OnnxSeverityModel:
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads or max(1, min(os.cpu_count() or 1, 8))
         options.log_severity_level = 3  # warnings about unused initialisers are noise here
+        # Idle threads sleep rather than spin: between network calls the cores read, segment and write.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.record = record
         self.sessions = {}
         for name in GRAPHS:

@@ -8,11 +8,13 @@ this layer knows nothing of MRML, so it runs where the MRML library is missing.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import shutil
 import tempfile
 import traceback
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -148,6 +150,11 @@ def evidence_volume_record(path: Path) -> dict:
             "values": "evidence in [0, 1]: slice attention x in-plane class activation"}
 
 
+# A study is written in the background while the next is predicted only up to this size: the study
+# being written and the one being predicted are then both in memory (with the one read ahead).
+BACKGROUND_WRITE_MAX_VOXELS = 32 * 2**20
+
+
 def predict_batch(model: AnyModel, inputs: Iterable[str | os.PathLike], out_dir: str | os.PathLike,
                   scene_writer: SceneWriter | None = None, evidence_suffix: str = ".nii.gz",
                   progress: Callable[[int, int, str], None] | None = None,
@@ -156,7 +163,10 @@ def predict_batch(model: AnyModel, inputs: Iterable[str | os.PathLike], out_dir:
     """Predict every study; a bad study is recorded in ``failures`` and the others still run.
 
     The next study is read and its lungs measured in the background while this one runs through the
-    network and is written (``prefetcher``; pass one already started to begin before the model loads).
+    network (``prefetcher``; pass one already started to begin before the model loads). Without a
+    scene or other writers, a study's files are written in the background while the next study is
+    predicted (one study at a time, studies up to ``BACKGROUND_WRITE_MAX_VOXELS``): the writing is
+    mostly compression, which leaves the GIL. Each file still appears whole, by rename.
     """
     inputs = [Path(p) for p in inputs]
     if any(p.is_dir() and p.resolve() == Path(out_dir).resolve() for p in inputs):
@@ -165,39 +175,92 @@ def predict_batch(model: AnyModel, inputs: Iterable[str | os.PathLike], out_dir:
     check_writable(Path(out_dir))
     studies = expand_inputs(inputs)
     result = BatchResult()
-    with prefetcher or StudyPrefetcher() as ahead:
+    background = scene_writer is None and not extra_writers and len(studies) > 1
+    with prefetcher or StudyPrefetcher() as ahead, ThreadPoolExecutor(1, thread_name_prefix="twofivecnn-write") as pool:
         if studies:
             ahead.prefetch(studies[0])
+        writing: _Writing | None = None
         for done, (path, name) in enumerate(zip(studies, unique_names(studies)), start=1):
-            _predict_one(model, ahead, studies[done:done + 1], path, name, Path(out_dir), result,
-                         scene_writer, evidence_suffix, extra_writers)
-            if progress is not None:
-                progress(done, len(studies), str(path))
+            predicted = _predict_one(model, ahead, studies[done:done + 1], path, result)
+            if writing is not None:  # one study written at a time: the previous one finishes first
+                writing.finish(result, progress, len(studies))
+                writing = None
+            if predicted is None:
+                if progress is not None:
+                    progress(done, len(studies), str(path))
+                continue
+            prediction, volume = predicted
+            writing = _Writing(path, done, prediction)
+            write = functools.partial(write_prediction, prediction, volume, Path(out_dir), name, scene_writer,
+                                      evidence_suffix, extra_writers=extra_writers)
+            if background and volume.array.size <= BACKGROUND_WRITE_MAX_VOXELS:
+                writing.future = pool.submit(write)
+            else:
+                writing.run(write)
+            del predicted, prediction, volume
+        if writing is not None:
+            writing.finish(result, progress, len(studies))
     write_summary(result, Path(out_dir))
     return result
 
 
-def _predict_one(model: AnyModel, ahead: StudyPrefetcher, following: list[Path], path: Path, name: str,
-                 out_dir: Path, result: BatchResult, scene_writer: SceneWriter | None, evidence_suffix: str,
-                 extra_writers: Sequence[OutputWriter]) -> None:
-    """One study of a batch into ``result``: its outputs, or why it failed. The next study is read
+@dataclass
+class _Writing:
+    """One study's outputs being written, and how to record the outcome in the batch's result."""
+
+    path: Path
+    done: int
+    prediction: Prediction | None
+    future: Future | None = None
+    written: list[Path] | None = None
+    error: BaseException | None = None
+
+    def run(self, write: Callable[[], list[Path]]) -> None:
+        try:
+            self.written = write()
+        except Exception as error:  # noqa: BLE001 - recorded as the study's failure in finish()
+            self.error = error
+
+    def finish(self, result: BatchResult, progress: Callable[[int, int, str], None] | None, total: int) -> None:
+        if self.future is not None:
+            try:
+                self.written = self.future.result()
+            except Exception as error:  # noqa: BLE001 - recorded as the study's failure below
+                self.error = error
+        key = str(self.path)
+        if self.error is None:
+            result.written[key] = self.written
+            result.predictions[key] = without_voxel_maps(self.prediction)
+        else:
+            result.failures[key] = _failure_message(self.path, self.error)
+        self.prediction = None  # its voxel maps are on disk now
+        if progress is not None:
+            progress(self.done, total, key)
+
+
+def _failure_message(path: Path, error: BaseException) -> str:
+    if isinstance(error, (VolumeError, ValueError, OSError)):
+        return str(error)
+    message = f"{path}: unexpected error {type(error).__name__}: {error}"
+    return message + "\n" + "".join(traceback.format_exception(error, limit=3))
+
+
+def _predict_one(model: AnyModel, ahead: StudyPrefetcher, following: list[Path], path: Path,
+                 result: BatchResult) -> tuple[Prediction, Volume] | None:
+    """One study of a batch predicted, or None with why it failed in ``result``. The next study is read
     while this one is predicted (when both fit in memory together), also when this one failed."""
     prepared = None
     try:
         prepared = ahead.take(path)
         if following:
             ahead.prefetch_next(prepared.volume.array.size, following[0])
-        prediction = predict_volume(model, prepared.volume, prepared.times, prepared)
-        result.written[str(path)] = write_prediction(prediction, prepared.volume, out_dir, name, scene_writer,
-                                                     evidence_suffix, extra_writers=extra_writers)
-        result.predictions[str(path)] = without_voxel_maps(prediction)
-    except (VolumeError, ValueError, OSError) as error:
-        result.failures[str(path)] = str(error)
+        return predict_volume(model, prepared.volume, prepared.times, prepared), prepared.volume
     except Exception as error:  # noqa: BLE001 - one odd study must not stop a batch of thousands
-        result.failures[str(path)] = f"{path}: unexpected error {type(error).__name__}: {error}"
-        result.failures[str(path)] += "\n" + traceback.format_exc(limit=3)
-    if prepared is None and following:
-        ahead.prefetch_next(0, following[0])
+        result.failures[str(path)] = _failure_message(path, error)
+        return None
+    finally:
+        if prepared is None and following:
+            ahead.prefetch_next(0, following[0])
 
 
 def check_writable(folder: Path) -> None:
