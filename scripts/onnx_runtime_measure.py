@@ -4,14 +4,15 @@ and how far its probabilities move from eager PyTorch's.
     .venv/bin/pip install onnxruntime   # not a dependency of the extension
     .venv/bin/python scripts/onnx_runtime_measure.py > benchmarks/onnx_runtime.json
 
+This is the measurement that chose ONNX Runtime as ``predict``'s default engine (``--engine auto``).
 The bundled demo model's three networks (slice backbone, attention head, lesion network) are exported
-with torch's ONNX exporter. Then two fresh processes each grade the same studies up to the
-probabilities and the lesion network's output, timed from their start: one with torch as ``predict``
-does it today, one with ONNX Runtime and no torch at all (it checks that torch was never imported).
-Both read the study and measure its lungs with the project's own code, and both take the model-grid
-slices from a file written beforehand, because that resampling is written with torch (0.03-0.04 s
-per study in ``bench``'s stage profile); output writing is left out of both. Timings are in the unit
-of one 2048 x 2048 float32 matmul measured in the same run, as ``twofivecnn bench`` does.
+with torch's ONNX exporter, outside the package (the involvement part and the mix are redone here in
+NumPy). Then two fresh processes each grade the same studies up to the probabilities and the lesion
+network's output, timed from their start: one on torch, one on ONNX Runtime with no torch at all (it
+checks that torch was never imported). Both read the study, measure its lungs and make the model grid
+with the project's own code; output writing is left out of both (``twofivecnn bench`` times whole
+``predict`` processes). Timings are in the unit of one 2048 x 2048 float32 matmul measured in the same
+run, as ``twofivecnn bench`` does; warm network timings compare the backbone's efficiency against it.
 """
 
 from __future__ import annotations
@@ -43,16 +44,18 @@ import torch
 from TwoFiveCNNLib.inference.predict import load_model, predict_grid
 from TwoFiveCNNLib.io.volume import read_volume
 from TwoFiveCNNLib.transforms.involvement import lung_features, lung_involvement_coarse
+from TwoFiveCNNLib.transforms.preprocess import to_model_grid
 marks = {"imports": time.perf_counter() - start}
-model = load_model(None, "cpu"); marks["model"] = time.perf_counter() - start
+model = load_model(None, "cpu", "torch"); marks["model"] = time.perf_counter() - start
 volume = read_volume(sys.argv[1]); marks["read"] = time.perf_counter() - start
 report, _, _ = lung_involvement_coarse(volume.array, volume.spacing_zyx); marks["lungs"] = time.perf_counter() - start
-grid = np.load(sys.argv[2])
+grid = to_model_grid(volume, model.preprocess)[0]; marks["grid"] = time.perf_counter() - start
 result = predict_grid(model, grid, lung_features(report))
 with torch.inference_mode():
     lesions = model.lesion_probabilities(torch.from_numpy(grid)[:, None])
 marks["networks"] = time.perf_counter() - start
-print(json.dumps({"marks": marks, "probabilities": result.probabilities.tolist()}))
+print(json.dumps({"marks": marks, "probabilities": result.probabilities.tolist()}), flush=True)
+import os; os._exit(0)  # as the command line ends: without the interpreter's teardown of torch
 """
 
 ONNX_CHILD = """
@@ -62,6 +65,7 @@ import numpy as np
 import onnxruntime
 from TwoFiveCNNLib.io.volume import read_volume
 from TwoFiveCNNLib.transforms.involvement import lung_features, lung_involvement_coarse
+from TwoFiveCNNLib.transforms.preprocess import PreprocessConfig, to_model_grid
 marks = {"imports": time.perf_counter() - start}
 folder = sys.argv[3]
 options = onnxruntime.SessionOptions(); options.intra_op_num_threads = 2
@@ -71,7 +75,8 @@ fusion = json.load(open(f"{folder}/fusion.json"))
 marks["model"] = time.perf_counter() - start
 volume = read_volume(sys.argv[1]); marks["read"] = time.perf_counter() - start
 report, _, _ = lung_involvement_coarse(volume.array, volume.spacing_zyx); marks["lungs"] = time.perf_counter() - start
-grid = np.load(sys.argv[2])[:, None]
+grid = to_model_grid(volume, PreprocessConfig.from_dict(fusion["preprocess"]))[0][:, None]
+marks["grid"] = time.perf_counter() - start
 def softmax(x):
     e = np.exp(x - x.max(-1, keepdims=True)); return e / e.sum(-1, keepdims=True)
 embeddings = np.concatenate([sessions["embed"].run(None, {"slices": grid[i:i + 32]})[0] for i in range(0, len(grid), 32)])
@@ -84,7 +89,8 @@ probabilities = fusion["cnn_weight"] * cnn + (1 - fusion["cnn_weight"]) * involv
 lesions = np.concatenate([sessions["lesions"].run(None, {"slices": grid[i:i + 8]})[0] for i in range(0, len(grid), 8)])
 marks["networks"] = time.perf_counter() - start
 assert "torch" not in sys.modules, "torch was imported"
-print(json.dumps({"marks": marks, "probabilities": probabilities.tolist()}))
+print(json.dumps({"marks": marks, "probabilities": probabilities.tolist()}), flush=True)
+import os; os._exit(0)
 """
 
 
@@ -119,9 +125,9 @@ def export(model, folder: Path) -> None:
                           dynamic_axes={input_name: axis}, opset_version=17)
     aeration = model.aeration
     (folder / "fusion.json").write_text(json.dumps({
-        "columns": model._feature_columns, "mean": model.metadata["aeration_mean"], "std": model.metadata["aeration_std"],
+        "columns": model.involvement_feature_columns, "mean": model.metadata["aeration_mean"], "std": model.metadata["aeration_std"],
         "weight": aeration.weight.detach().double().tolist(), "bias": aeration.bias.detach().double().tolist(),
-        "cnn_weight": model.fusion_cnn_weight}))
+        "cnn_weight": model.fusion_cnn_weight, "preprocess": model.preprocess.to_dict()}))
 
 
 def child(code: str, *arguments: str) -> dict:
@@ -183,7 +189,7 @@ def main() -> int:
             np.save(grid_path, grid)
             report, _, _ = lung_involvement_coarse(volume.array, volume.spacing_zyx)
             reference = predict_grid(model, grid, lung_features(report)).probabilities
-            runs = {engine: [child(code, str(path), str(grid_path), str(folder)) for _ in range(3)]
+            runs = {engine: [child(code, str(path), str(grid_path), str(folder)) for _ in range(REPEATS)]
                     for engine, code in (("torch", TORCH_CHILD), ("onnxruntime", ONNX_CHILD))}
             record = {"size": "x".join(map(str, volume.geometry.size))}
             for engine, records in runs.items():
