@@ -27,7 +27,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from TwoFiveCNNLib.evaluation.bench import chest_ct_path, forward_gflop, matmul_seconds, write_bench_studies
+from TwoFiveCNNLib.evaluation.bench import (
+    best_time,
+    chest_ct_path,
+    forward_gflop,
+    matmul_seconds,
+    write_bench_studies,
+)
 from TwoFiveCNNLib.inference.predict import load_model, predict_grid
 from TwoFiveCNNLib.io.volume import read_volume
 from TwoFiveCNNLib.transforms.involvement import lung_features, lung_involvement_coarse
@@ -138,16 +144,6 @@ def child(code: str, *arguments: str) -> dict:
     return record
 
 
-def best(function, repeats: int = REPEATS) -> float:
-    function()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - started)
-    return min(times)
-
-
 def network_speed(model, folder: Path, grid: np.ndarray, unit: float) -> dict:
     """Warm per-study times of the networks on one study's grid, eager PyTorch against ONNX Runtime."""
     import onnxruntime
@@ -158,11 +154,13 @@ def network_speed(model, folder: Path, grid: np.ndarray, unit: float) -> dict:
                                                    providers=["CPUExecutionProvider"]) for name in ("embed", "lesions")}
     slices = torch.from_numpy(grid)[:, None]
     with torch.inference_mode():
-        torch_backbone = best(lambda: model.embed_slices(slices))
-        torch_lesions = best(lambda: model.lesion_probabilities(slices))
+        torch_backbone = best_time(lambda: model.embed_slices(slices), REPEATS)
+        torch_lesions = best_time(lambda: model.lesion_probabilities(slices), REPEATS)
     array = grid[:, None]
-    onnx_backbone = best(lambda: [sessions["embed"].run(None, {"slices": array[i:i + 32]}) for i in range(0, len(array), 32)])
-    onnx_lesions = best(lambda: [sessions["lesions"].run(None, {"slices": array[i:i + 8]}) for i in range(0, len(array), 8)])
+    onnx_backbone = best_time(lambda: [sessions["embed"].run(None, {"slices": array[i:i + 32]})
+                                       for i in range(0, len(array), 32)], REPEATS)
+    onnx_lesions = best_time(lambda: [sessions["lesions"].run(None, {"slices": array[i:i + 8]})
+                                      for i in range(0, len(array), 8)], REPEATS)
     gflop = forward_gflop(lambda: model.embed_slices(slices))
     matmul_gflops = 2 * 2048**3 / unit / 1e9
     return {"slices": len(grid), "backbone_gflop": round(gflop, 2),
