@@ -89,6 +89,9 @@ def test_engine_errors_name_the_file_and_the_fix(tiny_model, chest_ct_path, tmp_
     assert str(tiny_model) in message and "twofivecnn export-onnx --model" in message
     assert main(["predict", str(chest_ct_path), "--out", str(out), "--engine", "onnx", "--half"]) == 2
     assert "--engine torch" in capsys.readouterr().err
+    shipped = str(onnx_export_for(None))
+    assert main(["predict", str(chest_ct_path), "--out", str(out), "--model", shipped, "--engine", "torch"]) == 2
+    assert "an ONNX export" in capsys.readouterr().err
     broken = tmp_path / "broken.onnx"
     broken.mkdir()
     (broken / "model.json").write_text(json.dumps({"format": "twofivecnn-onnx", "version": 99}))

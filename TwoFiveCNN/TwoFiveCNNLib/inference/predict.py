@@ -88,6 +88,9 @@ def load_model(path: str | os.PathLike | None = None, device: str = "auto", engi
                                      f"with `twofivecnn export-onnx --model {path or BUNDLED_MODEL}`.")
         if engine == "onnx" or usable:
             return OnnxSeverityModel(folder)
+    if path is not None and (Path(path) / "model.json").is_file():
+        raise OnnxModelError(f"{path}: an ONNX export, which runs on ONNX Runtime; use --engine onnx (or auto), or "
+                             f"give the model file it was exported from for torch.")
     import torch
 
     from ..networks.severity_model import SeverityModel, resolve_device
