@@ -113,10 +113,6 @@ class OnnxSeverityModel:
     def is_demo(self) -> bool:
         return bool(self.metadata["demo"])
 
-    @property
-    def source_sha256(self) -> str:
-        return self.record["source_sha256"]
-
     def accelerate(self, half: bool = False, compile: bool = False) -> OnnxSeverityModel:
         if half or compile:
             raise ValueError("--half and --compile are options of the torch engine; add --engine torch.")
@@ -128,10 +124,13 @@ class OnnxSeverityModel:
         return np.concatenate([session.run(None, {"slices": slices[i: i + step]})[0]
                                for i in range(0, len(slices), step)])
 
+    def embed_slices(self, slices: np.ndarray) -> np.ndarray:
+        """``(s, 1, H, W)`` slices -> ``(s, D)`` embeddings."""
+        return self._run_in_chunks("embed", np.ascontiguousarray(slices, dtype=np.float32))
+
     def grade(self, grid: np.ndarray, features: np.ndarray | None) -> OnnxGrade:
         """Probabilities, slice attention and the CNN head's own probabilities for one study's model grid."""
-        slices = np.ascontiguousarray(grid, dtype=np.float32)[:, None]
-        embeddings = self._run_in_chunks("embed", slices)
+        embeddings = self.embed_slices(np.asarray(grid)[:, None])
         logits, attention = self.sessions["head"].run(None, {"embeddings": embeddings[None]})
         cnn = _softmax(logits[0].astype(np.float64))
         probabilities = cnn

@@ -8,6 +8,7 @@ torch before a torch model is used.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,8 +56,6 @@ def onnx_export_for(path: str | os.PathLike | None) -> Path | None:
     record = folder / "model.json"
     if not record.is_file():
         return None
-    import json
-
     try:
         made_from = json.loads(record.read_text()).get("source_sha256")
     except ValueError:
