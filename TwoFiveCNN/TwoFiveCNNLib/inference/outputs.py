@@ -190,13 +190,12 @@ def predict_batch(model: AnyModel, inputs: Iterable[str | os.PathLike], out_dir:
                     progress(done, len(studies), str(path))
                 continue
             prediction, volume = predicted
-            writing = _Writing(path, done, prediction)
             write = functools.partial(write_prediction, prediction, volume, Path(out_dir), name, scene_writer,
                                       evidence_suffix, extra_writers=extra_writers)
             if background and volume.array.size <= BACKGROUND_WRITE_MAX_VOXELS:
-                writing.future = pool.submit(write)
-            else:
-                writing.run(write)
+                writing = _Writing(path, done, prediction, pool.submit(write))
+            else:  # written here and now: its voxel maps are gone before the next study is predicted
+                _Writing(path, done, prediction, _written_now(write)).finish(result, progress, len(studies))
             del predicted, prediction, volume
         if writing is not None:
             writing.finish(result, progress, len(studies))
@@ -211,31 +210,28 @@ class _Writing:
     path: Path
     done: int
     prediction: Prediction | None
-    future: Future | None = None
-    written: list[Path] | None = None
-    error: BaseException | None = None
-
-    def run(self, write: Callable[[], list[Path]]) -> None:
-        try:
-            self.written = write()
-        except Exception as error:  # noqa: BLE001 - recorded as the study's failure in finish()
-            self.error = error
+    future: Future
 
     def finish(self, result: BatchResult, progress: Callable[[int, int, str], None] | None, total: int) -> None:
-        if self.future is not None:
-            try:
-                self.written = self.future.result()
-            except Exception as error:  # noqa: BLE001 - recorded as the study's failure below
-                self.error = error
         key = str(self.path)
-        if self.error is None:
-            result.written[key] = self.written
+        try:
+            result.written[key] = self.future.result()
             result.predictions[key] = without_voxel_maps(self.prediction)
-        else:
-            result.failures[key] = _failure_message(self.path, self.error)
+        except Exception as error:  # noqa: BLE001 - one odd study must not stop a batch of thousands
+            result.failures[key] = _failure_message(self.path, error)
         self.prediction = None  # its voxel maps are on disk now
         if progress is not None:
             progress(self.done, total, key)
+
+
+def _written_now(write: Callable[[], list[Path]]) -> Future:
+    """``write`` run in this thread, its outcome in a finished future (as the background thread gives it)."""
+    future: Future = Future()
+    try:
+        future.set_result(write())
+    except Exception as error:  # noqa: BLE001 - recorded as the study's failure in _Writing.finish
+        future.set_exception(error)
+    return future
 
 
 def _failure_message(path: Path, error: BaseException) -> str:
