@@ -97,6 +97,8 @@ def _slice_and_row_counts(lungs: np.ndarray, bands: np.ndarray) -> np.ndarray:
     n_bands = max(BAND_NAMES) + 1
     n_keys = (max(LUNG_NAMES) + 1) * n_bands
     counts = np.zeros((*lungs.shape[:2], max(LUNG_NAMES) + 1, n_bands), dtype=np.int64)
+    if not lungs.any():
+        return counts
     box = bounding_box(lungs > 0)
     sides, labels = lungs[box], bands[box]
     rows = sides.shape[1]
@@ -122,9 +124,10 @@ def _zone_counts(counts: np.ndarray) -> dict[str, np.ndarray]:
     third = (z.max() + 1 - z.min()) / 3
     height = np.minimum(((np.arange(len(per_slice)) - z.min()) / third).astype(np.int64), 2)  # 0 lower
     dorsal = np.arange(len(per_row)) >= (y.min() + y.max() + 1) / 2
-    return {"upper": per_slice[height == 2].sum(axis=0), "middle": per_slice[height == 1].sum(axis=0),
-            "lower": per_slice[height <= 0].sum(axis=0), "ventral": per_row[~dorsal].sum(axis=0),
-            "dorsal": per_row[dorsal].sum(axis=0)}
+    counts = {"upper": per_slice[height == 2].sum(axis=0), "middle": per_slice[height == 1].sum(axis=0),
+              "lower": per_slice[height <= 0].sum(axis=0), "ventral": per_row[~dorsal].sum(axis=0),
+              "dorsal": per_row[dorsal].sum(axis=0)}
+    return {zone: counts[zone] for zone in ZONES}
 
 
 def _figures(counts: np.ndarray, voxel_ml: float) -> dict:
@@ -152,20 +155,16 @@ def measure_involvement(hu: np.ndarray, lungs: np.ndarray, spacing_zyx: tuple[fl
     """
     bands = band_labels(hu, lungs, spacing_zyx, settings)
     voxel_ml = float(np.prod(spacing_zyx)) / 1000
-    counts = _slice_and_row_counts(lungs, bands) if (lungs > 0).any() else None
-    if counts is None:
-        report = {"lungs": _figures(np.zeros(max(BAND_NAMES) + 1, dtype=np.int64), voxel_ml), "per_lung": {},
-                  "settings": settings.to_dict()}
-    else:
-        report = {"lungs": _figures(counts[:, :, 1:].sum(axis=(0, 1, 2)), voxel_ml), "per_lung": {},
-                  "settings": settings.to_dict()}
-        for value, name in LUNG_NAMES.items():
-            side = counts[:, :, value]
-            if not side.any():
-                continue
-            record = _figures(side.sum(axis=(0, 1)), voxel_ml)
-            record["zones"] = {zone: _figures(c, voxel_ml) for zone, c in _zone_counts(side).items()}
-            report["per_lung"][name] = record
+    counts = _slice_and_row_counts(lungs, bands)
+    report = {"lungs": _figures(counts[:, :, 1:].sum(axis=(0, 1, 2)), voxel_ml), "per_lung": {},
+              "settings": settings.to_dict()}
+    for value, name in LUNG_NAMES.items():
+        side = counts[:, :, value]
+        if not side.any():
+            continue
+        record = _figures(side.sum(axis=(0, 1)), voxel_ml)
+        record["zones"] = {zone: _figures(c, voxel_ml) for zone, c in _zone_counts(side).items()}
+        report["per_lung"][name] = record
     share = report["lungs"]["involved_share"]
     report["involved_share"] = share
     report["grade"] = grade_for_share(share, settings) if report["lungs"]["voxels"] else None
