@@ -221,12 +221,12 @@ def run_predict_process(inputs: list[Path], out: Path, report_peak: bool = False
     return seconds, peaks[-1] if peaks else None
 
 
-def bench_end_to_end(studies: dict[str, list[Path]], folder: Path) -> dict:
+def bench_end_to_end(studies: dict[str, list[Path]], folder: Path, default: str) -> dict:
     """Per study, as users wait for it: a cold single-study process, and one study inside a batch of
     all ``paths`` ((batch - single) / (n - 1): start-up and model loading left out), in seconds, on
-    predict's default engine here and on torch (:func:`add_matmul_ratios` adds the ratios)."""
+    predict's ``default`` engine here and on torch (:func:`add_matmul_ratios` adds the ratios)."""
     results = {}
-    engines = [default_engine()] + (["torch"] if default_engine() != "torch" else [])
+    engines = [default] + (["torch"] if default != "torch" else [])
     for (name, paths), engine in itertools.product(studies.items(), engines):
         cold, _ = run_predict_process(paths[:1], folder / f"{name}_{engine}_one", engine=engine)
         batch, _ = run_predict_process(paths, folder / f"{name}_{engine}_batch", engine=engine)
@@ -253,14 +253,13 @@ def startup_imports_seconds(engine: str) -> float:
     return float(output.stdout.strip().splitlines()[-1])
 
 
-def bench_stage_profile(path: Path, folder: Path) -> dict:
+def bench_stage_profile(path: Path, folder: Path, engine: str) -> dict:
     """Seconds and share of each stage of one study's ``predict`` (read, preprocess, lungs and
     involvement, network, evidence map, each output), timed inside the code users run, after a warm-up
     study; start-up imports and model loading as a fresh process pays them."""
     from ..inference.outputs import write_prediction
     from ..inference.predict import load_model, predict_path
 
-    engine = default_engine()
     started = time.perf_counter()
     model = load_model(None, "cpu", engine)
     load_seconds = time.perf_counter() - started
@@ -276,12 +275,12 @@ def bench_stage_profile(path: Path, folder: Path) -> dict:
                        for name, seconds in stages.items()}}
 
 
-def peak_rss_of_predict(slices: int, folder: Path) -> dict:
+def peak_rss_of_predict(slices: int, folder: Path, engine: str) -> dict:
     """Peak resident memory of a whole ``predict`` process on one 512 x 512 x ``slices`` int16 study."""
     path = write_bench_studies(folder / f"rss_{slices}", (slices, 512, 512), 1)[0]
-    _, peak_kb = run_predict_process([path], folder / f"rss_{slices}_out", report_peak=True)
+    _, peak_kb = run_predict_process([path], folder / f"rss_{slices}_out", report_peak=True, engine=engine)
     volume_mb = slices * 512 * 512 * 2 / 2**20
-    return {"study": f"512x512x{slices} int16", "engine": default_engine(), "volume_mb": round(volume_mb),
+    return {"study": f"512x512x{slices} int16", "engine": engine, "volume_mb": round(volume_mb),
             "peak_rss_mb": round(peak_kb / 1024),
             "peak_vs_volume": round(peak_kb / 1024 / volume_mb, 2)}
 
@@ -291,6 +290,7 @@ def bench_whole_predict(quick: bool) -> dict:
     chest CT and a 512 x 512 x 300 phantom), end-to-end times per study as matmul ratios, and the
     peak memory of whole ``predict`` processes by study size."""
     results = {"stage_profile": {}, "end_to_end": {}, "peak_rss": []}
+    engine = default_engine()
     unit_before = matmul_seconds()
     with tempfile.TemporaryDirectory() as name:
         folder = Path(name)
@@ -298,7 +298,7 @@ def bench_whole_predict(quick: bool) -> dict:
         profiled = [] if chest is None else [chest]
         profiled += write_bench_studies(folder / "p300", (64 if quick else 300, 512, 512), 1)
         for path in profiled:
-            results["stage_profile"][path.stem] = bench_stage_profile(path, folder / f"profile_{path.stem}")
+            results["stage_profile"][path.stem] = bench_stage_profile(path, folder / f"profile_{path.stem}", engine)
         count = 2 if quick else 5
         # --quick (a smoke run): the small real CT alone where it is installed.
         studies = {} if quick and chest is not None else \
@@ -308,7 +308,7 @@ def bench_whole_predict(quick: bool) -> dict:
             copies.mkdir()
             studies["slicerio_chest_ct"] = [shutil.copy(chest, copies / f"chest_{i}.nrrd") for i in range(count)]
             studies["slicerio_chest_ct"] = [Path(p) for p in studies["slicerio_chest_ct"]]
-        results["end_to_end"] = bench_end_to_end(studies, folder)
+        results["end_to_end"] = bench_end_to_end(studies, folder, engine)
         # The unit is timed before and after the processes, and the faster one is used: a machine that
         # was busy while the unit was timed cannot make the processes look cheaper than they are.
         unit_after = matmul_seconds()
@@ -316,7 +316,7 @@ def bench_whole_predict(quick: bool) -> dict:
         results["matmul_2048_seconds_before_after"] = [round(unit_before, 4), round(unit_after, 4)]
         add_matmul_ratios(results["end_to_end"], min(unit_before, unit_after))
         for slices in (64,) if quick else (100, 200, 400):
-            results["peak_rss"].append(peak_rss_of_predict(slices, folder))
+            results["peak_rss"].append(peak_rss_of_predict(slices, folder, engine))
     return results
 
 
