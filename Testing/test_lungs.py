@@ -221,3 +221,59 @@ def test_phantom_lungs_and_involvement_at_thin_and_thick_slices(seed, orientatio
 def test_grades_follow_mosmed_thresholds():
     assert [grade_for_share(s) for s in (0.0, 0.049, 0.05, 0.249, 0.25, 0.5, 0.749, 0.75, 1.0)] == [
         "CT-0", "CT-0", "CT-1", "CT-1", "CT-2", "CT-3", "CT-3", "CT-4", "CT-4"]
+
+
+def test_learned_lesion_voxels_join_the_lung_they_touch():
+    """A lesion network's voxels are added where the HU mask left them out, in a lesion's HU range and
+    connected to a lung (taking its side); a region touching both lungs is split by nearness."""
+    from TwoFiveCNNLib.transforms.involvement import InvolvementSettings, learned_lung_additions
+
+    lungs = np.zeros((3, 20, 30), dtype=np.uint8)
+    lungs[:, 5:15, 2:8] = RIGHT_LUNG
+    lungs[:, 5:15, 22:28] = LEFT_LUNG
+    hu = np.full(lungs.shape, -850, dtype=np.int16)
+    hu[lungs == 0] = 40  # soft tissue around the lungs
+    learned = np.zeros(lungs.shape, dtype=bool)
+    learned[:, 15:18, 3:7] = True  # dorsal to the right lung, touching it
+    learned[:, 1:3, 12:16] = True  # nowhere near a lung
+    learned[1, 9:11, 8:22] = True  # a bridge from lung to lung, in slice 1 only
+    learned[:, 5:8, 28:30] = True  # beside the left lung, but bone
+    hu[:, 5:8, 28:30] = 700
+    added = learned_lung_additions(lungs, hu, learned)
+    assert (added[:, 15:18, 3:7] == RIGHT_LUNG).all()
+    assert not added[:, 1:3, 12:16].any() and not added[:, 5:8, 28:30].any()
+    assert (added[1, 9:11, 8:15] == RIGHT_LUNG).all() and (added[1, 9:11, 15:22] == LEFT_LUNG).all()
+    assert not added[lungs > 0].any()
+    # Aerated voxels (the HU mask's business) and nothing learned add nothing.
+    assert learned_lung_additions(lungs, np.full(lungs.shape, -900, dtype=np.int16), learned) is None
+    assert learned_lung_additions(lungs, hu, np.zeros_like(learned)) is None
+    assert InvolvementSettings().learned_max_hu == 200
+
+
+def test_learned_lesions_are_measured_as_involved_lung(chest, reference_lungs):
+    """A dense consolidation replacing the lower dorsal right lung, out to the chest wall: the HU mask
+    leaves it out; given as learned lesion voxels it is in the lungs, counted as involved, and the
+    bands still add up."""
+    from TwoFiveCNNLib.transforms.involvement import analyse_lungs, with_learned_lesions
+
+    right = reference_lungs == RIGHT_LUNG
+    zs = np.nonzero(right.any(axis=(1, 2)))[0]
+    ys = np.nonzero(right.any(axis=(0, 2)))[0]
+    lesion = right.copy()
+    lesion[: zs[0] + (zs[-1] - zs[0]) // 2] = False
+    lesion[:, : ys[0] + 2 * (ys[-1] - ys[0]) // 3] = False
+    hu = chest.array.astype(np.int16).copy()
+    hu[lesion] = 35
+    analysis = analyse_lungs(hu, chest.spacing_zyx)
+    assert analysis.factors == (1, 1, 1)  # CTChest4's voxels are coarser than the analysis grid
+    outside = lesion & (analysis.lungs == 0)
+    assert outside.sum() > 0.3 * lesion.sum()
+    extended = with_learned_lesions(analysis, hu, lesion)
+    assert (extended.lungs[lesion] == RIGHT_LUNG).mean() > 0.98
+    assert np.isin(extended.bands[lesion], (CONSOLIDATION, GROUND_GLASS)).mean() > 0.9
+    report = extended.report
+    assert report["involved_share"] > analysis.report["involved_share"] + 0.02
+    assert report["lungs"]["voxels"] == int((extended.lungs > 0).sum()) == int((extended.bands > 0).sum())
+    assert report["learned_added_ml"] == pytest.approx(
+        int((extended.lungs > 0).sum() - (analysis.lungs > 0).sum()) * np.prod(chest.spacing_zyx) / 1000, abs=0.01)
+    assert with_learned_lesions(analysis, hu, np.zeros_like(lesion)) is analysis

@@ -87,18 +87,22 @@ def test_a_train_only_study_that_is_also_in_the_split_is_refused(phantom_cohort,
     assert "train-only studies need ids of their own" in message and "--prefix" in message
 
 
-def test_studies_with_masks_train_the_lesion_network_which_only_adds_beyond_the_lungs(mixed_model, synth_cohort):
+def test_studies_with_masks_train_the_lesion_network_which_only_adds_to_the_lungs(mixed_model, synth_cohort):
+    """The lesion network's lesion voxels join the HU lungs (the default, recorded in the file); without
+    the network the prediction's lungs are the HU mask's."""
     model = load_model(mixed_model, "cpu")
-    assert model.lesion_net is not None and model.architecture.lesion_net
+    assert model.lesion_net is not None and model.architecture.lesion_net and model.lesion_lungs
     history = model.metadata["history"]["lesions"]
     assert len(history) == 2 and {"val_lesion_dice", "val_lung_dice"} <= set(history[0])
     volume = read_volume(next((synth_cohort / "studies" / "CT-4").glob("*.nii.gz")))
     prediction = predict_volume(model, volume)
     model.lesion_net = None
+    assert not model.lesion_lungs
     without = predict_volume(model, volume)
-    inside = np.asarray(prediction.bands_kji) > 0
-    assert np.array_equal(prediction.evidence_kji[inside], without.evidence_kji[inside])
-    assert (prediction.evidence_kji >= without.evidence_kji).all()
+    lungs, hu_lungs = np.asarray(prediction.bands_kji) > 0, np.asarray(without.bands_kji) > 0
+    assert not (hu_lungs & ~lungs).any()
+    assert (lungs & ~hu_lungs).any() == ("learned_added_ml" in prediction.involvement)
+    assert "learned_added_ml" not in without.involvement
 
 
 def test_a_model_trained_without_masks_has_no_lesion_network(tiny_model):

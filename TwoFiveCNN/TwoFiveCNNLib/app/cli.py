@@ -140,6 +140,9 @@ def _add_train(sub) -> None:
     p.add_argument("--involvement-features", default="involved",
                    help="lung features the involvement part reads, comma-separated, of emphysema, ground_glass, "
                         "consolidation, involved (default %(default)s)")
+    p.add_argument("--hu-lungs-only", action="store_true",
+                   help="measure the involvement in the HU lung mask alone; by default the lesion network's "
+                        "lesion voxels join it (dense consolidation the HU mask leaves out)")
     p.add_argument("--no-aeration", action="store_true",
                    help="the CNN head alone decides (no fusion with the lung-aeration model)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -163,7 +166,8 @@ def train_config_from_args(args):
         task=args.task, seed=args.seed, fractions=_fractions(args.fractions),
         preprocess=PreprocessConfig.with_window(window, in_plane=args.in_plane, n_slices=args.slices),
         architecture=Architecture(backbone=args.backbone, aeration=not args.no_aeration,
-                                  involvement_features=tuple(args.involvement_features.split(","))),
+                                  involvement_features=tuple(args.involvement_features.split(",")),
+                                  lesion_lungs=not args.hu_lungs_only),
         pretrained=str(args.pretrained) if args.pretrained else None, allow_partial=args.allow_partial,
         stage1_epochs=args.stage1_epochs,
         stage2_epochs=args.stage2_epochs, stage2_views=args.stage2_views, finetune_epochs=args.finetune_epochs,

@@ -6,12 +6,14 @@ import os
 from collections.abc import Callable
 
 import numpy as np
+import torch
 
 from ..data.cache import PreprocessedCache
 from ..data.cohort import load_cohort
 from ..data.index import DatasetIndex
 from ..data.splits import Split
 from ..inference.cohort_scores import AERATION_ONLY, CNN_ONLY, FUSED, cohort_metrics, study_probabilities
+from ..inference.predict import measure_lung_features
 from ..networks.severity_model import SeverityModel
 
 # The report's names for the fused model's parts (the model file calls the CNN part "twofive_cnn_only").
@@ -58,6 +60,8 @@ def evaluate_dataset(model: SeverityModel, data: str | os.PathLike, subset: str 
     studies, description = choose_studies(model, index, subset)
     cohort = load_cohort(studies, model.task, model.preprocess, PreprocessedCache(cache_root), progress,
                          with_lung_features=model.aeration is not None)
+    if model.aeration is not None and model.lesion_lungs:  # measured as predict measures them for this model
+        cohort.lung_features = torch.from_numpy(measure_lung_features(model, [s.path for s in studies], progress))
     probabilities = study_probabilities(model, cohort, with_pooled_2d=False)
     results = cohort_metrics(model, cohort, probabilities)
     components = {REPORT_NAMES[name]: metrics for name, metrics in results.items() if name != FUSED}

@@ -61,7 +61,8 @@ def export_onnx(model_path: str | os.PathLike, out: str | os.PathLike | None = N
         record = {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "source": model_path.name,
                   "source_sha256": file_sha256(model_path), "name": model.name, "demo": model.is_demo,
                   "class_names": list(model.class_names), "preprocess": model.preprocess.to_dict(),
-                  "has_lesion_net": model.lesion_net is not None, "fusion_cnn_weight": model.fusion_cnn_weight,
+                  "has_lesion_net": model.lesion_net is not None, "lesion_lungs": model.lesion_lungs,
+                  "fusion_cnn_weight": model.fusion_cnn_weight,
                   "load_warnings": list(model.metadata.get("load_warnings", []))}
         if model.aeration is not None:
             record["involvement"] = {"columns": model.involvement_feature_columns,

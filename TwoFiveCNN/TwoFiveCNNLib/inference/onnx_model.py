@@ -113,6 +113,11 @@ class OnnxSeverityModel:
     def is_demo(self) -> bool:
         return bool(self.metadata["demo"])
 
+    @property
+    def lesion_lungs(self) -> bool:
+        """Whether the involvement is measured with the lesion network's voxels in the lungs."""
+        return bool(self.record.get("lesion_lungs", False)) and "lesions" in self.sessions
+
     def accelerate(self, half: bool = False, compile: bool = False) -> OnnxSeverityModel:
         if half or compile:
             raise ValueError("--half and --compile are options of the torch engine; add --engine torch.")

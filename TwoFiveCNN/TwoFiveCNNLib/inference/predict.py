@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Union
@@ -20,7 +21,15 @@ from ..io.memory import release_freed_memory
 from ..io.timing import StageTimes, timed
 from ..io.volume import Volume, read_volume
 from ..networks.lesion_channels import LESIONS, LUNGS
-from ..transforms.involvement import InvolvementSettings, lesion_map, lung_features, lung_involvement_coarse
+from ..transforms.involvement import (
+    LUNG_FEATURES,
+    InvolvementSettings,
+    LungAnalysis,
+    analyse_lungs,
+    lesion_map,
+    lung_features,
+    with_learned_lesions,
+)
 from ..transforms.lungs import to_native
 from ..transforms.preprocess import (
     GridMapping,
@@ -138,11 +147,10 @@ def _predict_grid_torch(model: SeverityModel, grid: np.ndarray, features: np.nda
     return GridResult(probabilities.numpy(), attention[0].float().cpu().numpy(), cnn_probabilities.numpy())
 
 
-def learned_lesions(model: AnyModel, grid: np.ndarray, mapping: GridMapping, volume: Volume,
+def learned_lesions(model: AnyModel, grid: np.ndarray, mapping: GridMapping,
                     factors: tuple[int, int, int]) -> np.ndarray | None:
-    """The lesion network's lesion probability on the lungs' analysis grid (every ``factors``-th voxel),
-    where it sees lung and the voxel is dense (at least the ground-glass band's upper limit, as a
-    consolidation is); None when the model has no lesion network."""
+    """The lesion network's lesion probability (float16) on the lungs' analysis grid (every
+    ``factors``-th voxel), where it sees lesion-inclusive lung; None when the model has no lesion network."""
     if isinstance(model, OnnxSeverityModel):
         probabilities = model.lesion_probabilities(grid)
     else:
@@ -154,10 +162,44 @@ def learned_lesions(model: AnyModel, grid: np.ndarray, mapping: GridMapping, vol
     if probabilities is None:
         return None
     inside_lungs = probabilities[:, LESIONS] * (probabilities[:, LUNGS] > 0.5)
-    learned = grid_map_to_canonical(inside_lungs, mapping, np.float16, factors)
-    coarse_hu = volume.array[:: factors[0], :: factors[1], :: factors[2]]
-    learned[coarse_hu < InvolvementSettings().ground_glass_below] = 0  # a boolean write: float16 math is slow
-    return learned
+    return grid_map_to_canonical(inside_lungs, mapping, np.float16, factors)
+
+
+def study_lungs(model: AnyModel, volume: Volume, grid: np.ndarray, mapping: GridMapping,
+                analysis: LungAnalysis | None = None, times: StageTimes | None = None,
+                ) -> tuple[LungAnalysis, np.ndarray | None]:
+    """The study's lungs and involvement as this model measures them, and its lesion network's map.
+
+    ``analysis`` (the HU lung mask's, :func:`..transforms.involvement.analyse_lungs`) is measured here
+    when not given. A model trained with ``Architecture.lesion_lungs`` adds the voxels its lesion
+    network calls lesion to the lungs (:func:`..transforms.involvement.with_learned_lesions`); it read
+    its involvement features so measured in training, so they are measured so here too.
+    """
+    if analysis is None:
+        with timed(times, "lungs_and_involvement"):
+            analysis = analyse_lungs(volume.array, volume.spacing_zyx)
+            release_freed_memory()
+    with timed(times, "lesion_network"):
+        learned = learned_lesions(model, grid, mapping, analysis.factors)
+    if learned is not None and model.lesion_lungs:
+        with timed(times, "lungs_and_involvement"):
+            analysis = with_learned_lesions(analysis, volume.array, learned > 0.5)
+    return analysis, learned
+
+
+def measure_lung_features(model: AnyModel, paths: list[str | os.PathLike],
+                          progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """(N, F) lung features of each study as :func:`predict_volume` measures them for this model: what
+    training fits a :attr:`lesion_lungs` model's involvement part on, once its lesion network is trained."""
+    features = []
+    for done, path in enumerate(paths, start=1):
+        volume = read_volume(path)
+        grid, mapping = to_model_grid(volume, model.preprocess)
+        analysis, _ = study_lungs(model, volume, grid, mapping)
+        features.append(lung_features(analysis.report))
+        if progress is not None:
+            progress(done, len(paths))
+    return np.stack(features) if features else np.zeros((0, len(LUNG_FEATURES)), dtype=np.float32)
 
 
 def map_slice_attention(volume: Volume, attention: np.ndarray, mapping: GridMapping) -> tuple[np.ndarray, list[str]]:
@@ -187,8 +229,8 @@ def predict_volume(model: AnyModel, volume: Volume, times: StageTimes | None = N
     """Grade one canonical volume and map the evidence back onto its original grid.
 
     The lungs are segmented and their involvement measured on a grid of at most 2 mm
-    (:func:`..transforms.involvement.lung_involvement`): a result beside the grade, the features the
-    model's aeration part reads, and the shape of the evidence map. ``prepared`` brings them measured
+    (:func:`study_lungs`): a result beside the grade, the features the model's involvement part
+    reads, and the shape of the evidence map. ``prepared`` brings them measured
     ahead (:func:`.studies.prepare_study` on this ``volume``).
     """
     # Between stages, the heap's freed temporaries go back to the system (release_freed_memory), so
@@ -196,21 +238,20 @@ def predict_volume(model: AnyModel, volume: Volume, times: StageTimes | None = N
     with timed(times, "preprocess"):
         grid, mapping = to_model_grid(volume, model.preprocess)
         release_freed_memory()
-    with timed(times, "lungs_and_involvement"):
-        if prepared is None:
-            report, coarse_bands, factors = lung_involvement_coarse(volume.array, volume.spacing_zyx)
-        else:  # measured ahead, by studies.StudyPrefetcher
-            report, coarse_bands, factors = prepared.involvement, prepared.coarse_bands, prepared.factors
-        release_freed_memory()
+    analysis, learned = study_lungs(model, volume, grid, mapping, None if prepared is None else prepared.lungs, times)
+    report, coarse_bands, factors = analysis.report, analysis.bands, analysis.factors
     with timed(times, "network"):
         result = predict_grid(model, grid, lung_features(report))
     probabilities = result.probabilities
     with timed(times, "evidence_map"):
         slice_attention, warnings = map_slice_attention(volume, result.slice_attention, mapping)
+        if learned is not None:  # beyond the lungs, dense voxels only (consolidation against the chest wall)
+            coarse_hu = volume.array[:: factors[0], :: factors[1], :: factors[2]]
+            learned[coarse_hu < InvolvementSettings().ground_glass_below] = 0  # a boolean write: float16 math is slow
         # The voxel lesion map, on the lungs' analysis grid and mapped back block by block (float16: half
         # the memory of float32 for a map shown and stored in steps of 1/255 anyway).
-        lesions = lesion_map(coarse_bands, tuple(report.get("analysis_spacing_mm", volume.spacing_zyx)),
-                             beyond_lungs=learned_lesions(model, grid, mapping, volume, factors))
+        lesions = lesion_map(coarse_bands, analysis.spacing_zyx, beyond_lungs=learned)
+        del learned
         evidence_kji = volume.to_original(to_native(lesions, factors, volume.array.shape))
         del lesions
         bands_kji = BandLabels(coarse_bands, factors, volume.array.shape, volume.geometry)

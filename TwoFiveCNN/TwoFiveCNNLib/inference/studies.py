@@ -13,11 +13,13 @@ from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from ..io.timing import StageTimes, timed
 from ..io.volume import VOLUME_SUFFIXES, Volume, read_volume, study_name, voxel_count
+
+if TYPE_CHECKING:
+    from ..transforms.involvement import LungAnalysis
 
 # Two studies in memory at once only while both together stay this small (two 512 x 512 x 120
 # studies): a 400-slice study is never read beside another, so its peak memory stays its own.
@@ -49,22 +51,20 @@ class PreparedStudy:
     """A study read into its canonical volume, with its lungs measured on their analysis grid."""
 
     volume: Volume
-    involvement: dict  # the report of transforms.involvement.measure_involvement
-    coarse_bands: np.ndarray  # band labels on the analysis grid
-    factors: tuple[int, int, int]  # analysis-grid subsampling (transforms.lungs.to_native maps back)
+    lungs: LungAnalysis  # transforms.involvement.analyse_lungs of the volume
     times: StageTimes = field(default_factory=StageTimes)
 
 
 def prepare_study(path: str | os.PathLike) -> PreparedStudy:
     """Read ``path`` and segment and measure its lungs (``read`` and ``lungs_and_involvement`` timed)."""
-    from ..transforms.involvement import lung_involvement_coarse  # SciPy: not for --help
+    from ..transforms.involvement import analyse_lungs  # SciPy: not for --help
 
     times = StageTimes()
     with timed(times, "read"):
         volume = read_volume(path)
     with timed(times, "lungs_and_involvement"):
-        report, bands, factors = lung_involvement_coarse(volume.array, volume.spacing_zyx)
-    return PreparedStudy(volume, report, bands, factors, times)
+        lungs = analyse_lungs(volume.array, volume.spacing_zyx)
+    return PreparedStudy(volume, lungs, times)
 
 
 class StudyPrefetcher:

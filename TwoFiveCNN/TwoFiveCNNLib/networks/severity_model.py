@@ -37,6 +37,9 @@ class Architecture:
     lesion_net: bool = False  # a lesion network (trained where voxel masks exist) for the lesion map
     # The lung features (of LUNG_FEATURES) the involvement part reads; files from before this field read all.
     involvement_features: tuple[str, ...] = LUNG_FEATURES
+    # The lesion network's lesion voxels join the HU lung mask for the involvement figures and features
+    # (transforms.involvement.with_learned_lesions); files from before this field measured the HU mask alone.
+    lesion_lungs: bool = False
 
     def __post_init__(self) -> None:
         self.involvement_features = tuple(self.involvement_features)  # a JSON list when read back
@@ -68,6 +71,11 @@ class SeverityModel(nn.Module):
         self.aeration = nn.Linear(len(self._feature_columns), task.num_classes) if architecture.aeration else None
         self.lesion_net = LesionNet(LESION_NET_WIDTH) if architecture.lesion_net else None
         self._feature_maps = self.slice_classifier.backbone.feature_maps  # replaced by a compiled one in accelerate()
+
+    @property
+    def lesion_lungs(self) -> bool:
+        """Whether this model's involvement is measured with its lesion network's voxels in the lungs."""
+        return self.architecture.lesion_lungs and self.lesion_net is not None
 
     def attach_lesion_net(self) -> LesionNet:
         """Add an untrained lesion network (on the backbone's device), recorded in the architecture."""
@@ -175,10 +183,10 @@ class SeverityModel(nn.Module):
         """The backbone's last feature maps ``(s, D, h, w)``: embeddings and evidence from one pass."""
         return self._per_chunk(self._feature_maps, slices)
 
-    def round_to_stored_precision(self) -> SeverityModel:
-        """Round the weights through float16, as :meth:`save` stores them, so that what is measured
-        now (the metrics a model file records) is what a loaded file will do."""
-        for name in self.weight_groups():
+    def round_to_stored_precision(self, groups: tuple[str, ...] | None = None) -> SeverityModel:
+        """Round the weights (of ``groups``, default all) through float16, as :meth:`save` stores them,
+        so that what is measured now (the metrics a model file records) is what a loaded file will do."""
+        for name in groups or self.weight_groups():
             module = getattr(self, name)
             state = module.state_dict()
             module.load_state_dict({k: v.to(state[k].device, state[k].dtype)

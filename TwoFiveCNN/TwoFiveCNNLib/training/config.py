@@ -24,7 +24,8 @@ class TrainConfig:
     preprocess: PreprocessConfig = field(default_factory=lambda: PreprocessConfig(in_plane=96, n_slices=32))
     # The involvement part reads the involved share alone: on a held-out real CT, four band shares were
     # misread (their make-up differs between scans), the involved share itself was close to the truth.
-    architecture: Architecture = field(default_factory=lambda: Architecture(involvement_features=("involved",)))
+    architecture: Architecture = field(default_factory=lambda: Architecture(involvement_features=("involved",),
+                                                                            lesion_lungs=True))
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     pretrained: str | None = None
     allow_partial: bool = False  # train even if `pretrained` fills little of the backbone (see load_pretrained)

@@ -23,6 +23,7 @@ from ..data.index import DatasetError, DatasetIndex
 from ..data.splits import Split, make_split
 from ..data.tasks import TaskDefinition
 from ..inference.cohort_scores import FUSED, cohort_metrics
+from ..inference.predict import measure_lung_features
 from ..io.atomic import remove_stale_temporaries
 from ..io.progress import ProgressReporter
 from ..networks.backbones import MIN_PRETRAINED_FRACTION, LoadReport, load_pretrained
@@ -162,11 +163,6 @@ def train(data: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.P
     history = {"stage1": stage1, "stage2": stage2}
     if config.finetune_epochs > 0:
         history["finetune"] = finetune(model, cohorts["train"], cohorts["val"], config, reporter, device)
-    if model.aeration is not None:
-        train_aeration_model(model, cohorts["train"], config)
-        fusion = choose_fusion_weight(model, cohorts["val"])
-        reporter.message(f"fusion: the CNN head's share {fusion['cnn_weight']}, the involvement model's "
-                         f"{1 - fusion['cnn_weight']} (chosen on the validation split)")
     lesion_train, lesion_val = with_masks(subsets["train"]), with_masks(subsets.get("val", []))
     if not lesion_val:  # e.g. masks only on train-only studies: validate on a fifth of them
         lesion_train, lesion_val = [s for i, s in enumerate(lesion_train) if i % 5], lesion_train[::5]
@@ -174,6 +170,18 @@ def train(data: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.P
         reporter.message(f"lesion network: {len(lesion_train)} training and {len(lesion_val)} validation studies "
                          f"with voxel masks")
         history["lesions"] = train_lesion_net(model, lesion_train, lesion_val, config, reporter, cache, device)
+    if model.aeration is not None:
+        if model.lesion_lungs:  # the involvement as predict will measure it: the lesion network's voxels added
+            model.round_to_stored_precision(("lesion_net",))
+            studies_of = {**subsets, **({"held_out": DatasetIndex.load(held_out).studies} if held_out else {})}
+            for name, cohort in cohorts.items():
+                cohort.lung_features = torch.from_numpy(measure_lung_features(
+                    model, [s.path for s in studies_of[name]],
+                    lambda done, total, name=name: reporter.event("involvement", subset=name, epoch=done, epochs=total)))
+        train_aeration_model(model, cohorts["train"], config)
+        fusion = choose_fusion_weight(model, cohorts["val"])
+        reporter.message(f"fusion: the CNN head's share {fusion['cnn_weight']}, the involvement model's "
+                         f"{1 - fusion['cnn_weight']} (chosen on the validation split)")
     training_seconds = round(time.monotonic() - started, 1)
     if config.baselines:  # from the trained weights, before they are rounded for the file
         model.metadata["baselines"] = evaluate_baselines(model, cohorts, config, reporter, device)

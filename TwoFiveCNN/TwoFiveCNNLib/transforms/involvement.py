@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import ndimage
 
-from .lungs import LUNG_NAMES, LungSettings, segment_lungs_coarse, to_native
+from .lungs import LEFT_LUNG, LUNG_NAMES, RIGHT_LUNG, LungSettings, segment_lungs_coarse, to_native
 from .morphology import bounding_box, box_dilation, box_opening
 
 # Band labels of the overlay (0 is outside the lungs).
@@ -52,6 +52,7 @@ class InvolvementSettings:
     region_window_mm: float = 11.0  # in-plane window in which involvement is judged
     region_share: float = 0.5  # share of involved (non-vessel) voxels in the window that makes a region
     normal_share: float = 0.05  # involved shares below this are the noise floor of normal lungs: CT-0
+    learned_max_hu: float = 200.0  # a lesion network's lesion voxels added to the lungs are less dense (not bone)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -171,6 +172,81 @@ def measure_involvement(hu: np.ndarray, lungs: np.ndarray, spacing_zyx: tuple[fl
     return report, bands
 
 
+@dataclass
+class LungAnalysis:
+    """The lungs of one study on its analysis grid (every ``factors``-th native voxel): right/left
+    labels, band labels and the involvement report measured from them."""
+
+    lungs: np.ndarray
+    bands: np.ndarray
+    report: dict
+    factors: tuple[int, int, int]
+    spacing_zyx: tuple[float, float, float]  # the analysis grid's
+
+
+def analyse_lungs(hu: np.ndarray, spacing_zyx: tuple[float, float, float],
+                  settings: InvolvementSettings = InvolvementSettings(),
+                  lung_settings: LungSettings | None = None) -> LungAnalysis:
+    """Segment the lungs on the analysis grid and measure their involvement there."""
+    lungs, factors = segment_lungs_coarse(hu, spacing_zyx, lung_settings or LungSettings())
+    coarse_hu = hu[:: factors[0], :: factors[1], :: factors[2]]
+    coarse_spacing = tuple(float(s) * f for s, f in zip(spacing_zyx, factors))
+    report, bands = measure_involvement(coarse_hu, lungs, coarse_spacing, settings)
+    report["analysis_spacing_mm"] = list(coarse_spacing)
+    return LungAnalysis(lungs, bands, report, factors, coarse_spacing)
+
+
+def learned_lung_additions(lungs: np.ndarray, hu: np.ndarray, learned_lesion: np.ndarray,
+                           settings: InvolvementSettings = InvolvementSettings()) -> np.ndarray | None:
+    """Right/left labels for the voxels a lesion network calls lesion that the HU lung mask left out
+    (0 elsewhere), on the analysis grid; None when there are none.
+
+    A consolidation that fills the lung out to the chest wall, or most of a lobe, is as dense as the
+    wall and the heart: no threshold and no closing of the aerated lung can tell where the lung was.
+    A network trained on lesion-inclusive lung masks can. Its voxels are added only where they are in
+    a lesion's HU range (ground glass up to ``learned_max_hu``) and connected to a lung, whose side
+    each added region takes (where one region touches both lungs, each voxel takes the nearer one's).
+    """
+    candidates = learned_lesion & (lungs == 0) & (hu >= settings.aerated_below) & (hu < settings.learned_max_hu)
+    if not candidates.any():
+        return None
+    box = bounding_box(candidates, margin=(1, 1, 1))
+    sides, wanted = lungs[box], candidates[box]
+    regions, count = ndimage.label(wanted | (sides > 0))
+    in_lung = sides > 0
+    touching = np.zeros((count + 1, 3), dtype=np.int64)  # voxels of each lung in each region
+    np.add.at(touching, (regions[in_lung], sides[in_lung]), 1)
+    side_of_region = np.where(touching[:, RIGHT_LUNG] >= touching[:, LEFT_LUNG], RIGHT_LUNG, LEFT_LUNG)
+    side_of_region[touching[:, 1:].sum(axis=1) == 0] = 0  # not connected to a lung
+    added_box = np.where(wanted, side_of_region.astype(np.uint8)[regions], 0).astype(np.uint8)
+    both = np.nonzero((touching[:, RIGHT_LUNG] > 0) & (touching[:, LEFT_LUNG] > 0))[0]
+    if both.size:  # a region joining the two lungs: each voxel takes the nearer lung's side
+        joined = wanted & np.isin(regions, both)
+        nearest = ndimage.distance_transform_edt(~in_lung, return_distances=False, return_indices=True)
+        added_box[joined] = sides[tuple(axis[joined] for axis in nearest)]
+    if not added_box.any():
+        return None
+    added = np.zeros(lungs.shape, dtype=np.uint8)
+    added[box] = added_box
+    return added
+
+
+def with_learned_lesions(analysis: LungAnalysis, hu: np.ndarray, learned_lesion: np.ndarray,
+                         settings: InvolvementSettings = InvolvementSettings()) -> LungAnalysis:
+    """``analysis`` with :func:`learned_lung_additions` in the lungs, measured again (itself when
+    nothing is added). ``hu`` is the native array; ``learned_lesion`` is boolean on the analysis grid."""
+    f = analysis.factors
+    coarse_hu = hu[:: f[0], :: f[1], :: f[2]]
+    added = learned_lung_additions(analysis.lungs, coarse_hu, learned_lesion, settings)
+    if added is None:
+        return analysis
+    lungs = np.where(added > 0, added, analysis.lungs)
+    report, bands = measure_involvement(coarse_hu, lungs, analysis.spacing_zyx, settings)
+    report["analysis_spacing_mm"] = list(analysis.spacing_zyx)
+    report["learned_added_ml"] = round(int((added > 0).sum()) * float(np.prod(analysis.spacing_zyx)) / 1000, 2)
+    return LungAnalysis(lungs, bands, report, f, analysis.spacing_zyx)
+
+
 def lung_involvement(hu: np.ndarray, spacing_zyx: tuple[float, float, float],
                      settings: InvolvementSettings = InvolvementSettings(),
                      lung_settings: LungSettings | None = None) -> tuple[dict, np.ndarray]:
@@ -190,12 +266,8 @@ def lung_involvement_coarse(hu: np.ndarray, spacing_zyx: tuple[float, float, flo
                             lung_settings: LungSettings | None = None) -> tuple[dict, np.ndarray, tuple[int, int, int]]:
     """:func:`lung_involvement` with the band labels left on the analysis grid, and its subsampling
     factors (``to_native`` maps them back): a fraction of the memory while other work runs."""
-    lungs, factors = segment_lungs_coarse(hu, spacing_zyx, lung_settings or LungSettings())
-    coarse_hu = hu[:: factors[0], :: factors[1], :: factors[2]]
-    coarse_spacing = tuple(float(s) * f for s, f in zip(spacing_zyx, factors))
-    report, bands = measure_involvement(coarse_hu, lungs, coarse_spacing, settings)
-    report["analysis_spacing_mm"] = list(coarse_spacing)
-    return report, bands, factors
+    analysis = analyse_lungs(hu, spacing_zyx, settings, lung_settings)
+    return analysis.report, analysis.bands, analysis.factors
 
 
 def lesion_map(bands: np.ndarray, spacing_zyx: tuple[float, float, float],
