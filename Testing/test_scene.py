@@ -483,6 +483,7 @@ def test_lung_involvement_nodes_survive_save_and_reload(chest: Volume, tiny_mode
     assert column(table, "volume_ml")[0] == pytest.approx(report["lungs"]["volume_ml"])
     assert column(table, "involved_percent")[0] == pytest.approx(100 * report["involved_share"])
     assert table.GetAttribute("TwoFiveCNN.involvementGrade") == "CT-0"
+    assert float(table.GetAttribute("TwoFiveCNN.lesionNetworkAddedMl")) == report.get("learned_added_ml", 0.0)
     count = scene.GetNumberOfNodes()
     predict_volume_node(node, model=load_model(tiny_model, "cpu"))
     assert scene.GetNumberOfNodes() == count  # a re-run updates the same nodes
@@ -492,3 +493,5 @@ def test_lung_involvement_nodes_survive_save_and_reload(chest: Volume, tiny_mode
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(found.bands_node), result.prediction.bands_kji)
     assert column(found.involvement_node, "volume_ml") == pytest.approx(column(table, "volume_ml"))
     assert found.bands_node.GetDisplayNode().GetColorNode().GetColorName(3) == "ground_glass"
+    assert found.involvement_node.GetAttribute("TwoFiveCNN.lesionNetworkAddedMl") == \
+        table.GetAttribute("TwoFiveCNN.lesionNetworkAddedMl")

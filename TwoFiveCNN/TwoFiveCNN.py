@@ -707,6 +707,9 @@ class TwoFiveCNNLogic(ScriptedLoadableModuleLogic):
                 volume=involvement.GetTable().GetValue(0, 1).ToDouble(),
                 percent=involvement.GetAttribute(ATTRIBUTE_PREFIX + "involvedPercent"),
                 grade=involvement.GetAttribute(ATTRIBUTE_PREFIX + "involvementGrade")))
+            added = float(involvement.GetAttribute(ATTRIBUTE_PREFIX + "lesionNetworkAddedMl") or 0)
+            if added:
+                lines.append(_("{added:.0f} mL of the lungs added by the lesion network").format(added=added))
         for key in ("notice", "warnings"):
             text = table.GetAttribute(ATTRIBUTE_PREFIX + key)
             if text:

@@ -70,14 +70,17 @@ class Prediction:
         return np.arange(len(self.slice_attention)) * self.geometry.spacing[2]
 
     def involvement_line(self) -> str:
-        """One line for people: lung volume, involved share and the grade it implies."""
+        """One line for people: lung volume (and how much of it the lesion network added), involved share
+        and the grade it implies."""
         if not self.involvement:
             return ""
         lungs = self.involvement["lungs"]
         if not lungs["voxels"]:
             return "no lungs found"
-        return (f"lungs {lungs['volume_ml']:.0f} mL, {100 * self.involvement['involved_share']:.1f} % involved "
-                f"({self.involvement['grade']} by involvement)")
+        added = self.involvement.get("learned_added_ml")
+        learned = f" ({added:.0f} mL from the lesion network)" if added else ""
+        return (f"lungs {lungs['volume_ml']:.0f} mL{learned}, {100 * self.involvement['involved_share']:.1f} % "
+                f"involved ({self.involvement['grade']} by involvement)")
 
     def to_json(self) -> dict:
         """The JSON record written beside the outputs (plain types only)."""

@@ -365,6 +365,8 @@ def _fill_involvement(nodes: PredictionNodes, prediction: Prediction, input_node
     grade = report.get("grade") or ""
     table.SetAttribute(ATTRIBUTE_PREFIX + "involvementGrade", grade)
     table.SetAttribute(ATTRIBUTE_PREFIX + "involvedPercent", f"{100 * report['involved_share']:.2f}")
+    # Lung volume the lesion network added to the HU mask (dense consolidation it leaves out), in mL.
+    table.SetAttribute(ATTRIBUTE_PREFIX + "lesionNetworkAddedMl", f"{report.get('learned_added_ml', 0.0):.2f}")
 
     entries = [("background", 0.0, 0.0, 0.0, 0.0)]
     for value, name in BAND_NAMES.items():
