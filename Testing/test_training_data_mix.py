@@ -108,3 +108,39 @@ def test_studies_with_masks_train_the_lesion_network_which_only_adds_to_the_lung
 def test_a_model_trained_without_masks_has_no_lesion_network(tiny_model):
     model = load_model(tiny_model, "cpu")
     assert model.lesion_net is None and "lesions" not in model.metadata["history"]
+
+
+def test_attention_supervision_draws_the_attention_to_the_lesion_slices():
+    """Stage 2 on embeddings where every slice carries the class equally: labels alone leave the
+    attention anywhere; with per-slice lesion shares as targets it goes to the lesion slices."""
+    from TwoFiveCNNLib.io.progress import ProgressReporter
+    from TwoFiveCNNLib.networks.heads import AttentionHead
+    from TwoFiveCNNLib.training.config import TrainConfig
+    from TwoFiveCNNLib.training.stages import Stage2Data, attention_loss, train_head
+
+    generator = torch.Generator().manual_seed(0)
+    studies, slices, dim = 40, 12, 16
+    labels = torch.arange(studies) % 2
+    embeddings = torch.randn(studies, slices, dim, generator=generator) * 0.1
+    embeddings[:, :, 0] += labels[:, None].float() * 2 - 1  # the class, in every slice alike
+    embeddings[:, :, 1] += torch.randn(studies, slices, generator=generator)  # what tells slices apart
+    targets = torch.zeros(studies, slices)
+    lesion_slice = embeddings[:, :, 1].argmax(dim=1)  # the lesions are where feature 1 peaks
+    targets[torch.arange(studies), lesion_slice] = 1.0
+    mask = torch.ones(studies, slices, dtype=torch.bool)
+
+    def attention_after(weight: float) -> float:
+        torch.manual_seed(0)
+        head = AttentionHead(dim, 2, hidden=16)
+        config = TrainConfig(stage2_epochs=60, stage2_batch=8, attention_supervision=weight)
+        data = Stage2Data(embeddings[None], mask, labels, embeddings, mask, labels, targets, targets)
+        train_head(head, data, ("a", "b"), config, ProgressReporter(quiet=True), torch.device("cpu"))
+        head.eval()
+        with torch.no_grad():
+            _, attention = head(embeddings, mask)
+        return float(attention[torch.arange(studies), lesion_slice].mean())
+
+    unsupervised, supervised = attention_after(0.0), attention_after(1.0)
+    assert unsupervised < 0.3 and supervised > 0.6, (unsupervised, supervised)
+    assert attention_loss(torch.full((2, 4), 0.25), torch.zeros(2, 4)) is None
+    assert float(attention_loss(torch.tensor([[1.0, 0.0]]), torch.tensor([[1.0, 0.0]]))) == pytest.approx(0, abs=1e-6)

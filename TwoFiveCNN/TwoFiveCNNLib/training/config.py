@@ -39,6 +39,9 @@ class TrainConfig:
     stage2_batch: int = 16
     stage2_lr: float = 1e-3
     stage2_views: int = 6  # augmented embedding views per training study
+    # Stage 2: weight of a loss that draws each study's slice attention toward its per-slice lesion
+    # share, where voxel masks exist (training.lesions.slice_lesion_shares); 0: labels alone.
+    attention_supervision: float = 0.2
     finetune_epochs: int = 0  # optional end-to-end fine-tuning of backbone and head after stage 2
     finetune_lr: float = 1e-4
     lesion_epochs: int = 12  # the lesion network, trained when training studies have voxel masks (0: never)

@@ -31,18 +31,38 @@ def with_masks(studies: Sequence[Study]) -> list[Study]:
     return [study for study in studies if masks_dir_of(study.path) is not None]
 
 
+def grid_masks(study: Study, model: SeverityModel, cache: PreprocessedCache) -> tuple[np.ndarray, np.ndarray]:
+    """A study's model-grid slices ``(s, H, W)`` and its masks on that grid ``(s, 2, H, W)`` (lungs, lesions)."""
+    grid, mapping = cache.get_with_mapping(study.path, model.preprocess)
+    geometry = read_volume(study.path).geometry
+    lesion_kji, lungs_kji = read_masks(masks_dir_of(study.path), study.path, geometry)
+    canonical = [Volume.from_original(mask, geometry).array for mask in (lungs_kji, lesion_kji)]
+    return grid, np.stack([canonical_mask_to_grid(mask, mapping) for mask in canonical], axis=1)
+
+
 def mask_slices(studies: Sequence[Study], model: SeverityModel, cache: PreprocessedCache) -> tuple[torch.Tensor, torch.Tensor]:
     """Model-grid slices ``(n, 1, H, W)`` float16 and their targets ``(n, 2, H, W)`` (lungs, lesions) bool."""
     images, targets = [], []
     for study in studies:
-        grid, mapping = cache.get_with_mapping(study.path, model.preprocess)
-        geometry = read_volume(study.path).geometry
-        lesion_kji, lungs_kji = read_masks(masks_dir_of(study.path), study.path, geometry)
-        canonical = [Volume.from_original(mask, geometry).array for mask in (lungs_kji, lesion_kji)]
-        target = np.stack([canonical_mask_to_grid(mask, mapping) for mask in canonical], axis=1)
+        grid, target = grid_masks(study, model, cache)
         images.append(torch.from_numpy(grid.astype(np.float16))[:, None])
         targets.append(torch.from_numpy(target))
     return torch.cat(images), torch.cat(targets)
+
+
+def slice_lesion_shares(studies: Sequence[Study], slices: int, model: SeverityModel,
+                        cache: PreprocessedCache) -> torch.Tensor | None:
+    """``(N, slices)``: each study's lesion voxels per model-grid slice, as shares of its total: where
+    stage 2 is taught to put its slice attention. Rows of zeros for studies without masks or lesions;
+    None when no study has lesions."""
+    shares = torch.zeros(len(studies), slices)
+    for i, study in enumerate(studies):
+        if masks_dir_of(study.path) is None:
+            continue
+        counts = grid_masks(study, model, cache)[1][:, LESIONS].sum(axis=(1, 2)).astype(np.float64)
+        if counts.sum() > 0:
+            shares[i, : len(counts)] = torch.from_numpy(counts / counts.sum()).float()
+    return shares if bool(shares.any()) else None
 
 
 def dice(probabilities: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:

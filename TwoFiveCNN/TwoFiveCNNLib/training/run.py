@@ -32,7 +32,7 @@ from .baselines import evaluate_baselines
 from .checkpoint import Checkpoint
 from .config import TrainConfig
 from .distributed import distributed_rank_world
-from .lesions import train_lesion_net, with_masks
+from .lesions import slice_lesion_shares, train_lesion_net, with_masks
 from .stages import (
     choose_fusion_weight,
     finetune,
@@ -148,6 +148,10 @@ def train(data: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.P
     if held_out is not None:
         cohorts["held_out"] = load_cohort(DatasetIndex.load(held_out).studies, task, config.preprocess, cache,
                                           with_lung_features=config.architecture.aeration)
+    # Read before stage 1, so that a study whose masks do not fit fails the run early.
+    attention_targets = tuple(
+        slice_lesion_shares(subsets.get(name, []), cohorts[name].grids.shape[1], model, cache)
+        if config.attention_supervision > 0 and name in cohorts else None for name in ("train", "val"))
     checkpoint = Checkpoint(out.with_name(out.name + ".ckpt"), config)
     for leftover in (out, checkpoint.path):
         remove_stale_temporaries(leftover)
@@ -158,7 +162,7 @@ def train(data: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.P
     stage1_state = resume_state if resume_state and resume_state[1]["stage"] == "stage1" else None
     stage1 = train_stage1(model, cohorts["train"], cohorts["val"], config, reporter, checkpoint, stage1_state,
                           device)
-    embedded = stage2_data(model, cohorts["train"], cohorts["val"], config, reporter, device)
+    embedded = stage2_data(model, cohorts["train"], cohorts["val"], config, reporter, device, attention_targets)
     stage2 = train_head(model.head, embedded, model.class_names, config, reporter, device)
     history = {"stage1": stage1, "stage2": stage2}
     if config.finetune_epochs > 0:

@@ -119,17 +119,35 @@ class Stage2Data:
     val_embeddings: torch.Tensor
     val_mask: torch.Tensor
     val_labels: torch.Tensor
+    train_attention: torch.Tensor | None = None  # (N, S) per-slice lesion shares (zero rows: no target)
+    val_attention: torch.Tensor | None = None
 
 
 def stage2_data(model: SeverityModel, train: Cohort, val: Cohort, config: TrainConfig,
-                reporter: ProgressReporter, device: torch.device) -> Stage2Data:
+                reporter: ProgressReporter, device: torch.device,
+                attention: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)) -> Stage2Data:
+    """``attention``: per-slice lesion shares of the training and validation studies, where known."""
     return Stage2Data(augmented_views(model, train, config, reporter, device), train.mask(), train.labels,
-                      embed_cohort(model, val), val.mask(), val.labels)
+                      embed_cohort(model, val), val.mask(), val.labels, *attention)
+
+
+def attention_loss(attention: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | None:
+    """Cross-entropy of the slice attention ``(B, S)`` against target shares, over the studies that have
+    a target (a non-zero row); None when none has."""
+    has = targets.sum(dim=1) > 0
+    if not bool(has.any()):
+        return None
+    return -(targets[has] * torch.log(attention[has] + 1e-8)).sum(dim=1).mean()
 
 
 def train_head(head: AttentionHead, data: Stage2Data, class_names: tuple[str, ...], config: TrainConfig,
                reporter: ProgressReporter, device: torch.device, stage: str = "stage2") -> list[dict]:
-    """Train an attention head on cached embeddings of the frozen stage-1 backbone; keeps the best epoch."""
+    """Train an attention head on cached embeddings of the frozen stage-1 backbone; keeps the best epoch.
+
+    Where ``data.train_attention`` has a study's per-slice lesion shares, its attention is also drawn
+    toward them (weight ``config.attention_supervision``): labels alone leave the head free to grade
+    from any slices that correlate with the grade, and its attention is then a weaker guide to where
+    the lesions are."""
     optimizer = torch.optim.AdamW(head.parameters(), lr=config.stage2_lr, weight_decay=1e-2)
     weights = class_weights(data.train_labels, len(class_names)).to(device)
     n_train = data.train_views.shape[1]
@@ -140,18 +158,32 @@ def train_head(head: AttentionHead, data: Stage2Data, class_names: tuple[str, ..
         view = torch.randint(data.train_views.shape[0], (n_train,), generator=generator)
         losses = []
         for batch in order.split(config.stage2_batch):
-            logits, _ = head(data.train_views[view[batch], batch].to(device), data.train_mask[batch].to(device))
+            logits, attention = head(data.train_views[view[batch], batch].to(device), data.train_mask[batch].to(device))
             loss = F.cross_entropy(logits, data.train_labels[batch].to(device), weight=weights,
                                    label_smoothing=config.label_smoothing)
+            if data.train_attention is not None and config.attention_supervision > 0:
+                supervised = attention_loss(attention, data.train_attention[batch].to(device))
+                if supervised is not None:
+                    loss = loss + config.attention_supervision * supervised
             losses.append(optimiser_step(optimizer, loss))
         return losses
 
     def validate() -> dict:
         probabilities = head_probabilities(head, data.val_embeddings, data.val_mask)
-        return compute_metrics(data.val_labels.tolist(), probabilities, class_names)
+        metrics = compute_metrics(data.val_labels.tolist(), probabilities, class_names)
+        if data.val_attention is not None:
+            with torch.inference_mode():
+                _, attention = head(data.val_embeddings.to(device), data.val_mask.to(device))
+                loss = attention_loss(attention.float().cpu(), data.val_attention)
+            if loss is not None:
+                metrics["attention_loss"] = round(float(loss), 5)
+        return metrics
 
+    # Epochs that grade the validation studies equally well are told apart by how well their attention
+    # follows the lesions (where validation studies have masks), else the first one is kept.
+    best = BestState(key=lambda m: (*score(m), -m.get("attention_loss", 0.0)))
     plan = EpochPlan(stage, config.stage2_epochs, config.seed, rng_stage="stage2", report_every=10)
-    return fit(head, plan, train_epoch, validate, reporter)
+    return fit(head, plan, train_epoch, validate, reporter, best)
 
 
 # ---------------------------------------------------------------- fine-tuning
