@@ -140,6 +140,9 @@ def _add_train(sub) -> None:
     p.add_argument("--involvement-features", default="involved",
                    help="lung features the involvement part reads, comma-separated, of emphysema, ground_glass, "
                         "consolidation, involved (default %(default)s)")
+    p.add_argument("--attention-supervision", type=float, default=0.2, metavar="W",
+                   help="stage 2: weight of the loss that draws a study's slice attention toward its slices' share "
+                        "of lesion voxels, where voxel masks exist; 0: labels alone (default %(default)s)")
     p.add_argument("--hu-lungs-only", action="store_true",
                    help="measure the involvement in the HU lung mask alone; by default the lesion network's "
                         "lesion voxels join it (dense consolidation the HU mask leaves out)")
@@ -171,7 +174,7 @@ def train_config_from_args(args):
         pretrained=str(args.pretrained) if args.pretrained else None, allow_partial=args.allow_partial,
         stage1_epochs=args.stage1_epochs,
         stage2_epochs=args.stage2_epochs, stage2_views=args.stage2_views, finetune_epochs=args.finetune_epochs,
-        lesion_epochs=args.lesion_epochs, device=args.device,
+        lesion_epochs=args.lesion_epochs, attention_supervision=args.attention_supervision, device=args.device,
         baselines=args.baselines, name=args.name, demo=args.demo,
     )
 
