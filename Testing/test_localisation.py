@@ -77,6 +77,14 @@ def test_evaluate_masks_on_phantoms(tmp_path):
     assert 0.0 <= rows["study_3"]["voxel_auc"] <= 1.0
     assert report["voxel_auc"] == rows["study_3"]["voxel_auc"]
     assert report["attention_rank_correlation"] == rows["study_3"]["attention_rank_correlation"]
+    # The involvement against the masks' truth: the phantom's own lesion share, and the mean error.
+    phantom = generate_phantom(3, 32, orientation="LPI")
+    truth = phantom.lesion_mask_zyx.sum() / (phantom.lung_mask_zyx | phantom.lesion_mask_zyx).sum()
+    assert rows["study_3"]["true_involved_share"] == pytest.approx(truth)
+    assert rows["study_0"]["true_involved_share"] == 0.0
+    errors = [abs(r["measured_involved_share"] - r["true_involved_share"]) for r in rows.values()]
+    assert report["involvement_mean_abs_error"] == pytest.approx(np.mean(errors))
+    assert report["involvement_grade_accuracy"] == np.mean([r["involvement_grade"] == r["label"] for r in rows.values()])
 
 
 def test_masks_on_another_grid_are_refused(tmp_path):

@@ -263,6 +263,10 @@ def run_evaluate(args) -> int:
         print(f"localisation over {localisation['studies_with_lesions']} studies with lesions: voxel AUC "
               f"{figure(localisation['voxel_auc'])}, attention rank correlation "
               f"{figure(localisation['attention_rank_correlation'])}")
+        if localisation["involvement_mean_abs_error"] is not None:
+            print(f"involvement against the masks over {len(localisation['studies'])} studies: mean absolute error "
+                  f"{100 * localisation['involvement_mean_abs_error']:.1f} percentage points, grade by involvement "
+                  f"right for {100 * localisation['involvement_grade_accuracy']:.0f} %")
     if args.json:
         write_json_atomic(args.json, report)
     if args.confusion:

@@ -6,7 +6,10 @@
 - Attention rank correlation, per study: Spearman's correlation between the slice attention and the
   number of lesion voxels in each slice, both in the input's own slice order.
 
-Both are averaged over the studies that have lesions; studies without lesions have neither.
+Both are averaged over the studies that have lesions; studies without lesions have neither. Beside
+them, how well the involvement figures measure the masks' truth (lesion voxels / lung voxels), over
+every study: the mean absolute error of the involved share, and how often the grade it implies is
+the study's label.
 """
 
 from __future__ import annotations
@@ -66,9 +69,13 @@ def evaluate_masks(model: SeverityModel, data: str | os.PathLike, masks_dir: str
         volume = read_volume(study.path)
         lesion, lungs = read_masks(masks_dir, study.path, volume.geometry)
         prediction = predict_volume(model, volume)
+        inside = lungs > 0
         rows.append({"study_id": study.study_id, "label": study.label, "lesion_voxels": int(lesion.sum()),
                      "voxel_auc": voxel_auc(prediction.evidence_kji, lesion, lungs),
-                     "attention_rank_correlation": attention_rank_correlation(prediction.slice_attention, lesion)})
+                     "attention_rank_correlation": attention_rank_correlation(prediction.slice_attention, lesion),
+                     "true_involved_share": float((lesion > 0)[inside].mean()) if inside.any() else None,
+                     "measured_involved_share": prediction.involvement.get("involved_share"),
+                     "involvement_grade": prediction.involvement.get("grade")})
         if progress is not None:
             progress(done, len(index.studies))
 
@@ -76,5 +83,12 @@ def evaluate_masks(model: SeverityModel, data: str | os.PathLike, masks_dir: str
         values = [row[key] for row in rows if row[key] is not None]
         return float(np.mean(values)) if values else None
 
+    errors = [abs(row["measured_involved_share"] - row["true_involved_share"]) for row in rows
+              if row["true_involved_share"] is not None and row["measured_involved_share"] is not None]
+    graded = [row for row in rows if row["involvement_grade"]]
     return {"voxel_auc": mean("voxel_auc"), "attention_rank_correlation": mean("attention_rank_correlation"),
-            "studies_with_lesions": sum(row["lesion_voxels"] > 0 for row in rows), "studies": rows}
+            "studies_with_lesions": sum(row["lesion_voxels"] > 0 for row in rows),
+            "involvement_mean_abs_error": float(np.mean(errors)) if errors else None,
+            "involvement_grade_accuracy": float(np.mean([row["involvement_grade"] == row["label"] for row in graded]))
+            if graded else None,
+            "studies": rows}
