@@ -88,7 +88,7 @@ most. The Batch section grades every volume file of a folder and writes one JSON
 picture per study plus a summary.tsv, exactly like <code>twofivecnn predict</code>.</p>
 <p>PyTorch is needed: install the "PyTorch" extension from the Extensions Manager; PyTorch itself is
 then installed on first use, after asking you.</p>
-<p><b>The bundled demo model was trained on synthetic data only (phantoms, and lesions inserted into variants of one real chest CT). It is not a medical device and
+<p><b>The bundled demo model was trained on synthetic data only (phantoms, and lesions inserted into variants of two real chest CTs). It is not a medical device and
 must not be used for clinical decisions.</b> Train your own model with the TwoFiveCNN Training module.</p>
 <p>See the <a href="{homepage}">project page</a> for documentation.</p>
 """).format(homepage=HOMEPAGE)
