@@ -37,11 +37,17 @@ def feet_first_study() -> Volume:
 
 def test_evidence_file_is_the_lesion_map_of_the_bands_within_one_step(feet_first_study, tmp_path):
     """The stored evidence against the involved share around each voxel counted here by hand from the
-    band labels, in the input's own (feet-first) storage order."""
+    prediction's band labels (the HU lungs and the lesion network's voxels), in the input's own
+    (feet-first) storage order."""
     model = load_model(None, "cpu")
+    assert model.lesion_lungs
     prediction = predict_volume(model, feet_first_study)
-    report, bands = lung_involvement(feet_first_study.array, feet_first_study.spacing_zyx)
-    assert report["analysis_spacing_mm"] == list(feet_first_study.spacing_zyx)  # here the native grid
+    report = prediction.involvement
+    hu_report, hu_bands = lung_involvement(feet_first_study.array, feet_first_study.spacing_zyx)
+    assert report["analysis_spacing_mm"] == hu_report["analysis_spacing_mm"] == list(feet_first_study.spacing_zyx)
+    bands = Volume.from_original(np.asarray(prediction.bands_kji), feet_first_study.geometry).array
+    assert not ((hu_bands > 0) & (bands == 0)).any()  # the lesion network only adds to the HU lungs
+    assert report["lungs"]["voxels"] == int((bands > 0).sum())
     half = [max(1, round(LESION_WINDOW_MM / s)) // 2 for s in feet_first_study.spacing_zyx[1:]]
     involved = np.isin(bands, (GROUND_GLASS, CONSOLIDATION))
     padded = np.pad(involved, ((0, 0), (half[0], half[0]), (half[1], half[1])))
