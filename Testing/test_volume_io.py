@@ -235,7 +235,19 @@ def test_colour_image_is_refused(tmp_path):
 
 
 def test_empty_folder_is_refused(tmp_path):
-    with pytest.raises(VolumeError, match=f"{tmp_path.name}.*no DICOM series"):
+    with pytest.raises(VolumeError, match=f"{tmp_path.name}.*no DICOM series") as refused:
+        read_volume(tmp_path)
+    assert "sub-folders" not in str(refused.value)
+
+
+def test_a_folder_of_class_folders_is_refused_naming_them(tmp_path):
+    """A MosMed-style studies/ folder given as one input: the message names the sub-folders to pass."""
+    for grade in ("CT-0", "CT-1"):
+        (tmp_path / grade).mkdir()
+        write_volume(np.zeros((8, 8, 8), np.int16), Geometry((8, 8, 8), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0),
+                                                             (1, 0, 0, 0, 1, 0, 0, 0, 1)), tmp_path / grade / "s.nii.gz")
+    (tmp_path / "notes").mkdir()
+    with pytest.raises(VolumeError, match=r"sub-folders CT-0, CT-1 hold volume files.*CT-\*\)"):
         read_volume(tmp_path)
 
 

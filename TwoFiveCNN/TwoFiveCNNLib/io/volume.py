@@ -219,13 +219,28 @@ def _first_line(error: Exception) -> str:
     return (useful or lines or [type(error).__name__])[-1][:300]
 
 
+def _subfolders_with_volumes(folder: Path) -> list[str]:
+    """Names of ``folder``'s sub-folders that hold volume files (unreadable ones are skipped)."""
+    names = []
+    for sub in sorted(folder.iterdir()):
+        try:
+            if sub.is_dir() and any(p.name.lower().endswith(VOLUME_SUFFIXES) for p in sub.iterdir()):
+                names.append(sub.name)
+        except OSError:
+            continue
+    return names
+
+
 def _read_dicom_series(folder: Path) -> tuple[sitk.Image, list[str]]:
     reader = sitk.ImageSeriesReader()
     series_ids = reader.GetGDCMSeriesIDs(str(folder))
     if not series_ids:
+        holding = _subfolders_with_volumes(folder)
+        hint = (f" Its sub-folders {', '.join(holding[:5])}{' ...' if len(holding) > 5 else ''} hold volume files: "
+                f"pass them instead (for a MosMed-style folder, {folder}/CT-*).") if holding else ""
         raise VolumeError(
             f"{folder}: no DICOM series found in this folder. Pass a folder holding the .dcm files of one "
-            f"CT series, or a volume file ({', '.join(VOLUME_SUFFIXES)})."
+            f"CT series, or a volume file ({', '.join(VOLUME_SUFFIXES)}).{hint}"
         )
     files_by_series = {sid: reader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series_ids}
     chosen = max(series_ids, key=lambda sid: len(files_by_series[sid]))
