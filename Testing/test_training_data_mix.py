@@ -144,3 +144,16 @@ def test_attention_supervision_draws_the_attention_to_the_lesion_slices():
     assert unsupervised < 0.3 and supervised > 0.6, (unsupervised, supervised)
     assert attention_loss(torch.full((2, 4), 0.25), torch.zeros(2, 4)) is None
     assert float(attention_loss(torch.tensor([[1.0, 0.0]]), torch.tensor([[1.0, 0.0]]))) == pytest.approx(0, abs=1e-6)
+
+
+def test_the_involvement_part_is_fitted_on_the_features_predict_measures(mixed_model, phantom_cohort, synth_cohort):
+    """One measurement: the training studies' features the involvement part was standardised with are
+    those predict measures with the saved model (lesion network voxels included)."""
+    from TwoFiveCNNLib.inference.predict import measure_lung_features
+
+    model = load_model(mixed_model, "cpu")
+    by_id = {s.study_id: s for s in DatasetIndex.load(phantom_cohort).studies + DatasetIndex.load(synth_cohort).studies}
+    train_ids = model.metadata["split"]["train"] + model.metadata["train_only"]["study_ids"]
+    features = measure_lung_features(model, [by_id[i].path for i in train_ids])
+    chosen = features[:, model._feature_columns]
+    assert model.metadata["aeration_mean"] == pytest.approx(chosen.mean(0).tolist(), abs=1e-6)
