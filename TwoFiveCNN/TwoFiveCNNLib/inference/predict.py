@@ -238,7 +238,8 @@ def predict_volume(model: AnyModel, volume: Volume, times: StageTimes | None = N
     with timed(times, "preprocess"):
         grid, mapping = to_model_grid(volume, model.preprocess)
         release_freed_memory()
-    analysis, learned = study_lungs(model, volume, grid, mapping, None if prepared is None else prepared.lungs, times)
+    analysis, learned = study_lungs(model, volume, grid, mapping, None if prepared is None else prepared.analysis,
+                                   times)
     report, coarse_bands, factors = analysis.report, analysis.bands, analysis.factors
     with timed(times, "network"):
         result = predict_grid(model, grid, lung_features(report))

@@ -51,7 +51,7 @@ class PreparedStudy:
     """A study read into its canonical volume, with its lungs measured on their analysis grid."""
 
     volume: Volume
-    lungs: LungAnalysis  # transforms.involvement.analyse_lungs of the volume
+    analysis: LungAnalysis  # transforms.involvement.analyse_lungs of the volume
     times: StageTimes = field(default_factory=StageTimes)
 
 
@@ -63,8 +63,8 @@ def prepare_study(path: str | os.PathLike) -> PreparedStudy:
     with timed(times, "read"):
         volume = read_volume(path)
     with timed(times, "lungs_and_involvement"):
-        lungs = analyse_lungs(volume.array, volume.spacing_zyx)
-    return PreparedStudy(volume, lungs, times)
+        analysis = analyse_lungs(volume.array, volume.spacing_zyx)
+    return PreparedStudy(volume, analysis, times)
 
 
 class StudyPrefetcher:
