@@ -157,3 +157,40 @@ def test_the_involvement_part_is_fitted_on_the_features_predict_measures(mixed_m
     features = measure_lung_features(model, [by_id[i].path for i in train_ids])
     chosen = features[:, model._feature_columns]
     assert model.metadata["aeration_mean"] == pytest.approx(chosen.mean(0).tolist(), abs=1e-6)
+
+
+def test_pleural_consolidation_is_painted_inside_the_lung_and_marked_lesion():
+    """The lesion network's augmentation: solid tissue replaces lung out to the lung's edge (a dorsal
+    band or a disc on the edge), only where the target says lung, and the target marks it lesion."""
+    from TwoFiveCNNLib.networks.lesion_net import LESIONS, LUNGS
+    from TwoFiveCNNLib.training.lesions import paint_pleural_consolidation
+
+    window = (-1000.0, 400.0)
+    target = torch.zeros(2, 48, 48)
+    target[LUNGS, 10:40, 4:20] = 1  # right lung
+    target[LUNGS, 12:38, 28:44] = 1  # left lung
+    target[LESIONS, 20:24, 8:12] = 1  # an inserted lesion already there
+    aerated = (-850 - window[0]) / (window[1] - window[0])
+    painted_any, generator = 0, torch.Generator().manual_seed(0)
+    for _ in range(40):
+        image = torch.full((1, 48, 48), 0.75)  # soft tissue around the lungs
+        image[0][target[LUNGS] > 0] = aerated
+        marked, before = target.clone(), image.clone()
+        if not paint_pleural_consolidation(image, marked, window, generator):
+            assert torch.equal(image, before) and torch.equal(marked, target)
+            continue
+        painted_any += 1
+        changed = image[0] != before[0]
+        new_lesion = (marked[LESIONS] > 0) & (target[LESIONS] == 0)
+        assert changed.any() and not (changed & (target[LUNGS] == 0)).any()  # nothing painted outside the lung
+        assert (new_lesion == (changed & (target[LESIONS] == 0))).all()  # what is painted is lesion, no more
+        assert torch.equal(marked[LUNGS], target[LUNGS]) and (marked[LESIONS] >= target[LESIONS]).all()
+        hu = image[0][changed] * (window[1] - window[0]) + window[0]
+        assert -150 < float(hu.mean()) < 160  # soft tissue, not air
+        # It reaches the lung's edge: some painted pixel has a non-lung neighbour.
+        outside = torch.nn.functional.max_pool2d((target[LUNGS] == 0).float()[None, None], 3, 1, 1)[0, 0] > 0
+        assert (changed & outside).any()
+    assert painted_any >= 30
+    too_little = torch.zeros(2, 48, 48)
+    too_little[LUNGS, 5:8, 5:8] = 1
+    assert not paint_pleural_consolidation(torch.zeros(1, 48, 48), too_little, window, generator)

@@ -131,9 +131,13 @@ def _add_train(sub) -> None:
     p.add_argument("--stage2-views", type=int, default=6, help="augmented embedding views per training study")
     p.add_argument("--finetune-epochs", type=int, default=0,
                    help="after stage 2, fine-tune backbone and head end to end for N epochs (low learning rate)")
-    p.add_argument("--lesion-epochs", type=int, default=12,
+    p.add_argument("--lesion-epochs", type=int, default=24,
                    help="epochs of the lesion network, trained when training studies have voxel masks beside "
                         "them (ROOT/masks, as `twofivecnn synth` writes); 0: none (default %(default)s)")
+    p.add_argument("--pleural-consolidation", type=float, default=0.3, metavar="SHARE",
+                   help="share of the lesion network's training slices given a consolidation painted against "
+                        "the chest wall (a dorsal band or a patch on the lung's edge), which the HU lung mask "
+                        "misses; 0: the masks' lesions alone (default %(default)s)")
     p.add_argument("--held-out", type=Path, help="another dataset to score the model (and baselines) on")
     p.add_argument("--baselines", action="store_true",
                    help="also train the pure-3D baselines (3D CNN, ACS-inflated backbone) on the same split")
@@ -174,7 +178,8 @@ def train_config_from_args(args):
         pretrained=str(args.pretrained) if args.pretrained else None, allow_partial=args.allow_partial,
         stage1_epochs=args.stage1_epochs,
         stage2_epochs=args.stage2_epochs, stage2_views=args.stage2_views, finetune_epochs=args.finetune_epochs,
-        lesion_epochs=args.lesion_epochs, attention_supervision=args.attention_supervision, device=args.device,
+        lesion_epochs=args.lesion_epochs, lesion_pleural_consolidation=args.pleural_consolidation,
+        attention_supervision=args.attention_supervision, device=args.device,
         baselines=args.baselines, name=args.name, demo=args.demo,
     )
 

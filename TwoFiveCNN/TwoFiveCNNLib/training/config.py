@@ -44,10 +44,13 @@ class TrainConfig:
     attention_supervision: float = 0.2
     finetune_epochs: int = 0  # optional end-to-end fine-tuning of backbone and head after stage 2
     finetune_lr: float = 1e-4
-    lesion_epochs: int = 12  # the lesion network, trained when training studies have voxel masks (0: never)
+    lesion_epochs: int = 24  # the lesion network, trained when training studies have voxel masks (0: never)
     lesion_slices_per_epoch: int = 1024
     lesion_batch: int = 32
     lesion_lr: float = 3e-3
+    # Share of the lesion network's training slices given a consolidation against the chest wall
+    # (training.lesions.paint_pleural_consolidation); 0: the inserted lesions alone.
+    lesion_pleural_consolidation: float = 0.3
     device: str = "auto"
     baselines: bool = False  # also train the pure-3D baselines (3D CNN, ACS-inflated) on the same split
     baseline_epochs: int = 30

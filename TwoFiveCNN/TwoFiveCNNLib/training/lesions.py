@@ -4,6 +4,11 @@ Model-grid slices and their masks, resampled onto the same grid; a class-balance
 cross-entropy plus soft Dice, so small lesions count); the best epoch by the validation studies'
 lesion Dice, then lung Dice. Slices are drawn at random each epoch, a fixed number of them, so an
 epoch costs the same however many studies have masks.
+
+Some drawn slices get a consolidation painted against the chest wall (:func:`paint_pleural_consolidation`):
+a dorsal band or a subpleural patch that replaces the lung out to its edge. It is the case the HU lung
+mask cannot see (solid lung against the wall looks like the wall) and inserted lesions rarely show in
+so pure a form; the network learns that the lung goes on behind it.
 """
 
 from __future__ import annotations
@@ -65,6 +70,50 @@ def slice_lesion_shares(studies: Sequence[Study], slices: int, model: SeverityMo
     return shares if bool(shares.any()) else None
 
 
+def paint_pleural_consolidation(image: torch.Tensor, target: torch.Tensor, window: tuple[float, float],
+                                generator: torch.Generator) -> bool:
+    """Paint, in place, a consolidation against the chest wall into one model-grid slice ``(1, H, W)``
+    and mark it lesion in its target ``(2, H, W)``: a band along the back of one lung (dependent
+    consolidation, its depth a drawn share of the lung's front-to-back extent, wavering along the
+    row), or a disc centred on the lung's edge. It replaces every lung pixel it covers (vessels too)
+    with soft tissue of -50..+60 HU and scanner-like noise. False when the slice has too little lung."""
+    lungs = target[LUNGS] > 0.5
+    width = lungs.shape[1]
+    side_columns = torch.arange(width) < width // 2
+    if bool(torch.rand(1, generator=generator) < 0.5):
+        side_columns = ~side_columns
+    lung = lungs & side_columns[None, :]
+    if int(lung.sum()) < 40:
+        return False
+    rows = torch.arange(lung.shape[0])[:, None].expand_as(lung)
+    columns = torch.nonzero(lung.any(dim=0)).flatten()
+    if bool(torch.rand(1, generator=generator) < 0.6):  # dorsal band: rows increase towards the back
+        back = torch.where(lung, rows, -1).amax(dim=0)
+        front = torch.where(lung, rows, lung.shape[0]).amin(dim=0)
+        share = 0.1 + 0.35 * float(torch.rand(1, generator=generator))
+        phase, wave = (float(v) for v in torch.rand(2, generator=generator))
+        x = torch.arange(width, dtype=torch.float32)
+        depth = share * (back - front + 1).float() * (1 + 0.3 * wave * torch.sin(x / 6 + 6.28 * phase))
+        painted = lung & (rows > (back.float() - depth)[None, :])
+    else:  # a disc on the lung's edge: lateral, front or back
+        edge = lung & ~(torch.nn.functional.max_pool2d((~lung).float()[None, None], 3, 1, 1)[0, 0] < 0.5)
+        candidates = torch.nonzero(edge)
+        centre = candidates[int(torch.randint(len(candidates), (1,), generator=generator))].float()
+        extent = float(columns[-1] - columns[0] + 1)
+        radius = extent * (0.08 + 0.17 * float(torch.rand(1, generator=generator)))
+        yy, xx = torch.meshgrid(torch.arange(lung.shape[0]), torch.arange(width), indexing="ij")
+        painted = lung & (((yy - centre[0]) ** 2 + (xx - centre[1]) ** 2).float() < radius ** 2)
+    if int(painted.sum()) < 4:
+        return False
+    low, high = window
+    level = -50 + 110 * float(torch.rand(1, generator=generator))
+    noise = float(torch.rand(1, generator=generator)) * 25 * torch.randn(lung.shape, generator=generator)
+    values = ((level + noise - low) / (high - low)).clamp(0, 1).to(image.dtype)
+    image[0][painted] = values[painted]
+    target[LESIONS][painted] = 1
+    return True
+
+
 def dice(probabilities: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
     """Soft Dice per channel over a batch ``(n, C, H, W)``."""
     overlap = (probabilities * target).sum(dim=(0, 2, 3))
@@ -85,6 +134,9 @@ def train_lesion_net(model: SeverityModel, train: Sequence[Study], val: Sequence
         losses = []
         for batch in drawn.split(config.lesion_batch):
             images, targets = train_images[batch].float(), train_targets[batch].float()
+            painted = torch.rand(len(batch), generator=generator) < config.lesion_pleural_consolidation
+            for i in torch.nonzero(painted).flatten().tolist():
+                paint_pleural_consolidation(images[i], targets[i], model.preprocess.window, generator)
             flip = torch.rand(len(batch), generator=generator) < 0.5  # left-right: the other side's lung
             images[flip], targets[flip] = images[flip].flip(-1), targets[flip].flip(-1)
             logits = net(images.to(device))
