@@ -194,3 +194,12 @@ def test_pleural_consolidation_is_painted_inside_the_lung_and_marked_lesion():
     too_little = torch.zeros(2, 48, 48)
     too_little[LUNGS, 5:8, 5:8] = 1
     assert not paint_pleural_consolidation(torch.zeros(1, 48, 48), too_little, window, generator)
+    # A lung base: a crescent around the liver (large enough, but filling little of its box); never painted.
+    yy, xx = torch.meshgrid(torch.arange(96), torch.arange(96), indexing="ij")
+    crescent = torch.zeros(2, 96, 96)
+    for cx in (24, 72):
+        distance = ((yy - 40) ** 2 + (xx - cx) ** 2).float().sqrt()
+        crescent[LUNGS][(distance > 16) & (distance < 22) & (yy > 40)] = 1
+    assert int(crescent[LUNGS][:, :48].sum()) > 300
+    for _ in range(20):
+        assert not paint_pleural_consolidation(torch.zeros(1, 96, 96), crescent.clone(), window, generator)

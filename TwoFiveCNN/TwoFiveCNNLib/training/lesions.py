@@ -70,21 +70,30 @@ def slice_lesion_shares(studies: Sequence[Study], slices: int, model: SeverityMo
     return shares if bool(shares.any()) else None
 
 
+# Slices whose lung (one side) is smaller, or fills less of its bounding box, are not painted: at a
+# lung's base the aerated lung is a thin crescent around the liver or spleen, and a network taught
+# that solid tissue beyond a thin lung is consolidation there adds those organs to the lungs.
+MIN_PAINTED_LUNG_PIXELS = 300
+MIN_PAINTED_LUNG_FILL = 0.45
+
+
 def paint_pleural_consolidation(image: torch.Tensor, target: torch.Tensor, window: tuple[float, float],
                                 generator: torch.Generator) -> bool:
     """Paint, in place, a consolidation against the chest wall into one model-grid slice ``(1, H, W)``
     and mark it lesion in its target ``(2, H, W)``: a band along the back of one lung (dependent
     consolidation, its depth a drawn share of the lung's front-to-back extent, wavering along the
     row), or a disc centred on the lung's edge. It replaces every lung pixel it covers (vessels too)
-    with soft tissue of -50..+60 HU and scanner-like noise. False when the slice has too little lung."""
+    with soft tissue of -50..+60 HU and scanner-like noise. False (nothing painted) when the chosen
+    lung is small or a crescent (see ``MIN_PAINTED_LUNG_FILL``)."""
     lungs = target[LUNGS] > 0.5
     width = lungs.shape[1]
     side_columns = torch.arange(width) < width // 2
     if bool(torch.rand(1, generator=generator) < 0.5):
         side_columns = ~side_columns
     lung = lungs & side_columns[None, :]
-    if int(lung.sum()) < 40:
-        return False
+    area = int(lung.sum())
+    if area < MIN_PAINTED_LUNG_PIXELS or area < MIN_PAINTED_LUNG_FILL * int(lung.any(dim=1).sum() * lung.any(dim=0).sum()):
+        return False  # a lung base's crescent around the liver or spleen: solid tissue there is not lung
     rows = torch.arange(lung.shape[0])[:, None].expand_as(lung)
     columns = torch.nonzero(lung.any(dim=0)).flatten()
     if bool(torch.rand(1, generator=generator) < 0.6):  # dorsal band: rows increase towards the back
