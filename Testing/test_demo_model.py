@@ -33,3 +33,29 @@ def test_the_demo_model_says_what_it_was_trained_on(demo_model):
         assert any(not sid.startswith(("rs_", "li_")) for sid in meta["split"][subset])
     assert meta["fusion"]["chosen_on"] == "validation split"
     assert demo_model.lesion_net is not None, "trained on the inserted lesions' masks"
+
+
+def test_dependent_consolidation_joins_the_lungs_through_the_lesion_network(demo_model, chest_ct_path):
+    """The back of CTChest4's right lung made solid (+30 HU) to a depth of 40 mm over its whole height:
+    the HU lung mask keeps almost none of it (it looks like the chest wall); the demo model's lesion
+    network, taught on consolidation painted against the chest wall, brings most of it back into the
+    lungs and into the involved share."""
+    import numpy as np
+    from TwoFiveCNNLib.io.volume import Volume
+    from TwoFiveCNNLib.transforms.involvement import lung_involvement
+    from TwoFiveCNNLib.transforms.lungs import RIGHT_LUNG, segment_lungs
+
+    chest = read_volume(chest_ct_path)
+    right = segment_lungs(chest.array, chest.spacing_zyx) == RIGHT_LUNG
+    back = np.where(right.any(axis=1), right.shape[1] - 1 - np.argmax(right[:, ::-1, :], axis=1), -1)  # [z, x]
+    rows = np.arange(right.shape[1])[None, :, None]
+    band = right & (rows > back[:, None, :] - 40 / chest.spacing_zyx[1])
+    hu = chest.array.astype(np.int16)
+    hu[band] = 30
+    hu_report, hu_bands = lung_involvement(hu, chest.spacing_zyx)
+    assert (hu_bands[band] > 0).mean() < 0.1
+    prediction = predict_volume(demo_model, Volume.from_original(chest.to_original(hu), chest.geometry))
+    lungs = Volume.from_original(np.asarray(prediction.bands_kji), chest.geometry).array > 0
+    assert lungs[band].mean() > 0.4
+    assert prediction.involvement["learned_added_ml"] > 0
+    assert prediction.involvement["involved_share"] > hu_report["involved_share"] + 0.05

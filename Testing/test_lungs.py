@@ -277,3 +277,23 @@ def test_learned_lesions_are_measured_as_involved_lung(chest, reference_lungs):
     assert report["learned_added_ml"] == pytest.approx(
         int((extended.lungs > 0).sum() - (analysis.lungs > 0).sum()) * np.prod(chest.spacing_zyx) / 1000, abs=0.01)
     assert with_learned_lesions(analysis, hu, np.zeros_like(lesion)) is analysis
+
+
+def test_learned_voxels_beside_a_lung_base_tip_are_not_added():
+    """Below a lung's base only its last tip (or gut gas taken for it) is left in a slice; the network's
+    lesion voxels beside it are liver, spleen or bowel, and are not added. The same voxels beside a
+    slice with a full lung are."""
+    from TwoFiveCNNLib.transforms.involvement import InvolvementSettings, learned_lung_additions
+
+    lungs = np.zeros((6, 30, 30), dtype=np.uint8)
+    lungs[1:, 5:25, 3:13] = RIGHT_LUNG  # 200 voxels per slice
+    lungs[0, 5:8, 3:6] = RIGHT_LUNG  # the base's tip: 9 voxels, under a tenth of 200
+    hu = np.full(lungs.shape, -850, dtype=np.int16)
+    hu[lungs == 0] = 40
+    learned = np.zeros(lungs.shape, dtype=bool)
+    learned[:, 5:20, 13:20] = True  # beside the lung in every slice
+    added = learned_lung_additions(lungs, hu, learned)
+    assert not added[0].any()
+    assert (added[1:][learned[1:]] == RIGHT_LUNG).all()
+    everything = learned_lung_additions(lungs, hu, learned, InvolvementSettings(learned_min_slice_share=0.0))
+    assert (everything[learned] == RIGHT_LUNG).all()

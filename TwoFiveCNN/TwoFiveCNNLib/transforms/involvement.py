@@ -53,6 +53,9 @@ class InvolvementSettings:
     region_share: float = 0.5  # share of involved (non-vessel) voxels in the window that makes a region
     normal_share: float = 0.05  # involved shares below this are the noise floor of normal lungs: CT-0
     learned_max_hu: float = 200.0  # a lesion network's lesion voxels added to the lungs are less dense (not bone)
+    # ... and lie in slices where their lung's HU mask covers at least this share of its largest slice:
+    # beside a lung base's last tip (or gut gas the mask took for it) the network's voxels are abdomen.
+    learned_min_slice_share: float = 0.1
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -205,7 +208,9 @@ def learned_lung_additions(lungs: np.ndarray, hu: np.ndarray, learned_lesion: np
     wall and the heart: no threshold and no closing of the aerated lung can tell where the lung was.
     A network trained on lesion-inclusive lung masks can. Its voxels are added only where they are in
     a lesion's HU range (ground glass up to ``learned_max_hu``) and connected to a lung, whose side
-    each added region takes (where one region touches both lungs, each voxel takes the nearer one's).
+    each added region takes (where one region touches both lungs, each voxel takes the nearer one's),
+    and in slices where that lung's HU mask holds at least ``learned_min_slice_share`` of its largest
+    slice (below the bases, the liver, spleen and bowel touch the last tips of the lungs).
     """
     candidates = learned_lesion & (lungs == 0) & (hu >= settings.aerated_below) & (hu < settings.learned_max_hu)
     if not candidates.any():
@@ -224,11 +229,13 @@ def learned_lung_additions(lungs: np.ndarray, hu: np.ndarray, learned_lesion: np
         joined = wanted & np.isin(regions, both)
         nearest = ndimage.distance_transform_edt(~in_lung, return_distances=False, return_indices=True)
         added_box[joined] = sides[tuple(axis[joined] for axis in nearest)]
-    if not added_box.any():
-        return None
     added = np.zeros(lungs.shape, dtype=np.uint8)
     added[box] = added_box
-    return added
+    for side in (RIGHT_LUNG, LEFT_LUNG):
+        areas = (lungs == side).sum(axis=(1, 2))
+        thin = np.nonzero(areas < settings.learned_min_slice_share * areas.max(initial=0))[0]
+        added[thin] = np.where(added[thin] == side, 0, added[thin])
+    return added if added.any() else None
 
 
 def with_learned_lesions(analysis: LungAnalysis, hu: np.ndarray, learned_lesion: np.ndarray,
