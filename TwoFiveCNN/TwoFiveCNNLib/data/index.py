@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..io.volume import VOLUME_SUFFIXES, study_name
+from ..io.volume import VOLUME_SUFFIXES, has_volume_suffix, study_name
 
 CLASS_NAMES = ("CT-0", "CT-1", "CT-2", "CT-3", "CT-4")
 # Below this many studies a class cannot have one study in each of train, val and test.
@@ -40,7 +40,7 @@ def _is_hidden(path: Path) -> bool:
 
 
 def _is_volume_file(path: Path) -> bool:
-    return path.is_file() and path.name.lower().endswith(VOLUME_SUFFIXES)
+    return path.is_file() and has_volume_suffix(path)
 
 
 def _series_files(folder: Path) -> list[Path]:
@@ -236,7 +236,7 @@ def _study_from_row(row: dict, csv_path: Path, line: int) -> Study:
     path = (path if path.is_absolute() else csv_path.parent / path).resolve()
     if not path.exists():
         raise DatasetError(f"{where}: {path} does not exist. Paths are relative to the CSV's folder.")
-    if not (path.is_dir() or path.name.lower().endswith(VOLUME_SUFFIXES)):
+    if not (path.is_dir() or has_volume_suffix(path)):
         raise DatasetError(
             f"{where}: {path} is not a volume file ({', '.join(VOLUME_SUFFIXES)}) or a DICOM series folder."
         )

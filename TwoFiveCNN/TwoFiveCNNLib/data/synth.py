@@ -41,6 +41,7 @@ from ..io.volume import (
     Geometry,
     VolumeError,
     canonical_axes,
+    has_volume_suffix,
     read_volume,
     voxel_count,
     write_volume,
@@ -128,14 +129,14 @@ def find_bases(paths: Sequence[str | os.PathLike]) -> list[Path]:
                               f"({', '.join(VOLUME_SUFFIXES)}) or folders of them.")
         if path.is_dir():
             files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")
-                           and p.name.lower().endswith(VOLUME_SUFFIXES))
+                           and has_volume_suffix(p))
             if not files:
                 raise VolumeError(f"--base {path}: the folder holds no volume files "
                                   f"({', '.join(VOLUME_SUFFIXES)}). Give a folder of normal chest CT volumes, "
                                   f"such as MosMedData's CT-0 folder, "
                                   f"or the files themselves.")
         else:
-            if not path.name.lower().endswith(VOLUME_SUFFIXES):
+            if not has_volume_suffix(path):
                 raise VolumeError(f"--base {path}: not a volume file. Give normal chest CT volume files "
                                   f"({', '.join(VOLUME_SUFFIXES)}) or folders of them (convert DICOM first).")
             files = [path]

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..io.timing import StageTimes, timed
-from ..io.volume import VOLUME_SUFFIXES, Volume, read_volume, study_name, voxel_count
+from ..io.volume import Volume, has_volume_suffix, read_volume, study_name, voxel_count
 
 if TYPE_CHECKING:
     from ..transforms.involvement import LungAnalysis
@@ -30,7 +30,7 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
     """Volume files, DICOM series folders, and folders of volume files (each file one study)."""
     studies: list[Path] = []
     for item in map(Path, inputs):
-        volume_files = sorted(p for p in item.iterdir() if p.name.lower().endswith(VOLUME_SUFFIXES)) \
+        volume_files = sorted(filter(has_volume_suffix, item.iterdir())) \
             if item.is_dir() else []
         studies.extend(volume_files or [item])
     return studies

@@ -219,12 +219,17 @@ def _first_line(error: Exception) -> str:
     return (useful or lines or [type(error).__name__])[-1][:300]
 
 
+def has_volume_suffix(path: Path) -> bool:
+    """Whether ``path``'s name ends in one of ``VOLUME_SUFFIXES`` (any case): what marks a volume file."""
+    return path.name.lower().endswith(VOLUME_SUFFIXES)
+
+
 def _subfolders_with_volumes(folder: Path) -> list[str]:
     """Names of ``folder``'s sub-folders that hold volume files (unreadable ones are skipped)."""
     names = []
     for sub in sorted(folder.iterdir()):
         try:
-            if sub.is_dir() and any(p.name.lower().endswith(VOLUME_SUFFIXES) for p in sub.iterdir()):
+            if sub.is_dir() and any(map(has_volume_suffix, sub.iterdir())):
                 names.append(sub.name)
         except OSError:
             continue
@@ -366,7 +371,7 @@ def read_image(path: str | os.PathLike) -> tuple[sitk.Image, list[str]]:
 def voxel_count(path: str | os.PathLike) -> int | None:
     """Voxels of a volume file from its header alone (cheap); None for folders and unreadable files."""
     path = Path(path)
-    if not path.is_file() or not path.name.lower().endswith(VOLUME_SUFFIXES):
+    if not path.is_file() or not has_volume_suffix(path):
         return None
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
