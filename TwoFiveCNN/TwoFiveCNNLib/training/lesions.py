@@ -94,9 +94,8 @@ def paint_pleural_consolidation(image: torch.Tensor, target: torch.Tensor, windo
     area = int(lung.sum())
     if area < MIN_PAINTED_LUNG_PIXELS or area < MIN_PAINTED_LUNG_FILL * int(lung.any(dim=1).sum() * lung.any(dim=0).sum()):
         return False  # a lung base's crescent around the liver or spleen: solid tissue there is not lung
-    rows = torch.arange(lung.shape[0])[:, None].expand_as(lung)
-    columns = torch.nonzero(lung.any(dim=0)).flatten()
     if bool(torch.rand(1, generator=generator) < 0.6):  # dorsal band: rows increase towards the back
+        rows = torch.arange(lung.shape[0])[:, None].expand_as(lung)
         back = torch.where(lung, rows, -1).amax(dim=0)
         front = torch.where(lung, rows, lung.shape[0]).amin(dim=0)
         share = 0.1 + 0.35 * float(torch.rand(1, generator=generator))
@@ -108,6 +107,7 @@ def paint_pleural_consolidation(image: torch.Tensor, target: torch.Tensor, windo
         edge = lung & ~(torch.nn.functional.max_pool2d((~lung).float()[None, None], 3, 1, 1)[0, 0] < 0.5)
         candidates = torch.nonzero(edge)
         centre = candidates[int(torch.randint(len(candidates), (1,), generator=generator))].float()
+        columns = torch.nonzero(lung.any(dim=0)).flatten()
         extent = float(columns[-1] - columns[0] + 1)
         radius = extent * (0.08 + 0.17 * float(torch.rand(1, generator=generator)))
         yy, xx = torch.meshgrid(torch.arange(lung.shape[0]), torch.arange(width), indexing="ij")
