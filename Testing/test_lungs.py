@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import ndimage
 from TwoFiveCNNLib.data.phantoms import generate_phantom
 from TwoFiveCNNLib.io.volume import Volume, read_volume, stored_flipped
 from TwoFiveCNNLib.transforms.involvement import (
@@ -16,7 +17,7 @@ from TwoFiveCNNLib.transforms.involvement import (
     grade_for_share,
     measure_involvement,
 )
-from TwoFiveCNNLib.transforms.lungs import LEFT_LUNG, RIGHT_LUNG, segment_lungs
+from TwoFiveCNNLib.transforms.lungs import LEFT_LUNG, RIGHT_LUNG, LungSettings, segment_lungs
 
 slicerio = pytest.importorskip("slicerio")
 
@@ -151,31 +152,79 @@ def edge_lesions(chest: Volume, reference_lungs: np.ndarray):
                 yield hu, lesion
 
 
-def test_consolidation_at_the_lung_edge_is_mostly_inside_and_counted(chest, reference_lungs):
-    """Closing each lung (in-plane and along z) brings most of an edge consolidation back into the lung,
-    where a plain threshold keeps none of it; what is inside is counted as involved."""
+def edge_lesions_inside(chest: Volume, reference_lungs: np.ndarray, settings: LungSettings | None = None
+                        ) -> tuple[list[float], int, int]:
+    """Per edge lesion, the share of its voxels in the right lung; over all, the voxels caught and the
+    caught voxels counted as involved."""
     inside, caught_voxels, involved_voxels = [], 0, 0
     for hu, lesion in edge_lesions(chest, reference_lungs):
         assert not (hu[lesion] < -400).any()  # a threshold mask would leave the whole lesion out
-        labels = segment_lungs(hu, chest.spacing_zyx)
+        labels = segment_lungs(hu, chest.spacing_zyx, settings or LungSettings())
         caught = labels[lesion] == RIGHT_LUNG
         inside.append(caught.mean())
         _, bands = measure_involvement(hu, labels, chest.spacing_zyx)
         caught_voxels += int(caught.sum())
         involved_voxels += int(np.isin(bands[lesion][caught], (CONSOLIDATION, GROUND_GLASS)).sum())
-    # Measured 0.83 on average (0.48..0.96); lesions of 12 mm radius on 3 x 3 x 10 mm voxels are partly
+    return inside, caught_voxels, involved_voxels
+
+
+def test_consolidation_at_the_lung_edge_is_mostly_inside_and_counted(chest, reference_lungs):
+    """Closing each lung (in-plane and along z) and growing its edge lesions out to the chest wall bring
+    most of an edge consolidation into the lung, where a plain threshold keeps none of it; what is
+    inside is counted as involved. Without the growth the outer layer stays out."""
+    inside, caught_voxels, involved_voxels = edge_lesions_inside(chest, reference_lungs)
+    # Measured 0.89 on average (0.58..1.0); lesions of 12 mm radius on 3 x 3 x 10 mm voxels are partly
     # taken for vessels (measured 0.73 of the caught voxels involved overall).
-    assert np.mean(inside) >= 0.75 and min(inside) >= 0.45, np.round(inside, 2)
+    assert np.mean(inside) >= 0.85 and min(inside) >= 0.5, np.round(inside, 2)
     assert involved_voxels >= 0.7 * caught_voxels
+    closed_only, _, _ = edge_lesions_inside(chest, reference_lungs, LungSettings(rim_mm=0))
+    # Measured 0.80 (0.48..0.96): the rims grown are what lifts the lesions' outer layer into the lung.
+    assert np.mean(closed_only) < np.mean(inside) - 0.05, (np.round(closed_only, 2), np.round(inside, 2))
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12: 48-96 % inside; wanted: at least 90 % everywhere. The misses "
-                                       "are lesions that replace a lung's tip in its slice (nothing left to close "
-                                       "around: filling the dents of each slice's convex hull, or closing along z "
-                                       "alone, left the worst at 48 %) and the expert's 1-voxel rim outside the HU mask")
+@pytest.mark.xfail(strict=True, reason="issue 12: 58-100 % inside; wanted: at least 90 % everywhere. The misses "
+                                       "are lesions that replace a lung's tip in its slice, beyond where the lung "
+                                       "of the slices above and below reaches (nothing tells where the tip was)")
 def test_consolidation_at_the_lung_edge_is_inside_everywhere(chest, reference_lungs):
     for hu, lesion in edge_lesions(chest, reference_lungs):
         assert (segment_lungs(hu, chest.spacing_zyx)[lesion] == RIGHT_LUNG).mean() >= 0.9
+
+
+def chest_with_edge_lesions() -> tuple[np.ndarray, tuple[float, float, float], np.ndarray, np.ndarray, np.ndarray]:
+    """An elliptic chest (soft tissue, 40 HU; 12 slices of 5 mm) holding two ellipsoid lungs (-850 HU),
+    each with a +30 HU ball of 15 mm radius replacing it at its edge above the middle: the right one
+    against the lateral chest wall, the left one against the mediastinum. Returns HU, spacing, the
+    right lung as drawn, its lesion and the left lung's."""
+    spacing = (5.0, 1.5, 1.5)
+    z, y, x = np.mgrid[:12, :160, :220]
+    z_mm, y_mm, x_mm = (z - 5.5) * spacing[0], (y - 80) * spacing[1], x * spacing[2]
+    hu = np.full(z.shape, -1000, dtype=np.int16)
+    hu[(y_mm / 105) ** 2 + ((x_mm - 165) / 150) ** 2 < 1] = 40
+    right = (y_mm / 75) ** 2 + ((x_mm - 90) / 48) ** 2 + (z_mm / 40) ** 2 < 1
+    left = (y_mm / 75) ** 2 + ((x_mm - 240) / 48) ** 2 + (z_mm / 40) ** 2 < 1
+    hu[right | left] = -850
+
+    def ball(x_centre_mm: float) -> np.ndarray:
+        return np.sqrt((z_mm - 2.5) ** 2 + y_mm ** 2 + (x_mm - x_centre_mm) ** 2) < 15
+
+    lateral, medial = right & ball(42), left & ball(192)
+    hu[lateral | medial] = 30
+    return hu, spacing, right, lateral, medial
+
+
+def test_edge_lesion_rims_grow_toward_the_chest_wall_and_never_into_the_mediastinum():
+    hu, spacing, right, lateral, medial = chest_with_edge_lesions()
+    grown = segment_lungs(hu, spacing)
+    closed = segment_lungs(hu, spacing, LungSettings(rim_mm=0))
+    # Measured 0.83 inside with the growth, 0.67 with closing alone.
+    assert (grown[lateral] == RIGHT_LUNG).mean() >= (closed[lateral] == RIGHT_LUNG).mean() + 0.1
+    # Against the mediastinum nothing grows: the left lung is as closing left it.
+    assert np.array_equal(grown == LEFT_LUNG, closed == LEFT_LUNG) and (grown[medial] == LEFT_LUNG).mean() < 1
+    # The growth is the cost too: where closing reached the lung's edge it goes on into the chest wall,
+    # but never farther than ``rim_mm``.
+    added = (grown > 0) & (closed == 0)
+    beyond = ndimage.distance_transform_edt(~right, sampling=spacing)[added]
+    assert 0 < beyond.max() <= LungSettings().rim_mm
 
 
 def test_box_morphology_equals_scipy_ndimage():

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..io.atomic import atomic_path
 from ..io.volume import read_volume
-from ..transforms.involvement import LUNG_FEATURES, lung_features, lung_involvement
+from ..transforms.involvement import LUNG_FEATURES, lung_features, lung_involvement, measurement_fingerprint
 from ..transforms.preprocess import GridMapping, PreprocessConfig, to_model_grid
 from .index import Study
 
@@ -89,7 +89,8 @@ class PreprocessedCache:
         return hashlib.sha256("\n".join(digests).encode()).hexdigest()
 
     def entry_path(self, study_path: str | os.PathLike, config: PreprocessConfig) -> Path:
-        folder = self.root / f"{CACHE_FORMAT}-{config.fingerprint()}"
+        # The entry holds lung features: a new way of measuring them must not reuse old ones.
+        folder = self.root / f"{CACHE_FORMAT}-{config.fingerprint()}-{measurement_fingerprint()}"
         return folder / f"{self.content_hash(study_path)[:40]}.npz"
 
     def get(self, study_path: str | os.PathLike, config: PreprocessConfig) -> np.ndarray:

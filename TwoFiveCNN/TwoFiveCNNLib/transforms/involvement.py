@@ -19,6 +19,8 @@ Involved share = (ground glass + consolidation) / lung volume, both counted in v
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -59,6 +61,18 @@ class InvolvementSettings:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+# Bump when the lung mask or the bands change in code without a settings change (2: edge lesions'
+# rims grown toward the chest wall), so results kept from the old method are not reused.
+MEASUREMENT_METHOD = 2
+
+
+def measurement_fingerprint() -> str:
+    """Identifies how lung features are measured by default (method and settings): stored lung
+    features are reused only when it matches."""
+    data = {"method": MEASUREMENT_METHOD, "lungs": asdict(LungSettings()), "involvement": asdict(InvolvementSettings())}
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:8]
 
 
 def band_labels(hu: np.ndarray, lungs: np.ndarray, spacing_zyx: tuple[float, float, float],

@@ -13,7 +13,9 @@ Steps, each cheap enough for a 512 x 512 x 300 study in well under a second on t
 3. lungs: the largest remaining 3D regions, split into right and left at the mediastinum;
 4. each lung closed on its own with a square "rolling ball" and its slice holes filled, so that
    consolidation at the lung's edge and vessels inside it belong to the lung, while nothing bridges
-   the mediastinum to the other lung.
+   the mediastinum to the other lung;
+5. the outer layer of a consolidation against the chest wall, which no closing of the aerated lung
+   reaches (nothing aerated lies beyond it), grown back out a few mm toward the chest wall.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from itertools import pairwise
 import numpy as np
 from scipy import ndimage
 
-from .morphology import bounding_box, box_closing
+from .morphology import bounding_box, box_closing, box_dilation, box_erosion
 
 RIGHT_LUNG, LEFT_LUNG = 1, 2
 LUNG_NAMES = {RIGHT_LUNG: "right", LEFT_LUNG: "left"}
@@ -48,6 +50,9 @@ class LungSettings:
     closing_mm: float = 12.0  # in-plane half-width of the box that closes each lung (fills edge lesions)
     closing_z_mm: float = 20.0  # its half-height: a lesion the lung surrounds above and below is filled too
     closing_max_hu: float = 200.0  # closing adds no denser voxels (bone, contrast-filled vessels)
+    rim_seed_depth_mm: float = 4.5  # dense lung this far in-plane from aerated lung, at the lung's edge, is a lesion
+    rim_mm: float = 6.0  # how far such a lesion is grown out toward the chest wall
+    rim_outer_depth_share: float = 0.5  # ... only in the outer half of the body's depth (chest wall, not mediastinum)
     min_lung_ml: float = 30.0  # smaller air regions are not a lung
 
 
@@ -219,7 +224,7 @@ def segment_lungs_coarse(hu: np.ndarray, spacing_zyx: tuple[float, float, float]
         return labels, factors
     # Beyond the box around everything denser than air, each slice is air that reaches the image's
     # border: working inside that box (plus room to close) changes nothing and skips the empty field.
-    margin = (0, *(max(1, round(settings.closing_mm / s)) for s in spacing[1:]))
+    margin = (0, *(max(1, round(max(settings.closing_mm, settings.rim_mm) / s)) for s in spacing[1:]))
     outer = bounding_box(~air, margin)
     coarse, air = coarse[outer], air[outer]
     inside_air, air_labels = _enclosed_regions(air)
@@ -232,6 +237,7 @@ def segment_lungs_coarse(hu: np.ndarray, spacing_zyx: tuple[float, float, float]
     crop = bounding_box(inside_air, margin)
     lungs = np.zeros(coarse.shape, dtype=np.uint8)
     lungs[crop] = _lung_labels(coarse[crop], inside_air[crop], body[crop], spacing, settings)
+    _grow_lesion_rims(lungs, coarse, body, crop, spacing, settings)
     labels[outer] = lungs
     return labels, factors
 
@@ -269,6 +275,87 @@ def _lung_labels(hu: np.ndarray, inside_air: np.ndarray, body: np.ndarray,
     for side, closed_side in zip(sides, closed_sides):
         closed[closed_side & (closed == 0)] = side
     return closed
+
+
+def _grow_lesion_rims(labels: np.ndarray, hu: np.ndarray, body: np.ndarray, box: tuple[slice, slice, slice],
+                      spacing: tuple[float, float, float], settings: LungSettings) -> None:
+    """Grow, in place, each lung's edge lesions out toward the chest wall by up to ``rim_mm``; ``box``
+    holds the lungs with at least ``rim_mm`` to spare in-plane.
+
+    Closing fills a consolidation only as far as aerated lung surrounds it: where the lesion replaced
+    the lung out to the pleura, its outer layer is as dense as the chest wall and outside the box's
+    reach. A lesion is told from the pleura's partial volume and from vessels by its depth: a dense
+    voxel on the lung's in-plane edge at least ``rim_seed_depth_mm`` from any aerated voxel of the
+    lung. From there the lung grows into soft tissue (``air_hu`` up to ``closing_max_hu``) only
+    outward (each step farther from the slice's body centre) and only in the outer part of the body
+    (depth from the skin at most ``rim_outer_depth_share`` of the slice's deepest), so it can reach
+    the chest wall but never the mediastinum, the heart or the other lung.
+    """
+    steps = round(settings.rim_mm / min(spacing[1:]))
+    if steps == 0:
+        return
+    sub_labels, sub_hu = labels[box], hu[box]  # views: growing writes into ``labels``
+    lungs = sub_labels > 0
+    if not lungs.any():
+        return
+    reach = [max(1, round(settings.rim_seed_depth_mm / s)) for s in spacing[1:]]
+    near_aerated = box_dilation(lungs & (sub_hu < settings.air_hu), (1, 2 * reach[0] + 1, 2 * reach[1] + 1))
+    seeds = lungs & ~box_erosion(lungs, (1, 3, 3)) & ~near_aerated & (sub_hu >= settings.air_hu)
+    del lungs, near_aerated
+    seed_slices = np.nonzero(seeds.any(axis=(1, 2)))[0]
+    if seed_slices.size == 0:
+        return
+    # The depth gate and the body centre need the whole slice: the skin lies beyond the lungs' box.
+    outer, gate_step, centres = _outer_body(body[box[0]][seed_slices], spacing[1:], settings.rim_outer_depth_share)
+    row0, column0 = box[1].start, box[2].start
+    for z, outer_z, centre in zip(seed_slices, outer, centres):
+        rows, columns = np.nonzero(seeds[z])
+        rows = np.arange(max(0, rows.min() - steps - 1), min(seeds.shape[1], rows.max() + steps + 2))
+        columns = np.arange(max(0, columns.min() - steps - 1), min(seeds.shape[2], columns.max() + steps + 2))
+        window = (slice(rows[0], rows[-1] + 1), slice(columns[0], columns[-1] + 1))
+        rows, columns = rows + row0, columns + column0  # on the whole slice
+        hu_window = sub_hu[z][window]
+        open_tissue = (sub_labels[z][window] == 0) & (hu_window >= settings.air_hu) \
+            & (hu_window < settings.closing_max_hu) & outer_z[np.ix_(rows // gate_step, columns // gate_step)]
+        radius = np.hypot((rows[:, None] - centre[0]) * spacing[1], (columns[None, :] - centre[1]) * spacing[2])
+        _grow_outward(sub_labels[z][window], seeds[z][window], open_tissue, radius, steps)
+
+
+def _outer_body(body: np.ndarray, pixel_mm: tuple[float, float], share: float
+                ) -> tuple[np.ndarray, int, np.ndarray]:
+    """Per slice of ``body``: where the depth from the skin is at most ``share`` of the slice's deepest,
+    on a grid of about 8 mm (a coarse gate; every ``step``-th voxel), with that step and the body's
+    centre (row, column; from the same grid). The array's edge counts as skin: a field of view that cuts the body has its
+    chest wall there."""
+    step = max(1, round(8.0 / min(pixel_mm)))
+    coarse = np.pad(body[:, ::step, ::step], ((0, 0), (1, 1), (1, 1)))
+    outer = np.empty(coarse.shape, dtype=bool)
+    for z, section in enumerate(coarse):
+        depth = ndimage.distance_transform_edt(section, sampling=(pixel_mm[0] * step, pixel_mm[1] * step))
+        outer[z] = depth <= share * depth.max()
+    coarse = coarse[:, 1:-1, 1:-1]
+    area = np.maximum(coarse.sum(axis=(1, 2)), 1)
+    centres = step * np.stack([(coarse.sum(axis=2) * np.arange(coarse.shape[1])).sum(axis=1) / area,
+                               (coarse.sum(axis=1) * np.arange(coarse.shape[2])).sum(axis=1) / area], axis=1)
+    return outer[:, 1:-1, 1:-1], step, centres
+
+
+def _grow_outward(labels: np.ndarray, seeds: np.ndarray, open_tissue: np.ndarray, radius: np.ndarray,
+                  steps: int) -> None:
+    """Grow each lung's ``seeds`` into ``open_tissue`` (2D, in place), ``steps`` 4-connected steps,
+    each step only to voxels farther from the body centre (``radius``) than the voxel grown from."""
+    cross = ndimage.generate_binary_structure(2, 1)
+    for side in (RIGHT_LUNG, LEFT_LUNG):
+        front = seeds & (labels == side)
+        for _ in range(steps):
+            if not front.any():
+                break
+            nearest = ndimage.minimum_filter(np.where(front, radius, np.inf), footprint=cross, mode="constant",
+                                             cval=np.inf)
+            grown = open_tissue & (radius > nearest)
+            labels[grown] = side
+            open_tissue &= ~grown
+            front = grown
 
 
 def segment_lungs(hu: np.ndarray, spacing_zyx: tuple[float, float, float],
