@@ -190,3 +190,15 @@ def test_missing_study_and_default_root(cache, tmp_path, monkeypatch):
     monkeypatch.delenv("TWOFIVECNN_CACHE")
     monkeypatch.setenv("HOME", str(tmp_path))
     assert default_cache_root() == Path(os.path.expanduser("~")) / ".cache" / "twofivecnn"
+
+
+def test_a_new_lung_measurement_misses(cache, study, monkeypatch):
+    """Entries hold lung features: a study measured by an older lung method is preprocessed again."""
+    from TwoFiveCNNLib.transforms import involvement
+
+    cache.get(study, CONFIG)
+    before = cache.entry_path(study, CONFIG)
+    monkeypatch.setattr(involvement, "MEASUREMENT_METHOD", involvement.MEASUREMENT_METHOD + 1)
+    assert cache.entry_path(study, CONFIG) != before
+    cache.get(study, CONFIG)
+    assert cache.misses == 2
