@@ -325,8 +325,8 @@ def _outer_body(body: np.ndarray, pixel_mm: tuple[float, float], share: float
                 ) -> tuple[np.ndarray, int, np.ndarray]:
     """Per slice of ``body``: where the depth from the skin is at most ``share`` of the slice's deepest,
     on a grid of about 8 mm (a coarse gate; every ``step``-th voxel), with that step and the body's
-    centre (row, column; from the same grid). The array's edge counts as skin: a field of view that cuts the body has its
-    chest wall there."""
+    centre (row, column; from the same grid). The array's edge counts as skin: a field of view that
+    cuts the body has its chest wall there."""
     step = max(1, round(8.0 / min(pixel_mm)))
     coarse = np.pad(body[:, ::step, ::step], ((0, 0), (1, 1), (1, 1)))
     outer = np.empty(coarse.shape, dtype=bool)
