@@ -1,14 +1,18 @@
 """The lung and involvement figures the README quotes, measured on the slicerio chest CT (against its
 expert lung segments) and on phantoms of every grade at 1 mm and 5 mm slices. The dorsal
 consolidation rows are measured twice: by the HU lung mask alone, and as ``predict`` measures them
-with the bundled demo model, whose lesion network adds its lesion voxels to the lungs.
+with the bundled demo model, whose lesion network adds its lesion voxels to the lungs. The edge
+lesion rows insert consolidation balls at the lung's edge (those of ``Testing/test_lungs.py``) into
+slicerio's CT and into any real chest CTs named on the command line:
 
-    .venv/bin/python scripts/lung_figures.py > benchmarks/lung_figures.json
+    .venv/bin/python scripts/real_bases.py /tmp/bases
+    .venv/bin/python scripts/lung_figures.py /tmp/bases/*.nrrd > benchmarks/lung_figures.json
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +21,10 @@ from TwoFiveCNNLib.data.phantoms import generate_phantom
 from TwoFiveCNNLib.inference.predict import load_model, predict_volume
 from TwoFiveCNNLib.io.volume import Volume, read_volume
 from TwoFiveCNNLib.transforms.involvement import lung_involvement
-from TwoFiveCNNLib.transforms.lungs import LEFT_LUNG, RIGHT_LUNG, segment_lungs
+from TwoFiveCNNLib.transforms.lungs import LEFT_LUNG, RIGHT_LUNG, LungSettings, segment_lungs
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "Testing"))
+from test_lungs import edge_lesions  # the tests' lesions: one implementation
 
 PHANTOM_SEEDS = {"1 mm slices": 5, "5 mm slices": 57, "drawn spacing": 1}
 
@@ -74,6 +81,39 @@ def dorsal_consolidation_figures() -> list[dict]:
     return rows
 
 
+def edge_lesion_figures(bases: list[str]) -> list[dict]:
+    """Eighteen +30 HU balls (12 and 20 mm radius) on the right lung's back, side and front at three
+    heights: per study, the share of each inside the right lung with the lesions' rims grown (the
+    default) and with closing alone (``rim_mm=0``), and what the growth adds to the untouched study.
+    On slicerio's CT the balls are cut from its expert right lung; on other CTs, from the aerated
+    voxels (below -400 HU) of the study's own lung mask."""
+    data = Path(slicerio.__file__).parent / "data"
+    rows = []
+    for path in [data / "CTChest4.nrrd", *map(Path, bases)]:
+        volume = read_volume(path)
+        if path.name == "CTChest4.nrrd":
+            segmentation = slicerio.read_segmentation(str(data / "Segmentation.seg.nrrd"))
+            values = {s["name"]: s["labelValue"] for s in segmentation["segments"]}
+            expert = Volume.from_original(np.transpose(segmentation["voxels"], (2, 1, 0)), volume.geometry).array
+            reference = np.where(expert == values["right lung"], RIGHT_LUNG, 0)
+        else:
+            reference = np.where(volume.array < -400, segment_lungs(volume.array, volume.spacing_zyx), 0)
+        row = {"study": path.name, "spacing_mm": [round(s, 2) for s in volume.spacing_zyx]}
+        for name, settings in (("rims_grown", LungSettings()), ("closing_only", LungSettings(rim_mm=0))):
+            inside = [float((segment_lungs(hu, volume.spacing_zyx, settings)[lesion] == RIGHT_LUNG).mean())
+                      for hu, lesion in edge_lesions(volume, reference)]
+            row[name] = {"mean_inside": round(float(np.mean(inside)), 3), "min_inside": round(min(inside), 3),
+                         "inside": [round(v, 2) for v in inside]}
+        untouched = {}
+        for name, settings in (("rims_grown", LungSettings()), ("closing_only", LungSettings(rim_mm=0))):
+            report, _ = lung_involvement(volume.array, volume.spacing_zyx, lung_settings=settings)
+            untouched[name] = {"lung_volume_ml": report["lungs"]["volume_ml"],
+                               "involved_percent": round(100 * report["involved_share"], 2)}
+        row["untouched"] = untouched
+        rows.append(row)
+    return rows
+
+
 def phantom_figures() -> list[dict]:
     rows = []
     for name, seed in PHANTOM_SEEDS.items():
@@ -94,5 +134,5 @@ if __name__ == "__main__":
     phantoms = phantom_figures()
     exact = sum(row["grade_by_involvement"] == row["label"] for row in phantoms)
     print(json.dumps({"chest": chest_figures(), "dorsal_consolidation": dorsal_consolidation_figures(),
-                      "phantoms": phantoms,
+                      "edge_lesions": edge_lesion_figures(sys.argv[1:]), "phantoms": phantoms,
                       "phantom_grades_exact": f"{exact}/{len(phantoms)}"}, indent=1))
