@@ -33,17 +33,23 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return round(2 * float((a & b).sum()) / max(1, int(a.sum() + b.sum())), 4)
 
 
-def chest_figures() -> dict:
+def slicerio_chest() -> tuple[Volume, np.ndarray, np.ndarray]:
+    """slicerio's chest CT and its expert right and left lungs on the CT's canonical grid."""
     data = Path(slicerio.__file__).parent / "data"
     chest = read_volume(data / "CTChest4.nrrd")
     segmentation = slicerio.read_segmentation(str(data / "Segmentation.seg.nrrd"))
     values = {s["name"]: s["labelValue"] for s in segmentation["segments"]}
     reference = Volume.from_original(np.transpose(segmentation["voxels"], (2, 1, 0)), chest.geometry).array
+    return chest, reference == values["right lung"], reference == values["left lung"]
+
+
+def chest_figures() -> dict:
+    chest, right, left = slicerio_chest()
     labels = segment_lungs(chest.array, chest.spacing_zyx)
     report, _ = lung_involvement(chest.array, chest.spacing_zyx)
     return {"study": "slicerio CTChest4 (3.05 x 3.05 x 10 mm)",
-            "dice_right": dice(labels == RIGHT_LUNG, reference == values["right lung"]),
-            "dice_left": dice(labels == LEFT_LUNG, reference == values["left lung"]),
+            "dice_right": dice(labels == RIGHT_LUNG, right),
+            "dice_left": dice(labels == LEFT_LUNG, left),
             "lung_volume_ml": report["lungs"]["volume_ml"],
             "involved_percent": round(100 * report["involved_share"], 2), "grade": report["grade"],
             "bands_percent": {k: round(100 * v, 2) for k, v in report["lungs"]["bands_share"].items()}}
@@ -55,13 +61,8 @@ def dorsal_consolidation_figures() -> list[dict]:
     bring back tissue the lung no longer surrounds, so how much of it the mask keeps is what this
     reports, for the HU mask and for the demo model's prediction (lesion network voxels added)."""
     model = load_model(None, "cpu")
-    data = Path(slicerio.__file__).parent / "data"
-    chest = read_volume(data / "CTChest4.nrrd")
-    segmentation = slicerio.read_segmentation(str(data / "Segmentation.seg.nrrd"))
-    values = {s["name"]: s["labelValue"] for s in segmentation["segments"]}
-    reference = Volume.from_original(np.transpose(segmentation["voxels"], (2, 1, 0)), chest.geometry).array
-    right = reference == values["right lung"]
-    lungs = np.isin(reference, (values["right lung"], values["left lung"]))
+    chest, right, left = slicerio_chest()
+    lungs = right | left
     back = np.where(right.any(axis=1), right.shape[1] - 1 - np.argmax(right[:, ::-1, :], axis=1), -1)  # [z, x]
     rows = []
     for depth_mm in (15, 25, 40):
@@ -87,25 +88,21 @@ def edge_lesion_figures(bases: list[str]) -> list[dict]:
     default) and with closing alone (``rim_mm=0``), and what the growth adds to the untouched study.
     On slicerio's CT the balls are cut from its expert right lung; on other CTs, from the aerated
     voxels (below -400 HU) of the study's own lung mask."""
-    data = Path(slicerio.__file__).parent / "data"
+    chest, expert_right, _ = slicerio_chest()
     rows = []
-    for path in [data / "CTChest4.nrrd", *map(Path, bases)]:
-        volume = read_volume(path)
-        if path.name == "CTChest4.nrrd":
-            segmentation = slicerio.read_segmentation(str(data / "Segmentation.seg.nrrd"))
-            values = {s["name"]: s["labelValue"] for s in segmentation["segments"]}
-            expert = Volume.from_original(np.transpose(segmentation["voxels"], (2, 1, 0)), volume.geometry).array
-            reference = np.where(expert == values["right lung"], RIGHT_LUNG, 0)
+    for path in [None, *map(Path, bases)]:
+        if path is None:
+            volume, reference, study = chest, np.where(expert_right, RIGHT_LUNG, 0), "CTChest4.nrrd"
         else:
+            volume, study = read_volume(path), path.name
             reference = np.where(volume.array < -400, segment_lungs(volume.array, volume.spacing_zyx), 0)
-        row = {"study": path.name, "spacing_mm": [round(s, 2) for s in volume.spacing_zyx]}
+        row = {"study": study, "spacing_mm": [round(s, 2) for s in volume.spacing_zyx]}
+        untouched = {}
         for name, settings in (("rims_grown", LungSettings()), ("closing_only", LungSettings(rim_mm=0))):
             inside = [float((segment_lungs(hu, volume.spacing_zyx, settings)[lesion] == RIGHT_LUNG).mean())
                       for hu, lesion in edge_lesions(volume, reference)]
             row[name] = {"mean_inside": round(float(np.mean(inside)), 3), "min_inside": round(min(inside), 3),
                          "inside": [round(v, 2) for v in inside]}
-        untouched = {}
-        for name, settings in (("rims_grown", LungSettings()), ("closing_only", LungSettings(rim_mm=0))):
             report, _ = lung_involvement(volume.array, volume.spacing_zyx, lung_settings=settings)
             untouched[name] = {"lung_volume_ml": report["lungs"]["volume_ml"],
                                "involved_percent": round(100 * report["involved_share"], 2)}
