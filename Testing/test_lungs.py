@@ -220,6 +220,10 @@ def test_edge_lesion_rims_grow_toward_the_chest_wall_and_never_into_the_mediasti
     assert (grown[lateral] == RIGHT_LUNG).mean() >= (closed[lateral] == RIGHT_LUNG).mean() + 0.1
     # Against the mediastinum nothing grows: the left lung is as closing left it.
     assert np.array_equal(grown == LEFT_LUNG, closed == LEFT_LUNG) and (grown[medial] == LEFT_LUNG).mean() < 1
+    # Each step must go farther from the body's centre: that alone keeps the growth out of the
+    # mediastinum here, with the depth gate open (without both, the left lung grows into it).
+    ungated = segment_lungs(hu, spacing, LungSettings(rim_outer_depth_share=1.0))
+    assert np.array_equal(ungated == LEFT_LUNG, closed == LEFT_LUNG)
     # The growth is the cost too: where closing reached the lung's edge it goes on into the chest wall,
     # but never farther than ``rim_mm``.
     added = (grown > 0) & (closed == 0)
