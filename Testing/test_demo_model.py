@@ -41,15 +41,13 @@ def test_dependent_consolidation_joins_the_lungs_through_the_lesion_network(demo
     network, taught on consolidation painted against the chest wall, brings most of it back into the
     lungs and into the involved share."""
     import numpy as np
+    from test_lungs import dorsal_band
     from TwoFiveCNNLib.io.volume import Volume
     from TwoFiveCNNLib.transforms.involvement import lung_involvement
     from TwoFiveCNNLib.transforms.lungs import RIGHT_LUNG, segment_lungs
 
     chest = read_volume(chest_ct_path)
-    right = segment_lungs(chest.array, chest.spacing_zyx) == RIGHT_LUNG
-    back = np.where(right.any(axis=1), right.shape[1] - 1 - np.argmax(right[:, ::-1, :], axis=1), -1)  # [z, x]
-    rows = np.arange(right.shape[1])[None, :, None]
-    band = right & (rows > back[:, None, :] - 40 / chest.spacing_zyx[1])
+    band = dorsal_band(segment_lungs(chest.array, chest.spacing_zyx) == RIGHT_LUNG, chest.spacing_zyx, 40)
     hu = chest.array.astype(np.int16)
     hu[band] = 30
     hu_report, hu_bands = lung_involvement(hu, chest.spacing_zyx)

@@ -152,6 +152,14 @@ def edge_lesions(chest: Volume, reference_lungs: np.ndarray):
                 yield hu, lesion
 
 
+def dorsal_band(lung: np.ndarray, spacing_zyx: tuple[float, float, float], depth_mm: float) -> np.ndarray:
+    """The back of ``lung`` (a mask) to ``depth_mm`` from its hindmost voxel in each column of each
+    slice, over its whole height: where dependent consolidation lies."""
+    back = np.where(lung.any(axis=1), lung.shape[1] - 1 - np.argmax(lung[:, ::-1, :], axis=1), -1)  # [z, x]
+    rows = np.arange(lung.shape[1])[None, :, None]
+    return lung & (rows > back[:, None, :] - depth_mm / spacing_zyx[1])
+
+
 def edge_lesions_inside(chest: Volume, reference_lungs: np.ndarray, settings: LungSettings | None = None
                         ) -> tuple[list[float], int, int]:
     """Per edge lesion, the share of its voxels in the right lung; over all, the voxels caught and the

@@ -24,7 +24,7 @@ from TwoFiveCNNLib.transforms.involvement import lung_involvement
 from TwoFiveCNNLib.transforms.lungs import LEFT_LUNG, RIGHT_LUNG, LungSettings, segment_lungs
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "Testing"))
-from test_lungs import edge_lesions  # the tests' lesions: one implementation
+from test_lungs import dorsal_band, edge_lesions  # the tests' lesions: one implementation
 
 PHANTOM_SEEDS = {"1 mm slices": 5, "5 mm slices": 57, "drawn spacing": 1}
 
@@ -63,11 +63,9 @@ def dorsal_consolidation_figures() -> list[dict]:
     model = load_model(None, "cpu")
     chest, right, left = slicerio_chest()
     lungs = right | left
-    back = np.where(right.any(axis=1), right.shape[1] - 1 - np.argmax(right[:, ::-1, :], axis=1), -1)  # [z, x]
     rows = []
     for depth_mm in (15, 25, 40):
-        y = np.arange(right.shape[1])[None, :, None]
-        band = right & (y > back[:, None, :] - depth_mm / chest.spacing_zyx[1])
+        band = dorsal_band(right, chest.spacing_zyx, depth_mm)
         hu = chest.array.astype(np.int16)
         hu[band] = 30
         labels = segment_lungs(hu, chest.spacing_zyx)
