@@ -179,15 +179,17 @@ def edge_lesions_inside(chest: Volume, reference_lungs: np.ndarray, settings: Lu
 def test_consolidation_at_the_lung_edge_is_mostly_inside_and_counted(chest, reference_lungs):
     """Closing each lung (in-plane and along z) and growing its edge lesions out to the chest wall bring
     most of an edge consolidation into the lung, where a plain threshold keeps none of it; what is
-    inside is counted as involved. Without the growth the outer layer stays out."""
+    inside is counted as involved. Without the growth the outer layer stays out; without the seeds'
+    spread along z, the lesions' thin caps above and below their deepest slice do."""
     inside, caught_voxels, involved_voxels = edge_lesions_inside(chest, reference_lungs)
-    # Measured 0.89 on average (0.58..1.0); lesions of 12 mm radius on 3 x 3 x 10 mm voxels are partly
+    # Measured 0.95 on average (0.58..1.0); lesions of 12 mm radius on 3 x 3 x 10 mm voxels are partly
     # taken for vessels (measured 0.73 of the caught voxels involved overall).
-    assert np.mean(inside) >= 0.85 and min(inside) >= 0.5, np.round(inside, 2)
+    assert np.mean(inside) >= 0.9 and min(inside) >= 0.5, np.round(inside, 2)
     assert involved_voxels >= 0.7 * caught_voxels
-    closed_only, _, _ = edge_lesions_inside(chest, reference_lungs, LungSettings(rim_mm=0))
-    # Measured 0.80 (0.48..0.96): the rims grown are what lifts the lesions' outer layer into the lung.
-    assert np.mean(closed_only) < np.mean(inside) - 0.05, (np.round(closed_only, 2), np.round(inside, 2))
+    for weaker, measured in ((LungSettings(rim_mm=0), "0.80 (0.48..0.96)"),
+                             (LungSettings(rim_seed_spread_mm=0), "0.89 (0.58..1.0)")):
+        fewer, _, _ = edge_lesions_inside(chest, reference_lungs, weaker)
+        assert np.mean(fewer) < np.mean(inside) - 0.03, (weaker, measured, np.round(fewer, 2), np.round(inside, 2))
 
 
 @pytest.mark.xfail(strict=True, reason="issue 12: 58-100 % inside; wanted: at least 90 % everywhere. The misses "
@@ -224,7 +226,7 @@ def test_edge_lesion_rims_grow_toward_the_chest_wall_and_never_into_the_mediasti
     hu, spacing, right, lateral, medial = chest_with_edge_lesions()
     grown = segment_lungs(hu, spacing)
     closed = segment_lungs(hu, spacing, LungSettings(rim_mm=0))
-    # Measured 0.83 inside with the growth, 0.67 with closing alone.
+    # Measured 0.87 inside with the growth (0.83 without the seeds' spread along z), 0.67 with closing alone.
     assert (grown[lateral] == RIGHT_LUNG).mean() >= (closed[lateral] == RIGHT_LUNG).mean() + 0.1
     # Against the mediastinum nothing grows: the left lung is as closing left it.
     assert np.array_equal(grown == LEFT_LUNG, closed == LEFT_LUNG) and (grown[medial] == LEFT_LUNG).mean() < 1

@@ -51,6 +51,7 @@ class LungSettings:
     closing_z_mm: float = 20.0  # its half-height: a lesion the lung surrounds above and below is filled too
     closing_max_hu: float = 200.0  # closing adds no denser voxels (bone, contrast-filled vessels)
     rim_seed_depth_mm: float = 4.5  # dense lung this far in-plane from aerated lung, at the lung's edge, is a lesion
+    rim_seed_spread_mm: float = 10.0  # ... and dense lung joined to it within this many mm along z (its thin caps)
     rim_mm: float = 6.0  # how far such a lesion is grown out toward the chest wall
     rim_outer_depth_share: float = 0.5  # ... only in the outer half of the body's depth (chest wall, not mediastinum)
     min_lung_ml: float = 30.0  # smaller air regions are not a lung
@@ -286,7 +287,9 @@ def _grow_lesion_rims(labels: np.ndarray, hu: np.ndarray, body: np.ndarray, box:
     the lung out to the pleura, its outer layer is as dense as the chest wall and outside the box's
     reach. A lesion is told from the pleura's partial volume and from vessels by its depth: a dense
     voxel on the lung's in-plane edge at least ``rim_seed_depth_mm`` from any aerated voxel of the
-    lung. From there the lung grows into soft tissue (``air_hu`` up to ``closing_max_hu``) only
+    lung. The seeds spread through dense lung by up to ``rim_seed_spread_mm`` along z (as many
+    voxel steps in-plane) to the lung's edge: the lesion's caps in the slices above and below are too
+    thin to be deep, yet they replaced lung out to the pleura as well. From there the lung grows into soft tissue (``air_hu`` up to ``closing_max_hu``) only
     outward (each step farther from the slice's body centre) and only in the outer part of the body
     (depth from the skin at most ``rim_outer_depth_share`` of the slice's deepest), so it can reach
     the chest wall but never the mediastinum, the heart or the other lung.
@@ -300,8 +303,16 @@ def _grow_lesion_rims(labels: np.ndarray, hu: np.ndarray, body: np.ndarray, box:
         return
     reach = [max(1, round(settings.rim_seed_depth_mm / s)) for s in spacing[1:]]
     near_aerated = box_dilation(lungs & (sub_hu < settings.air_hu), (1, 2 * reach[0] + 1, 2 * reach[1] + 1))
-    seeds = lungs & ~box_erosion(lungs, (1, 3, 3)) & ~near_aerated & (sub_hu >= settings.air_hu)
+    dense = lungs & (sub_hu >= settings.air_hu)
+    edge = lungs & ~box_erosion(lungs, (1, 3, 3))
+    seeds = edge & dense & ~near_aerated
     del lungs, near_aerated
+    if settings.rim_seed_spread_mm > 0 and seeds.any():
+        spread = seeds
+        for _ in range(max(1, round(settings.rim_seed_spread_mm / spacing[0]))):
+            spread = box_dilation(spread, (3, 3, 3)) & dense
+        seeds |= spread & edge
+    del dense, edge
     seed_slices = np.nonzero(seeds.any(axis=(1, 2)))[0]
     if seed_slices.size == 0:
         return
@@ -344,18 +355,34 @@ def _grow_outward(labels: np.ndarray, seeds: np.ndarray, open_tissue: np.ndarray
                   steps: int) -> None:
     """Grow each lung's ``seeds`` into ``open_tissue`` (2D, in place), ``steps`` 4-connected steps,
     each step only to voxels farther from the body centre (``radius``) than the voxel grown from."""
-    cross = ndimage.generate_binary_structure(2, 1)
+    # Per direction, the voxels one step outward of their neighbour that way: geometry alone, so the
+    # steps are shifted boolean masks.
+    outward = []
+    for axis in (0, 1):
+        for forward in (True, False):
+            step_from, step_to = _neighbour_slices(radius.ndim, axis, forward)
+            allowed = np.zeros(radius.shape, dtype=bool)
+            allowed[step_to] = radius[step_to] > radius[step_from]
+            outward.append((step_from, step_to, allowed))
     for side in (RIGHT_LUNG, LEFT_LUNG):
         front = seeds & (labels == side)
         for _ in range(steps):
             if not front.any():
                 break
-            nearest = ndimage.minimum_filter(np.where(front, radius, np.inf), footprint=cross, mode="constant",
-                                             cval=np.inf)
-            grown = open_tissue & (radius > nearest)
+            reached = np.zeros_like(front)
+            for step_from, step_to, allowed in outward:
+                reached[step_to] |= front[step_from] & allowed[step_to]
+            grown = reached & open_tissue
             labels[grown] = side
             open_tissue &= ~grown
             front = grown
+
+
+def _neighbour_slices(ndim: int, axis: int, forward: bool) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+    """Index pairs (from, to) that pair each voxel with its neighbour one step along ``axis``."""
+    low, high = [slice(None)] * ndim, [slice(None)] * ndim
+    low[axis], high[axis] = slice(None, -1), slice(1, None)
+    return (tuple(low), tuple(high)) if forward else (tuple(high), tuple(low))
 
 
 def segment_lungs(hu: np.ndarray, spacing_zyx: tuple[float, float, float],
