@@ -193,8 +193,9 @@ def test_consolidation_at_the_lung_edge_is_mostly_inside_and_counted(chest, refe
 
 
 @pytest.mark.xfail(strict=True, reason="issue 12: 58-100 % inside; wanted: at least 90 % everywhere. The misses "
-                                       "are lesions that replace a lung's tip in its slice, beyond where the lung "
-                                       "of the slices above and below reaches (nothing tells where the tip was)")
+                                       "are lesions that replace a lung's tip in its slice (here the front tip beside "
+                                       "the sternum, toward the midline), beyond where the lung of the slices above "
+                                       "and below reaches: nothing tells where the tip was")
 def test_consolidation_at_the_lung_edge_is_inside_everywhere(chest, reference_lungs):
     for hu, lesion in edge_lesions(chest, reference_lungs):
         assert (segment_lungs(hu, chest.spacing_zyx)[lesion] == RIGHT_LUNG).mean() >= 0.9
