@@ -257,6 +257,34 @@ def test_box_morphology_equals_scipy_ndimage():
         np.testing.assert_array_equal(box_dilation(mask, size), ndimage.maximum_filter(mask.view(np.uint8), size=size) > 0)
 
 
+def test_outward_growth_steps_equal_a_minimum_filter():
+    """The rims' growth in shifted boolean steps reaches what the plain rule does: a voxel joins when a
+    4-neighbour of the front lies nearer the body centre (the least front radius around it, by
+    scipy.ndimage's minimum filter), on random slices with both lungs' seeds."""
+    from TwoFiveCNNLib.transforms.lungs import _grow_outward
+
+    cross = ndimage.generate_binary_structure(2, 1)
+    rng = np.random.default_rng(1)
+    for _ in range(50):
+        shape = tuple(int(s) for s in rng.integers(2, 24, 2))
+        labels = rng.choice([0, RIGHT_LUNG, LEFT_LUNG], size=shape, p=[0.8, 0.1, 0.1]).astype(np.uint8)
+        seeds = (labels > 0) & (rng.random(shape) < 0.5)
+        open_tissue = (labels == 0) & (rng.random(shape) < 0.8)
+        radius = rng.random(shape) * 10
+        steps = int(rng.integers(1, 5))
+        expected, still_open = labels.copy(), open_tissue.copy()
+        for side in (RIGHT_LUNG, LEFT_LUNG):
+            front = seeds & (expected == side)
+            for _ in range(steps):
+                nearest = ndimage.minimum_filter(np.where(front, radius, np.inf), footprint=cross,
+                                                 mode="constant", cval=np.inf)
+                front = still_open & (radius > nearest)
+                expected[front] = side
+                still_open &= ~front
+        _grow_outward(labels, seeds, open_tissue, radius, steps)
+        np.testing.assert_array_equal(labels, expected)
+
+
 # ------------------------------------------------------------------------------------------ phantoms
 
 

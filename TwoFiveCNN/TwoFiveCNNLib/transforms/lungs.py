@@ -287,12 +287,13 @@ def _grow_lesion_rims(labels: np.ndarray, hu: np.ndarray, body: np.ndarray, box:
     the lung out to the pleura, its outer layer is as dense as the chest wall and outside the box's
     reach. A lesion is told from the pleura's partial volume and from vessels by its depth: a dense
     voxel on the lung's in-plane edge at least ``rim_seed_depth_mm`` from any aerated voxel of the
-    lung. The seeds spread through dense lung by up to ``rim_seed_spread_mm`` along z (as many
-    voxel steps in-plane) to the lung's edge: the lesion's caps in the slices above and below are too
-    thin to be deep, yet they replaced lung out to the pleura as well. From there the lung grows into soft tissue (``air_hu`` up to ``closing_max_hu``) only
-    outward (each step farther from the slice's body centre) and only in the outer part of the body
-    (depth from the skin at most ``rim_outer_depth_share`` of the slice's deepest), so it can reach
-    the chest wall but never the mediastinum, the heart or the other lung.
+    lung. The seeds spread through dense lung by up to ``rim_seed_spread_mm`` along z (as many voxel
+    steps in-plane) to the lung's edge: a lesion's caps in the slices above and below are too thin to
+    be deep, yet they replaced lung out to the pleura as well. From there the lung grows into soft
+    tissue (``air_hu`` up to ``closing_max_hu``) only outward (each step farther from the slice's
+    body centre) and only in the outer part of the body (depth from the skin at most
+    ``rim_outer_depth_share`` of the slice's deepest), so it can reach the chest wall but never the
+    mediastinum, the heart or the other lung.
     """
     steps = round(settings.rim_mm / min(spacing[1:]))
     if steps == 0:
