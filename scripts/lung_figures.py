@@ -83,7 +83,8 @@ def dorsal_consolidation_figures() -> list[dict]:
 def edge_lesion_figures(bases: list[str]) -> list[dict]:
     """Eighteen +30 HU balls (12 and 20 mm radius) on the right lung's back, side and front at three
     heights: per study, the share of each inside the right lung with the lesions' rims grown (the
-    default) and with closing alone (``rim_mm=0``), and what the growth adds to the untouched study.
+    default), with closing alone (``rim_mm=0``) and with rims grown from seeds that do not spread
+    along z (``rim_seed_spread_mm=0``), and what each gives on the untouched study.
     On slicerio's CT the balls are cut from its expert right lung; on other CTs, from the aerated
     voxels (below -400 HU) of the study's own lung mask."""
     chest, expert_right, _ = slicerio_chest()
@@ -96,7 +97,8 @@ def edge_lesion_figures(bases: list[str]) -> list[dict]:
             reference = np.where(volume.array < -400, segment_lungs(volume.array, volume.spacing_zyx), 0)
         row = {"study": study, "spacing_mm": [round(s, 2) for s in volume.spacing_zyx]}
         untouched = {}
-        for name, settings in (("rims_grown", LungSettings()), ("closing_only", LungSettings(rim_mm=0))):
+        for name, settings in (("rims_grown", LungSettings()), ("closing_only", LungSettings(rim_mm=0)),
+                               ("seeds_not_spread", LungSettings(rim_seed_spread_mm=0))):
             inside = [float((segment_lungs(hu, volume.spacing_zyx, settings)[lesion] == RIGHT_LUNG).mean())
                       for hu, lesion in edge_lesions(volume, reference)]
             row[name] = {"mean_inside": round(float(np.mean(inside)), 3), "min_inside": round(min(inside), 3),
