@@ -253,6 +253,7 @@ def predict_volume(model: AnyModel, volume: Volume, times: StageTimes | None = N
         # the memory of float32 for a map shown and stored in steps of 1/255 anyway).
         lesions = lesion_map(coarse_bands, analysis.spacing_zyx, beyond_lungs=learned)
         del learned
+        release_freed_memory()  # before the largest array of the prediction: the map on the input grid
         evidence_kji = volume.to_original(to_native(lesions, factors, volume.array.shape))
         del lesions
         bands_kji = BandLabels(coarse_bands, factors, volume.array.shape, volume.geometry)
