@@ -1,6 +1,6 @@
 """What ONNX Runtime gives ``predict`` against torch: the cold start without torch, the networks' speed,
-the peak memory of each process (Linux ``VmHWM``; None elsewhere), and how far its probabilities move
-from eager PyTorch's.
+the peak memory of each process (``io.memory.peak_rss_kb``), and how far its probabilities move from
+eager PyTorch's.
 
     .venv/bin/python scripts/onnx_runtime_measure.py > benchmarks/onnx_runtime.json
 
@@ -62,8 +62,9 @@ else:
     model.lesion_probabilities(grid)
     assert "torch" not in sys.modules, "torch was imported"
 marks["networks"] = time.perf_counter() - start
-peak_kb = next((int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:")), None)
-print(json.dumps({"marks": marks, "probabilities": result.probabilities.tolist(), "peak_rss_kb": peak_kb}), flush=True)
+from TwoFiveCNNLib.io.memory import peak_rss_kb
+print(json.dumps({"marks": marks, "probabilities": result.probabilities.tolist(), "peak_rss_kb": peak_rss_kb()}),
+      flush=True)
 os._exit(0)  # as the command line ends: without the interpreter's teardown of torch
 """
 
@@ -113,8 +114,7 @@ def main() -> int:
                 record[label] = {"process_seconds": round(fastest["process_seconds"], 3),
                                  "process_matmuls": round(fastest["process_seconds"] / unit, 1),
                                  "marks_seconds": {k: round(v, 3) for k, v in fastest["marks"].items()},
-                                 "peak_rss_mb": None if fastest["peak_rss_kb"] is None
-                                 else round(fastest["peak_rss_kb"] / 1024),
+                                 "peak_rss_mb": round(fastest["peak_rss_kb"] / 1024),
                                  "max_probability_difference": float(np.abs(
                                      np.asarray(fastest["probabilities"]) - reference).max())}
             record["networks_warm"] = network_speed(model, exported, grid, unit)
