@@ -28,7 +28,7 @@ from itertools import pairwise
 import numpy as np
 from scipy import ndimage
 
-from .morphology import bounding_box, box_closing, box_dilation, box_erosion
+from .morphology import bounding_box, box_closing, box_dilation, box_erosion, offset_slices
 
 RIGHT_LUNG, LEFT_LUNG = 1, 2
 LUNG_NAMES = {RIGHT_LUNG: "right", LEFT_LUNG: "left"}
@@ -360,8 +360,8 @@ def _grow_outward(labels: np.ndarray, seeds: np.ndarray, open_tissue: np.ndarray
     # steps are shifted boolean masks.
     outward = []
     for axis in (0, 1):
-        for forward in (True, False):
-            step_from, step_to = _neighbour_slices(radius.ndim, axis, forward)
+        for offset in (-1, 1):
+            step_to, step_from = offset_slices(radius.shape, axis, offset)
             allowed = np.zeros(radius.shape, dtype=bool)
             allowed[step_to] = radius[step_to] > radius[step_from]
             outward.append((step_from, step_to, allowed))
@@ -377,13 +377,6 @@ def _grow_outward(labels: np.ndarray, seeds: np.ndarray, open_tissue: np.ndarray
             labels[grown] = side
             open_tissue &= ~grown
             front = grown
-
-
-def _neighbour_slices(ndim: int, axis: int, forward: bool) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
-    """Index pairs (from, to) that pair each voxel with its neighbour one step along ``axis``."""
-    low, high = [slice(None)] * ndim, [slice(None)] * ndim
-    low[axis], high[axis] = slice(None, -1), slice(1, None)
-    return (tuple(low), tuple(high)) if forward else (tuple(high), tuple(low))
 
 
 def segment_lungs(hu: np.ndarray, spacing_zyx: tuple[float, float, float],

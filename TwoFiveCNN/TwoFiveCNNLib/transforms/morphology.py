@@ -36,13 +36,20 @@ def _slide(mask: np.ndarray, size: int, axis: int, combine: np.ufunc) -> np.ndar
     for offset in range(-(size // 2), size - size // 2):
         if offset == 0 or abs(offset) >= length:
             continue
-        target = [slice(None)] * mask.ndim
-        source = [slice(None)] * mask.ndim
-        target[axis] = slice(max(0, -offset), length - max(0, offset))
-        source[axis] = slice(max(0, offset), length - max(0, -offset))
-        part = out[tuple(target)]
-        combine(part, mask[tuple(source)], out=part)
+        target, source = offset_slices(mask.shape, axis, offset)
+        part = out[target]
+        combine(part, mask[source], out=part)
     return out
+
+
+def offset_slices(shape: tuple[int, ...], axis: int, offset: int) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+    """Index pairs (target, source) that pair each voxel of an array of ``shape`` with the voxel
+    ``offset`` steps along ``axis`` (both inside the array): shifted views for boolean steps."""
+    length = shape[axis]
+    target, source = [slice(None)] * len(shape), [slice(None)] * len(shape)
+    target[axis] = slice(max(0, -offset), length - max(0, offset))
+    source[axis] = slice(max(0, offset), length - max(0, -offset))
+    return tuple(target), tuple(source)
 
 
 def box_erosion(mask: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
