@@ -15,16 +15,16 @@ from pathlib import Path
 
 import SimpleITK as sitk
 from TwoFiveCNNLib.inference.predict import load_model, predict_volume
-from TwoFiveCNNLib.io.volume import Geometry, Volume, read_image, read_volume, stored_flipped
+from TwoFiveCNNLib.io.volume import Geometry, Volume, image_from_original, read_volume, stored_flipped
 
 FLIPS = {"LPS": (False, False, False), "RAS": (False, True, True), "feet first": (True, False, False)}
 CROP_KEEP = (0.70, 0.76)  # the central share of the columns and rows kept: the body is cut at both sides
 THIN_MM = 1.0
 
 
-def as_brought(path: Path) -> dict[str, Volume]:
+def as_brought(volume: Volume) -> dict[str, Volume]:
     """The CT with its field of view cropped in-plane and, for thick slices, resampled to thin ones."""
-    image, _ = read_image(path)
+    image = image_from_original(volume.to_original(volume.array), volume.geometry)
     size, spacing = image.GetSize(), image.GetSpacing()
     margins = [round(n * (1 - keep) / 2) for n, keep in zip(size[:2], CROP_KEEP)]
     images = {"field of view cropped": image[margins[0]:size[0] - margins[0], margins[1]:size[1] - margins[1], :]}
@@ -33,7 +33,7 @@ def as_brought(path: Path) -> dict[str, Volume]:
         images[f"{THIN_MM:g} mm slices"] = sitk.Resample(
             image, thin_size, sitk.Transform(), sitk.sitkLinear, image.GetOrigin(), (*spacing[:2], THIN_MM),
             image.GetDirection(), -1024.0, image.GetPixelID())
-    return {name: Volume.from_original(sitk.GetArrayFromImage(variant), Geometry.from_sitk(variant), str(path))
+    return {name: Volume.from_original(sitk.GetArrayFromImage(variant), Geometry.from_sitk(variant), volume.source)
             for name, variant in images.items()}
 
 
@@ -47,7 +47,7 @@ def main() -> int:
     for path in args.ct:
         base = read_volume(path)
         studies = {orientation: stored_flipped(base, flips) for orientation, flips in FLIPS.items()}
-        studies.update(as_brought(path))
+        studies.update(as_brought(base))
         for orientation, volume in studies.items():
             prediction = predict_volume(model, volume)
             rows.append({"ct": path.name, "orientation": orientation, "grade": prediction.label,
