@@ -74,15 +74,29 @@ def _add_index(sub) -> None:
     p.add_argument("--fractions", default="0.7,0.15,0.15", help="train,val,test")
     p.add_argument("--folds", type=int, default=0,
                    help="instead, write K stratified cross-validation splits (<split stem>_foldN.json)")
+    p.add_argument("--read-images", action="store_true",
+                   help="also read every study to find one image saved in two files of other bytes (another "
+                        "format or compression); slow on a big folder, but the hashes are kept in the cache, so "
+                        "train and evaluate (which always compare images) need not read the studies again. "
+                        "Without it: files listed twice and copies of one file")
+    p.add_argument("--cache", type=Path, help="preprocessed cache folder (default ~/.cache/twofivecnn)")
     p.set_defaults(run=run_index)
 
 
 def run_index(args) -> int:
+    from ..data.cache import PreprocessedCache
     from ..data.index import DatasetIndex
+    from ..data.repeats import refuse_copied_files, refuse_repeated_images
     from ..data.splits import make_kfold, make_split
 
     index = DatasetIndex.load(args.data)
+    cache = PreprocessedCache(args.cache)
+    refuse_copied_files(index.studies, cache)
+    if args.read_images:
+        refuse_repeated_images(index.studies, cache, _counter("read images"))
     print(index.summary())
+    print("  every study a distinct " + ("image (voxels compared)" if args.read_images else
+                                         "file (voxels not compared: --read-images)"))
     if args.split and args.folds:
         for fold, split in enumerate(make_kfold(index, args.folds, args.seed)):
             path = args.split.with_name(f"{args.split.stem}_fold{fold}.json")

@@ -1,7 +1,9 @@
 """On-disk cache of studies already prepared for the model, so each epoch skips reading and resampling.
 
 Entries are keyed by the study's content (not its path) and the preprocessing fingerprint, so
-renaming or copying a study still hits, while editing the file or any setting misses.
+renaming or copying a study still hits, while editing the file or any setting misses. Beside them,
+whatever the settings, each study's voxel hash (:func:`voxel_hash`), recorded when its voxels are
+read anyway, so that finding one image listed twice costs no second read.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io.atomic import atomic_path
+from ..io.atomic import atomic_path, write_text_atomic
 from ..io.volume import read_volume
 from ..transforms.involvement import LUNG_FEATURES, lung_features, lung_involvement, measurement_fingerprint
 from ..transforms.preprocess import GridMapping, PreprocessConfig, to_model_grid
@@ -28,6 +30,8 @@ CACHE_ENV = "TWOFIVECNN_CACHE"
 # Part of every entry's folder name; bump when the entry format changes so old entries are ignored.
 CACHE_FORMAT = "v2"  # v2: entries also hold the study's lung features
 _CHUNK = 1 << 20
+# Folder of the voxel hashes, one small file per study content; bump when voxel_hash changes.
+VOXELS_FOLDER = "voxels-v1"
 
 # Header formats whose voxels live in a separate file, and the header line that names it.
 _DATA_FILE_FIELDS = {".mhd": re.compile(r"^\s*ElementDataFile\s*=\s*(.+?)\s*$", re.MULTILINE),
@@ -52,6 +56,16 @@ def study_files(path: Path) -> list[Path]:
     match = pattern.search(path.read_text(encoding="latin-1", errors="replace")[:65536])
     data_file = path.parent / match.group(1) if match else None
     return [path, data_file] if data_file is not None and data_file.is_file() else [path]
+
+
+def voxel_hash(array: np.ndarray) -> str:
+    """sha256 of an image's voxel values (canonical order, as float32) and shape: the same for one image
+    whatever file format, compression, voxel type or stored orientation holds it. Slice by slice, so a
+    large study is never copied whole."""
+    digest = hashlib.sha256(json.dumps(list(array.shape)).encode())
+    for plane in array:
+        digest.update(np.ascontiguousarray(plane, dtype="<f4").tobytes())
+    return digest.hexdigest()
 
 
 class PreprocessedCache:
@@ -88,6 +102,27 @@ class PreprocessedCache:
             return digests[0]
         return hashlib.sha256("\n".join(digests).encode()).hexdigest()
 
+    def image_hash(self, study_path: str | os.PathLike) -> str:
+        """The study's :func:`voxel_hash`: recorded when it was preprocessed, else read now (and recorded).
+        Entries from before the record existed still hit; their studies are read here once."""
+        record = self._voxel_record(study_path)
+        try:
+            recorded = record.read_text(encoding="ascii").strip()
+        except (OSError, UnicodeDecodeError):
+            recorded = ""
+        if re.fullmatch(r"[0-9a-f]{64}", recorded):
+            return recorded
+        return self._record_voxels(record, read_volume(study_path).array)
+
+    def _voxel_record(self, study_path: str | os.PathLike) -> Path:
+        return self.root / VOXELS_FOLDER / f"{self.content_hash(study_path)[:40]}.sha256"
+
+    @staticmethod
+    def _record_voxels(record: Path, array: np.ndarray) -> str:
+        digest = voxel_hash(array)
+        write_text_atomic(record, digest + "\n")
+        return digest
+
     def entry_path(self, study_path: str | os.PathLike, config: PreprocessConfig) -> Path:
         # The entry holds lung features: a new way of measuring them must not reuse old ones.
         folder = self.root / f"{CACHE_FORMAT}-{config.fingerprint()}-{measurement_fingerprint()}"
@@ -116,6 +151,7 @@ class PreprocessedCache:
             entry.unlink(missing_ok=True)
         self.misses += 1
         volume = read_volume(study_path)
+        self._record_voxels(self._voxel_record(study_path), volume.array)
         grid, mapping = to_model_grid(volume, config)
         features = lung_features(lung_involvement(volume.array, volume.spacing_zyx)[0])
         _write_entry(entry, grid, mapping, features)

@@ -10,8 +10,8 @@ import csv
 import hashlib
 import json
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..io.volume import VOLUME_SUFFIXES, has_volume_suffix, study_name
@@ -74,6 +74,7 @@ class DatasetIndex:
     studies: list[Study]
     classes: tuple[str, ...] = CLASS_NAMES
     source: str = ""
+    skipped: list[str] = field(default_factory=list)  # hidden files a CSV lists, left out (``._x.nii.gz``)
 
     def __post_init__(self) -> None:
         self.classes = tuple(self.classes)
@@ -92,6 +93,7 @@ class DatasetIndex:
                     f"rename or remove one (`twofivecnn synth --prefix` names synthetic studies apart)."
                 )
             seen[study.study_id] = study
+        refuse_repeated(self.studies, same_file, "is also listed as")
         self.studies = sorted(self.studies, key=lambda s: s.study_id)
 
     def __len__(self) -> int:
@@ -141,14 +143,15 @@ class DatasetIndex:
                     f"The first line must be a header with 'path,label' and optionally 'study_id'."
                 )
             reader.fieldnames = columns
-            studies = [
-                _study_from_row(row, csv_path, line)
-                for line, row in enumerate(reader, start=2)
-                if any((value or "").strip() for value in row.values())
-            ]
+            rows = [(line, row) for line, row in enumerate(reader, start=2)
+                    if any((value or "").strip() for value in row.values())]
+        # A listing made with `find` on a copy from a Mac names its ._ metadata files too: skipped, as in folders.
+        skipped = [f"line {line}: {row['path'].strip()}" for line, row in rows if _is_hidden(_row_path(row, csv_path))]
+        studies = [_study_from_row(row, csv_path, line) for line, row in rows
+                   if not _is_hidden(_row_path(row, csv_path))]
         if not studies:
             raise DatasetError(f"{csv_path}: lists no studies. Add one 'path,label' row per study.")
-        return cls(studies, CLASS_NAMES, str(csv_path))
+        return cls(studies, CLASS_NAMES, str(csv_path), skipped)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> DatasetIndex:
@@ -187,6 +190,9 @@ class DatasetIndex:
         counts = self.counts()
         lines = [f"{len(self.studies)} studies from {self.source or 'dataset'}"]
         lines += [f"  {name}: {count}" for name, count in counts.items()]
+        if self.skipped:
+            lines.append(f"  skipped {len(self.skipped)} hidden file(s) (such as the ._ files macOS writes beside "
+                         f"copies; not images): {', '.join(self.skipped[:3])}")
         lines += [
             f"  warning: {name} has {count} studies; at least {MIN_STUDIES_PER_CLASS} are needed "
             f"for one in each of train, val and test."
@@ -226,14 +232,18 @@ def _studies_in_class_folder(folder: Path, label: str) -> list[Study]:
     return studies
 
 
+def _row_path(row: dict, csv_path: Path) -> Path:
+    """A CSV row's path, absolute (relative paths are relative to the CSV's folder)."""
+    path = Path((row.get("path") or "").strip()).expanduser()
+    return (path if path.is_absolute() else csv_path.parent / path).resolve()
+
+
 def _study_from_row(row: dict, csv_path: Path, line: int) -> Study:
     where = f"{csv_path}, line {line}"
-    raw_path = (row.get("path") or "").strip()
     raw_label = (row.get("label") or "").strip()
-    if not raw_path:
+    if not (row.get("path") or "").strip():
         raise DatasetError(f"{where}: empty path.")
-    path = Path(raw_path).expanduser()
-    path = (path if path.is_absolute() else csv_path.parent / path).resolve()
+    path = _row_path(row, csv_path)
     if not path.exists():
         raise DatasetError(f"{where}: {path} does not exist. Paths are relative to the CSV's folder.")
     if not (path.is_dir() or has_volume_suffix(path)):
@@ -247,3 +257,32 @@ def _study_from_row(row: dict, csv_path: Path, line: int) -> Study:
         )
     study_id = (row.get("study_id") or "").strip() or study_name(path)
     return Study(study_id, path, label)
+
+
+def same_file(study: Study) -> str:
+    """What names one file, however it is written (relative, through a symbolic link)."""
+    return str(study.path.resolve())
+
+
+def refuse_repeated(studies: Sequence[Study], key: Callable[[Study], str | None], how: str) -> None:
+    """Refuse two studies with one ``key`` (their file, their bytes, their voxels): one image is one
+    patient, so listed twice it would be two patients, perhaps with two labels, and a patient-level
+    split could put it on both sides. ``how`` says what they share: "X <how> study Y".
+    Studies whose key is None are not compared."""
+    first: dict[str, Study] = {}
+    for study in studies:
+        value = key(study)
+        if value is None:
+            continue
+        if value not in first:
+            first[value] = study
+            continue
+        other = first[value]
+        labels = (f"labelled {other.label} and {study.label}, which contradict each other"
+                  if other.label != study.label else f"both labelled {study.label}")
+        where = "" if other.path.resolve() == study.path.resolve() else f" ({other.path})"
+        raise DatasetError(
+            f"{study.path}: {how} study {other.study_id!r}{where}; one image is listed under the "
+            f"study ids {other.study_id!r} and {study.study_id!r}, {labels}. One image is one patient: keep it "
+            f"under one id and remove the other from the dataset (the folder or the CSV), or the split could "
+            f"put the same patient in training and in test.")

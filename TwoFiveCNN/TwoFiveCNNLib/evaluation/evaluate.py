@@ -11,6 +11,7 @@ import torch
 from ..data.cache import PreprocessedCache
 from ..data.cohort import load_cohort
 from ..data.index import DatasetIndex
+from ..data.repeats import refuse_copied_files, refuse_repeated_images
 from ..data.splits import Split
 from ..inference.cohort_scores import AERATION_ONLY, CNN_ONLY, FUSED, cohort_metrics, study_probabilities
 from ..inference.predict import measure_lung_features
@@ -57,9 +58,13 @@ def evaluate_dataset(model: SeverityModel, data: str | os.PathLike, subset: str 
     Scored by :func:`cohort_scores.study_probabilities`, the path training records its metrics with.
     """
     index = DatasetIndex.load(data)
+    cache = PreprocessedCache(cache_root)
+    refuse_copied_files(index.studies, cache)
     studies, description = choose_studies(model, index, subset)
-    cohort = load_cohort(studies, model.task, model.preprocess, PreprocessedCache(cache_root), progress,
+    cohort = load_cohort(studies, model.task, model.preprocess, cache, progress,
                          with_lung_features=model.aeration is not None)
+    # Every study of the dataset, scored or not: one image in the model's training and test splits flatters it.
+    refuse_repeated_images(index.studies, cache)
     if model.aeration is not None and model.lesion_lungs:  # measured as predict measures them for this model
         cohort.lung_features = torch.from_numpy(measure_lung_features(model, [s.path for s in studies], progress))
     probabilities = study_probabilities(model, cohort, with_pooled_2d=False)

@@ -20,6 +20,7 @@ import torch
 from ..data.cache import PreprocessedCache
 from ..data.cohort import load_cohort
 from ..data.index import DatasetError, DatasetIndex
+from ..data.repeats import refuse_copied_files, refuse_repeated_images
 from ..data.splits import Split, make_split
 from ..data.tasks import TaskDefinition
 from ..inference.cohort_scores import FUSED, cohort_metrics
@@ -87,7 +88,7 @@ def apply_pretrained(model: SeverityModel, config: TrainConfig, reporter: Progre
 
 
 def load_train_only(paths: Sequence[str | os.PathLike] | None, index: DatasetIndex,
-                    held_out: str | os.PathLike | None) -> DatasetIndex | None:
+                    held_out: DatasetIndex | None) -> DatasetIndex | None:
     """Studies that only ever train (synthetic ones, such as ``twofivecnn synth`` makes from a cohort's
     normal CTs): never in validation, test or the held-out scores. Refused if any of them is also a
     study of the split or of ``held_out``: the same study on both sides would flatter every score."""
@@ -96,7 +97,7 @@ def load_train_only(paths: Sequence[str | os.PathLike] | None, index: DatasetInd
     extra = DatasetIndex.load_all(paths)
     others = {s.study_id: s for s in index.studies}
     if held_out is not None:
-        others.update({s.study_id: s for s in DatasetIndex.load(held_out).studies})
+        others.update({s.study_id: s for s in held_out.studies})
     clashes = [s for s in extra.studies if s.study_id in others]
     if clashes:
         raise DatasetError(
@@ -131,9 +132,18 @@ def train(data: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.P
     pretrained = apply_pretrained(model, config, reporter)
     model.slice_classifier.to(memory_format=torch.channels_last)
     index = DatasetIndex.load_all(data)
-    extra = load_train_only(train_only, index, held_out)
-    split = prepare_split(index, config, Path(split_path) if split_path else out.with_suffix(".split.json"))
+    held = DatasetIndex.load(held_out) if held_out is not None else None
+    extra = load_train_only(train_only, index, held)
+    every_study = [*index.studies, *(extra.studies if extra else []), *(held.studies if held else [])]
     cache = cache or PreprocessedCache()
+    refuse_copied_files(every_study, cache)
+    split = prepare_split(index, config, Path(split_path) if split_path else out.with_suffix(".split.json"))
+    checkpoint = Checkpoint(out.with_name(out.name + ".ckpt"), config, {
+        "dataset_fingerprint": index.fingerprint(), "split_fingerprint": split.fingerprint(),
+        "train_only_fingerprint": extra.fingerprint() if extra else None})
+    for leftover in (out, checkpoint.path):
+        remove_stale_temporaries(leftover)
+    resume_state = checkpoint.load() if resume else None  # refused here, before any study is read
     reporter.message(f"{len(index)} studies; split train/val/test = "
                      f"{len(split.train)}/{len(split.val)}/{len(split.test)} (seed {split.seed})"
                      + (f"; {len(extra)} train-only studies from {extra.source}" if extra else ""))
@@ -145,17 +155,15 @@ def train(data: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.P
                                      "preprocess", subset=name, epoch=done, epochs=total),
                                  with_lung_features=config.architecture.aeration)
                for name, studies in subsets.items()}
-    if held_out is not None:
-        cohorts["held_out"] = load_cohort(DatasetIndex.load(held_out).studies, task, config.preprocess, cache,
+    if held is not None:
+        cohorts["held_out"] = load_cohort(held.studies, task, config.preprocess, cache,
                                           with_lung_features=config.architecture.aeration)
+    # Their voxels were hashed as they were read: one image under two ids is refused before any training.
+    refuse_repeated_images(every_study, cache)
     # Read before stage 1, so that a study whose masks do not fit fails the run early.
     attention_targets = tuple(
         slice_lesion_shares(subsets.get(name, []), cohorts[name].grids.shape[1], model, cache)
         if config.attention_supervision > 0 and name in cohorts else None for name in ("train", "val"))
-    checkpoint = Checkpoint(out.with_name(out.name + ".ckpt"), config)
-    for leftover in (out, checkpoint.path):
-        remove_stale_temporaries(leftover)
-    resume_state = checkpoint.load() if resume else None
     if resume_state is not None:
         reporter.message(f"resuming from {checkpoint.path} after {resume_state[1]['stage']} "
                          f"epoch {resume_state[1]['epoch']}")
@@ -177,7 +185,7 @@ def train(data: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.P
     if model.aeration is not None:
         if model.lesion_lungs:  # the involvement as predict will measure it: the lesion network's voxels added
             model.round_to_stored_precision(("lesion_net",))
-            studies_of = {**subsets, **({"held_out": DatasetIndex.load(held_out).studies} if held_out else {})}
+            studies_of = {**subsets, **({"held_out": held.studies} if held else {})}
             for name, cohort in cohorts.items():
                 cohort.lung_features = torch.from_numpy(measure_lung_features(
                     model, [s.path for s in studies_of[name]],

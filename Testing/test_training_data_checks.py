@@ -1,0 +1,196 @@
+"""Training data checked up front: one image never under two study ids, a checkpoint resumed only on the
+data it was made on, and every path of `train` and `evaluate` checked before any work. Real phantom
+files, real CSV datasets, real (tiny) training runs."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import SimpleITK as sitk
+import torch
+from conftest import TINY_TRAIN_ARGS
+from TwoFiveCNNLib.app.cli import main
+from TwoFiveCNNLib.data.cache import PreprocessedCache
+from TwoFiveCNNLib.data.index import DatasetIndex
+from TwoFiveCNNLib.data.splits import Split, make_split
+from TwoFiveCNNLib.io.model_file import CHECKPOINT_FORMAT, save_archive
+from TwoFiveCNNLib.io.progress import ProgressReporter
+from TwoFiveCNNLib.training.checkpoint import Checkpoint
+from TwoFiveCNNLib.training.config import TrainConfig
+from TwoFiveCNNLib.training.run import train
+from TwoFiveCNNLib.transforms.preprocess import PreprocessConfig
+
+TINY_CONFIG = TrainConfig(preprocess=PreprocessConfig(in_plane=48, n_slices=12), stage1_epochs=2,
+                          stage2_epochs=2, stage2_views=2, lesion_epochs=0)
+
+
+def studies_of(phantom_cohort: Path, label: str) -> list[Path]:
+    return sorted((phantom_cohort / "studies" / label).iterdir())
+
+
+def write_csv(path: Path, rows: list[tuple[Path, str, str]]) -> Path:
+    """A ``path,label,study_id`` dataset file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("path,label,study_id\n" + "".join(f"{p},{label},{sid}\n" for p, label, sid in rows),
+                    encoding="utf-8")
+    return path
+
+
+def normal_rows(phantom_cohort: Path) -> list[tuple[Path, str, str]]:
+    """The three CT-0 phantoms: the smallest dataset a split (one study each for train, val, test) holds."""
+    return [(p, "CT-0", p.name.split(".")[0]) for p in studies_of(phantom_cohort, "CT-0")]
+
+
+def resaved(study: Path, out: Path) -> Path:
+    """The same voxels in another file: another format, so other bytes."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(sitk.ReadImage(str(study)), str(out))
+    assert out.read_bytes() != study.read_bytes()
+    return out
+
+
+def refused(capsys, argv: list[str], *words: str) -> str:
+    """Run the command line; it must refuse (rc 2, no traceback) with a message holding every word."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    for word in words:
+        assert word in err, (word, err)
+    return err
+
+
+# ------------------------------------------------------------------------------- one image, two studies
+
+
+def test_one_file_under_two_ids_is_refused_by_index_train_and_evaluate(phantom_cohort, tmp_path, capsys):
+    study = studies_of(phantom_cohort, "CT-0")[0]
+    data = write_csv(tmp_path / "data.csv", [*normal_rows(phantom_cohort), (study, "CT-4", "patient_b")])
+    words = (str(study), "study_0001", "patient_b", "CT-0", "CT-4")
+    refused(capsys, ["index", str(data)], *words)
+    refused(capsys, ["train", "--data", str(data), "--out", str(tmp_path / "m.pt"), "--cache",
+                     str(tmp_path / "cache"), *TINY_TRAIN_ARGS], *words)
+    refused(capsys, ["evaluate", "--data", str(data), "--subset", "all", "--cache", str(tmp_path / "cache")], *words)
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").glob("v*/*.npz")), "refused before work"
+    # Through a symbolic link, it is still one file.
+    (tmp_path / "link.nii.gz").symlink_to(study)
+    linked = write_csv(tmp_path / "linked.csv", [*normal_rows(phantom_cohort),
+                                                 (tmp_path / "link.nii.gz", "CT-4", "patient_b")])
+    refused(capsys, ["index", str(linked)], "study_0001", "patient_b")
+
+
+def test_a_copy_of_a_study_is_refused_before_any_study_is_read(phantom_cohort, tmp_path, capsys):
+    study = studies_of(phantom_cohort, "CT-0")[0]
+    copy = tmp_path / "elsewhere" / "patient_b.nii.gz"
+    copy.parent.mkdir()
+    shutil.copyfile(study, copy)
+    data = write_csv(tmp_path / "data.csv", [*normal_rows(phantom_cohort), (copy, "CT-4", "patient_b")])
+    refused(capsys, ["index", str(data)], "byte-for-byte copy", "study_0001", "patient_b", "CT-0", "CT-4")
+    # Across datasets trained together: the copy as a train-only study of the same patient.
+    extra = write_csv(tmp_path / "extra.csv", [(copy, "CT-0", "synth_b")])
+    refused(capsys, ["train", "--data", str(write_csv(tmp_path / "clean.csv", normal_rows(phantom_cohort))),
+                     "--train-only", str(extra), "--out", str(tmp_path / "m.pt"), "--cache", str(tmp_path / "cache"),
+                     *TINY_TRAIN_ARGS], "byte-for-byte copy", "synth_b")
+    assert not any((tmp_path / "cache").glob("v*/*.npz")), "refused before any study was preprocessed"
+
+
+def test_the_same_voxels_in_another_file_are_refused_by_index_train_and_evaluate(phantom_cohort, tmp_path, capsys):
+    study = studies_of(phantom_cohort, "CT-0")[0]
+    again = resaved(study, tmp_path / "other" / "patient_b.nrrd")
+    data = write_csv(tmp_path / "data.csv", [*normal_rows(phantom_cohort), (again, "CT-4", "patient_b")])
+    cache = str(tmp_path / "cache")
+    # index compares files by default (cheap on a big folder); --read-images compares the voxels.
+    assert main(["index", str(data), "--cache", cache]) == 0
+    assert "voxels not compared" in capsys.readouterr().out
+    words = ("same image", str(again), "study_0001", "patient_b", "CT-0", "CT-4")
+    refused(capsys, ["index", str(data), "--read-images", "--cache", cache], *words)
+    refused(capsys, ["train", "--data", str(data), "--out", str(tmp_path / "m.pt"), "--cache", cache,
+                     *TINY_TRAIN_ARGS], *words)
+    assert not (tmp_path / "m.pt").exists() and not (tmp_path / "m.pt.ckpt").exists()
+    small = write_csv(tmp_path / "small.csv", [(study, "CT-0", "study_0001"), (again, "CT-4", "patient_b")])
+    refused(capsys, ["evaluate", "--data", str(small), "--subset", "all", "--cache", cache], *words)
+
+
+def test_voxel_hashes_are_recorded_once_and_old_cache_entries_still_work(phantom_cohort, tmp_path):
+    study = studies_of(phantom_cohort, "CT-0")[0]
+    again = resaved(study, tmp_path / "again.nrrd")
+    cache = PreprocessedCache(tmp_path / "cache")
+    cache.get_study(study, TINY_CONFIG.preprocess)
+    records = list((tmp_path / "cache").glob("voxels-*/*.sha256"))
+    assert len(records) == 1, "preprocessing records the voxel hash of what it read"
+    assert cache.image_hash(again) == cache.image_hash(study)
+    assert cache.image_hash(studies_of(phantom_cohort, "CT-0")[1]) != cache.image_hash(study)
+    # An entry from before the records (or a damaged record): the study is read again, the entry still hits.
+    for record in (tmp_path / "cache").glob("voxels-*/*.sha256"):
+        record.write_text("garbage")
+    hits = cache.hits
+    cache.get_study(study, TINY_CONFIG.preprocess)
+    assert cache.hits == hits + 1
+    assert cache.image_hash(study) == cache.image_hash(again)
+
+
+def test_hidden_files_are_skipped_in_folders_and_csv_files(phantom_cohort, tmp_path, capsys):
+    folder = tmp_path / "folder"
+    shutil.copytree(phantom_cohort, folder)
+    apple_double = b"\x00\x05\x16\x07" + bytes(60)  # what macOS writes beside a copy: no image
+    (folder / "studies" / "CT-0" / "._study_0001.nii.gz").write_bytes(apple_double)
+    (folder / "studies" / "CT-0" / ".study_0099.nii.gz").write_bytes(apple_double)
+    assert len(DatasetIndex.load(folder)) == 15
+    rows = normal_rows(folder)
+    data = write_csv(tmp_path / "data.csv", [*[r for r in rows if not r[0].name.startswith(".")],
+                                             (folder / "studies" / "CT-0" / "._study_0001.nii.gz", "CT-0", "")])
+    index = DatasetIndex.load(data)
+    assert [s.study_id for s in index.studies] == ["study_0001", "study_0002", "study_0003"]
+    assert main(["index", str(data)]) == 0
+    assert "skipped 1 hidden file" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------- resume
+
+
+class StopAfter(ProgressReporter):
+    """Interrupts training after a stage-1 epoch, as a crash would."""
+
+    def __init__(self, epoch: int) -> None:
+        super().__init__(quiet=True)
+        self.epoch = epoch
+
+    def event(self, stage, **fields):
+        record = super().event(stage, **fields)
+        if stage == "stage1" and fields.get("epoch") == self.epoch:
+            raise KeyboardInterrupt
+        return record
+
+
+def test_resume_on_other_data_or_another_split_is_refused(phantom_cohort, tmp_path):
+    cache = PreprocessedCache(tmp_path / "cache")
+    rows = [(p, label, p.name.split(".")[0]) for label in ("CT-0", "CT-1") for p in studies_of(phantom_cohort, label)]
+    data = write_csv(tmp_path / "data.csv", rows)
+    out = tmp_path / "m.pt"
+    with pytest.raises(KeyboardInterrupt):
+        train(data, out, TINY_CONFIG, StopAfter(1), cache, split_path=tmp_path / "first.json")
+    checkpoint = Path(str(out) + ".ckpt")
+    assert checkpoint.exists()
+    quiet = ProgressReporter(quiet=True)
+    # Another dataset (one study fewer), with a split of its own: the checkpoint was not made on it.
+    other = write_csv(tmp_path / "other.csv", rows[:-1])
+    with pytest.raises(ValueError, match="made on other data: the dataset") as error:
+        train(other, out, TINY_CONFIG, quiet, cache, split_path=tmp_path / "other.json", resume=True)
+    assert str(checkpoint) in str(error.value) and "without --resume" in str(error.value)
+    # The same dataset under another split: its validation studies trained in the checkpoint's stage 1.
+    second = make_split(DatasetIndex.load(data), TINY_CONFIG.fractions, seed=5)
+    assert second.fingerprint() != Split.load(tmp_path / "first.json").fingerprint()
+    second.save(tmp_path / "second.json")
+    with pytest.raises(ValueError, match="made on other data: the split"):
+        train(data, out, TINY_CONFIG, quiet, cache, split_path=tmp_path / "second.json", resume=True)
+    assert checkpoint.exists(), "a refused resume keeps the checkpoint"
+
+
+def test_a_checkpoint_that_records_no_dataset_is_not_resumed(tmp_path):
+    path = tmp_path / "run.pt.ckpt"
+    save_archive(path, CHECKPOINT_FORMAT, {"w": torch.zeros(1)},
+                 {"stage": "stage1", "epoch": 1, "history": [], "config": TINY_CONFIG.to_dict()})
+    data = {"dataset_fingerprint": "a", "split_fingerprint": "b", "train_only_fingerprint": None}
+    with pytest.raises(ValueError, match="does not record the dataset"):
+        Checkpoint(path, TINY_CONFIG, data).load()
