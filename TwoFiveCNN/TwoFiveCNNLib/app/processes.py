@@ -20,7 +20,6 @@ import collections
 import json
 import os
 import queue
-import re
 import shutil
 import signal
 import subprocess
@@ -30,6 +29,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from ..io.atomic import glob_escape
 
 STDERR_TAIL_LINES = 40  # kept for the error message and the details of a failed run
 CANCEL_TIMEOUT_S = 10.0  # how long a cancelled tree may take to stop by itself before it is killed
@@ -58,11 +59,6 @@ def prediction_arguments(model: str | os.PathLike | None = None, device: str | N
                          scene: bool = False) -> list[str]:
     """Command-line options of ``twofivecnn predict`` for the settings the batch panel offers."""
     return [*_options((("--model", model), ("--device", device))), *(["--scene"] if scene else [])]
-
-
-def glob_escape(text: str) -> str:
-    """``text`` matched literally by :meth:`Path.glob` (model names may hold ``[`` or ``*``)."""
-    return re.sub(r"([*?\[])", r"[\1]", text)
 
 
 def atomic_leftovers(out: str | os.PathLike) -> list[Path]:
@@ -429,18 +425,26 @@ class PredictionProcess(BackgroundProcess):
         """Delete temporary files, and the outputs of a study left without its JSON record.
 
         ``<name>.json`` is written last, so a study without it was cut short; only the studies this
-        batch reached are looked at (the output folder may hold other runs' results).
+        batch reached are looked at (the output folder may hold other runs' results), and of their
+        outputs only those the batch's manifest records (``io.manifest``): never a file of the user's
+        that merely carries a study's output name.
         """
         if self._still_running():
+            return []
+        from ..io.manifest import OutputConflictError, OutputManifest
+
+        try:
+            manifest = OutputManifest.open(self.out, "predict")
+        except OutputConflictError:
             return []
         removed = sorted(self.out.glob(".summary.tsv.*.tmp*"))
         for name in self.studies:
             pattern = glob_escape(name)
             removed += sorted(self.out.glob(f".{pattern}*.tmp*"))
             if not (self.out / f"{name}.json").exists():
-                removed += [p for p in (self.out / f"{name}.png", self.out / f"{name}.mrml") if p.exists()]
-                removed += sorted(self.out.glob(f"{pattern}_evidence.*"))
-                removed += [p for p in [self.out / f"{name}_data"] if p.is_dir()]
+                outputs = [self.out / f"{name}.png", self.out / f"{name}.mrml", self.out / f"{name}_data",
+                           *self.out.glob(f"{pattern}_evidence.*")]
+                removed += sorted(p for p in outputs if p.exists() and manifest.owns(p))
         for path in removed:
             if path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)
