@@ -255,13 +255,16 @@ def _add_evaluate(sub) -> None:
 
 
 def run_evaluate(args) -> int:
-    from ..evaluation.evaluate import evaluate_dataset
-    from ..inference.predict import load_model
+    from ..evaluation.evaluate import check_evaluation_paths, evaluate_dataset
+    from ..inference.predict import BUNDLED_MODEL, load_model
     from ..io.atomic import write_json_atomic
     from ..metrics.classification import format_metrics
     from ..reports.figures import confusion_matrix_png
 
     model = load_model(args.model, args.device)
+    # Every path before any work: a wrong one found after the evaluation would lose the run.
+    check_evaluation_paths(args.data, args.model or BUNDLED_MODEL, args.masks, args.json, args.confusion,
+                           args.cache, progress=_counter("check masks"))
     report = evaluate_dataset(model, args.data, args.subset, args.cache, progress=_counter("evaluate"))
     if model.is_demo:
         report["notice"] = DEMO_MODEL_NOTICE

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -11,9 +12,11 @@ import torch
 from ..data.cache import PreprocessedCache
 from ..data.cohort import load_cohort
 from ..data.index import DatasetIndex
+from ..data.masks import check_masks
 from ..data.repeats import refuse_copied_files, refuse_repeated_images
 from ..data.splits import Split
 from ..inference.cohort_scores import AERATION_ONLY, CNN_ONLY, FUSED, cohort_metrics, study_probabilities
+from ..inference.outputs import check_writable, claim_output_files
 from ..inference.predict import measure_lung_features
 from ..networks.severity_model import SeverityModel
 
@@ -48,6 +51,26 @@ def choose_studies(model: SeverityModel, index: DatasetIndex, subset: str) -> tu
     if not studies:
         raise ValueError(f"the model's {subset} split is empty; use --subset all or another subset.")
     return studies, f"{subset} split of {index.source} ({len(studies)} studies, seed {split.seed})"
+
+
+def check_evaluation_paths(data: str | os.PathLike, model: str | os.PathLike, masks: str | os.PathLike | None,
+                           json_path: str | os.PathLike | None, confusion_path: str | os.PathLike | None,
+                           cache_root: str | os.PathLike | None = None,
+                           progress: Callable[[int, int], None] | None = None) -> None:
+    """Check every path of an evaluation before any work, so that a wrong one cannot lose the run: the
+    dataset, the masks (each study's pair, on its grid, with the labels of ``data.masks``), the cache
+    and the report files (writable, not inputs, replacing only reports twofivecnn wrote)."""
+    index = DatasetIndex.load(data)
+    reports = [Path(p) for p in (json_path, confusion_path) if p is not None]
+    if len(reports) == 2 and os.path.abspath(reports[0]) == os.path.abspath(reports[1]):
+        raise ValueError(f"{json_path}: --json and --confusion name one file; give each its own.")
+    if confusion_path is not None and Path(confusion_path).suffix.lower() != ".png":
+        raise ValueError(f"--confusion {confusion_path}: the confusion matrix is a PNG picture; give a file "
+                         f"name ending in .png.")
+    claim_output_files(reports, [data, model, masks, cache_root], "evaluate")
+    check_writable(PreprocessedCache(cache_root).root)
+    if masks is not None:
+        check_masks(index.studies, masks, progress)
 
 
 def evaluate_dataset(model: SeverityModel, data: str | os.PathLike, subset: str = "auto",

@@ -297,6 +297,21 @@ def check_writable(folder: Path) -> None:
                       f"choose a writable folder with free space") from None
 
 
+def claim_output_files(files: Iterable[str | os.PathLike], inputs: Iterable[str | os.PathLike | None],
+                       command: str) -> dict[Path, OutputManifest]:
+    """Before any work, for a command that writes single files (train's model and its companions,
+    evaluate's reports): no file is an input, each one's folder is writable, and each is claimed in its
+    folder's manifest, so it may replace only what twofivecnn wrote. The manifest of each file."""
+    files = [Path(f) for f in files]
+    refuse_overlap([], inputs, command, output_files=files)
+    manifests: dict[Path, OutputManifest] = {}
+    for file in files:
+        check_writable(file.parent)
+        manifests[file] = OutputManifest.open(file.parent, command)
+        manifests[file].claim(file)
+    return manifests
+
+
 def write_summary(result: BatchResult, out_dir: Path) -> None:
     """``summary.tsv`` (one row per study: label, probabilities, lung involvement, or the error) for the batch."""
     class_names = next(iter(result.predictions.values())).probabilities.keys() if result.predictions else []

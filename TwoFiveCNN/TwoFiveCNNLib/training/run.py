@@ -20,12 +20,14 @@ import torch
 from ..data.cache import PreprocessedCache
 from ..data.cohort import load_cohort
 from ..data.index import DatasetError, DatasetIndex
+from ..data.masks import check_masks
 from ..data.repeats import refuse_copied_files, refuse_repeated_images
 from ..data.splits import Split, make_split
 from ..data.tasks import TaskDefinition
 from ..inference.cohort_scores import FUSED, cohort_metrics
+from ..inference.outputs import check_writable, claim_output_files
 from ..inference.predict import measure_lung_features
-from ..io.atomic import remove_stale_temporaries
+from ..io.manifest import OutputManifest
 from ..io.progress import ProgressReporter
 from ..networks.backbones import MIN_PRETRAINED_FRACTION, LoadReport, load_pretrained
 from ..networks.severity_model import SeverityModel, resolve_device
@@ -56,10 +58,28 @@ def prepare_split(index: DatasetIndex, config: TrainConfig, split_path: Path | N
     return split
 
 
+def checkpoint_path(out: Path) -> Path:
+    """Where a run writing the model file ``out`` keeps its checkpoint."""
+    return out.with_name(out.name + ".ckpt")
+
+
+def _paths(data: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
+    return [Path(data)] if isinstance(data, (str, os.PathLike)) else [Path(p) for p in data]
+
+
+def claim_outputs(out: Path, split_path: Path, inputs: Sequence[str | os.PathLike | None],
+                  cache: PreprocessedCache) -> dict[Path, OutputManifest]:
+    """Check, before any work, what a run will write: the model file ``out``, its checkpoint and (when it
+    does not exist yet; an existing one is read) the split. None may be an input, and each may replace
+    only a file an earlier ``train`` wrote (which a resumed run relies on); the cache must be writable."""
+    check_writable(cache.root)
+    return claim_output_files([out, checkpoint_path(out), *([split_path] if not split_path.exists() else [])],
+                              inputs, "train")
+
+
 def source_fingerprints(data: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
     """The fingerprint of each dataset trained on, so that ``evaluate`` recognises any one of them."""
-    paths = [data] if isinstance(data, (str, os.PathLike)) else list(data)
-    return [DatasetIndex.load(path).fingerprint() for path in paths]
+    return [DatasetIndex.load(path).fingerprint() for path in _paths(data)]
 
 
 def package_versions() -> dict:
@@ -123,6 +143,10 @@ def train(data: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.P
     reporter = reporter or ProgressReporter()
     out = Path(out)
     started = time.monotonic()
+    cache = cache or PreprocessedCache()
+    split_path = Path(split_path) if split_path else out.with_suffix(".split.json")
+    manifests = claim_outputs(out, split_path, [*_paths(data), *_paths(train_only or []), held_out, config.pretrained],
+                             cache)
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
     task = TaskDefinition.from_name(config.task)
@@ -135,18 +159,17 @@ def train(data: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.P
     held = DatasetIndex.load(held_out) if held_out is not None else None
     extra = load_train_only(train_only, index, held)
     every_study = [*index.studies, *(extra.studies if extra else []), *(held.studies if held else [])]
-    cache = cache or PreprocessedCache()
     refuse_copied_files(every_study, cache)
-    split = prepare_split(index, config, Path(split_path) if split_path else out.with_suffix(".split.json"))
-    checkpoint = Checkpoint(out.with_name(out.name + ".ckpt"), config, {
+    masked = check_masks([*index.studies, *(extra.studies if extra else [])])
+    split = prepare_split(index, config, split_path)
+    checkpoint = Checkpoint(checkpoint_path(out), config, {
         "dataset_fingerprint": index.fingerprint(), "split_fingerprint": split.fingerprint(),
         "train_only_fingerprint": extra.fingerprint() if extra else None})
-    for leftover in (out, checkpoint.path):
-        remove_stale_temporaries(leftover)
     resume_state = checkpoint.load() if resume else None  # refused here, before any study is read
     reporter.message(f"{len(index)} studies; split train/val/test = "
                      f"{len(split.train)}/{len(split.val)}/{len(split.test)} (seed {split.seed})"
-                     + (f"; {len(extra)} train-only studies from {extra.source}" if extra else ""))
+                     + (f"; {len(extra)} train-only studies from {extra.source}" if extra else "")
+                     + (f"; {masked} studies with voxel masks (checked)" if masked else ""))
     subsets = {name: split.subset(index, name) for name in ("train", "val", "test") if getattr(split, name)}
     if extra is not None:
         subsets["train"] = subsets.get("train", []) + extra.studies
@@ -212,7 +235,7 @@ def train(data: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.P
     })
     if distributed_rank_world()[0] == 0:
         model.save(out)
-        checkpoint.remove()
+        manifests[checkpoint.path].remove(checkpoint.path)
     reporter.event("done", model=str(out), test=evaluation.get("test", {}).get(FUSED, {}).get(
         "balanced_accuracy"), seconds=model.metadata["training_seconds"])
     return model
