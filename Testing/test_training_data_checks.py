@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
@@ -17,6 +18,7 @@ from TwoFiveCNNLib.data.index import DatasetIndex
 from TwoFiveCNNLib.data.splits import Split, make_split
 from TwoFiveCNNLib.io.model_file import CHECKPOINT_FORMAT, save_archive
 from TwoFiveCNNLib.io.progress import ProgressReporter
+from TwoFiveCNNLib.io.volume import read_volume, write_volume
 from TwoFiveCNNLib.training.checkpoint import Checkpoint
 from TwoFiveCNNLib.training.config import TrainConfig
 from TwoFiveCNNLib.training.run import train
@@ -164,6 +166,8 @@ class StopAfter(ProgressReporter):
 
 
 def test_resume_on_other_data_or_another_split_is_refused(phantom_cohort, tmp_path):
+    from TwoFiveCNNLib.io.manifest import OutputManifest
+
     cache = PreprocessedCache(tmp_path / "cache")
     rows = [(p, label, p.name.split(".")[0]) for label in ("CT-0", "CT-1") for p in studies_of(phantom_cohort, label)]
     data = write_csv(tmp_path / "data.csv", rows)
@@ -185,6 +189,10 @@ def test_resume_on_other_data_or_another_split_is_refused(phantom_cohort, tmp_pa
     with pytest.raises(ValueError, match="made on other data: the split"):
         train(data, out, TINY_CONFIG, quiet, cache, split_path=tmp_path / "second.json", resume=True)
     assert checkpoint.exists(), "a refused resume keeps the checkpoint"
+    # On its own data, the run resumes into the outputs it recorded, and removes its checkpoint at the end.
+    assert OutputManifest.open(tmp_path, "train").owns(checkpoint)
+    model = train(data, out, TINY_CONFIG, quiet, cache, split_path=tmp_path / "first.json", resume=True)
+    assert out.exists() and not checkpoint.exists() and model.metadata["split"]["train"]
 
 
 def test_a_checkpoint_that_records_no_dataset_is_not_resumed(tmp_path):
@@ -194,3 +202,165 @@ def test_a_checkpoint_that_records_no_dataset_is_not_resumed(tmp_path):
     data = {"dataset_fingerprint": "a", "split_fingerprint": "b", "train_only_fingerprint": None}
     with pytest.raises(ValueError, match="does not record the dataset"):
         Checkpoint(path, TINY_CONFIG, data).load()
+
+
+# ------------------------------------------------------------------------- every path before any work
+
+
+def no_work_done(cache: Path) -> bool:
+    """Nothing preprocessed: the cache holds no entry."""
+    return not any(cache.glob("v*/*.npz"))
+
+
+def masked_cohort(phantom_cohort: Path, root: Path) -> tuple[Path, Path]:
+    """A MosMed-style folder of the three CT-0 phantoms with lesion and lung masks beside it (masks/), as
+    `synth` lays them out: lungs 1 right, 2 left (here: by side of the image), the lesion inside them."""
+    data = root / "data"
+    masks = data / "masks"
+    (data / "studies" / "CT-0").mkdir(parents=True)
+    for study in studies_of(phantom_cohort, "CT-0"):
+        shutil.copyfile(study, data / "studies" / "CT-0" / study.name)
+        volume = read_volume(study)
+        lungs = (volume.array < -400).astype(np.uint8)  # the air, lungs or not: a lung mask of the right kind
+        lungs[:, :, lungs.shape[2] // 2:] *= 2
+        lesion = np.zeros_like(lungs)
+        lesion[lungs > 0] = np.arange(int((lungs > 0).sum())) % 7 == 0
+        name = study.name.split(".")[0]
+        for suffix, mask in (("_lesion", lesion), ("_lungs", lungs)):
+            write_volume(volume.to_original(mask), volume.geometry, masks / f"{name}{suffix}.nii.gz")
+    return data, masks
+
+
+def rewrite_mask(path: Path, change) -> None:
+    """Rewrite a mask with ``change(array)`` applied, on its own grid."""
+    image = sitk.ReadImage(str(path))
+    array = change(sitk.GetArrayFromImage(image).copy())
+    changed = sitk.GetImageFromArray(array)
+    changed.CopyInformation(image)
+    sitk.WriteImage(changed, str(path))
+
+
+@pytest.mark.parametrize(("case", "words"), [
+    ("label 5 in the lesion mask", ("study_0001_lesion.nii.gz", "label(s) 5", "0 background, 1 lesion")),
+    ("lungs labelled 255", ("study_0001_lungs.nii.gz", "label(s) 255", "1 right lung, 2 left lung")),
+    ("lesion mask all ones", ("study_0001_lesion.nii.gz", "outside its lung mask")),
+    ("lung mask all ones", ("study_0001_lungs.nii.gz", "covers the whole image")),
+    ("lung mask on another grid", ("study_0001_lungs.nii.gz", "grid differs")),
+    ("no lung mask", ("study_0001_lungs.nii.gz", "no lungs mask")),
+])
+def test_evaluate_refuses_bad_masks_before_any_work(phantom_cohort, tmp_path, capsys, case, words):
+    data, masks = masked_cohort(phantom_cohort, tmp_path)
+    lesion, lungs = masks / "study_0001_lesion.nii.gz", masks / "study_0001_lungs.nii.gz"
+    if case == "label 5 in the lesion mask":
+        rewrite_mask(lesion, lambda a: np.where(a > 0, 5, 0).astype(a.dtype))
+    elif case == "lungs labelled 255":
+        rewrite_mask(lungs, lambda a: np.where(a > 0, 255, 0).astype(a.dtype))
+    elif case == "lesion mask all ones":
+        rewrite_mask(lesion, np.ones_like)
+    elif case == "lung mask all ones":
+        rewrite_mask(lungs, np.ones_like)
+    elif case == "lung mask on another grid":
+        sitk.WriteImage(sitk.ReadImage(str(lungs))[:, :, 1:], str(lungs))
+    else:
+        lungs.unlink()
+    cache = tmp_path / "cache"
+    report = tmp_path / "report.json"
+    refused(capsys, ["evaluate", "--data", str(data), "--masks", str(masks), "--subset", "all", "--cache", str(cache),
+                     "--json", str(report)], *words)
+    assert no_work_done(cache) and not report.exists()
+
+
+def test_the_masks_as_synth_labels_them_are_accepted(phantom_cohort, tmp_path):
+    from TwoFiveCNNLib.data.masks import check_masks
+
+    data, masks = masked_cohort(phantom_cohort, tmp_path)
+    assert check_masks(DatasetIndex.load(data).studies, masks) == 3
+    assert check_masks(DatasetIndex.load(data).studies) == 3, "found beside the studies (ROOT/masks)"
+
+
+def test_evaluate_checks_every_output_path_before_any_work(phantom_cohort, tmp_path, capsys):
+    data = write_csv(tmp_path / "data.csv", normal_rows(phantom_cohort))
+    cache = tmp_path / "cache"
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    evaluate = ["evaluate", "--data", str(data), "--subset", "all", "--cache", str(cache)]
+    refused(capsys, [*evaluate, "--masks", str(tmp_path / "no_such_masks")], "no_such_masks", "no such folder")
+    refused(capsys, [*evaluate, "--json", str(blocker / "report.json")], "cannot write to the output folder")
+    refused(capsys, [*evaluate, "--confusion", str(blocker / "matrix.png")], "cannot write to the output folder")
+    refused(capsys, [*evaluate, "--confusion", str(tmp_path / "matrix.json")], "matrix.json", ".png")
+    refused(capsys, [*evaluate, "--json", str(tmp_path / "x.png"), "--confusion", str(tmp_path / "x.png")], "one file")
+    refused(capsys, [*evaluate, "--cache", str(blocker)], "a_file")
+    assert no_work_done(cache)
+
+
+def test_train_checks_every_path_before_any_work(phantom_cohort, tmp_path, capsys):
+    data = write_csv(tmp_path / "data.csv", normal_rows(phantom_cohort))
+    cache = tmp_path / "cache"
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    train_args = ["train", "--data", str(data), "--cache", str(cache), *TINY_TRAIN_ARGS]
+    out = ["--out", str(tmp_path / "m.pt")]
+    refused(capsys, [*train_args, *out, "--held-out", str(tmp_path / "no_such_folder")], "no_such_folder")
+    refused(capsys, [*train_args, *out, "--train-only", str(tmp_path / "none.csv")], "none.csv")
+    refused(capsys, [*train_args, *out, "--pretrained", str(tmp_path / "none.pt")], "none.pt")
+    refused(capsys, [*train_args, "--out", str(blocker / "m.pt")], "cannot write to the output folder")
+    refused(capsys, [*train_args, *out, "--split", str(blocker / "split.json")], "cannot write to the output folder")
+    refused(capsys, ["train", "--data", str(data), "--cache", str(blocker), *TINY_TRAIN_ARGS, *out], "a_file")
+    assert no_work_done(cache) and not (tmp_path / "m.pt.ckpt").exists()
+
+
+@pytest.mark.parametrize("case", ["labels", "half a pair"])
+def test_train_refuses_bad_masks_beside_its_studies_before_any_work(phantom_cohort, tmp_path, capsys, case):
+    data, masks = masked_cohort(phantom_cohort, tmp_path)
+    if case == "labels":
+        rewrite_mask(masks / "study_0002_lungs.nii.gz", lambda a: (a * 3).astype(a.dtype))
+        words = ("study_0002_lungs.nii.gz", "label(s) 3, 6")
+    else:
+        (masks / "study_0002_lesion.nii.gz").unlink()
+        words = ("study_0002_lesion.nii.gz", "missing", "in pairs")
+    cache = tmp_path / "cache"
+    refused(capsys, ["train", "--data", str(data), "--out", str(tmp_path / "m.pt"), "--cache", str(cache),
+                     *TINY_TRAIN_ARGS], *words)
+    assert no_work_done(cache)
+
+
+# ------------------------------------------------------------------------------------- output ownership
+
+
+def test_train_replaces_only_what_it_wrote_and_never_an_input(phantom_cohort, tmp_path, capsys):
+    data = write_csv(tmp_path / "data.csv", normal_rows(phantom_cohort))
+    cache = tmp_path / "cache"
+    train_args = ["train", "--data", str(data), "--cache", str(cache), *TINY_TRAIN_ARGS]
+    mine = tmp_path / "model.pt"
+    mine.write_bytes(b"the user's own model")
+    refused(capsys, [*train_args, "--out", str(mine)], str(mine), "did not write it")
+    assert mine.read_bytes() == b"the user's own model"
+    # A checkpoint of the name train would write, which train did not write: refused too, and kept.
+    checkpoint = tmp_path / "other.pt.ckpt"
+    checkpoint.write_bytes(b"someone's")
+    refused(capsys, [*train_args, "--out", str(tmp_path / "other.pt"), "--resume"], str(checkpoint), "did not write")
+    assert checkpoint.read_bytes() == b"someone's"
+    # Outputs that are inputs.
+    refused(capsys, [*train_args, "--out", str(data)], "data.csv", "also an input")
+    pretrained = tmp_path / "backbone.pt"
+    pretrained.write_bytes(b"weights")
+    refused(capsys, [*train_args, "--out", str(pretrained), "--pretrained", str(pretrained)], "also an input")
+    assert pretrained.read_bytes() == b"weights" and no_work_done(cache)
+
+
+def test_evaluate_reports_replace_only_what_evaluate_wrote(phantom_cohort, tmp_path, capsys):
+    study = studies_of(phantom_cohort, "CT-0")[0]
+    data = write_csv(tmp_path / "data.csv", [(study, "CT-0", "study_0001"),
+                                             (studies_of(phantom_cohort, "CT-4")[0], "CT-4", "study_0013")])
+    cache = str(tmp_path / "cache")
+    notes = tmp_path / "notes.json"
+    notes.write_text("the user's notes")
+    evaluate = ["evaluate", "--data", str(data), "--subset", "all", "--cache", cache]
+    refused(capsys, [*evaluate, "--json", str(notes)], str(notes), "did not write it")
+    assert notes.read_text() == "the user's notes"
+    refused(capsys, [*evaluate, "--json", str(data)], "also an input")
+    refused(capsys, [*evaluate, "--confusion", str(study.with_name("x.png")), "--json", str(study)], "also an input")
+    report, picture = tmp_path / "out" / "report.json", tmp_path / "out" / "matrix.png"
+    for _ in range(2):  # a re-run into its own reports
+        assert main([*evaluate, "--json", str(report), "--confusion", str(picture)]) == 0
+        assert report.stat().st_size > 0 and picture.read_bytes().startswith(b"\x89PNG")

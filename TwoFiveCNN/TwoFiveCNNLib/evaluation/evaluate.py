@@ -67,7 +67,7 @@ def check_evaluation_paths(data: str | os.PathLike, model: str | os.PathLike, ma
     if confusion_path is not None and Path(confusion_path).suffix.lower() != ".png":
         raise ValueError(f"--confusion {confusion_path}: the confusion matrix is a PNG picture; give a file "
                          f"name ending in .png.")
-    claim_output_files(reports, [data, model, masks, cache_root], "evaluate")
+    claim_output_files(reports, [data, model, masks, cache_root, *(s.path for s in index.studies)], "evaluate")
     check_writable(PreprocessedCache(cache_root).root)
     if masks is not None:
         check_masks(index.studies, masks, progress)

@@ -143,10 +143,14 @@ def train(data: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.P
     reporter = reporter or ProgressReporter()
     out = Path(out)
     started = time.monotonic()
+    index = DatasetIndex.load_all(data)
+    held = DatasetIndex.load(held_out) if held_out is not None else None
+    extra = load_train_only(train_only, index, held)
+    every_study = [*index.studies, *(extra.studies if extra else []), *(held.studies if held else [])]
     cache = cache or PreprocessedCache()
     split_path = Path(split_path) if split_path else out.with_suffix(".split.json")
-    manifests = claim_outputs(out, split_path, [*_paths(data), *_paths(train_only or []), held_out, config.pretrained],
-                             cache)
+    manifests = claim_outputs(out, split_path, [*_paths(data), *_paths(train_only or []), held_out,
+                                                config.pretrained, *(s.path for s in every_study)], cache)
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
     task = TaskDefinition.from_name(config.task)
@@ -155,10 +159,6 @@ def train(data: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.P
     model = SeverityModel(task, config.preprocess, config.architecture).to(device)
     pretrained = apply_pretrained(model, config, reporter)
     model.slice_classifier.to(memory_format=torch.channels_last)
-    index = DatasetIndex.load_all(data)
-    held = DatasetIndex.load(held_out) if held_out is not None else None
-    extra = load_train_only(train_only, index, held)
-    every_study = [*index.studies, *(extra.studies if extra else []), *(held.studies if held else [])]
     refuse_copied_files(every_study, cache)
     masked = check_masks([*index.studies, *(extra.studies if extra else [])])
     split = prepare_split(index, config, split_path)
