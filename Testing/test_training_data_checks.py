@@ -170,6 +170,8 @@ def test_resume_on_other_data_or_another_split_is_refused(phantom_cohort, tmp_pa
 
     cache = PreprocessedCache(tmp_path / "cache")
     rows = [(p, label, p.name.split(".")[0]) for label in ("CT-0", "CT-1") for p in studies_of(phantom_cohort, label)]
+    edited = resaved(rows[-1][0], tmp_path / "study_0006.nii")  # uncompressed: edits keep its size
+    rows[-1] = (edited, "CT-1", "study_0006")
     data = write_csv(tmp_path / "data.csv", rows)
     out = tmp_path / "m.pt"
     with pytest.raises(KeyboardInterrupt):
@@ -189,6 +191,14 @@ def test_resume_on_other_data_or_another_split_is_refused(phantom_cohort, tmp_pa
     with pytest.raises(ValueError, match="made on other data: the split"):
         train(data, out, TINY_CONFIG, quiet, cache, split_path=tmp_path / "second.json", resume=True)
     assert checkpoint.exists(), "a refused resume keeps the checkpoint"
+    # A study replaced by another image of the same size: the same ids, labels and sizes, other data.
+    original = edited.read_bytes()
+    image = sitk.ReadImage(str(edited))
+    sitk.WriteImage(sitk.GetImageFromArray(sitk.GetArrayFromImage(image)[::-1].copy()), str(edited))
+    assert edited.stat().st_size == len(original) and edited.read_bytes() != original
+    with pytest.raises(ValueError, match="made on other data: the studies' files"):
+        train(data, out, TINY_CONFIG, quiet, cache, split_path=tmp_path / "first.json", resume=True)
+    edited.write_bytes(original)
     # On its own data, the run resumes into the outputs it recorded, and removes its checkpoint at the end.
     assert OutputManifest.open(tmp_path, "train").owns(checkpoint)
     model = train(data, out, TINY_CONFIG, quiet, cache, split_path=tmp_path / "first.json", resume=True)
@@ -322,6 +332,7 @@ def test_train_refuses_bad_masks_beside_its_studies_before_any_work(phantom_coho
     refused(capsys, ["train", "--data", str(data), "--out", str(tmp_path / "m.pt"), "--cache", str(cache),
                      *TINY_TRAIN_ARGS], *words)
     assert no_work_done(cache)
+    assert not (tmp_path / ".twofivecnn-manifest.json").exists(), "a refused run records no output as its own"
 
 
 # ------------------------------------------------------------------------------------- output ownership

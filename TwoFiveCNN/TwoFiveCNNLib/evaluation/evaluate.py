@@ -67,10 +67,11 @@ def check_evaluation_paths(data: str | os.PathLike, model: str | os.PathLike, ma
     if confusion_path is not None and Path(confusion_path).suffix.lower() != ".png":
         raise ValueError(f"--confusion {confusion_path}: the confusion matrix is a PNG picture; give a file "
                          f"name ending in .png.")
-    claim_output_files(reports, [data, model, masks, cache_root, *(s.path for s in index.studies)], "evaluate")
     check_writable(PreprocessedCache(cache_root).root)
     if masks is not None:
         check_masks(index.studies, masks, progress)
+    # Last, so that a refused evaluation records no report it did not write.
+    claim_output_files(reports, [data, model, masks, cache_root, *(s.path for s in index.studies)], "evaluate")
 
 
 def evaluate_dataset(model: SeverityModel, data: str | os.PathLike, subset: str = "auto",

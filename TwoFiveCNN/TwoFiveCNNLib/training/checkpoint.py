@@ -11,6 +11,7 @@ from .distributed import distributed_rank_world
 # What a run trains on, as a checkpoint records it: resuming on other data would mix two runs in one model.
 DATA_KEYS = {"dataset_fingerprint": "the dataset (its studies, labels and files)",
              "split_fingerprint": "the split",
+             "content_fingerprint": "the studies' files (their bytes)",
              "train_only_fingerprint": "the --train-only studies"}
 
 

@@ -149,8 +149,6 @@ def train(data: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.P
     every_study = [*index.studies, *(extra.studies if extra else []), *(held.studies if held else [])]
     cache = cache or PreprocessedCache()
     split_path = Path(split_path) if split_path else out.with_suffix(".split.json")
-    manifests = claim_outputs(out, split_path, [*_paths(data), *_paths(train_only or []), held_out,
-                                                config.pretrained, *(s.path for s in every_study)], cache)
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
     task = TaskDefinition.from_name(config.task)
@@ -161,10 +159,14 @@ def train(data: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.P
     model.slice_classifier.to(memory_format=torch.channels_last)
     refuse_copied_files(every_study, cache)
     masked = check_masks([*index.studies, *(extra.studies if extra else [])])
+    # After the checks of the data, so that a refused run records no output; before the split is written.
+    manifests = claim_outputs(out, split_path, [*_paths(data), *_paths(train_only or []), held_out,
+                                                config.pretrained, *(s.path for s in every_study)], cache)
     split = prepare_split(index, config, split_path)
     checkpoint = Checkpoint(checkpoint_path(out), config, {
         "dataset_fingerprint": index.fingerprint(), "split_fingerprint": split.fingerprint(),
-        "train_only_fingerprint": extra.fingerprint() if extra else None})
+        "train_only_fingerprint": extra.fingerprint() if extra else None,
+        "content_fingerprint": cache.content_fingerprint([*index.studies, *(extra.studies if extra else [])])})
     resume_state = checkpoint.load() if resume else None  # refused here, before any study is read
     reporter.message(f"{len(index)} studies; split train/val/test = "
                      f"{len(split.train)}/{len(split.val)}/{len(split.test)} (seed {split.seed})"
