@@ -19,6 +19,7 @@ from TwoFiveCNNLib.data.splits import Split, make_split
 from TwoFiveCNNLib.io.model_file import CHECKPOINT_FORMAT, save_archive
 from TwoFiveCNNLib.io.progress import ProgressReporter
 from TwoFiveCNNLib.io.volume import read_volume, write_volume
+from TwoFiveCNNLib.networks.backbones import build_backbone
 from TwoFiveCNNLib.training.checkpoint import Checkpoint
 from TwoFiveCNNLib.training.config import TrainConfig
 from TwoFiveCNNLib.training.run import train
@@ -43,6 +44,11 @@ def write_csv(path: Path, rows: list[tuple[Path, str, str]]) -> Path:
 def normal_rows(phantom_cohort: Path) -> list[tuple[Path, str, str]]:
     """The three CT-0 phantoms: the smallest dataset a split (one study each for train, val, test) holds."""
     return [(p, "CT-0", p.name.split(".")[0]) for p in studies_of(phantom_cohort, "CT-0")]
+
+
+def two_class_rows(phantom_cohort: Path) -> list[tuple[Path, str, str]]:
+    """The CT-0 and CT-1 phantoms: a dataset a (tiny) training run completes on."""
+    return [(p, label, p.name.split(".")[0]) for label in ("CT-0", "CT-1") for p in studies_of(phantom_cohort, label)]
 
 
 def resaved(study: Path, out: Path) -> Path:
@@ -166,10 +172,8 @@ class StopAfter(ProgressReporter):
 
 
 def test_resume_on_other_data_or_another_split_is_refused(phantom_cohort, tmp_path):
-    from TwoFiveCNNLib.io.manifest import OutputManifest
-
     cache = PreprocessedCache(tmp_path / "cache")
-    rows = [(p, label, p.name.split(".")[0]) for label in ("CT-0", "CT-1") for p in studies_of(phantom_cohort, label)]
+    rows = two_class_rows(phantom_cohort)
     edited = resaved(rows[-1][0], tmp_path / "study_0006.nii")  # uncompressed: edits keep its size
     rows[-1] = (edited, "CT-1", "study_0006")
     data = write_csv(tmp_path / "data.csv", rows)
@@ -200,6 +204,8 @@ def test_resume_on_other_data_or_another_split_is_refused(phantom_cohort, tmp_pa
         train(data, out, TINY_CONFIG, quiet, cache, split_path=tmp_path / "first.json", resume=True)
     edited.write_bytes(original)
     # On its own data, the run resumes into the outputs it recorded, and removes its checkpoint at the end.
+    from TwoFiveCNNLib.io.manifest import OutputManifest
+
     assert OutputManifest.open(tmp_path, "train").owns(checkpoint)
     model = train(data, out, TINY_CONFIG, quiet, cache, split_path=tmp_path / "first.json", resume=True)
     assert out.exists() and not checkpoint.exists() and model.metadata["split"]["train"]
@@ -223,13 +229,13 @@ def no_work_done(cache: Path) -> bool:
 
 
 def masked_cohort(phantom_cohort: Path, root: Path) -> tuple[Path, Path]:
-    """A MosMed-style folder of the three CT-0 phantoms with lesion and lung masks beside it (masks/), as
+    """A MosMed-style folder of the CT-0 and CT-1 phantoms with lesion and lung masks beside it (masks/), as
     `synth` lays them out: lungs 1 right, 2 left (here: by side of the image), the lesion inside them."""
     data = root / "data"
     masks = data / "masks"
-    (data / "studies" / "CT-0").mkdir(parents=True)
-    for study in studies_of(phantom_cohort, "CT-0"):
-        shutil.copyfile(study, data / "studies" / "CT-0" / study.name)
+    for study, label, _ in two_class_rows(phantom_cohort):
+        (data / "studies" / label).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(study, data / "studies" / label / study.name)
         volume = read_volume(study)
         lungs = (volume.array < -400).astype(np.uint8)  # the air, lungs or not: a lung mask of the right kind
         lungs[:, :, lungs.shape[2] // 2:] *= 2
@@ -284,8 +290,8 @@ def test_the_masks_as_synth_labels_them_are_accepted(phantom_cohort, tmp_path):
     from TwoFiveCNNLib.data.masks import check_masks
 
     data, masks = masked_cohort(phantom_cohort, tmp_path)
-    assert check_masks(DatasetIndex.load(data).studies, masks) == 3
-    assert check_masks(DatasetIndex.load(data).studies) == 3, "found beside the studies (ROOT/masks)"
+    assert check_masks(DatasetIndex.load(data).studies, masks) == 6
+    assert check_masks(DatasetIndex.load(data).studies) == 6, "found beside the studies (ROOT/masks)"
 
 
 def test_evaluate_checks_every_output_path_before_any_work(phantom_cohort, tmp_path, capsys):
@@ -304,7 +310,7 @@ def test_evaluate_checks_every_output_path_before_any_work(phantom_cohort, tmp_p
 
 
 def test_train_checks_every_path_before_any_work(phantom_cohort, tmp_path, capsys):
-    data = write_csv(tmp_path / "data.csv", normal_rows(phantom_cohort))
+    data = write_csv(tmp_path / "data.csv", two_class_rows(phantom_cohort))
     cache = tmp_path / "cache"
     blocker = tmp_path / "a_file"
     blocker.write_text("")
@@ -339,7 +345,7 @@ def test_train_refuses_bad_masks_beside_its_studies_before_any_work(phantom_coho
 
 
 def test_train_replaces_only_what_it_wrote_and_never_an_input(phantom_cohort, tmp_path, capsys):
-    data = write_csv(tmp_path / "data.csv", normal_rows(phantom_cohort))
+    data = write_csv(tmp_path / "data.csv", two_class_rows(phantom_cohort))
     cache = tmp_path / "cache"
     train_args = ["train", "--data", str(data), "--cache", str(cache), *TINY_TRAIN_ARGS]
     mine = tmp_path / "model.pt"
@@ -354,9 +360,10 @@ def test_train_replaces_only_what_it_wrote_and_never_an_input(phantom_cohort, tm
     # Outputs that are inputs.
     refused(capsys, [*train_args, "--out", str(data)], "data.csv", "also an input")
     pretrained = tmp_path / "backbone.pt"
-    pretrained.write_bytes(b"weights")
+    torch.save(build_backbone("compact_resnet").state_dict(), pretrained)
+    weights = pretrained.read_bytes()
     refused(capsys, [*train_args, "--out", str(pretrained), "--pretrained", str(pretrained)], "also an input")
-    assert pretrained.read_bytes() == b"weights" and no_work_done(cache)
+    assert pretrained.read_bytes() == weights and no_work_done(cache)
 
 
 def test_evaluate_reports_replace_only_what_evaluate_wrote(phantom_cohort, tmp_path, capsys):
