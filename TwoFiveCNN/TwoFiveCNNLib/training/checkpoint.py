@@ -66,7 +66,3 @@ class Checkpoint:
             return type(self.config).from_dict(saved).to_dict() == self.config.to_dict()
         except (TypeError, KeyError, ValueError):
             return False
-
-    def remove(self) -> None:
-        if distributed_rank_world()[0] == 0:
-            self.path.unlink(missing_ok=True)

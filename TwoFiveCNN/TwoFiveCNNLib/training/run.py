@@ -146,7 +146,8 @@ def train(data: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.P
     index = DatasetIndex.load_all(data)
     held = DatasetIndex.load(held_out) if held_out is not None else None
     extra = load_train_only(train_only, index, held)
-    every_study = [*index.studies, *(extra.studies if extra else []), *(held.studies if held else [])]
+    trained_studies = [*index.studies, *(extra.studies if extra else [])]
+    every_study = [*trained_studies, *(held.studies if held else [])]
     cache = cache or PreprocessedCache()
     split_path = Path(split_path) if split_path else out.with_suffix(".split.json")
     torch.manual_seed(config.seed)
@@ -158,7 +159,7 @@ def train(data: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.P
     pretrained = apply_pretrained(model, config, reporter)
     model.slice_classifier.to(memory_format=torch.channels_last)
     refuse_copied_files(every_study, cache)
-    masked = check_masks([*index.studies, *(extra.studies if extra else [])])
+    masked = check_masks(trained_studies)
     # After the checks of the data, so that a refused run records no output; before the split is written.
     manifests = claim_outputs(out, split_path, [*_paths(data), *_paths(train_only or []), held_out,
                                                 config.pretrained, *(s.path for s in every_study)], cache)
@@ -166,7 +167,7 @@ def train(data: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.P
     checkpoint = Checkpoint(checkpoint_path(out), config, {
         "dataset_fingerprint": index.fingerprint(), "split_fingerprint": split.fingerprint(),
         "train_only_fingerprint": extra.fingerprint() if extra else None,
-        "content_fingerprint": cache.content_fingerprint([*index.studies, *(extra.studies if extra else [])])})
+        "content_fingerprint": cache.content_fingerprint(trained_studies)})
     resume_state = checkpoint.load() if resume else None  # refused here, before any study is read
     reporter.message(f"{len(index)} studies; split train/val/test = "
                      f"{len(split.train)}/{len(split.val)}/{len(split.test)} (seed {split.seed})"
