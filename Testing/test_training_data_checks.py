@@ -100,6 +100,11 @@ def test_a_copy_of_a_study_is_refused_before_any_study_is_read(phantom_cohort, t
     refused(capsys, ["train", "--data", str(write_csv(tmp_path / "clean.csv", normal_rows(phantom_cohort))),
                      "--train-only", str(extra), "--out", str(tmp_path / "m.pt"), "--cache", str(tmp_path / "cache"),
                      *TINY_TRAIN_ARGS], "byte-for-byte copy", "synth_b")
+    # Or scored as a held-out study, which it is not.
+    held = write_csv(tmp_path / "held.csv", [(copy, "CT-4", "held_b")])
+    refused(capsys, ["train", "--data", str(tmp_path / "clean.csv"), "--held-out", str(held), "--out",
+                     str(tmp_path / "m.pt"), "--cache", str(tmp_path / "cache"), *TINY_TRAIN_ARGS],
+            "byte-for-byte copy", "held_b")
     assert not any((tmp_path / "cache").glob("v*/*.npz")), "refused before any study was preprocessed"
 
 
