@@ -73,7 +73,7 @@ class OnnxSeverityModel:
     engine = "onnxruntime"
 
     def __init__(self, folder: str | os.PathLike, threads: int | None = None) -> None:
-        self.folder = Path(folder)
+        self.folder = self.source_file = Path(folder)
         record_path = self.folder / "model.json"
         if not record_path.is_file():
             raise OnnxModelError(f"{self.folder}: not an ONNX export of a TwoFiveCNN model (no model.json); make one "

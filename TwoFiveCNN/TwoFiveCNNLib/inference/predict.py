@@ -181,6 +181,8 @@ def study_lungs(model: AnyModel, volume: Volume, grid: np.ndarray, mapping: Grid
             release_freed_memory()
     with timed(times, "lesion_network"):
         learned = learned_lesions(model, grid, mapping, analysis.factors)
+    if learned is not None:
+        require_finite(model, volume, "lesion probabilities", learned)
     if learned is not None and model.lesion_lungs:
         with timed(times, "lungs_and_involvement"):
             analysis = with_learned_lesions(analysis, volume.array, learned > 0.5)
@@ -200,6 +202,22 @@ def measure_lung_features(model: AnyModel, paths: list[str | os.PathLike],
         if progress is not None:
             progress(done, len(paths))
     return np.stack(features) if features else np.zeros((0, len(LUNG_FEATURES)), dtype=np.float32)
+
+
+def require_finite(model: AnyModel, volume: Volume, what: str, values: np.ndarray) -> None:
+    """Refuse a network output that holds NaN or infinity, naming the study and the model: weights that
+    hold NaN (a damaged file, a training run that diverged) give NaN for every study, and without this
+    the first to notice is a function drawing the picture, which names neither."""
+    if not np.all(np.isfinite(values)):
+        raise non_finite_output_error(model, volume.source or volume.name, f"{what} for this study")
+
+
+def non_finite_output_error(model: AnyModel, where: str, what: str) -> ValueError:
+    """The error for a network output holding NaN or infinity at ``where`` (a study, or several)."""
+    model_file = f" ({model.source_file})" if model.source_file is not None else ""
+    return ValueError(f"{where}: the model {model.name!r}{model_file} gave NaN or infinite {what}; its weights "
+                      f"may hold NaN (a damaged file, or a training run that diverged). Retrain the model or "
+                      f"use another one.")
 
 
 def map_slice_attention(volume: Volume, attention: np.ndarray, mapping: GridMapping) -> tuple[np.ndarray, list[str]]:
@@ -243,6 +261,8 @@ def predict_volume(model: AnyModel, volume: Volume, times: StageTimes | None = N
     report, coarse_bands, factors = analysis.report, analysis.bands, analysis.factors
     with timed(times, "network"):
         result = predict_grid(model, grid, lung_features(report))
+    require_finite(model, volume, "probabilities", result.probabilities)
+    require_finite(model, volume, "slice attention", result.slice_attention)
     probabilities = result.probabilities
     with timed(times, "evidence_map"):
         slice_attention, warnings = map_slice_attention(volume, result.slice_attention, mapping)
