@@ -20,7 +20,6 @@ import collections
 import json
 import os
 import queue
-import re
 import shutil
 import signal
 import subprocess
@@ -30,6 +29,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from ..io.atomic import glob_escape
 
 STDERR_TAIL_LINES = 40  # kept for the error message and the details of a failed run
 CANCEL_TIMEOUT_S = 10.0  # how long a cancelled tree may take to stop by itself before it is killed
@@ -58,11 +59,6 @@ def prediction_arguments(model: str | os.PathLike | None = None, device: str | N
                          scene: bool = False) -> list[str]:
     """Command-line options of ``twofivecnn predict`` for the settings the batch panel offers."""
     return [*_options((("--model", model), ("--device", device))), *(["--scene"] if scene else [])]
-
-
-def glob_escape(text: str) -> str:
-    """``text`` matched literally by :meth:`Path.glob` (model names may hold ``[`` or ``*``)."""
-    return re.sub(r"([*?\[])", r"[\1]", text)
 
 
 def atomic_leftovers(out: str | os.PathLike) -> list[Path]:

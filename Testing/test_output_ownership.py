@@ -1,0 +1,142 @@
+"""A command writes only what it owns: the output manifest, stale temporaries, and outputs apart from inputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from TwoFiveCNNLib.io.atomic import (
+    atomic_path,
+    remove_stale_temporaries,
+    sweep_stale_temporaries,
+    temporary_path,
+    writer_is_dead,
+)
+from TwoFiveCNNLib.io.manifest import MANIFEST_NAME, OutputConflictError, OutputManifest, refuse_overlap
+
+
+def dead_pid() -> int:
+    """The PID of a process that has ended (and been reaped)."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def renamed_for(path: Path, pid: int) -> Path:
+    """``path`` (a temporary of this process) renamed as if written by the process ``pid``."""
+    renamed = path.with_name(path.name.replace(f"-{os.getpid()}.", f"-{pid}."))
+    path.rename(renamed)
+    return renamed
+
+
+def test_claim_refuses_a_file_it_did_not_write_and_names_it(tmp_path):
+    (tmp_path / "ct.png").write_bytes(b"the user's picture")
+    manifest = OutputManifest.open(tmp_path, "predict")
+    with pytest.raises(OutputConflictError, match=r"ct\.png: this file exists and twofivecnn did not write it"):
+        manifest.claim(tmp_path / "ct.json", tmp_path / "ct.png")
+    assert (tmp_path / "ct.png").read_bytes() == b"the user's picture"
+    assert not manifest.owns(tmp_path / "ct.json"), "a refused claim records nothing"
+
+
+def test_claims_are_recorded_before_writing_and_survive_a_new_process(tmp_path):
+    manifest = OutputManifest.open(tmp_path, "predict")
+    manifest.claim(tmp_path / "a.json", tmp_path / "a_data")
+    record = json.loads((tmp_path / MANIFEST_NAME).read_text())
+    assert set(record["entries"]) == {"a.json", "a_data"}
+    (tmp_path / "a.json").write_text("{}")
+    (tmp_path / "a_data").mkdir()
+    (tmp_path / "a_data" / "node.nrrd").write_bytes(b"x")
+    again = OutputManifest.open(tmp_path, "predict")  # a re-run into its own outputs
+    again.claim(tmp_path / "a.json", tmp_path / "a_data" / "node.nrrd")
+    assert again.owns(tmp_path / "a_data" / "node.nrrd"), "files inside a claimed folder are owned"
+
+
+def test_remove_deletes_only_what_is_recorded(tmp_path):
+    manifest = OutputManifest.open(tmp_path, "export-onnx")
+    manifest.claim(tmp_path / "mine")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "graph.onnx").write_bytes(b"x")
+    (tmp_path / "theirs.txt").write_text("keep")
+    with pytest.raises(OutputConflictError, match="does not remove it"):
+        manifest.remove(tmp_path / "theirs.txt")
+    manifest.remove(tmp_path / "mine")
+    assert not (tmp_path / "mine").exists() and (tmp_path / "theirs.txt").read_text() == "keep"
+    assert not OutputManifest.open(tmp_path, "export-onnx").owns(tmp_path / "mine"), "its record is dropped"
+
+
+def test_paths_outside_the_folder_and_unreadable_manifests_are_refused(tmp_path):
+    manifest = OutputManifest.open(tmp_path / "out", "synth")
+    with pytest.raises(OutputConflictError, match="outside the output folder"):
+        manifest.claim(tmp_path / "elsewhere.nii.gz")
+    with pytest.raises(OutputConflictError, match="outside the output folder"):
+        manifest.claim(tmp_path / "out" / ".." / "escape.nii.gz")
+    (tmp_path / "out" / MANIFEST_NAME).write_text("{not json")
+    with pytest.raises(OutputConflictError, match="cannot be read"):
+        OutputManifest.open(tmp_path / "out", "synth")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OutputConflictError, match="is a file, not a folder"):
+        OutputManifest.open(tmp_path / "file", "predict")
+
+
+def test_concurrent_claims_from_two_processes_keep_both_records(tmp_path):
+    script = ("import sys; from TwoFiveCNNLib.io.manifest import OutputManifest\n"
+              "m = OutputManifest.open(sys.argv[1], 'predict')\n"
+              "for i in range(40): m.claim(f'{sys.argv[1]}/{sys.argv[2]}_{i}.json')\n")
+    children = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path), tag]) for tag in ("a", "b")]
+    assert [child.wait(timeout=120) for child in children] == [0, 0]
+    entries = json.loads((tmp_path / MANIFEST_NAME).read_text())["entries"]
+    assert len(entries) == 80
+
+
+def test_overlap_of_outputs_and_inputs_is_refused(tmp_path):
+    data = tmp_path / "data"
+    (data / "CT-0").mkdir(parents=True)
+    model = tmp_path / "models" / "model.pt"
+    model.parent.mkdir()
+    model.write_bytes(b"x")
+    with pytest.raises(OutputConflictError, match="output folder is the input"):
+        refuse_overlap([data], [data], "predict")
+    with pytest.raises(OutputConflictError, match="contains the input"):
+        refuse_overlap([tmp_path / "models"], [data, model], "export-onnx")
+    with pytest.raises(OutputConflictError, match="contains the input"):
+        refuse_overlap([tmp_path], [model], "predict")
+    with pytest.raises(OutputConflictError, match="lies inside the input folder"):
+        refuse_overlap([data / "results"], [data], "predict")
+    with pytest.raises(OutputConflictError, match="is also an input"):
+        refuse_overlap([], [model], "train", output_files=[model])
+    refuse_overlap([tmp_path / "out"], [data, model, None], "predict")  # apart: fine
+
+
+def test_temporaries_name_their_writer_and_only_dead_writers_are_swept(tmp_path):
+    target = tmp_path / "study.nii.gz"
+    mine = temporary_path(target)
+    assert mine.name.endswith(".tmp.nii.gz") and f"-{os.getpid()}." in mine.name
+    dead = renamed_for(temporary_path(target), dead_pid())
+    dead_folder = renamed_for(temporary_path(tmp_path / "export", folder=True), dead_pid())
+    (dead_folder / "embed.onnx").write_bytes(b"x")
+    foreign = tmp_path / ".study.nii.gz.abc123.tmp.nii.gz"  # an older version's name: no PID, kept
+    foreign.write_bytes(b"x")
+    assert writer_is_dead(dead) and not writer_is_dead(mine) and not writer_is_dead(foreign)
+    assert sorted(sweep_stale_temporaries(tmp_path)) == sorted([dead, dead_folder])
+    assert mine.exists() and foreign.exists() and not dead.exists() and not dead_folder.exists()
+
+
+def test_remove_stale_temporaries_sweeps_one_target_only(tmp_path):
+    other = renamed_for(temporary_path(tmp_path / "other.json"), dead_pid())
+    model = renamed_for(temporary_path(tmp_path / "model.pt"), dead_pid())
+    assert remove_stale_temporaries(tmp_path / "model.pt") == [model]
+    assert other.exists()
+
+
+def test_atomic_path_leaves_nothing_on_error_and_the_claim_sweeps_a_killed_writers_leftovers(tmp_path):
+    with pytest.raises(RuntimeError), atomic_path(tmp_path / "a.json") as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("disk full")
+    assert list(tmp_path.iterdir()) == []
+    leftover = renamed_for(temporary_path(tmp_path / "b.json"), dead_pid())
+    OutputManifest.open(tmp_path, "predict").claim(tmp_path / "b.json")
+    assert not leftover.exists()
