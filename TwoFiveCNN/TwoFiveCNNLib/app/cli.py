@@ -336,7 +336,7 @@ def _run_predict(args, prefetcher, studies: list[Path]) -> int:
 
         extra_writers.append(write_views)
     engine = "torch" if args.engine == "auto" and (args.half or args.compile) else args.engine
-    model = load_model(args.model, args.device, engine).accelerate(args.half, args.compile)
+    model = load_model(args.model, args.device, engine, warn=_warning("predict")).accelerate(args.half, args.compile)
     with _json_stream(args.progress_json) as stream:
         # Programs (the Slicer module) follow the batch by study: count, total, the study at work.
         progress = _counter("predict", every_call=True) if stream is None else \
@@ -422,6 +422,14 @@ def _integers(text: str, option: str) -> tuple[int, ...]:
     except ValueError:
         raise ValueError(f"{option} {text!r}: give comma-separated whole numbers, e.g. 40,90,200.") from None
     return values
+
+
+def _warning(command: str):
+    """``warn(message)``: one line on stderr, as the command's errors are printed."""
+    def warn(message: str) -> None:
+        print(f"twofivecnn {command}: warning: {message}", file=sys.stderr)
+
+    return warn
 
 
 def _counter(stage: str, every_call: bool = False):

@@ -69,6 +69,9 @@ def onnxruntime_available() -> bool:
 def read_export_record(folder: str | os.PathLike) -> dict:
     """An export's ``model.json``, its fields and types checked: what grading reads from it is usable."""
     path = Path(folder) / "model.json"
+    if not path.is_file() and any((Path(folder) / f"{name}.onnx").is_file() for name in GRAPHS):
+        raise OnnxModelError(f"{Path(folder)}: an incomplete ONNX export (graphs without model.json, which "
+                             f"export-onnx writes last: a run that did not finish); {_export_again(None)}")
     if not path.is_file():
         raise OnnxModelError(f"{Path(folder)}: not an ONNX export of a TwoFiveCNN model (no model.json); make one "
                              f"with `twofivecnn export-onnx --model MODEL.pt`.")
