@@ -304,7 +304,10 @@ class OnnxSeverityModel:
                                  f"source_sha256 differs from the file's); export the model again with "
                                  f"`twofivecnn export-onnx --model {model_file}`.")
         if model_file is not None:
-            mismatch = model_file_mismatch(record, model_file)
+            try:
+                mismatch = model_file_mismatch(record, model_file)
+            except (ModelFileError, ValueError) as error:  # torch, which reads it for the torch engine, decides
+                raise OnnxModelError(f"{self.folder}: cannot be checked against {model_file} ({error})") from None
             if mismatch:
                 raise OnnxModelError(f"{self.folder / 'model.json'}: {mismatch}, the file it was made from "
                                      f"({model_file}); export the model again with "

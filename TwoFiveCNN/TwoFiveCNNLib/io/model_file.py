@@ -128,6 +128,9 @@ class StoredTensor:
         with zipfile.ZipFile(self.archive) as archive:
             storage = np.frombuffer(archive.read(self.data_name), dtype=np.dtype(self.dtype).newbyteorder("<"))
         itemsize = storage.itemsize
+        extent = 1 + sum((n - 1) * step for n, step in zip(self.size, self.stride)) if all(self.size) else 0
+        if self.offset < 0 or min(self.stride, default=0) < 0 or self.offset + extent > storage.size:
+            raise ValueError(f"{self.archive}: a tensor reaches beyond its stored data; the file is damaged.")
         return np.lib.stride_tricks.as_strided(storage[self.offset:], self.size,
                                                tuple(step * itemsize for step in self.stride)).copy()
 
