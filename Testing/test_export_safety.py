@@ -185,6 +185,7 @@ def test_model_json_that_is_not_a_record_is_an_error_naming_it(model_and_export,
     ({"load_warnings": [3]}, "'load_warnings'"),
     ({"graphs": {}}, "'graphs'"),
     ({"name": None}, "'name' is None"),
+    ({"source": "../../elsewhere/model.pt"}, "'source' '../../elsewhere/model.pt' is not a file name"),
 ])
 def test_model_json_with_wrong_types_is_an_error_naming_the_field(model_and_export, changes, reason):
     """Wrong types failed every study with a NumPy traceback."""
@@ -211,7 +212,7 @@ def test_reordered_class_names_are_caught_against_the_model_file(model_and_expor
     model, folder = model_and_export
     classes = json.loads((folder / "model.json").read_text())["class_names"]
     edit_record(folder, class_names=classes[::-1])
-    with pytest.raises(OnnxModelError, match=f"{folder / 'model.json'}: its 'class_names'.*{model}"):
+    with pytest.raises(OnnxModelError, match=f"{folder / 'model.json'}: 'class_names' is .* here but .* in {model}"):
         load_model(model, "cpu", "onnx")
     with pytest.raises(OnnxModelError, match="'class_names'"):
         OnnxSeverityModel(folder)  # the export folder alone: the model file beside it is found and checked
@@ -233,7 +234,7 @@ def test_a_record_that_differs_from_its_model_file_is_refused(model_and_export, 
     else:
         edit_record(folder, lesion_lungs=True, has_lesion_net=True, graphs={**record.get("graphs", {}), "lesions": "0" * 64})
         shutil.copy(folder / "embed.onnx", folder / "lesions.onnx")
-    with pytest.raises(OnnxModelError, match="differ from the model file's"):
+    with pytest.raises(OnnxModelError, match=f"here but .* in {model}, the model file it was made from"):
         load_model(model, "cpu", "onnx")
 
 

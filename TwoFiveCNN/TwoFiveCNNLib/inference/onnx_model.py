@@ -85,7 +85,7 @@ def read_export_record(folder: str | os.PathLike) -> dict:
     if record.get("format") != EXPORT_FORMAT or record.get("version") != EXPORT_VERSION:
         raise OnnxModelError(f"{Path(folder)}: an ONNX export of format {record.get('format')!r} version "
                              f"{record.get('version')!r}; this version of TwoFiveCNN reads {EXPORT_FORMAT!r} "
-                             f"version {EXPORT_VERSION}. {_export_again(record).capitalize()}")
+                             f"version {EXPORT_VERSION}; {_export_again(record)}")
     problem = _record_problem(record)
     if problem:
         raise OnnxModelError(f"{path}: {problem}; {_export_again(record)}")
@@ -122,6 +122,8 @@ def _record_problem(record: dict) -> str | None:
             return f"no {name!r} field"
         if not _is_a(record[name], kind):
             return f"{name!r} is {record[name]!r}, not {'a number' if kind is float else kind.__name__}"
+    if Path(record["source"]).name != record["source"]:  # the file beside the folder, never a path elsewhere
+        return f"'source' {record['source']!r} is not a file name"
     classes = record["class_names"]
     if len(classes) < 2 or not all(isinstance(c, str) and c for c in classes) or len(set(classes)) != len(classes):
         return f"'class_names' {classes!r} are not two or more distinct names"
@@ -192,7 +194,7 @@ def model_file_mismatch(record: dict, model_file: Path) -> str | None:
                              f"({str(error)[:120]}); retrain it or update TwoFiveCNN.") from None
     for name, value in expected.items():
         if record.get(name) != value:
-            return f"its {name!r} ({_short(record.get(name))}) differ from the model file's ({_short(value)})"
+            return f"{name!r} is {_short(record.get(name))} here but {_short(value)} in {model_file}"
     return None
 
 
@@ -309,9 +311,9 @@ class OnnxSeverityModel:
             except (ModelFileError, ValueError) as error:  # torch, which reads it for the torch engine, decides
                 raise OnnxModelError(f"{self.folder}: cannot be checked against {model_file} ({error})") from None
             if mismatch:
-                raise OnnxModelError(f"{self.folder / 'model.json'}: {mismatch}, the file it was made from "
-                                     f"({model_file}); export the model again with "
-                                     f"`twofivecnn export-onnx --model {model_file}`.")
+                raise OnnxModelError(f"{self.folder / 'model.json'}: {mismatch}, the model file it was made "
+                                     f"from; export the model again with `twofivecnn export-onnx --model "
+                                     f"{model_file}`.")
 
     @property
     def name(self) -> str:
