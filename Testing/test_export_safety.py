@@ -253,6 +253,17 @@ def test_without_the_model_file_the_graphs_are_checked_against_model_json(model_
         load_model(alone, "cpu", "auto")  # no model file to fall back on: an error under auto too
 
 
+def test_an_export_whose_model_file_is_gone_runs_on_its_own(model_and_export, chest_ct_path):
+    """The export beside a model file that was moved away still runs (its graphs checked against model.json)."""
+    model, folder = model_and_export
+    model.unlink()
+    for engine in ("onnx", "auto"):
+        assert isinstance(load_model(model, "cpu", engine), OnnxSeverityModel)
+    edit_record(folder, class_names=["CT-0", "CT-1..4"], involvement=None)
+    with pytest.raises(OnnxModelError, match="head.onnx: takes"):
+        load_model(model, "cpu", "auto")  # nothing to run on torch instead: an error under auto too
+
+
 def test_a_stale_export_is_a_warning_under_auto_and_an_error_under_onnx(model_and_export):
     """A model file retrained after its export: auto says it runs on torch, and why."""
     model, folder = model_and_export

@@ -296,11 +296,14 @@ class OnnxSeverityModel:
 
     def _check_source(self, record: dict, model_file: Path | None) -> None:
         """Refuse an export made from another version of ``model_file``, or that says other than the
-        model file it was made from (by default the one beside the folder, if it is that file)."""
+        model file it was made from (by default the one beside the folder, if it is that file). Without
+        the model file, the export runs as it is: its graphs are checked against model.json alone."""
         if model_file is None:
             beside = self.folder.parent / record["source"]
             if beside.is_file() and file_sha256(beside) == record["source_sha256"]:
                 model_file = beside
+        elif not model_file.is_file():
+            model_file = None
         elif file_sha256(model_file) != record["source_sha256"]:
             raise OnnxModelError(f"{self.folder}: made from another version of {model_file} (model.json's "
                                  f"source_sha256 differs from the file's); export the model again with "

@@ -120,7 +120,7 @@ def _onnx_model(path: str | os.PathLike | None, device: str, engine: str,
     try:
         return OnnxSeverityModel(folder, model_file=model_file)
     except OnnxModelError as problem:
-        if model_file is None or importlib.util.find_spec("torch") is None:
+        if model_file is None or not model_file.is_file() or importlib.util.find_spec("torch") is None:
             raise  # no model file to run on torch instead, or no torch to run it
         warn(f"{problem} Running on torch instead (--engine auto).")
         return None
@@ -129,7 +129,7 @@ def _onnx_model(path: str | os.PathLike | None, device: str, engine: str,
 def _warn(message: str) -> None:
     import warnings
 
-    warnings.warn(message, stacklevel=3)
+    warnings.warn(message, stacklevel=4)  # at the line that called load_model
 
 
 @dataclass
