@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 from TwoFiveCNNLib.app.cli import main
-from TwoFiveCNNLib.inference.onnx_model import OnnxModelError, OnnxSeverityModel
-from TwoFiveCNNLib.inference.predict import load_model, predict_volume
+from TwoFiveCNNLib.inference.onnx_model import OnnxModelError, OnnxSeverityModel, export_folder_of
+from TwoFiveCNNLib.inference.predict import BUNDLED_MODEL, load_model, predict_volume
 from TwoFiveCNNLib.io.model_file import ModelFileError
 from TwoFiveCNNLib.io.volume import read_volume
 from TwoFiveCNNLib.networks.backbones import build_backbone, load_pretrained
@@ -251,6 +251,20 @@ def test_without_the_model_file_the_graphs_are_checked_against_model_json(model_
                 preprocess={**record["preprocess"], "in_plane": record["preprocess"]["in_plane"] * 2})
     with pytest.raises(OnnxModelError, match=f"{alone / 'embed.onnx'}: takes .*image size 96"):
         load_model(alone, "cpu", "auto")  # no model file to fall back on: an error under auto too
+
+
+def test_a_swapped_graph_is_caught_by_its_inputs_and_outputs(tmp_path):
+    """One graph put in another's place (and model.json's digest made to match): the lesion network as the
+    slice backbone of the shipped demo export takes the same slices but gives masks, not embeddings."""
+    shipped = export_folder_of(BUNDLED_MODEL)
+    folder = tmp_path / "demo.onnx"
+    shutil.copytree(shipped, folder)
+    shutil.copy(folder / "lesions.onnx", folder / "embed.onnx")
+    record = json.loads((folder / "model.json").read_text())
+    edit_record(folder, graphs={**record.get("graphs", {}),
+                                "embed": hashlib.sha256((folder / "embed.onnx").read_bytes()).hexdigest()})
+    with pytest.raises(OnnxModelError, match=f"{folder / 'embed.onnx'}: takes slices .* gives .*2, 96, 96"):
+        load_model(folder, "cpu", "onnx")
 
 
 def test_an_export_whose_model_file_is_gone_runs_on_its_own(model_and_export, chest_ct_path):

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..io.atomic import temporary_path
+from ..io.atomic import temporary_path, writer_is_dead
 from ..io.manifest import MANIFEST_NAME, OutputManifest, refuse_overlap
 from ..networks.severity_model import SeverityModel
 from .onnx_model import EXPORT_FORMAT, EXPORT_VERSION, GRAPHS, OnnxModelError, export_folder_of, file_sha256
@@ -108,7 +108,8 @@ def _move_into_place(staging: Path, manifest: OutputManifest, graph_files: list[
 def _set_aside_earlier_export(out: Path, staging: Path) -> None:
     """An export made before manifests existed (a folder holding only an export's files, with no
     manifest), such as the one shipped beside the demo model, is ours to replace: its files move into
-    the staging folder, removed with it. Any other file in the folder keeps the claim from replacing it."""
+    the staging folder, removed with it. Any other file in the folder keeps the claim from replacing it
+    (a killed run's temporaries excepted: the claim sweeps them)."""
     if (out / MANIFEST_NAME).exists() or not (out / "model.json").is_file():
         return
     try:
@@ -116,7 +117,7 @@ def _set_aside_earlier_export(out: Path, staging: Path) -> None:
     except (OSError, UnicodeDecodeError, ValueError):
         return
     export_files = {"model.json", *(f"{name}.onnx" for name in GRAPHS)}
-    entries = {entry.name for entry in out.iterdir() if entry != staging}
+    entries = {entry.name for entry in out.iterdir() if entry != staging and not writer_is_dead(entry)}
     if isinstance(earlier, dict) and earlier.get("format") == EXPORT_FORMAT and entries <= export_files:
         aside = staging / "earlier"
         aside.mkdir()

@@ -212,6 +212,9 @@ def _graph_shape_problem(name: str, session: Any, record: dict, embedding_dim: i
                 "lesions": ([slices], [[None, 2, size, size]])}[name]
     inputs = [(i.name, list(i.shape)) for i in session.get_inputs()]
     outputs = [list(o.shape) for o in session.get_outputs()]
+    types = {value.type for value in [*session.get_inputs(), *session.get_outputs()]}
+    if types != {"tensor(float)"}:
+        return f"takes or gives {', '.join(sorted(types))}; grading gives and reads tensor(float) alone"
 
     def fits(shape: list, pattern: list) -> bool:
         return len(shape) == len(pattern) and all(p is None or s == p for s, p in zip(shape, pattern))
