@@ -27,7 +27,8 @@ def run_phantoms(args) -> int:
     from ..data.phantoms import parse_counts, write_cohort
 
     counts = parse_counts(args.counts)
-    paths = write_cohort(args.out, counts, args.seed, progress=_counter("phantoms"))
+    command = f"twofivecnn phantoms {args.out} --counts {args.counts} --seed {args.seed}"
+    paths = write_cohort(args.out, counts, args.seed, progress=_counter("phantoms"), command=command)
     print(f"wrote {len(paths)} phantom studies to {args.out / 'studies'}")
     return 0
 
