@@ -57,18 +57,22 @@ def grade_of(counts: Sequence[int], n: int) -> int | None:
     return None
 
 
-def refuse_unplanned(out: Path, folders: Sequence[str], planned: Callable[[Path], bool]) -> None:
-    """Refuse files under ``out/<folders>`` that this cohort would not write: they would mix into its
-    data set. Hidden files (temporaries, macOS ``._`` files) are no study of any index, so they stay."""
+def present_files(out: Path, folders: Sequence[str], planned: Callable[[Path], bool]) -> list[Path]:
+    """The files under ``out/<folders>`` that this cohort writes, to claim before any study is made (one
+    that twofivecnn did not write is refused, naming it). A file it would not write is refused here: it
+    would mix into the data set. Hidden files (temporaries, macOS ``._`` files) are no study of any
+    index, so they stay."""
+    present, stale = [], []
     for folder in folders:
-        if not (out / folder).is_dir():
-            continue
-        stale = sorted(p for p in (out / folder).rglob("*") if p.is_file() and not p.name.startswith(".")
-                       and not planned(p.relative_to(out)))
-        if stale:
-            raise ValueError(f"{out}: already holds {len(stale)} file(s) this cohort would not replace (e.g. "
-                             f"{stale[0]}); they would mix into the data set. Choose an empty output folder "
-                             f"or delete them.")
+        if (out / folder).is_dir():
+            for path in sorted((out / folder).rglob("*")):
+                if path.is_file() and not path.name.startswith("."):
+                    (present if planned(path.relative_to(out)) else stale).append(path)
+    if stale:
+        raise ValueError(f"{out}: already holds {len(stale)} file(s) this cohort would not replace (e.g. "
+                         f"{stale[0]}); they would mix into the data set. Choose an empty output folder "
+                         f"or delete them.")
+    return present
 
 
 # ------------------------------------------------------------------------------------------ the room
@@ -148,9 +152,9 @@ class CohortJournal:
             if differ:
                 again = f"`{earlier['command']}`" if earlier.get("command") else "with the earlier settings"
                 raise ValueError(
-                    f"{out}: holds a cohort made with other settings: {'; '.join(differ)}. Mixed, its studies "
-                    f"would not be one data set. Choose another output folder for `{command}`, or re-run "
-                    f"{again} to finish or repeat that cohort.")
+                    f"{out}: holds a cohort made with other settings: {'; '.join(differ)}. This one would not "
+                    f"replace all its files, and mixed they would not be one data set. Choose another output "
+                    f"folder for `{command}`, or re-run {again} to finish or repeat that cohort.")
         journal._done = {record["path"]: record for record in records
                          if isinstance(record, dict) and isinstance(record.get("path"), str)}
         return journal
@@ -170,14 +174,11 @@ class CohortJournal:
                         records.append(entry)
             if isinstance(settings, dict):
                 return settings, records
-        if self.summary.is_file():
-            try:
-                summary = json.loads(self.summary.read_text(encoding="utf-8"))
-                return dict(summary["settings"]), list(summary["studies"])
-            except (ValueError, KeyError, TypeError, OSError) as error:
-                raise ValueError(f"{self.summary}: cannot be read ({error}), so the cohort in {self.summary.parent} "
-                                 f"cannot be checked or resumed. Choose another output folder.") from None
-        return None, []
+        try:
+            summary = json.loads(self.summary.read_text(encoding="utf-8"))
+            return dict(summary["settings"]), list(summary["studies"])
+        except (ValueError, KeyError, TypeError, OSError):  # none, or not ours: claiming it refuses the latter
+            return None, []
 
     def earlier_record(self, path: str, out: Path, files: Sequence[str]) -> dict | None:
         """The record an earlier run of these settings made of the study at ``path``, when it and all
@@ -192,11 +193,12 @@ class CohortJournal:
         """Studies an earlier run of these settings recorded as made."""
         return len(self._done)
 
-    def begin(self, manifest: OutputManifest, folders: Sequence[Path]) -> None:
-        """Claim the journal and the summary, sweep the temporaries that dead writers left beside them and
-        in ``folders`` (those of live writers stay), and start a fresh journal holding the settings and
-        the records of the studies already made."""
-        manifest.claim(self.path, self.summary)
+    def begin(self, manifest: OutputManifest, present: Sequence[Path], folders: Sequence[Path]) -> None:
+        """Claim the journal, the summary and the cohort's files ``present`` (refused, naming the file,
+        if twofivecnn did not write one), sweep the temporaries that dead writers left in the output
+        folder and in ``folders`` (those of live writers stay), and start a fresh journal holding the
+        settings and the records of the studies already made."""
+        manifest.claim(self.path, self.summary, *present)
         for folder in (self.path.parent, *folders):
             sweep_stale_temporaries(folder)
         with atomic_path(self.path) as tmp, open(tmp, "w", encoding="utf-8") as f:

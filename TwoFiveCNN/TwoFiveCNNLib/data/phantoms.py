@@ -35,7 +35,7 @@ from .generated_cohort import (
     check_room,
     grade_of,
     numbered_grades,
-    refuse_unplanned,
+    present_files,
     study_number,
 )
 
@@ -448,17 +448,17 @@ def write_cohort(out_dir: str | Path, counts: Sequence[int], seed: int,
         n = study_number(relative.name, "study", suffix)
         return len(relative.parts) == 3 and n is not None and relative.parent.name == f"CT-{grade_of(counts, n)}"
 
-    refuse_unplanned(out, ("studies",), planned)
     settings = {"generator": "TwoFiveCNNLib.data.phantoms", "version": GENERATOR_VERSION, "seed": seed,
                 "counts": counts, "suffix": suffix, "fraction_ranges": [list(r) for r in FRACTION_RANGES],
                 "consolidation_ranges": [list(r) for r in CONSOLIDATION_RANGES]}
     journal = CohortJournal.open(out, PHANTOMS_SUMMARY, settings, PHANTOM_SETTINGS_COMPARED,
                                  command or "twofivecnn phantoms")
+    present = present_files(out, ("studies",), planned)
     total = sum(counts)
     study_bytes = PHANTOM_BYTES * (2 if suffix == ".nii" else 1)  # .nii alone is written uncompressed
     check_room(out, total - journal.done_count, study_bytes, "the phantoms' mean size", PHANTOM_PROCESS_BYTES, 1)
     manifest = OutputManifest.open(out, "phantoms")
-    journal.begin(manifest, [out / "studies" / f"CT-{k}" for k, count in enumerate(counts) if count])
+    journal.begin(manifest, present, [out / "studies" / f"CT-{k}" for k, count in enumerate(counts) if count])
     records, paths = [], []
     try:
         for n, label in numbered_grades(counts):

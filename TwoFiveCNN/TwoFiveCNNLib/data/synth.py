@@ -49,7 +49,7 @@ from .generated_cohort import (
     check_room,
     grade_of,
     numbered_grades,
-    refuse_unplanned,
+    present_files,
     study_number,
 )
 from .phantoms import _check_counts, check_grade_and_orientation, stretch_axis, study_seed
@@ -605,16 +605,16 @@ def write_synth_cohort(bases: Sequence[str | os.PathLike], out_dir: str | os.Pat
                 "involvement_ranges": [list(r) for r in INVOLVEMENT_RANGES],
                 "consolidation_ranges": [list(r) for r in CONSOLIDATION_RANGES],
                 "masks": "lesion: 1 = lesion; lungs: 1 right, 2 left (the lesion-inclusive lung mask)"}
-    refuse_unplanned(out, ("studies", "masks"), lambda relative: _planned(relative, counts, prefix))
     journal = CohortJournal.open(out, SYNTH_SUMMARY, settings, SYNTH_SETTINGS_COMPARED,
                                  command or "twofivecnn synth")
+    present = present_files(out, ("studies", "masks"), lambda relative: _planned(relative, counts, prefix))
     total = sum(counts)
     workers = max(1, min(workers, total))
     check_room(out, total - journal.done_count, float(np.mean(voxels)) * SYNTH_BYTES_PER_BASE_VOXEL,
                f"the voxels of the {len(paths)} base CT(s)", WORKER_BYTES + WORKER_BYTES_PER_VOXEL * max(voxels),
                workers)
     manifest = OutputManifest.open(out, "synth")
-    journal.begin(manifest, [out / "masks", *(out / "studies" / f"CT-{k}" for k, c in enumerate(counts) if c)])
+    journal.begin(manifest, present, [out / "masks", *(out / "studies" / f"CT-{k}" for k, c in enumerate(counts) if c)])
 
     records: dict[int, dict] = {}
     done = 0
