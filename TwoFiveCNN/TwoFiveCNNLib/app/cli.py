@@ -47,8 +47,9 @@ def _add_synth(sub) -> None:
                    help="study file names <prefix>_NNNN (default %(default)s; another, such as 'synth', keeps "
                         "them apart from MosMedData's study_NNNN when both are indexed together)")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
-                   help="processes making studies side by side (default %(default)s; about 1 GB each for a "
-                        "512 x 512 x 300 base); the files are the same for any number")
+                   help="processes making studies side by side (default %(default)s; each about 0.2 GB plus 38 "
+                        "bytes per voxel of the largest base: 0.76 GB for 512 x 512 x 68, 3.2 GB for 512 x 512 "
+                        "x 300; refused when they would not fit in memory); the files are the same for any number")
     p.set_defaults(run=run_synth)
 
 

@@ -24,7 +24,7 @@ from typing import Any
 from ..io.atomic import atomic_path, sweep_stale_temporaries, write_json_atomic
 from ..io.manifest import OutputManifest
 
-RECORD_BYTES = 4096  # memory one study's record takes in the summary kept until the end (measured under 2 KiB)
+RECORD_BYTES = 5000  # memory a study's record holds until the summary is written (a synth record: 4.2 kB measured)
 
 
 # ------------------------------------------------------------------------------------------ the plan

@@ -97,7 +97,8 @@ SYNTH_SETTINGS_COMPARED = {"generator": "generator", "version": "generator versi
 # Disk per study, per voxel of its base: int16 HU with scanner noise compress little (1.02-1.14 bytes
 # measured on CTChest4 and a 256 x 256 x 136 resampling of it), the two masks to about 0.03 bytes.
 SYNTH_BYTES_PER_BASE_VOXEL = 1.2
-# Peak memory of a process making studies: 189 MB for CTChest4 (0.56 M voxels), 503 MB for 8.9 M voxels.
+# Peak memory of a process making studies, from its largest base: 189 MB for CTChest4 (0.56 M voxels),
+# 503 MB for 8.9 M voxels, 760 MB for 17.8 M (512 x 512 x 68).
 WORKER_BYTES, WORKER_BYTES_PER_VOXEL = 170e6, 38.0
 
 
@@ -553,7 +554,7 @@ def _write_study(out: Path, base_path: Path, label: int, name: str, seed_n: int,
     write_volume(study.lungs_kji, study.geometry, out / lungs_path)
     write_volume(study.array_kji, study.geometry, out / study_path)
     return n, study_path, {"path": study_path.as_posix(), "lesion_mask": lesion_path.as_posix(),
-                        "lung_mask": lungs_path.as_posix(), **study.info}
+                           "lung_mask": lungs_path.as_posix(), **study.info}
 
 
 def _study_files(name: str, label: int) -> tuple[Path, Path, Path]:
