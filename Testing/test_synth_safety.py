@@ -107,6 +107,11 @@ def test_other_settings_are_refused_and_the_same_command_keeps_its_studies(base_
         error = capsys.readouterr().err
         assert differs in error and str(out) in error and "--seed 3" in error, error
         assert files_under(out) == made and (out / "synth.json").read_text(encoding="utf-8") == summary
+    another_base = base_folder / "other_ct.nrrd"  # the folder of bases changed since
+    shutil.copy(base_folder / "CTChest4.nrrd", another_base)
+    assert main(synth_args(base_folder, out, "1,1,0,0,0", "--seed", "3")) == 2
+    assert "--base (file names)" in capsys.readouterr().err
+    another_base.unlink()
     assert main(synth_args(base_folder, out, "1,1,0,0,0", "--seed", "3")) == 0
     assert capsys.readouterr().err.count("kept (made by an earlier run)") == 2
     assert files_under(out) == made and (out / "synth.json").read_text(encoding="utf-8") == summary

@@ -19,7 +19,7 @@ import re
 import shutil
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from ..io.atomic import atomic_path, sweep_stale_temporaries, write_json_atomic
 from ..io.manifest import OutputManifest
@@ -124,6 +124,16 @@ def check_room(out: Path, studies: int, study_bytes: float, basis: str, process_
 # --------------------------------------------------------------------------------------- the journal
 
 
+def _difference(earlier: Any, now: Any) -> str:
+    """``earlier (now now)``; for long lists (a folder of bases) only their first difference."""
+    if isinstance(earlier, list) and isinstance(now, list) and len(json.dumps(earlier) + json.dumps(now)) > 120:
+        if len(earlier) != len(now):
+            return f"{len(earlier)} entries (now {len(now)})"
+        i = next(i for i, (a, b) in enumerate(zip(earlier, now)) if a != b)
+        return f"entry {i + 1} {json.dumps(earlier[i])} (now {json.dumps(now[i])})"
+    return f"{json.dumps(earlier)} (now {json.dumps(now)})"
+
+
 class CohortJournal:
     """The settings and study records of a cohort being written, one JSON line each, beside its summary.
 
@@ -137,7 +147,7 @@ class CohortJournal:
         self.path = out / f".{summary_name}.journal.jsonl"
         self.settings = settings
         self._done = done
-        self._file = None
+        self._file: TextIO | None = None
 
     @classmethod
     def open(cls, out: Path, summary_name: str, settings: dict[str, Any], compared: Mapping[str, str],
@@ -147,7 +157,7 @@ class CohortJournal:
         journal = cls(out, summary_name, settings, {})
         earlier, records = journal._read_earlier()
         if earlier is not None:
-            differ = [f"{option} {json.dumps(earlier.get(key))} (now {json.dumps(settings.get(key))})"
+            differ = [f"{option} {_difference(earlier.get(key), settings.get(key))}"
                       for key, option in compared.items() if earlier.get(key) != settings.get(key)]
             if differ:
                 again = f"`{earlier['command']}`" if earlier.get("command") else "with the earlier settings"
