@@ -197,3 +197,12 @@ def test_predict_refuses_a_user_file_named_summary_tsv(phantom_cohort, tmp_path,
     assert main(["predict", str(one_phantom_study(phantom_cohort)), "--out", str(out)]) == 2
     assert "summary.tsv: this file exists and twofivecnn did not write it" in capsys.readouterr().err
     assert (out / "summary.tsv").read_text() == "the user's own table\n"
+
+
+def test_demo_refuses_a_folder_holding_a_users_file_of_its_output_names_before_any_work(tmp_path, capsys):
+    from TwoFiveCNNLib.app.cli import main
+
+    (tmp_path / "held_out_metrics.json").write_text('{"mine": true}')
+    assert main(["demo", "--out", str(tmp_path), "--quick"]) == 2
+    assert "held_out_metrics.json: this file exists and twofivecnn did not write it" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["held_out_metrics.json"], "no work started"
