@@ -206,3 +206,12 @@ def test_demo_refuses_a_folder_holding_a_users_file_of_its_output_names_before_a
     assert main(["demo", "--out", str(tmp_path), "--quick"]) == 2
     assert "held_out_metrics.json: this file exists and twofivecnn did not write it" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["held_out_metrics.json"], "no work started"
+
+
+def test_bench_refuses_to_replace_a_users_json_before_measuring(tmp_path, capsys):
+    from TwoFiveCNNLib.app.cli import main
+
+    (tmp_path / "results.json").write_text("{}")
+    assert main(["bench", "--quick", "--json", str(tmp_path / "results.json")]) == 2
+    assert "results.json: this file exists and twofivecnn did not write it" in capsys.readouterr().err
+    assert (tmp_path / "results.json").read_text() == "{}"

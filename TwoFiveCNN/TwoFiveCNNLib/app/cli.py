@@ -412,7 +412,10 @@ def run_bench(args) -> int:
         print(f"study written to {args.accuracy} ({len(report['runs'])} runs)")
         return 0
     from ..evaluation.bench import run_benchmarks
+    from ..io.manifest import OutputManifest
 
+    if args.json is not None:  # before the minutes of measuring: a user's file of that name is not replaced
+        OutputManifest.open(args.json.parent, "bench").claim(args.json)
     run_benchmarks(args.json, quick=args.quick)
     return 0
 
