@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -641,10 +642,11 @@ def write_synth_cohort(bases: Sequence[str | os.PathLike], out_dir: str | os.Pat
             yield out, chosen, label, name, study_seed(seed, n), n
 
     try:
-        for n, study_path, record in map_in_order(_write_study, jobs(), workers):
-            journal.add(record)
-            records[n] = record
-            report(f"{study_path.as_posix()} from {record['base']}")
+        with closing(map_in_order(_write_study, jobs(), workers)) as made:  # closed: the pool shut down
+            for n, study_path, record in made:
+                journal.add(record)
+                records[n] = record
+                report(f"{study_path.as_posix()} from {record['base']}")
     finally:
         journal.close()
     journal.finish([records[n] for n in sorted(records)])
