@@ -126,6 +126,8 @@ def check_room(out: Path, studies: int, study_bytes: float, basis: str, process_
 
 def _difference(earlier: Any, now: Any) -> str:
     """``earlier (now now)``; for long lists (a folder of bases) only their first difference."""
+    if earlier is None:  # a cohort made before the setting was recorded
+        return f"not recorded (now {json.dumps(now)})"
     if isinstance(earlier, list) and isinstance(now, list) and len(json.dumps(earlier) + json.dumps(now)) > 120:
         if len(earlier) != len(now):
             return f"{len(earlier)} entries (now {len(now)})"
