@@ -162,11 +162,15 @@ class CohortJournal:
             differ = [f"{option} {_difference(earlier.get(key), settings.get(key))}"
                       for key, option in compared.items() if earlier.get(key) != settings.get(key)]
             if differ:
-                again = f"`{earlier['command']}`" if earlier.get("command") else "with the earlier settings"
+                if any(key not in earlier for key in compared):  # an older version's: it cannot be resumed
+                    other = f"or delete {out}'s cohort (its {summary_name} lists the files) to make it anew"
+                else:
+                    again = f"`{earlier['command']}`" if earlier.get("command") else "with the earlier settings"
+                    other = f"or re-run {again} to finish or repeat that cohort"
                 raise ValueError(
                     f"{out}: holds a cohort made with other settings: {'; '.join(differ)}. This one would not "
                     f"replace all its files, and mixed they would not be one data set. Choose another output "
-                    f"folder for `{command}`, or re-run {again} to finish or repeat that cohort.")
+                    f"folder for `{command}`, {other}.")
         journal._done = {record["path"]: record for record in records
                          if isinstance(record, dict) and isinstance(record.get("path"), str)}
         return journal
