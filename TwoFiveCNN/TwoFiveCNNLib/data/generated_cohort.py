@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -24,6 +25,7 @@ from typing import Any, TextIO
 from ..io.atomic import atomic_path, sweep_stale_temporaries, write_json_atomic
 from ..io.manifest import OutputManifest
 
+CLAIM_BATCH = 64  # studies whose files are claimed in the output manifest at once (it is rewritten per claim)
 RECORD_BYTES = 5000  # memory a study's record holds until the summary is written (a synth record: 4.2 kB measured)
 
 
@@ -203,6 +205,28 @@ class CohortJournal:
         if record is None or not all((out / file).is_file() for file in (path, *files)):
             return None
         return record
+
+    def studies_to_make(self, counts: Sequence[int], manifest: OutputManifest,
+                        files_of: Callable[[int, int], Sequence[Path]],
+                        kept: Callable[[int, dict], None]) -> Iterator[tuple[int, int]]:
+        """(n, grade) of the studies still to make, in order, their files (``files_of(n, grade)``, relative
+        to the output folder, the study first) claimed before they are handed out; a study an earlier run
+        made is passed to ``kept(n, record)`` instead. Claimed :data:`CLAIM_BATCH` studies at a time: the
+        manifest is rewritten once per batch, not once per study."""
+        out = self.summary.parent
+        plan = numbered_grades(counts)
+        while batch := list(itertools.islice(plan, CLAIM_BATCH)):
+            to_make = []
+            for n, grade in batch:
+                files = [Path(file).as_posix() for file in files_of(n, grade)]
+                record = self.earlier_record(files[0], out, files[1:])
+                if record is None:
+                    to_make.append((n, grade, files))
+                else:
+                    kept(n, record)
+            if to_make:
+                manifest.claim(*(out / file for *_, files in to_make for file in files))
+            yield from ((n, grade) for n, grade, _ in to_make)
 
     @property
     def done_count(self) -> int:

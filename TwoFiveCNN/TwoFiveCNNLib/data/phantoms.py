@@ -34,7 +34,6 @@ from .generated_cohort import (
     CohortJournal,
     check_room,
     grade_of,
-    numbered_grades,
     present_files,
     study_number,
 )
@@ -459,22 +458,26 @@ def write_cohort(out_dir: str | Path, counts: Sequence[int], seed: int,
     check_room(out, total - journal.done_count, study_bytes, "the phantoms' mean size", PHANTOM_PROCESS_BYTES, 1)
     manifest = OutputManifest.open(out, "phantoms")
     journal.begin(manifest, present, [out / "studies" / f"CT-{k}" for k, count in enumerate(counts) if count])
-    records, paths = [], []
+    records: dict[int, dict] = {}
+
+    def recorded(n: int, record: dict) -> None:
+        records[n] = record
+        if progress is not None:
+            progress(len(records), total)
+
+    def study_path(n: int, label: int) -> Path:
+        return Path("studies", f"CT-{label}", f"study_{n:04d}{suffix}")
+
     try:
-        for n, label in numbered_grades(counts):
-            relative = Path("studies", f"CT-{label}", f"study_{n:04d}{suffix}")
-            record = journal.earlier_record(relative.as_posix(), out, [])
-            if record is None:
-                manifest.claim(out / relative)
-                phantom = generate_phantom(label, study_seed(seed, n))
-                write_volume(phantom.array_kji, phantom.geometry, out / relative)
-                record = {"path": relative.as_posix(), **phantom.info}
-                journal.add(record)
-            records.append(record)
-            paths.append(out / relative)
-            if progress is not None:
-                progress(n, total)
+        for n, label in journal.studies_to_make(counts, manifest, lambda n, label: [study_path(n, label)],
+                                                recorded):
+            phantom = generate_phantom(label, study_seed(seed, n))
+            relative = study_path(n, label)
+            write_volume(phantom.array_kji, phantom.geometry, out / relative)
+            record = {"path": relative.as_posix(), **phantom.info}
+            journal.add(record)
+            recorded(n, record)
     finally:
         journal.close()
-    journal.finish(records)
-    return paths
+    journal.finish([records[n] for n in sorted(records)])
+    return [out / records[n]["path"] for n in sorted(records)]

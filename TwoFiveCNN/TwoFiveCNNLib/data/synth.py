@@ -49,7 +49,6 @@ from .generated_cohort import (
     CohortJournal,
     check_room,
     grade_of,
-    numbered_grades,
     present_files,
     study_number,
 )
@@ -544,7 +543,7 @@ def synthesize_study(base: BaseCT, grade: int, seed: int, orientation: str | Non
 _LOADED_BASE: dict[Path, BaseCT] = {}  # per process: one base in memory at a time (bases can be large)
 
 
-def _write_study(out: Path, base_path: Path, label: int, name: str, seed_n: int, n: int) -> tuple[int, Path, dict]:
+def _write_study(out: Path, base_path: Path, label: int, name: str, seed_n: int, n: int) -> tuple[int, dict]:
     """Make study ``n`` and write it with its masks (masks first: a study on disk always has its masks)."""
     if base_path not in _LOADED_BASE:
         _LOADED_BASE.clear()
@@ -554,8 +553,8 @@ def _write_study(out: Path, base_path: Path, label: int, name: str, seed_n: int,
     write_volume(study.lesion_kji, study.geometry, out / lesion_path)
     write_volume(study.lungs_kji, study.geometry, out / lungs_path)
     write_volume(study.array_kji, study.geometry, out / study_path)
-    return n, study_path, {"path": study_path.as_posix(), "lesion_mask": lesion_path.as_posix(),
-                           "lung_mask": lungs_path.as_posix(), **study.info}
+    return n, {"path": study_path.as_posix(), "lesion_mask": lesion_path.as_posix(),
+               "lung_mask": lungs_path.as_posix(), **study.info}
 
 
 def _study_files(name: str, label: int) -> tuple[Path, Path, Path]:
@@ -619,34 +618,27 @@ def write_synth_cohort(bases: Sequence[str | os.PathLike], out_dir: str | os.Pat
     journal.begin(manifest, present, [out / "masks", *(out / "studies" / f"CT-{k}" for k, c in enumerate(counts) if c)])
 
     records: dict[int, dict] = {}
-    done = 0
 
-    def report(text: str) -> None:
-        nonlocal done
-        done += 1
+    def recorded(n: int, record: dict, how: str) -> None:
+        records[n] = record
         if progress is not None:
-            progress(done, total, text)
+            progress(len(records), total, f"{record['path']} {how}")
+
+    def kept(n: int, record: dict) -> None:
+        recorded(n, record, "kept (made by an earlier run)")
 
     def jobs() -> Iterator[tuple]:
-        """The studies still to make, their files claimed as each is handed to a worker."""
-        for n, label in numbered_grades(counts):
-            name = f"{prefix}_{n:04d}"
-            files = _study_files(name, label)
-            earlier = journal.earlier_record(files[0].as_posix(), out, [f.as_posix() for f in files[1:]])
-            if earlier is not None:
-                records[n] = earlier
-                report(f"{files[0].as_posix()} kept (made by an earlier run)")
-                continue
-            manifest.claim(*(out / file for file in files))
+        """The studies still to make, their files claimed before they are handed to a worker."""
+        for n, label in journal.studies_to_make(counts, manifest, lambda n, label: _study_files(
+                f"{prefix}_{n:04d}", label), kept):
             chosen = paths[int(np.random.default_rng([seed, n, 1]).integers(len(paths)))]
-            yield out, chosen, label, name, study_seed(seed, n), n
+            yield out, chosen, label, f"{prefix}_{n:04d}", study_seed(seed, n), n
 
     try:
         with closing(map_in_order(_write_study, jobs(), workers)) as made:  # closed: the pool shut down
-            for n, study_path, record in made:
+            for n, record in made:
                 journal.add(record)
-                records[n] = record
-                report(f"{study_path.as_posix()} from {record['base']}")
+                recorded(n, record, f"from {record['base']}")
     finally:
         journal.close()
     journal.finish([records[n] for n in sorted(records)])
