@@ -17,7 +17,8 @@ EXIT_USAGE, EXIT_FAILED_STUDIES, EXIT_INTERRUPTED = 2, 3, 130
 
 def _add_phantoms(sub) -> None:
     p = sub.add_parser("phantoms", help="write a synthetic MosMed-style phantom cohort")
-    p.add_argument("out", type=Path)
+    p.add_argument("out", type=Path, help="writes OUT/studies/CT-k/study_NNNN.nii.gz and OUT/phantoms.json, never "
+                                          "over a file it did not write; the same command again resumes a stopped run")
     p.add_argument("--counts", default="20,40,16,10,6", help="studies per class CT-0..CT-4 (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=run_phantoms)
@@ -39,7 +40,8 @@ def _add_synth(sub) -> None:
     p.add_argument("--base", required=True, nargs="+", type=Path, metavar="CT",
                    help="normal chest CT volume files, or folders of them (e.g. MosMedData's CT-0 folder)")
     p.add_argument("--out", required=True, type=Path,
-                   help="writes OUT/studies/CT-k/study_NNNN.nii.gz, OUT/masks/ and OUT/synth.json")
+                   help="writes OUT/studies/CT-k/study_NNNN.nii.gz, OUT/masks/ and OUT/synth.json, never over "
+                        "a file it did not write; the same command again resumes a stopped run")
     p.add_argument("--counts", default="10,10,10,10,10",
                    help="studies per class CT-0..CT-4 (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
