@@ -10,6 +10,7 @@ each worker watches its parent and exits once it has gone.
 from __future__ import annotations
 
 import itertools
+import multiprocessing
 import os
 import threading
 import time
@@ -34,9 +35,14 @@ def exit_with_parent(parent_pid: int) -> None:
     run sweeps (its writer's pid is dead).
     """
 
+    parent = multiprocessing.parent_process()  # spawned workers hold a sentinel that ends with the parent
+
     def watch() -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(PARENT_POLL_S)
+        if parent is not None:
+            parent.join()  # returns when the parent has gone; also on Windows, where getppid() keeps its pid
+        else:
+            while os.getppid() == parent_pid:
+                time.sleep(PARENT_POLL_S)
         os._exit(1)
 
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
