@@ -104,8 +104,7 @@ def test_overlap_of_outputs_and_inputs_is_refused(tmp_path):
         refuse_overlap([tmp_path / "models"], [data, model], "export-onnx")
     with pytest.raises(OutputConflictError, match="contains the input"):
         refuse_overlap([tmp_path], [model], "predict")
-    with pytest.raises(OutputConflictError, match="lies inside the input folder"):
-        refuse_overlap([data / "results"], [data], "predict")
+    refuse_overlap([data / "results"], [data], "predict")  # inside an input folder: read one level deep
     with pytest.raises(OutputConflictError, match="is also an input"):
         refuse_overlap([], [model], "train", output_files=[model])
     refuse_overlap([tmp_path / "out"], [data, model, None], "predict")  # apart: fine

@@ -64,7 +64,7 @@ def base_folder(chest_ct_path: Path, tmp_path: Path) -> Path:
     return folder
 
 
-def test_an_output_folder_holding_or_inside_a_base_is_refused(chest_ct_path, tmp_path, capsys):
+def test_an_output_folder_holding_a_base_is_refused(chest_ct_path, tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
     base = out / chest_ct_path.name
@@ -73,8 +73,6 @@ def test_an_output_folder_holding_or_inside_a_base_is_refused(chest_ct_path, tmp
     assert main(synth_args(base, out)) == 2
     error = capsys.readouterr().err
     assert str(base) in error and "Choose an output folder outside the inputs" in error
-    assert main(synth_args(out, out / "cohort")) == 2  # --out inside the --base folder
-    assert str(out) in capsys.readouterr().err
     assert base.read_bytes() == original
     assert sorted(p.name for p in out.iterdir()) == [chest_ct_path.name]
 

@@ -1114,7 +1114,7 @@ class TwoFiveCNNTest(ScriptedLoadableModuleTest):
             parameters.useDemoModel = False
             self.assertIn("folder", logic.batchProblem(parameters))
             parameters.batchInputFolder = parameters.batchOutputFolder = folder
-            self.assertIn("must differ", logic.batchProblem(parameters))
+            self.assertIn("the output folder is the input", logic.batchProblem(parameters))
             parameters.batchOutputFolder = folder / "out"
             self.assertIsNone(logic.batchProblem(parameters))
         self.delayDisplay("Test passed")
