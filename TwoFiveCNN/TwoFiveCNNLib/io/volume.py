@@ -25,15 +25,13 @@ import numpy as np
 import SimpleITK as sitk
 
 from .atomic import atomic_path
+from .dicom_series import read_series_files
+from .volume_checks import VolumeError, first_line, require_orthogonal
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 # Converts LPS (ITK) coordinates to RAS (Slicer) coordinates and back.
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
-
-
-class VolumeError(ValueError):
-    """An input that is not a readable 3D CT volume; the message names the file and the fix."""
 
 
 @dataclass(frozen=True)
@@ -77,13 +75,17 @@ class Geometry:
         return matrix
 
     @classmethod
-    def from_ijk_to_ras(cls, matrix: np.ndarray, size: tuple[int, int, int]) -> Geometry:
+    def from_ijk_to_ras(cls, matrix: np.ndarray, size: tuple[int, int, int], source: str = "") -> Geometry:
+        """The geometry of a Slicer volume node's IJK-to-RAS matrix; a sheared one is refused, naming
+        ``source`` (the node)."""
+        source = source or "IJK-to-RAS matrix"
         lps = np.asarray(matrix, dtype=float)[:3].copy()
         lps = LPS_TO_RAS @ lps
         spacing = np.linalg.norm(lps[:3, :3], axis=0)
         if np.any(spacing <= 0):
-            raise VolumeError(f"IJK-to-RAS matrix has a zero-length axis: {matrix.tolist()}")
+            raise VolumeError(f"{source}: IJK-to-RAS matrix has a zero-length axis: {np.asarray(matrix).tolist()}")
         direction = lps[:3, :3] / spacing
+        require_orthogonal(direction, source)
         return cls(
             size=tuple(int(s) for s in size),
             spacing=tuple(float(s) for s in spacing),
@@ -213,12 +215,6 @@ def unique_stem(name: str, used: set[str], fallback: str = "volume") -> str:
     return unique
 
 
-def _first_line(error: Exception) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    useful = [line for line in lines if "ERROR" not in line.upper() or ":" in line]
-    return (useful or lines or [type(error).__name__])[-1][:300]
-
-
 def has_volume_suffix(path: Path) -> bool:
     """Whether ``path``'s name ends in one of ``VOLUME_SUFFIXES`` (any case): what marks a volume file."""
     return path.name.lower().endswith(VOLUME_SUFFIXES)
@@ -236,7 +232,8 @@ def _subfolders_with_volumes(folder: Path) -> list[str]:
     return names
 
 
-def _read_dicom_series(folder: Path) -> tuple[sitk.Image, list[str]]:
+def _read_dicom_series(folder: Path, allow_uneven_slices: bool) -> tuple[sitk.Image, list[str]]:
+    """The folder's largest DICOM series, its slices where they lie (``dicom_series.read_series_files``)."""
     reader = sitk.ImageSeriesReader()
     series_ids = reader.GetGDCMSeriesIDs(str(folder))
     if not series_ids:
@@ -255,11 +252,8 @@ def _read_dicom_series(folder: Path) -> tuple[sitk.Image, list[str]]:
             f"{folder}: {len(series_ids)} DICOM series found; using the one with the most slices "
             f"({len(files_by_series[chosen])} files, series {chosen})."
         )
-    reader.SetFileNames(files_by_series[chosen])
-    try:
-        return reader.Execute(), warnings
-    except RuntimeError as error:
-        raise VolumeError(f"{folder}: the DICOM series could not be read ({_first_line(error)}).") from None
+    image, more_warnings = read_series_files(folder, list(files_by_series[chosen]), allow_uneven_slices)
+    return image, warnings + more_warnings
 
 
 def _nifti_payload(header: bytes) -> int | None:
@@ -321,7 +315,7 @@ def _read_file(path: Path) -> sitk.Image:
         return sitk.ReadImage(str(path))
     except RuntimeError as error:
         raise VolumeError(
-            f"{path}: cannot be read as an image ({_first_line(error)}). The file may be truncated, "
+            f"{path}: cannot be read as an image ({first_line(error)}). The file may be truncated, "
             f"corrupt, or not really a {study_suffix(path)} file; re-export it from its source."
         ) from None
 
@@ -356,16 +350,23 @@ def _check_image(image: sitk.Image, path: Path) -> sitk.Image:
     return image
 
 
-def read_image(path: str | os.PathLike) -> tuple[sitk.Image, list[str]]:
-    """Read a volume file or a DICOM series folder as a checked 3D SimpleITK image."""
+def read_image(path: str | os.PathLike, *, allow_uneven_slices: bool = False) -> tuple[sitk.Image, list[str]]:
+    """Read a volume file or a DICOM series folder as a checked 3D SimpleITK image on a square grid.
+
+    A sheared grid (a tilted gantry's) is refused. So is a DICOM series whose slices are not evenly
+    spaced, unless ``allow_uneven_slices``: it is then resampled onto an even grid, with a warning
+    (:func:`.dicom_series.read_series_files`).
+    """
     p = Path(path)
     if not p.exists():
         raise VolumeError(f"{p}: no such file or folder.")
     if p.is_dir():
-        image, warnings = _read_dicom_series(p)
+        image, warnings = _read_dicom_series(p, allow_uneven_slices)
     else:
         image, warnings = _read_file(p), []
-    return _check_image(image, p), warnings
+    image = _check_image(image, p)
+    require_orthogonal(np.reshape(image.GetDirection(), (3, 3)), str(p))
+    return image, warnings
 
 
 def voxel_count(path: str | os.PathLike) -> int | None:
@@ -382,13 +383,14 @@ def voxel_count(path: str | os.PathLike) -> int | None:
     return int(np.prod(reader.GetSize(), dtype=np.int64))
 
 
-def read_volume(path: str | os.PathLike) -> Volume:
+def read_volume(path: str | os.PathLike, *, allow_uneven_slices: bool = False) -> Volume:
     """Read NIfTI, NRRD, MetaImage or a DICOM series folder into a canonical :class:`Volume`.
 
     Voxel values are in the units the file declares, with DICOM rescale and NIfTI scaling
-    applied (Hounsfield units for CT). Integer voxels keep their type to save memory.
+    applied (Hounsfield units for CT). Integer voxels keep their type to save memory. Sheared grids
+    and unevenly spaced DICOM slices are refused (see :func:`read_image` for ``allow_uneven_slices``).
     """
-    image, warnings = read_image(path)
+    image, warnings = read_image(path, allow_uneven_slices=allow_uneven_slices)
     array = sitk.GetArrayViewFromImage(image)
     if not np.issubdtype(array.dtype, np.integer) and not np.issubdtype(array.dtype, np.floating):
         array = array.astype(np.float32)
