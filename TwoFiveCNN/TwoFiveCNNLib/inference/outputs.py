@@ -159,7 +159,7 @@ def predict_batch(model: AnyModel, inputs: Iterable[str | os.PathLike], out_dir:
                   scene_writer: SceneWriter | None = None, evidence_suffix: str = ".nii.gz",
                   progress: Callable[[int, int, str], None] | None = None,
                   extra_writers: Sequence[OutputWriter] = (), prefetcher: StudyPrefetcher | None = None,
-                  ) -> BatchResult:
+                  allow_uneven_slices: bool = False) -> BatchResult:
     """Predict every study; a bad study is recorded in ``failures`` and the others still run.
 
     The next study is read and its lungs measured in the background while this one runs through the
@@ -167,6 +167,9 @@ def predict_batch(model: AnyModel, inputs: Iterable[str | os.PathLike], out_dir:
     scene or other writers, a study's files are written in the background while the next study is
     predicted (one study at a time, studies up to ``BACKGROUND_WRITE_MAX_VOXELS``): the writing is
     mostly compression, which leaves the GIL. Each file still appears whole, by rename.
+
+    ``allow_uneven_slices``: DICOM series with missing or uneven slices are resampled onto an even grid
+    (with a warning) instead of failing (a ``prefetcher`` passed in reads with its own setting).
     """
     inputs = [Path(p) for p in inputs]
     if any(p.is_dir() and p.resolve() == Path(out_dir).resolve() for p in inputs):
@@ -176,7 +179,7 @@ def predict_batch(model: AnyModel, inputs: Iterable[str | os.PathLike], out_dir:
     studies = expand_inputs(inputs)
     result = BatchResult()
     background = scene_writer is None and not extra_writers and len(studies) > 1
-    with prefetcher or StudyPrefetcher() as ahead, ThreadPoolExecutor(1, thread_name_prefix="twofivecnn-write") as pool:
+    with prefetcher or StudyPrefetcher(allow_uneven_slices=allow_uneven_slices) as ahead, ThreadPoolExecutor(1, thread_name_prefix="twofivecnn-write") as pool:
         if studies:
             ahead.prefetch(studies[0])
         writing: _Writing | None = None
