@@ -8,8 +8,10 @@ NRRD/MetaImage files, real DICOM series (pydicom) and real MRML volume nodes (sl
 
 from __future__ import annotations
 
+import gzip
 import json
 import shutil
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +80,26 @@ def test_sheared_volume_file_is_refused_naming_the_shear(chest, tmp_path, suffix
     # A grid square to within rounding (0.03 degrees) is read as it is.
     sitk.WriteImage(sheared_image(chest, 0.03), str(path), True)
     assert read_volume(path).array.shape == chest.array.shape
+
+
+@pytest.mark.parametrize("qform", [True, False], ids=["with-qform", "sform-only"])
+def test_nifti_with_a_sheared_sform_is_refused(chest, tmp_path, qform):
+    """dcm2niix's uncorrected NIfTI of a tilted gantry: the slant is in the sform; ITK reads the square
+    qform in its place (or, without one, refuses the file as if it were corrupt)."""
+    plain = tmp_path / "plain.nii"
+    sitk.WriteImage(sheared_image(chest, 0.0), str(plain))
+    header = bytearray(plain.read_bytes())
+    sform = np.array(struct.unpack("<12f", header[280:328])).reshape(3, 4)
+    angle = np.radians(6.0)
+    k, j = sform[:, 2].copy(), sform[:, 1] / np.linalg.norm(sform[:, 1])
+    sform[:, 2] = np.cos(angle) * k + np.sin(angle) * np.linalg.norm(k) * j  # slices shifted along j
+    header[280:328] = struct.pack("<12f", *sform.ravel())
+    header[252:256] = struct.pack("<2h", 1 if qform else 0, 1)  # qform_code, sform_code
+    path = tmp_path / "tilted.nii.gz"
+    path.write_bytes(gzip.compress(bytes(header)))
+
+    with pytest.raises(VolumeError, match=rf"^{path}: the voxel grid is sheared by 6\.00 degrees.*Resample"):
+        read_volume(path)
 
 
 def test_predict_refuses_a_sheared_nrrd_and_writes_nothing_for_it(chest, chest_ct_path, tmp_path, capsys):

@@ -269,12 +269,30 @@ def _nifti_payload(header: bytes) -> int | None:
     return None
 
 
-def _nifti_gz_payload(path: Path) -> int | None:
+def _nifti_header(path: Path) -> bytes:
+    """A NIfTI file's first 348 bytes (decompressed for .nii.gz); fewer when it is shorter or unreadable."""
     try:
-        with gzip.open(path, "rb") as stream:
-            return _nifti_payload(stream.read(348))
+        with (gzip.open if path.name.lower().endswith(".gz") else open)(path, "rb") as stream:
+            return stream.read(348)
     except (EOFError, OSError, zlib.error):
-        return None
+        return b""
+
+
+def _nifti_gz_payload(path: Path) -> int | None:
+    return _nifti_payload(_nifti_header(path))
+
+
+def _nifti_sform(header: bytes) -> np.ndarray | None:
+    """The 3x3 voxel-to-world part of a NIfTI-1 header's sform, when the header declares one (sform_code > 0).
+
+    ITK reads the qform instead when the sform is sheared (or refuses the file when there is no qform),
+    so a tilted gantry's NIfTI (dcm2niix without tilt correction) would lose its slant silently."""
+    for endian in "<>":
+        if len(header) >= 348 and struct.unpack(endian + "i", header[:4])[0] == 348:
+            if struct.unpack(endian + "h", header[254:256])[0] <= 0:
+                return None
+            return np.array(struct.unpack(endian + "12f", header[280:328]), dtype=float).reshape(3, 4)[:, :3]
+    return None
 
 
 def _check_gzip_complete(path: Path) -> None:
@@ -311,6 +329,10 @@ def _read_file(path: Path) -> sitk.Image:
         )
     if path.name.lower().endswith(".gz"):
         _check_gzip_complete(path)
+    if path.name.lower().endswith((".nii", ".nii.gz")):
+        sform = _nifti_sform(_nifti_header(path))
+        if sform is not None and np.isfinite(sform).all() and np.linalg.norm(sform, axis=0).min() > 0:
+            require_orthogonal(sform, str(path))
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as error:
