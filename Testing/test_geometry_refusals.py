@@ -3,7 +3,7 @@ evenly spaced are refused with a message naming the file, the slice and the fix;
 series is resampled onto an even grid whose geometry is what the outputs describe.
 
 Every case is made from slicerio's real chest CT (34 axial slices, 10 mm apart), written as real
-NRRD/MetaImage files, real DICOM series (pydicom) and real MRML volume nodes (slicer-core).
+NRRD, MetaImage and NIfTI files, real DICOM series (pydicom) and real MRML volume nodes (slicer-core).
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ def chest(chest_ct_path: Path) -> Volume:
 
 
 def sheared_image(chest: Volume, degrees: float) -> sitk.Image:
-    """The chest on its canonical grid with each slice shifted forward by tan(degrees) x its height:
-    slices stacked at a slant, as a tilted gantry scans them."""
+    """The chest on its canonical grid with the slice axis tilted ``degrees`` toward the back (y): slices
+    stacked at a slant, as a tilted gantry scans them."""
     image = sitk.GetImageFromArray(chest.array)  # canonical LPS order: identity direction
     image.SetSpacing(chest.spacing_zyx[::-1])
     image.SetOrigin(CORNER)
@@ -44,7 +44,7 @@ def sheared_image(chest: Volume, degrees: float) -> sitk.Image:
 def chest_series(chest: Volume, folder: Path, steps_mm: list[float] | None = None,
                  tilt_degrees: float = 0.0) -> list[Path]:
     """The chest as a DICOM series (HU stored + 3024), slice k at the sum of the first k ``steps_mm``
-    (default: its own 10 mm), each slice shifted in y by tan(tilt) x its height."""
+    (default: its own 10 mm) and shifted toward the back (y) by tan(tilt) x that height."""
     dz = chest.spacing_zyx[0]
     heights = np.concatenate([[0.0], np.cumsum(steps_mm or [dz] * (chest.array.shape[0] - 1))])
     slant = np.tan(np.radians(tilt_degrees))
