@@ -2,9 +2,9 @@
 
 ITK stacks a series' slices as if they were evenly spaced: a missing slice stretches the spacing
 and shifts every slice after it, a repeated position is stacked twice, and a tilted gantry's slant
-is dropped. So each slice's ImagePositionPatient is read first and projected onto the slice normal
-(from ImageOrientationPatient); the volume's geometry is built from those positions, and a series
-they do not fit is refused, naming the slice, before any voxel is read. On request
+is dropped. So each slice's ImagePositionPatient, read with its voxels in the same pass, is projected
+onto the slice normal (from ImageOrientationPatient); the volume's geometry is built from those
+positions, and a series they do not fit is refused, naming the slice. On request
 (``allow_uneven_slices``), a series with missing or uneven slices is resampled onto an even grid.
 """
 
@@ -33,6 +33,7 @@ class SlicePositions:
     """Where a series' slices lie: files in order along the slice normal, and each one's distance along it."""
 
     files: tuple[str, ...]  # two or more
+    order: np.ndarray  # for each of them, its index among the slices as read
     origin: np.ndarray  # the first slice's ImagePositionPatient (LPS, mm)
     direction: np.ndarray  # 3x3, columns: row direction, column direction, slice normal
     along: np.ndarray  # (n,) mm from the first slice along the slice normal, ascending
@@ -69,33 +70,27 @@ class SlicePositions:
         return None
 
 
-def _numbers(reader: sitk.ImageFileReader, tag: str, count: int) -> np.ndarray | None:
-    if not reader.HasMetaDataKey(tag):
+def _numbers(reader: sitk.ImageSeriesReader, index: int, tag: str, count: int) -> np.ndarray | None:
+    """A slice's multi-valued decimal tag (``count`` values), or None when it is missing or malformed."""
+    if not reader.HasMetaDataKey(index, tag):
         return None
     try:
-        values = np.array([float(v) for v in reader.GetMetaData(tag).split("\\")])
+        values = np.array([float(v) for v in reader.GetMetaData(index, tag).split("\\")])
     except ValueError:
         return None
     return values if values.shape == (count,) and np.isfinite(values).all() else None
 
 
-def slice_positions(folder: Path, files: list[str]) -> SlicePositions | None:
-    """The series' slices (two or more) sorted along their normal, from each file's header alone; None
-    when a slice lacks its position or orientation (then only ITK's own stacking is left).
+def slice_positions(folder: Path, files: list[str], reader: sitk.ImageSeriesReader) -> SlicePositions | None:
+    """The series' slices (two or more, as ``reader`` read them with their metadata) sorted along their
+    normal; None when a slice lacks its position or orientation (then only ITK's own stacking is left).
 
     Refuses slices of differing orientations, two slices at one position, and a stack slanting off
     the slice normal (a tilted gantry: a sheared grid)."""
     positions, orientation = [], None
-    for name in files:
-        reader = sitk.ImageFileReader()
-        reader.SetImageIO("GDCMImageIO")
-        reader.SetFileName(name)
-        try:
-            reader.ReadImageInformation()
-        except RuntimeError as error:
-            raise VolumeError(f"{name}: this slice of the DICOM series in {folder} cannot be read "
-                              f"({first_line(error)}); remove it or copy the series again.") from None
-        position, cosines = _numbers(reader, POSITION_TAG, 3), _numbers(reader, ORIENTATION_TAG, 6)
+    for index, name in enumerate(files):
+        position = _numbers(reader, index, POSITION_TAG, 3)
+        cosines = _numbers(reader, index, ORIENTATION_TAG, 6)
         if position is None or cosines is None:
             return None
         if orientation is None:
@@ -121,7 +116,7 @@ def slice_positions(folder: Path, files: list[str]) -> SlicePositions | None:
             f"a series UID. Keep one copy of each slice (one series per folder).")
     slant = positions[-1] - positions[0]
     require_orthogonal(np.column_stack([row, column, slant / np.linalg.norm(slant)]), str(folder))
-    return SlicePositions(tuple(files), positions[0], np.column_stack([row, column, normal]), along)
+    return SlicePositions(tuple(files), order, positions[0], np.column_stack([row, column, normal]), along)
 
 
 def resample_evenly(array_kji: np.ndarray, along: np.ndarray, count: int) -> np.ndarray:
@@ -146,34 +141,37 @@ def read_series_files(folder: Path, files: list[str], allow_uneven_slices: bool 
     last, its step the median step (rounded to fit that span whole), and a warning says so; the image's
     geometry is that grid's. A slant (tilted gantry) or a repeated position is refused either way.
     """
-    warnings = []
-    positions = slice_positions(folder, files) if len(files) > 1 else None  # one file: 2D, or multi-frame
-    uneven = positions.unevenness() if positions is not None else None
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files)
+    reader.MetaDataDictionaryArrayUpdateOn()  # each slice's position, read in the same pass as its voxels
+    try:
+        image = reader.Execute()
+    except RuntimeError as error:
+        raise VolumeError(f"{folder}: the DICOM series could not be read ({first_line(error)}).") from None
+    if len(files) < 2 or image.GetDimension() != 3 or image.GetSize()[2] != len(files):
+        return image, []  # one file (2D, or multi-frame): ITK's own geometry
+    positions = slice_positions(folder, files, reader)
+    del reader  # it shares the voxels: setting the geometry below would copy them while it lives
+    if positions is None:
+        return image, [(f"{folder}: slices without a position or orientation (ImagePositionPatient, "
+                        f"ImageOrientationPatient); stacked as ITK orders them, their spacing unchecked.")]
+    uneven, warnings = positions.unevenness(), []
     if uneven and not allow_uneven_slices:
         raise VolumeError(
             f"{folder}: {uneven}. Read as evenly spaced, the slices beyond it would lie in the wrong place. "
             f"Put back any missing slice, or resample the series onto an even grid with predict "
             f"--allow-uneven-slices (read_volume(..., allow_uneven_slices=True) in Python).")
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(list(positions.files) if positions is not None else files)
-    try:
-        image = reader.Execute()
-    except RuntimeError as error:
-        raise VolumeError(f"{folder}: the DICOM series could not be read ({first_line(error)}).") from None
-    if positions is None or image.GetDimension() != 3 or image.GetSize()[2] != len(positions.files):
-        if positions is None and len(files) > 1:
-            warnings.append(f"{folder}: slices without a position or orientation (ImagePositionPatient, "
-                            f"ImageOrientationPatient); stacked as ITK orders them, their spacing unchecked.")
-        return image, warnings  # one file (2D, or multi-frame): ITK's own geometry
     step, in_plane = positions.even_step(), image.GetSpacing()[:2]
     if uneven:
         count = max(2, round(float(positions.along[-1]) / positions.median_step) + 1)
-        array = resample_evenly(sitk.GetArrayViewFromImage(image), positions.along, count)
+        array = sitk.GetArrayViewFromImage(image)[positions.order]
+        image = sitk.GetImageFromArray(resample_evenly(array, positions.along, count))
         step = float(positions.along[-1] / (count - 1))
-        image = sitk.GetImageFromArray(array)
         warnings.append(f"{folder}: {uneven}; resampled onto an even {step:.2f} mm grid of {count} slices, "
                         f"interpolated linearly between neighbouring slices (--allow-uneven-slices). The "
                         f"outputs lie on that grid, not on the series' own slices.")
+    elif np.any(positions.order != np.arange(len(files))):  # ITK's order was not along the normal
+        image = sitk.GetImageFromArray(sitk.GetArrayViewFromImage(image)[positions.order])
     image.SetOrigin(tuple(float(v) for v in positions.origin))
     image.SetSpacing((*in_plane, step))
     image.SetDirection(tuple(float(v) for v in positions.direction.ravel()))
