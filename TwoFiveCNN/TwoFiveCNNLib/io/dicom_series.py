@@ -162,15 +162,17 @@ def read_series_files(folder: Path, files: list[str], allow_uneven_slices: bool 
             f"Put back any missing slice, or resample the series onto an even grid with predict "
             f"--allow-uneven-slices (read_volume(..., allow_uneven_slices=True) in Python).")
     step, in_plane = positions.even_step(), image.GetSpacing()[:2]
+    in_order = np.array_equal(positions.order, np.arange(len(files)))  # as GDCM sorts a series: no copy
     if uneven:
         count = max(2, round(float(positions.along[-1]) / positions.median_step) + 1)
-        array = sitk.GetArrayViewFromImage(image)[positions.order]
-        image = sitk.GetImageFromArray(resample_evenly(array, positions.along, count))
+        array = sitk.GetArrayViewFromImage(image)
+        image = sitk.GetImageFromArray(resample_evenly(array if in_order else array[positions.order],
+                                                       positions.along, count))
         step = float(positions.along[-1] / (count - 1))
         warnings.append(f"{folder}: {uneven}; resampled onto an even {step:.2f} mm grid of {count} slices, "
                         f"interpolated linearly between neighbouring slices (--allow-uneven-slices). The "
                         f"outputs lie on that grid, not on the series' own slices.")
-    elif np.any(positions.order != np.arange(len(files))):  # ITK's order was not along the normal
+    elif not in_order:
         image = sitk.GetImageFromArray(sitk.GetArrayViewFromImage(image)[positions.order])
     image.SetOrigin(tuple(float(v) for v in positions.origin))
     image.SetSpacing((*in_plane, step))
