@@ -322,8 +322,8 @@ def run_predict(args) -> int:
 
 
 def _run_predict(args, prefetcher, studies: list[Path]) -> int:
-    from ..inference.outputs import predict_batch, unique_names
-    from ..inference.predict import load_model
+    from ..inference.outputs import ExtraOutput, predict_batch, unique_names
+    from ..inference.predict import BUNDLED_MODEL, load_model
     from ..io.progress import ProgressReporter, item_progress
 
     scene_writer = None
@@ -335,10 +335,10 @@ def _run_predict(args, prefetcher, studies: list[Path]) -> int:
     if args.views:
         from ..scene.views import write_views_png  # needs the MRML library (Slicer or slicer-core)
 
-        def write_views(prediction, volume, out_dir, name):
-            return write_views_png(prediction, volume, out_dir / f"{name}_views.png", args.views, name)
+        def write_views(prediction, volume, path, name):
+            return write_views_png(prediction, volume, path, args.views, name)
 
-        extra_writers.append(write_views)
+        extra_writers.append(ExtraOutput("_views.png", write_views))
     engine = "torch" if args.engine == "auto" and (args.half or args.compile) else args.engine
     model = load_model(args.model, args.device, engine).accelerate(args.half, args.compile)
     with _json_stream(args.progress_json) as stream:
@@ -347,6 +347,7 @@ def _run_predict(args, prefetcher, studies: list[Path]) -> int:
             item_progress(ProgressReporter(stream), "predict", unique_names(studies))
         result = predict_batch(model, args.inputs, args.out, scene_writer, evidence_suffix=args.format,
                                progress=progress, extra_writers=extra_writers, prefetcher=prefetcher,
+                               model_source=args.model or BUNDLED_MODEL,
                                allow_uneven_slices=args.allow_uneven_slices)
     for path, prediction in result.predictions.items():
         probabilities = ", ".join(f"{k} {v:.2f}" for k, v in prediction.probabilities.items())
@@ -416,7 +417,10 @@ def run_bench(args) -> int:
         print(f"study written to {args.accuracy} ({len(report['runs'])} runs)")
         return 0
     from ..evaluation.bench import run_benchmarks
+    from ..io.manifest import OutputManifest
 
+    if args.json is not None:  # before the minutes of measuring: a user's file of that name is not replaced
+        OutputManifest.open(args.json.parent, "bench").claim(args.json)
     run_benchmarks(args.json, quick=args.quick)
     return 0
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..io.timing import StageTimes, timed
-from ..io.volume import Volume, has_volume_suffix, read_volume, study_name, voxel_count
+from ..io.volume import Volume, has_volume_suffix, is_hidden, read_volume, study_name, voxel_count
 
 if TYPE_CHECKING:
     from ..transforms.involvement import LungAnalysis
@@ -27,10 +27,11 @@ PREFETCH_MAX_VOXELS = 64 * 2**20
 
 
 def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
-    """Volume files, DICOM series folders, and folders of volume files (each file one study)."""
+    """Volume files, DICOM series folders, and folders of volume files (each file one study; hidden
+    files skipped)."""
     studies: list[Path] = []
     for item in map(Path, inputs):
-        volume_files = sorted(filter(has_volume_suffix, item.iterdir())) \
+        volume_files = sorted(p for p in item.iterdir() if has_volume_suffix(p) and not is_hidden(p)) \
             if item.is_dir() else []
         studies.extend(volume_files or [item])
     return studies

@@ -220,6 +220,12 @@ def has_volume_suffix(path: Path) -> bool:
     return path.name.lower().endswith(VOLUME_SUFFIXES)
 
 
+def is_hidden(path: Path) -> bool:
+    """A dot file or folder: never a study (macOS writes ``._study.nii.gz`` beside ``study.nii.gz`` on
+    foreign disks, and our own temporaries start with a dot)."""
+    return path.name.startswith(".")
+
+
 def _subfolders_with_volumes(folder: Path) -> list[str]:
     """Names of ``folder``'s sub-folders that hold volume files (unreadable ones are skipped)."""
     names = []
