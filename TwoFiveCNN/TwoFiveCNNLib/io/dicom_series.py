@@ -58,8 +58,8 @@ class SlicePositions:
             k = int(gaps[np.argmax(steps[gaps])])
             more = f" (and {gaps.size - 1} more gap{'s' * (gaps.size > 2)})" if gaps.size > 1 else ""
             return (f"a gap of {steps[k]:.2f} mm between slices {Path(self.files[k]).name} and "
-                    f"{Path(self.files[k + 1]).name}, {steps[k] / median:.1f} times the series' {median:.2f} mm "
-                    f"step: a slice is missing{more}")
+                    f"{Path(self.files[k + 1]).name}, {steps[k] / median:.1f} times the series' "
+                    f"{median:.2f} mm step: a slice is missing{more}")
         step = self.even_step()
         offsets = self.along - step * np.arange(len(self.files))
         k = int(np.argmax(np.abs(offsets)))
@@ -100,7 +100,7 @@ def slice_positions(folder: Path, files: list[str], reader: sitk.ImageSeriesRead
                               f"{Path(files[0]).name}, so the series is not one volume; move the slices "
                               f"of other orientations (e.g. localisers) into another folder.")
         positions.append(position)
-    row, column = orientation[:3] / np.linalg.norm(orientation[:3]), orientation[3:] / np.linalg.norm(orientation[3:])
+    row, column = (axis / np.linalg.norm(axis) for axis in (orientation[:3], orientation[3:]))
     normal = np.cross(row, column)
     positions = np.array(positions)
     order = np.argsort(positions @ normal, kind="stable")

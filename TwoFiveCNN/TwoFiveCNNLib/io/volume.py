@@ -83,7 +83,8 @@ class Geometry:
         lps = LPS_TO_RAS @ lps
         spacing = np.linalg.norm(lps[:3, :3], axis=0)
         if np.any(spacing <= 0):
-            raise VolumeError(f"{source}: IJK-to-RAS matrix has a zero-length axis: {np.asarray(matrix).tolist()}")
+            raise VolumeError(f"{source}: IJK-to-RAS matrix has a zero-length axis: "
+                              f"{np.asarray(matrix).tolist()}")
         direction = lps[:3, :3] / spacing
         require_orthogonal(direction, source)
         return cls(

@@ -37,8 +37,8 @@ def require_orthogonal(direction: np.ndarray, source: str) -> None:
     angle = shear_degrees(direction)
     if np.sin(np.radians(angle)) > ORTHOGONALITY_TOLERANCE:
         raise VolumeError(
-            f"{source}: the voxel grid is sheared by {angle:.2f} degrees (its slices are stacked at a slant, "
-            f"as a CT scanned with a tilted gantry is stored), so results could not be mapped back onto it "
-            f"exactly. Resample it onto an orthogonal grid first: in 3D Slicer with Resample Scalar Volume, or "
-            f"Crop Volume with interpolation; for DICOM, dcm2niix corrects the gantry tilt."
+            f"{source}: the voxel grid is sheared by {angle:.2f} degrees (its slices are stacked at a "
+            f"slant, as a CT scanned with a tilted gantry is stored), so results could not be mapped back "
+            f"onto it exactly. Resample it onto an orthogonal grid first: in 3D Slicer with Resample Scalar "
+            f"Volume, or Crop Volume with interpolation; for DICOM, dcm2niix corrects the gantry tilt."
         )
