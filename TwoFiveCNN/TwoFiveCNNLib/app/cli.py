@@ -17,7 +17,8 @@ EXIT_USAGE, EXIT_FAILED_STUDIES, EXIT_INTERRUPTED = 2, 3, 130
 
 def _add_phantoms(sub) -> None:
     p = sub.add_parser("phantoms", help="write a synthetic MosMed-style phantom cohort")
-    p.add_argument("out", type=Path)
+    p.add_argument("out", type=Path, help="writes OUT/studies/CT-k/study_NNNN.nii.gz and OUT/phantoms.json, never "
+                                          "over a file it did not write; the same command again resumes a stopped run")
     p.add_argument("--counts", default="20,40,16,10,6", help="studies per class CT-0..CT-4 (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=run_phantoms)
@@ -27,7 +28,8 @@ def run_phantoms(args) -> int:
     from ..data.phantoms import parse_counts, write_cohort
 
     counts = parse_counts(args.counts)
-    paths = write_cohort(args.out, counts, args.seed, progress=_counter("phantoms"))
+    command = f"twofivecnn phantoms {args.out} --counts {args.counts} --seed {args.seed}"
+    paths = write_cohort(args.out, counts, args.seed, progress=_counter("phantoms"), command=command)
     print(f"wrote {len(paths)} phantom studies to {args.out / 'studies'}")
     return 0
 
@@ -38,7 +40,8 @@ def _add_synth(sub) -> None:
     p.add_argument("--base", required=True, nargs="+", type=Path, metavar="CT",
                    help="normal chest CT volume files, or folders of them (e.g. MosMedData's CT-0 folder)")
     p.add_argument("--out", required=True, type=Path,
-                   help="writes OUT/studies/CT-k/study_NNNN.nii.gz, OUT/masks/ and OUT/synth.json")
+                   help="writes OUT/studies/CT-k/study_NNNN.nii.gz, OUT/masks/ and OUT/synth.json, never over "
+                        "a file it did not write; the same command again resumes a stopped run")
     p.add_argument("--counts", default="10,10,10,10,10",
                    help="studies per class CT-0..CT-4 (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
@@ -46,8 +49,9 @@ def _add_synth(sub) -> None:
                    help="study file names <prefix>_NNNN (default %(default)s; another, such as 'synth', keeps "
                         "them apart from MosMedData's study_NNNN when both are indexed together)")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
-                   help="processes making studies side by side (default %(default)s; about 1 GB each for a "
-                        "512 x 512 x 300 base); the files are the same for any number")
+                   help="processes making studies side by side (default %(default)s; each about 0.2 GB plus 38 "
+                        "bytes per voxel of the largest base: 0.76 GB for 512 x 512 x 68, 3.2 GB for 512 x 512 "
+                        "x 300; refused when they would not fit in memory); the files are the same for any number")
     p.set_defaults(run=run_synth)
 
 
