@@ -118,6 +118,19 @@ def test_predict_refuses_a_sheared_nrrd_and_writes_nothing_for_it(chest, chest_c
     assert any(row.startswith(f"{sheared}\tfailed\t") and "sheared by 6.00 degrees" in row for row in rows)
 
 
+def test_a_command_given_a_sheared_volume_answers_rc_2(chest, tmp_path, capsys):
+    """Where the volume is an argument rather than one study of a batch, the refusal is a usage error."""
+    sheared = tmp_path / "tilted.nrrd"
+    sitk.WriteImage(sheared_image(chest, 6.0), str(sheared), True)
+
+    code = main(["synth", "--base", str(sheared), "--out", str(tmp_path / "synth"), "--counts", "1,0,0,0,0"])
+
+    printed = capsys.readouterr()
+    assert code == 2 and "Traceback" not in printed.out + printed.err
+    assert f"twofivecnn synth: error: {sheared}: the voxel grid is sheared by 6.00 degrees" in printed.err
+    assert not list((tmp_path / "synth").rglob("*.nii.gz"))
+
+
 def test_sheared_volume_node_is_refused(chest, tmp_path):
     slicer = pytest.importorskip("slicer")
     from TwoFiveCNNLib.scene.nodes import find_prediction_nodes, predict_volume_node, volume_from_node
