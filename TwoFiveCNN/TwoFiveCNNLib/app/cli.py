@@ -303,6 +303,10 @@ def _add_predict(sub) -> None:
     p.add_argument("--progress-json", nargs="?", const="-", metavar="PATH",
                    help="emit one JSON object per line (stdout, or PATH) per study: count, total, current "
                         "study, for programs such as Slicer")
+    p.add_argument("--allow-uneven-slices", action="store_true",
+                   help="resample a DICOM series with a missing slice or uneven slice steps onto an even grid of "
+                        "its median step (linearly, with a warning) instead of refusing it; the outputs then lie "
+                        "on that grid")
     p.add_argument("--views", nargs="?", const="evidence", choices=("evidence", "bands"),
                    help="also write <name>_views.png: Slicer's axial, coronal and sagittal views under the "
                         "evidence (default) or the lung bands, with the attention and probabilities")
@@ -313,7 +317,7 @@ def run_predict(args) -> int:
     from ..inference.studies import StudyPrefetcher, expand_inputs
 
     # The first study is read and its lungs measured while the model loads (torch, if it runs on torch).
-    prefetcher = StudyPrefetcher()
+    prefetcher = StudyPrefetcher(allow_uneven_slices=args.allow_uneven_slices)
     studies = expand_inputs(args.inputs)  # a missing path stays itself: predict_batch reports it
     if studies and not any(Path(p).resolve() == args.out.resolve() for p in args.inputs):
         prefetcher.prefetch_next(0, studies[0])  # not a study too large to share memory with torch's loading
@@ -347,7 +351,8 @@ def _run_predict(args, prefetcher, studies: list[Path]) -> int:
             item_progress(ProgressReporter(stream), "predict", unique_names(studies))
         result = predict_batch(model, args.inputs, args.out, scene_writer, evidence_suffix=args.format,
                                progress=progress, extra_writers=extra_writers, prefetcher=prefetcher,
-                               model_source=args.model or BUNDLED_MODEL)
+                               model_source=args.model or BUNDLED_MODEL,
+                               allow_uneven_slices=args.allow_uneven_slices)
     for path, prediction in result.predictions.items():
         probabilities = ", ".join(f"{k} {v:.2f}" for k, v in prediction.probabilities.items())
         print(f"{path}: {prediction.label} ({probabilities})")
