@@ -25,6 +25,7 @@ from TwoFiveCNNLib.app.processes import (
     popen_options,
     prediction_arguments,
 )
+from TwoFiveCNNLib.io.manifest import MANIFEST_NAME, OutputManifest
 
 posix_with_proc = pytest.mark.skipif(os.name == "nt" or not Path("/proc/self/stat").is_file(),
                                      reason="process groups are checked through Linux's /proc")
@@ -223,11 +224,15 @@ def test_a_killed_batch_leaves_complete_studies_only(tmp_path):
     complete = [tmp_path / name for name in ("a.json", "a.png", "a_evidence.nii.gz")]
     cut_short = [tmp_path / name for name in ("b[1].png", "b[1]_evidence.nii.gz", ".b[1].json.x1.tmp.json")]
     others = [tmp_path / name for name in ("c.png", "notes.txt", "summary.tsv")]  # not this batch's
-    for path in complete + cut_short + others + [tmp_path / ".summary.tsv.x2.tmp.tsv"]:
+    users = [tmp_path / "d.png"]  # the user's, with the output name of a study the batch reached: never removed
+    batch.observe({"stage": "predict", "epoch": 2, "epochs": 3, "finished": "b[1]", "current": "d"})
+    OutputManifest.open(tmp_path, "predict").claim(*complete, *cut_short[:2], tmp_path / "b[1]_data")
+    for path in complete + cut_short + others + users + [tmp_path / ".summary.tsv.x2.tmp.tsv"]:
         path.write_text("x")
     (tmp_path / "b[1]_data").mkdir()
     removed = batch.remove_leftovers()
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in complete + others)
+    assert sorted(p.name for p in tmp_path.iterdir()) == \
+        sorted([*(p.name for p in complete + others + users), MANIFEST_NAME])
     assert len(removed) == len(cut_short) + 2
 
 

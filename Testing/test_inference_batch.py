@@ -19,6 +19,7 @@ slicer = pytest.importorskip("slicer")
 
 from test_background_processes import live_members
 from test_extension_layout import load_module, slicer_stubbed  # noqa: F401  (fixture)
+from TwoFiveCNNLib.io.manifest import MANIFEST_NAME
 
 STUDIES = 20
 BATCH_TIMEOUT_S = 600  # a safety net for a broken test, not a measurement
@@ -152,11 +153,12 @@ def test_cancel_at_the_third_study_ends_the_tree_and_keeps_complete_studies(
     assert logic.applyProblem(parameters) is None and not logic.isBatchRunning()
 
     # Studies graded before the cancel are complete; the one at work left nothing; no temporaries.
+    # The manifest records what the batch claimed (io.manifest): the only hidden file.
     files = sorted(p.name for p in out.iterdir())
-    graded = sorted(p.name[: -len(".json")] for p in out.glob("*.json"))
+    graded = sorted(p.name[: -len(".json")] for p in out.glob("*.json") if not p.name.startswith("."))
     assert 2 <= len(graded) < STUDIES, files
-    assert files == sorted(f"{name}{suffix}" for name in graded
-                           for suffix in (".json", ".png", "_evidence.nii.gz")), files
+    assert files == sorted([MANIFEST_NAME, *(f"{name}{suffix}" for name in graded
+                                             for suffix in (".json", ".png", "_evidence.nii.gz"))]), files
     for name in graded:
         record = json.loads((out / f"{name}.json").read_text(encoding="utf-8"))
         assert record["label"] in {f"CT-{k}" for k in range(5)}
@@ -169,7 +171,7 @@ def test_cancel_at_the_third_study_ends_the_tree_and_keeps_complete_studies(
 def test_a_batch_that_cannot_start_says_why_and_adds_nothing(logic, study_folder, tmp_path):
     scene = slicer.mrmlScene
     count = scene.GetNumberOfNodes()
-    with pytest.raises(ValueError, match="must differ from the input folder"):
+    with pytest.raises(ValueError, match="the output folder is the input"):
         logic.startBatch([study_folder], study_folder)
     with pytest.raises(ValueError, match="no such model file"):
         logic.startBatch([study_folder], tmp_path / "out", tmp_path / "missing.pt")

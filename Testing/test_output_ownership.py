@@ -104,8 +104,7 @@ def test_overlap_of_outputs_and_inputs_is_refused(tmp_path):
         refuse_overlap([tmp_path / "models"], [data, model], "export-onnx")
     with pytest.raises(OutputConflictError, match="contains the input"):
         refuse_overlap([tmp_path], [model], "predict")
-    with pytest.raises(OutputConflictError, match="lies inside the input folder"):
-        refuse_overlap([data / "results"], [data], "predict")
+    refuse_overlap([data / "results"], [data], "predict")  # inside an input folder: read one level deep
     with pytest.raises(OutputConflictError, match="is also an input"):
         refuse_overlap([], [model], "train", output_files=[model])
     refuse_overlap([tmp_path / "out"], [data, model, None], "predict")  # apart: fine
@@ -140,3 +139,78 @@ def test_atomic_path_leaves_nothing_on_error_and_the_claim_sweeps_a_killed_write
     leftover = renamed_for(temporary_path(tmp_path / "b.json"), dead_pid())
     OutputManifest.open(tmp_path, "predict").claim(tmp_path / "b.json")
     assert not leftover.exists()
+
+
+# ------------------------------------------------------------------------------------------ predict
+
+
+def one_phantom_study(phantom_cohort: Path) -> Path:
+    return min((phantom_cohort / "studies" / "CT-2").glob("*.nii.gz"))
+
+
+def test_predict_refuses_an_output_folder_holding_its_input_or_the_model(phantom_cohort, tiny_model, tmp_path,
+                                                                         capsys, monkeypatch):
+    from TwoFiveCNNLib.app.cli import main
+
+    study = tmp_path / "ct.nii.gz"
+    study.write_bytes(one_phantom_study(phantom_cohort).read_bytes())
+    (tmp_path / "notes.txt").write_text("the user's")
+    monkeypatch.chdir(tmp_path)
+    assert main(["predict", "ct.nii.gz", "--out", ".", "--engine", "torch"]) == 2
+    assert "the output folder contains the input ct.nii.gz" in capsys.readouterr().err
+    assert main(["predict", str(study), "--model", str(tiny_model), "--out", str(tiny_model.parent)]) == 2
+    assert f"contains the input {tiny_model}" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ct.nii.gz", "notes.txt"], "nothing written"
+
+
+def test_predict_never_replaces_a_users_file_and_reruns_into_its_own_outputs(phantom_cohort, tmp_path, capsys):
+    from TwoFiveCNNLib.app.cli import EXIT_FAILED_STUDIES, main
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name in ("a", "b"):
+        (inputs / f"{name}.nii.gz").write_bytes(one_phantom_study(phantom_cohort).read_bytes())
+    (inputs / "._a.nii.gz").write_bytes(b"\0\5\26\7 macOS resource fork")  # hidden: not a study
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "b.png").write_bytes(b"the user's picture of b")
+    assert main(["predict", str(inputs), "--out", str(out)]) == EXIT_FAILED_STUDIES
+    captured = capsys.readouterr()
+    assert "b.png: this file exists and twofivecnn did not write it" in captured.err
+    assert "._a" not in captured.out + captured.err
+    assert (out / "b.png").read_bytes() == b"the user's picture of b"
+    assert not (out / "b.json").exists() and (out / "a.json").is_file()
+    first = (out / "a.json").stat().st_mtime_ns
+    (out / "b.png").unlink()  # the user moves the picture away; the same command is run again
+    assert main(["predict", str(inputs), "--out", str(out)]) == 0
+    assert (out / "b.json").is_file() and (out / "a.json").stat().st_mtime_ns != first, "own outputs replaced"
+    assert "2 predicted, 0 failed" in capsys.readouterr().out
+
+
+def test_predict_refuses_a_user_file_named_summary_tsv(phantom_cohort, tmp_path, capsys):
+    from TwoFiveCNNLib.app.cli import main
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "summary.tsv").write_text("the user's own table\n")
+    assert main(["predict", str(one_phantom_study(phantom_cohort)), "--out", str(out)]) == 2
+    assert "summary.tsv: this file exists and twofivecnn did not write it" in capsys.readouterr().err
+    assert (out / "summary.tsv").read_text() == "the user's own table\n"
+
+
+def test_demo_refuses_a_folder_holding_a_users_file_of_its_output_names_before_any_work(tmp_path, capsys):
+    from TwoFiveCNNLib.app.cli import main
+
+    (tmp_path / "held_out_metrics.json").write_text('{"mine": true}')
+    assert main(["demo", "--out", str(tmp_path), "--quick"]) == 2
+    assert "held_out_metrics.json: this file exists and twofivecnn did not write it" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["held_out_metrics.json"], "no work started"
+
+
+def test_bench_refuses_to_replace_a_users_json_before_measuring(tmp_path, capsys):
+    from TwoFiveCNNLib.app.cli import main
+
+    (tmp_path / "results.json").write_text("{}")
+    assert main(["bench", "--quick", "--json", str(tmp_path / "results.json")]) == 2
+    assert "results.json: this file exists and twofivecnn did not write it" in capsys.readouterr().err
+    assert (tmp_path / "results.json").read_text() == "{}"

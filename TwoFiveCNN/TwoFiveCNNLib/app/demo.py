@@ -11,6 +11,7 @@ from ..data.phantoms import write_cohort
 from ..evaluation.evaluate import evaluate_dataset
 from ..inference.outputs import predict_batch
 from ..io.atomic import write_json_atomic
+from ..io.manifest import OutputManifest
 from ..io.progress import ProgressReporter
 from ..metrics.classification import format_metrics
 from ..reports.figures import confusion_matrix_png, curves_png
@@ -21,6 +22,10 @@ from ..training.run import train
 TRAIN_COUNTS = (20, 40, 16, 10, 6)  # MosMed-like imbalance, about 90 studies
 HELD_OUT_COUNTS = (10, 10, 10, 10, 10)  # balanced, never seen in training
 QUICK_TRAIN_COUNTS, QUICK_HELD_OUT_COUNTS = (4, 5, 4, 4, 3), (2, 2, 2, 2, 2)
+# What the demo writes in its folder itself; the cohorts, the model and the predictions are claimed by
+# the steps that write them (phantoms, train, predict).
+DEMO_OUTPUTS = ("cache", "training_curves.png", "held_out_metrics.json", "held_out_confusion.png",
+                "demo_summary.json")
 
 
 def demo_config(quick: bool) -> TrainConfig:
@@ -31,6 +36,8 @@ def demo_config(quick: bool) -> TrainConfig:
 def run_demo(out: str | Path, quick: bool = False) -> dict:
     """Phantoms -> both stages -> held-out evaluation -> predictions with picture and scene."""
     out = Path(out)
+    # A re-run into an earlier demo's folder is allowed; a user's file of one of these names is refused.
+    OutputManifest.open(out, "demo").claim(*(out / name for name in DEMO_OUTPUTS))
     started = time.monotonic()
     reporter = ProgressReporter()
     train_counts, held_out_counts = (QUICK_TRAIN_COUNTS, QUICK_HELD_OUT_COUNTS) if quick else \

@@ -425,18 +425,26 @@ class PredictionProcess(BackgroundProcess):
         """Delete temporary files, and the outputs of a study left without its JSON record.
 
         ``<name>.json`` is written last, so a study without it was cut short; only the studies this
-        batch reached are looked at (the output folder may hold other runs' results).
+        batch reached are looked at (the output folder may hold other runs' results), and of their
+        outputs only those the batch's manifest records (``io.manifest``): never a file of the user's
+        that merely carries a study's output name.
         """
         if self._still_running():
+            return []
+        from ..io.manifest import OutputConflictError, OutputManifest
+
+        try:
+            manifest = OutputManifest.open(self.out, "predict")
+        except OutputConflictError:
             return []
         removed = sorted(self.out.glob(".summary.tsv.*.tmp*"))
         for name in self.studies:
             pattern = glob_escape(name)
             removed += sorted(self.out.glob(f".{pattern}*.tmp*"))
             if not (self.out / f"{name}.json").exists():
-                removed += [p for p in (self.out / f"{name}.png", self.out / f"{name}.mrml") if p.exists()]
-                removed += sorted(self.out.glob(f"{pattern}_evidence.*"))
-                removed += [p for p in [self.out / f"{name}_data"] if p.is_dir()]
+                outputs = [self.out / f"{name}.png", self.out / f"{name}.mrml", self.out / f"{name}_data",
+                           *self.out.glob(f"{pattern}_evidence.*")]
+                removed += sorted(p for p in outputs if p.exists() and manifest.owns(p))
         for path in removed:
             if path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io.atomic import atomic_path
+from ..io.atomic import atomic_path, remove_stale_temporaries
 from ..io.volume import read_volume
 from ..transforms.involvement import LUNG_FEATURES, lung_features, lung_involvement, measurement_fingerprint
 from ..transforms.preprocess import GridMapping, PreprocessConfig, to_model_grid
@@ -158,6 +158,7 @@ def _warm_one(root: Path, path: Path, config: PreprocessConfig) -> bool:
 
 
 def _write_entry(entry: Path, grid: np.ndarray, mapping: GridMapping, features: np.ndarray) -> None:
+    remove_stale_temporaries(entry)  # a killed run's half-written entry, left because the entry was missing
     with atomic_path(entry) as tmp, open(tmp, "wb") as f:
         np.savez(f, grid=grid.astype(np.float16), mapping=np.array(json.dumps(mapping.to_dict())),
                  features=features.astype(np.float32))

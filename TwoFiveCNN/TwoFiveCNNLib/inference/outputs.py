@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io.atomic import write_json_atomic, write_text_atomic
+from ..io.manifest import OutputManifest, refuse_overlap
 from ..io.timing import StageTimes, timed
 from ..io.volume import (
     PROBABILITY_STEP,
@@ -35,10 +36,25 @@ from .predict import AnyModel, predict_volume
 from .prediction import DEMO_MODEL_NOTICE, Prediction
 from .studies import StudyPrefetcher, expand_inputs, unique_names
 
-# Writes one more output of a study: (prediction, input volume, output folder, name) -> the file written.
-# The Slicer scene (``scene.save_prediction_scene``) and the three-plane views are such writers.
-OutputWriter = Callable[[Prediction, Volume, Path, str], Path]
-SceneWriter = OutputWriter
+# Writes a study's Slicer scene: (prediction, input volume, output folder, name) -> ``<name>.mrml``, with
+# its data in ``<name>_data/`` (``scene.save_prediction_scene``).
+SceneWriter = Callable[[Prediction, Volume, Path, str], Path]
+
+
+@dataclass(frozen=True)
+class ExtraOutput:
+    """One more file per study, ``<name><suffix>``, written by ``write(prediction, volume, path, name)``.
+
+    The name is known before writing, so the batch claims it in the output folder's manifest first.
+    """
+
+    suffix: str
+    write: Callable[[Prediction, Volume, Path, str], Path]
+
+
+def scene_outputs(out_dir: Path, name: str) -> tuple[Path, Path]:
+    """What a :data:`SceneWriter` writes for the study ``name``."""
+    return out_dir / f"{name}.mrml", out_dir / f"{name}_data"
 
 MONTAGE_MAX_PIXELS = 256  # display tiles need no more in-plane resolution than this
 
@@ -108,36 +124,43 @@ def _input_slice_labels(volume: Volume) -> list[str]:
 
 def write_prediction(prediction: Prediction, volume: Volume, out_dir: str | os.PathLike, name: str | None = None,
                      scene_writer: SceneWriter | None = None, evidence_suffix: str = ".nii.gz",
-                     times: StageTimes | None = None, extra_writers: Sequence[OutputWriter] = ()) -> list[Path]:
+                     times: StageTimes | None = None, extra_writers: Sequence[ExtraOutput] = (),
+                     manifest: OutputManifest | None = None) -> list[Path]:
     """Write ``<name>.json``, ``<name>_evidence<suffix>``, ``<name>.png`` and, with a ``scene_writer``, the
     file it writes (``<name>.mrml`` and its ``<name>_data/`` folder).
 
+    Each file is claimed in the folder's ``manifest`` first (one is opened if not given): a file of
+    that name which twofivecnn did not write is never replaced, and the study fails naming it.
     All or nothing: when one output fails (a full disk), the study's other new outputs and any
     earlier ``<name>.json`` are removed, so no record describes files that do not belong to it.
     """
     out_dir = Path(out_dir)
     name = name or volume.name
     json_path, written = out_dir / f"{name}.json", []
+    evidence_path = out_dir / f"{name}_evidence{evidence_suffix}"
+    manifest = manifest or OutputManifest.open(out_dir, "predict")
+    manifest.claim(json_path, evidence_path, out_dir / f"{name}.png",
+                   *(scene_outputs(out_dir, name) if scene_writer is not None else ()),
+                   *(out_dir / f"{name}{extra.suffix}" for extra in extra_writers))
     try:
         with timed(times, "write_evidence"):
-            written.append(write_probability_volume(prediction.evidence_kji, prediction.geometry,
-                                                    out_dir / f"{name}_evidence{evidence_suffix}"))
+            written.append(write_probability_volume(prediction.evidence_kji, prediction.geometry, evidence_path))
         with timed(times, "write_picture"):
             written.append(write_montage(prediction, volume, out_dir / f"{name}.png"))
         if scene_writer is not None:
             with timed(times, "write_scene"):
                 written.append(scene_writer(prediction, volume, out_dir, name))
-        for writer in extra_writers:
+        for extra in extra_writers:
             with timed(times, "write_other"):
-                written.append(writer(prediction, volume, out_dir, name))
+                written.append(extra.write(prediction, volume, out_dir / f"{name}{extra.suffix}", name))
         with timed(times, "write_json"):
             write_json_atomic(json_path, {**prediction.to_json(), "outputs": [p.name for p in written],
                                           "evidence_volume": evidence_volume_record(written[0])})
     except BaseException:
         for path in [*written, json_path]:
-            path.unlink(missing_ok=True)
+            path.unlink(missing_ok=True)  # each claimed above: ours
             if path.suffix == ".mrml":
-                shutil.rmtree(path.with_name(f"{name}_data"), ignore_errors=True)
+                shutil.rmtree(scene_outputs(out_dir, name)[1], ignore_errors=True)
         raise
     return [json_path, *written]
 
@@ -158,7 +181,8 @@ BACKGROUND_WRITE_MAX_VOXELS = 32 * 2**20
 def predict_batch(model: AnyModel, inputs: Iterable[str | os.PathLike], out_dir: str | os.PathLike,
                   scene_writer: SceneWriter | None = None, evidence_suffix: str = ".nii.gz",
                   progress: Callable[[int, int, str], None] | None = None,
-                  extra_writers: Sequence[OutputWriter] = (), prefetcher: StudyPrefetcher | None = None,
+                  extra_writers: Sequence[ExtraOutput] = (), prefetcher: StudyPrefetcher | None = None,
+                  model_source: str | os.PathLike | None = None, allow_uneven_slices: bool = False,
                   ) -> BatchResult:
     """Predict every study; a bad study is recorded in ``failures`` and the others still run.
 
@@ -167,16 +191,23 @@ def predict_batch(model: AnyModel, inputs: Iterable[str | os.PathLike], out_dir:
     scene or other writers, a study's files are written in the background while the next study is
     predicted (one study at a time, studies up to ``BACKGROUND_WRITE_MAX_VOXELS``): the writing is
     mostly compression, which leaves the GIL. Each file still appears whole, by rename.
+
+    Only what this command wrote is replaced (``io.manifest``): the output folder may be neither an
+    input nor hold one (nor the model file ``model_source``), and a study whose output names are taken
+    by files twofivecnn did not write fails, naming them.
+
+    ``allow_uneven_slices``: DICOM series with missing or uneven slices are resampled onto an even grid
+    (with a warning) instead of failing (a ``prefetcher`` passed in reads with its own setting).
     """
     inputs = [Path(p) for p in inputs]
-    if any(p.is_dir() and p.resolve() == Path(out_dir).resolve() for p in inputs):
-        raise ValueError(f"{out_dir}: the output folder is also an input folder; the evidence volumes written "
-                         f"there would be graded as studies next time. Choose another output folder.")
+    refuse_overlap([out_dir], [*inputs, model_source], "predict")
     check_writable(Path(out_dir))
+    manifest = OutputManifest.open(out_dir, "predict")
+    manifest.claim(Path(out_dir) / "summary.tsv")
     studies = expand_inputs(inputs)
     result = BatchResult()
     background = scene_writer is None and not extra_writers and len(studies) > 1
-    with prefetcher or StudyPrefetcher() as ahead, ThreadPoolExecutor(1, thread_name_prefix="twofivecnn-write") as pool:
+    with prefetcher or StudyPrefetcher(allow_uneven_slices=allow_uneven_slices) as ahead, ThreadPoolExecutor(1, thread_name_prefix="twofivecnn-write") as pool:
         if studies:
             ahead.prefetch(studies[0])
         writing: _Writing | None = None
@@ -191,7 +222,7 @@ def predict_batch(model: AnyModel, inputs: Iterable[str | os.PathLike], out_dir:
                 continue
             prediction, volume = predicted
             write = functools.partial(write_prediction, prediction, volume, Path(out_dir), name, scene_writer,
-                                      evidence_suffix, extra_writers=extra_writers)
+                                      evidence_suffix, extra_writers=extra_writers, manifest=manifest)
             if background and volume.array.size <= BACKGROUND_WRITE_MAX_VOXELS:
                 writing = _Writing(path, done, prediction, pool.submit(write))
             else:  # written here and now: its voxel maps are gone before the next study is predicted

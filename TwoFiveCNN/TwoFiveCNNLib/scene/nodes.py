@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,6 +18,7 @@ import slicer.util
 import vtk
 
 from ..inference.prediction import DEMO_MODEL_NOTICE, Prediction
+from ..io.atomic import temporary_path
 from ..io.volume import Geometry, Volume, read_volume, unique_stem
 from ..reports.colours import ACCENT_UNIT, BAND_COLOURS, evidence_lut
 from ..transforms.involvement import BAND_NAMES
@@ -134,11 +134,13 @@ def volume_from_node(volume_node: slicer.vtkMRMLScalarVolumeNode) -> Volume:
     """The node's voxels and geometry as a canonical :class:`Volume`, the same as reading its file.
 
     The array is copied, so neither the model nor later edits of the Volume can change the node.
-    A parent transform is ignored (the model sees the voxel grid); it is reported in the warnings.
+    A parent transform is ignored (the model sees the voxel grid); it is reported in the warnings. A
+    sheared grid (a tilted gantry's, which the results could not be mapped back onto) is refused.
     """
     _check_volume_node(volume_node)
     array_kji = np.array(slicer.util.arrayFromVolume(volume_node), copy=True)
-    geometry = Geometry.from_ijk_to_ras(_ijk_to_ras(volume_node), size=array_kji.shape[::-1])
+    geometry = Geometry.from_ijk_to_ras(_ijk_to_ras(volume_node), size=array_kji.shape[::-1],
+                                        source=_node_label(volume_node))
     warnings = []
     transform = volume_node.GetParentTransformNode()
     if transform is not None:
@@ -633,7 +635,7 @@ def save_prediction_scene(
     out_dir.mkdir(parents=True, exist_ok=True)
     scene, input_node, _nodes = build_prediction_scene(prediction, volume, name)
     _link_to_source(input_node, volume, out_dir)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=out_dir))
+    staging = temporary_path(out_dir / name, folder=True)
     try:
         save_scene(scene, staging / f"{name}.mrml")
         _move_into(staging, out_dir)
