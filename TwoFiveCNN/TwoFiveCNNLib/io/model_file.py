@@ -2,7 +2,10 @@
 
 The file is a ``torch.save`` archive of plain tensors and one JSON string. It is read with
 ``torch.load(weights_only=True)``, which refuses pickled objects, so a hostile file cannot execute
-code; anything else that is not a TwoFiveCNN model is refused with a message naming the file.
+code; anything else that is not a TwoFiveCNN model is refused with a message naming the file, in
+plain words (:func:`read_torch_file`). Where only the metadata or a few small tensors are needed,
+:func:`read_archive_without_torch` reads them with an unpickler that knows only the names a model file
+holds and runs nothing, in milliseconds rather than torch's import.
 """
 
 from __future__ import annotations
