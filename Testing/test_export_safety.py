@@ -13,8 +13,11 @@ import shutil
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from TwoFiveCNNLib.app.cli import main
 from TwoFiveCNNLib.inference.onnx_model import OnnxModelError, OnnxSeverityModel, export_folder_of
 from TwoFiveCNNLib.inference.predict import BUNDLED_MODEL, load_model, predict_volume
@@ -238,6 +241,16 @@ def test_a_record_that_differs_from_its_model_file_is_refused(model_and_export, 
         load_model(model, "cpu", "onnx")
 
 
+def test_the_demo_models_export_cannot_drop_its_notice(tmp_path):
+    """The shipped export edited to say it is no demo model: every output would lose "not for clinical use"."""
+    shutil.copy(BUNDLED_MODEL, tmp_path / BUNDLED_MODEL.name)
+    folder = shutil.copytree(export_folder_of(BUNDLED_MODEL), tmp_path / export_folder_of(BUNDLED_MODEL).name)
+    assert load_model(tmp_path / BUNDLED_MODEL.name, "cpu", "onnx").is_demo
+    edit_record(folder, demo=False)
+    with pytest.raises(OnnxModelError, match="'demo' is false here but true in"):
+        load_model(tmp_path / BUNDLED_MODEL.name, "cpu", "onnx")
+
+
 def test_without_the_model_file_the_graphs_are_checked_against_model_json(model_and_export, tmp_path):
     """An export moved away from its model file: the graphs' inputs and outputs must still fit model.json."""
     _, folder = model_and_export
@@ -251,6 +264,60 @@ def test_without_the_model_file_the_graphs_are_checked_against_model_json(model_
                 preprocess={**record["preprocess"], "in_plane": record["preprocess"]["in_plane"] * 2})
     with pytest.raises(OnnxModelError, match=f"{alone / 'embed.onnx'}: takes .*image size 96"):
         load_model(alone, "cpu", "auto")  # no model file to fall back on: an error under auto too
+
+
+ODD_JSON = st.recursive(st.none() | st.booleans() | st.integers(-3, 300) | st.floats(allow_nan=True)
+                        | st.text(max_size=6), lambda inner: st.lists(inner, max_size=6)
+                        | st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=8)
+
+
+@st.composite
+def edited_records(draw, record: dict) -> dict:
+    """model.json with one to three fields, top-level or nested, deleted or given odd JSON values."""
+    record = json.loads(json.dumps(record))
+    for _ in range(draw(st.integers(1, 3))):
+        parent = record
+        nested = [k for k, v in record.items() if isinstance(v, dict) and v]
+        if nested and draw(st.booleans()):
+            parent = record[draw(st.sampled_from(sorted(nested)))]
+        key = draw(st.sampled_from(sorted(parent)))
+        if draw(st.integers(0, 4)) == 0:
+            del parent[key]
+        else:
+            parent[key] = draw(ODD_JSON)
+    return record
+
+
+@pytest.fixture(scope="module")
+def fuzz_folder(exported, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("fuzz")
+    shutil.copy(exported / "mine.pt", folder / "mine.pt")
+    shutil.copytree(exported / "mine.onnx", folder / "mine.onnx")
+    return folder
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_an_edited_model_json_loads_and_grades_or_is_refused_naming_it(fuzz_folder, data):
+    """Whatever model.json says, an export either loads and grades a study (finite probabilities summing
+    to 1, one per class) or is refused with an OnnxModelError naming its folder: never another error."""
+    folder = fuzz_folder / "mine.onnx"
+    original = (folder / "model.json").read_text()
+    try:
+        (folder / "model.json").write_text(json.dumps(data.draw(edited_records(json.loads(original)))))
+        for model_file in (fuzz_folder / "mine.pt", folder):  # checked against the model file, and alone
+            try:
+                model = load_model(model_file, "cpu", "onnx")
+            except OnnxModelError as refused:
+                assert str(folder) in str(refused) and "\n" not in str(refused)
+                continue
+            size = model.preprocess.in_plane
+            grid = np.random.default_rng(0).random((5, size, size), dtype=np.float32)
+            graded = model.grade(grid, np.full(4, 0.3))
+            assert graded.probabilities.shape == (len(model.class_names),)
+            assert np.isfinite(graded.probabilities).all() and abs(graded.probabilities.sum() - 1) < 1e-4
+    finally:
+        (folder / "model.json").write_text(original)
 
 
 def test_a_swapped_graph_is_caught_by_its_inputs_and_outputs(tmp_path):

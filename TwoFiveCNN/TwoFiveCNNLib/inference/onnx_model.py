@@ -172,13 +172,17 @@ def _involvement_problem(involvement: Any, n_classes: int) -> str | None:
 
 def model_file_mismatch(record: dict, model_file: Path) -> str | None:
     """Where a record differs from the model file it was made from (what grading takes from it: classes,
-    preprocessing, the lesion network, the involvement part and the columns it reads), or None. Read
+    preprocessing, the lesion network, the involvement part and the columns it reads; the model's name
+    and whether it is a demo model, which every output shows), or None. Read
     without torch: the check costs a few milliseconds, not torch's import."""
     tensors, metadata = read_archive_without_torch(model_file)
     try:
-        expected = {"class_names": list(TaskDefinition.from_dict(metadata["task"]).class_names),
+        expected = {"demo": bool(metadata.get("demo", False)),  # the notice "not for clinical use"
+                    "class_names": list(TaskDefinition.from_dict(metadata["task"]).class_names),
                     "preprocess": PreprocessConfig.from_dict(metadata["preprocess"]).to_dict(),
                     "has_lesion_net": "lesion_net" in tensors}
+        if "name" in metadata:
+            expected["name"] = metadata["name"]
         if "fusion" in metadata:
             expected["fusion_cnn_weight"] = float(metadata["fusion"]["cnn_weight"])
         if "aeration" in tensors and metadata.get("aeration_features") == list(LUNG_FEATURES):
