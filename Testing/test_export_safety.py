@@ -334,7 +334,7 @@ def test_a_swapped_graph_is_caught_by_its_inputs_and_outputs(tmp_path):
         load_model(folder, "cpu", "onnx")
 
 
-def test_an_export_whose_model_file_is_gone_runs_on_its_own(model_and_export, chest_ct_path):
+def test_an_export_whose_model_file_is_gone_runs_on_its_own(model_and_export):
     """The export beside a model file that was moved away still runs (its graphs checked against model.json)."""
     model, folder = model_and_export
     model.unlink()
