@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,46 @@ def sitk_image(array_zyx: np.ndarray, spacing=(0.7, 0.8, 2.5), origin=(-10.0, 20
     image.SetSpacing(spacing)
     image.SetOrigin(origin)
     return image
+
+
+def write_dicom_series(folder: Path, stored_values: np.ndarray, intercept: float, slope: float,
+                       spacing=(0.75, 0.75, 2.0), series_uid: str | None = None, feet_first: bool = False,
+                       positions: Sequence[Sequence[float]] | None = None) -> list[Path]:
+    """A CT series written slice by slice with pydicom, raw values plus a rescale to HU; axial slices
+    ``spacing[2]`` apart, or at the ImagePositionPatient given per slice in ``positions``."""
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    folder.mkdir(parents=True, exist_ok=True)
+    series_uid = series_uid or generate_uid()
+    study_uid = generate_uid()
+    n = stored_values.shape[0]
+    written = []
+    for k in range(n):
+        z = (n - 1 - k if feet_first else k) * spacing[2]
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = pydicom.Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+        ds.Modality, ds.PatientID = "CT", "TEST"
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, study_uid
+        ds.InstanceNumber = k + 1
+        ds.ImagePositionPatient = list(positions[k]) if positions is not None else [-100.0, -120.0, z]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.PixelSpacing = [spacing[1], spacing[0]]
+        ds.SliceThickness = spacing[2]
+        ds.Rows, ds.Columns = stored_values.shape[1:]
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.RescaleIntercept, ds.RescaleSlope = intercept, slope
+        ds.PixelData = stored_values[k].astype(np.uint16).tobytes()
+        written.append(folder / f"slice_{k:03d}.dcm")
+        ds.save_as(written[-1], enforce_file_format=True)
+    return written
 
 
 TINY_TRAIN_ARGS = ["--in-plane", "48", "--slices", "12", "--stage1-epochs", "1", "--stage2-epochs", "4",

@@ -202,3 +202,21 @@ def test_a_new_lung_measurement_misses(cache, study, monkeypatch):
     assert cache.entry_path(study, CONFIG) != before
     cache.get(study, CONFIG)
     assert cache.misses == 2
+
+
+def test_a_killed_writers_half_entry_is_swept_when_the_entry_is_built(cache, study):
+    """SIGKILL skips atomic_path's cleanup; the next build of that entry removes the leftover, and only
+    a dead writer's (a concurrent process's temporary stays)."""
+    import subprocess
+    import sys
+
+    from TwoFiveCNNLib.io.atomic import temporary_path
+
+    entry = cache.entry_path(study, CONFIG)
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    dead = temporary_path(entry)
+    dead = dead.rename(dead.with_name(dead.name.replace(f"-{os.getpid()}.", f"-{child.pid}.")))
+    alive = temporary_path(entry)  # this process's: alive
+    cache.get(study, CONFIG)
+    assert entry.is_file() and not dead.exists() and alive.exists()

@@ -1,14 +1,16 @@
 """Input fuzzing: odd but readable volumes either predict with sane output or fail with a clear message.
 
-Random orientations (axis permutations, flips, oblique rotations), extreme and anisotropic spacings,
-1 to 6 slices, five voxel types, HU, 0..4095, constant and extreme values, NaN and infinities, three
-file formats. Every example is a real file read back through the product's reader; each has a time
-limit, so a hang fails the test instead of stalling CI.
+Random orientations (axis permutations, flips, oblique rotations, and sheared grids as a tilted gantry
+stores them, which must be refused), extreme and anisotropic spacings, 1 to 6 slices, five voxel types,
+HU, 0..4095, constant and extreme values, NaN and infinities, three file formats. Every example is a
+real file read back through the product's reader; each has a time limit, so a hang fails the test
+instead of stalling CI.
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 import signal
 
 import numpy as np
@@ -65,16 +67,28 @@ def odd_volumes(draw) -> dict:
     non_finite = draw(st.sampled_from((None, np.nan, np.inf, -np.inf))) if dtype.startswith("f") else None
     if non_finite is not None:
         array[rng.random(shape) < draw(st.sampled_from((0.001, 0.3, 1.0)))] = non_finite
-    orientation = draw(st.sampled_from(("identity", "permuted", "oblique")))
+    orientation = draw(st.sampled_from(("identity", "permuted", "oblique", "sheared")))
     if orientation == "identity":
         direction = np.eye(3)
     elif orientation == "permuted":
         direction = np.eye(3)[rng.permutation(3)] * rng.choice([-1, 1], 3)[:, None]
     else:
         direction = Rotation.random(random_state=seed).as_matrix()
+    if orientation == "sheared":  # one index axis slanted toward another, by 0.1 to 60 degrees
+        slant = np.radians(draw(st.floats(0.1, 60.0)))
+        axis, toward = rng.permutation(3)[:2]
+        direction[:, axis] = np.cos(slant) * direction[:, axis] + np.sin(slant) * direction[:, toward]
     spacing = tuple(draw(st.floats(0.05, 20.0)) for _ in range(3))
     return {"array": array, "direction": direction, "spacing": spacing,
             "suffix": draw(st.sampled_from((".nrrd", ".nii.gz", ".mha")))}
+
+
+def stored_shear_degrees(image: sitk.Image) -> float:
+    """How far the file's index axes are from right angles, as ITK reads them (its NIfTI writer squares
+    a sheared grid, NRRD and MetaImage keep it)."""
+    columns = np.reshape(image.GetDirection(), (3, 3))
+    columns = columns / np.linalg.norm(columns, axis=0)
+    return float(np.degrees(np.arcsin(min(1.0, np.abs(np.triu(columns.T @ columns, 1)).max()))))
 
 
 def write(case: dict, folder) -> str:
@@ -96,12 +110,17 @@ def model(tiny_model):
 @given(case=odd_volumes())
 def test_odd_volumes_predict_sanely_or_fail_clearly(case, model, tmp_path_factory):
     path = write(case, tmp_path_factory.mktemp("odd"))
+    shear = stored_shear_degrees(sitk.ReadImage(path))
     with time_limit(SECONDS_PER_EXAMPLE):
         try:
             prediction, _ = predict_path(model, path)
         except VolumeError as error:  # the one allowed failure: a message naming the file
             assert path in str(error)
+            if shear > 0.06:  # a sheared grid is refused for its shear, by name and angle
+                named = re.search(r"sheared by ([\d.]+) degrees", str(error))
+                assert named and float(named[1]) == pytest.approx(shear, abs=0.01), str(error)
             return
+    assert shear < 0.06, f"a grid sheared by {shear:.2f} degrees was graded; its outputs cannot lie on it"
     probabilities = np.array(list(prediction.probabilities.values()))
     assert np.isfinite(probabilities).all() and probabilities.sum() == pytest.approx(1.0, abs=1e-5)
     # The evidence map lies exactly on the input's grid, as the file stores it.

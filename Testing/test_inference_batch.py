@@ -171,7 +171,7 @@ def test_cancel_at_the_third_study_ends_the_tree_and_keeps_complete_studies(
 def test_a_batch_that_cannot_start_says_why_and_adds_nothing(logic, study_folder, tmp_path):
     scene = slicer.mrmlScene
     count = scene.GetNumberOfNodes()
-    with pytest.raises(ValueError, match="must differ from the input folder"):
+    with pytest.raises(ValueError, match="the output folder is the input"):
         logic.startBatch([study_folder], study_folder)
     with pytest.raises(ValueError, match="no such model file"):
         logic.startBatch([study_folder], tmp_path / "out", tmp_path / "missing.pt")

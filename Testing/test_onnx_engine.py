@@ -67,7 +67,8 @@ def test_a_trained_model_exported_by_the_command_line_predicts_the_same(tiny_mod
                            predict_volume(load_model(model_path, "cpu", "auto"), volume))
     # A retrained file no longer matches its old export: auto goes back to torch, onnx says what to do.
     model_path.write_bytes(model_path.read_bytes() + b"\0")
-    assert load_model(model_path, "cpu", "auto").__class__.__name__ == "SeverityModel"
+    with pytest.warns(UserWarning, match="made from another version"):
+        assert load_model(model_path, "cpu", "auto").__class__.__name__ == "SeverityModel"
 
 
 def test_predict_on_onnx_runtime_never_imports_torch(chest_ct_path, tmp_path):
@@ -78,7 +79,7 @@ def test_predict_on_onnx_runtime_never_imports_torch(chest_ct_path, tmp_path):
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     code, torch_modules = json.loads(run.stdout.strip().splitlines()[-1])
     assert code == 0 and torch_modules == []
-    record = json.loads(next((tmp_path / "out").glob("*.json")).read_text())
+    record = json.loads((tmp_path / "out" / "CTChest4.json").read_text())  # not the outputs manifest
     assert record["label"] in record["probabilities"] and record["notice"]
 
 

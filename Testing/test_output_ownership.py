@@ -104,8 +104,7 @@ def test_overlap_of_outputs_and_inputs_is_refused(tmp_path):
         refuse_overlap([tmp_path / "models"], [data, model], "export-onnx")
     with pytest.raises(OutputConflictError, match="contains the input"):
         refuse_overlap([tmp_path], [model], "predict")
-    with pytest.raises(OutputConflictError, match="lies inside the input folder"):
-        refuse_overlap([data / "results"], [data], "predict")
+    refuse_overlap([data / "results"], [data], "predict")  # inside an input folder: read one level deep
     with pytest.raises(OutputConflictError, match="is also an input"):
         refuse_overlap([], [model], "train", output_files=[model])
     refuse_overlap([tmp_path / "out"], [data, model, None], "predict")  # apart: fine
@@ -197,3 +196,21 @@ def test_predict_refuses_a_user_file_named_summary_tsv(phantom_cohort, tmp_path,
     assert main(["predict", str(one_phantom_study(phantom_cohort)), "--out", str(out)]) == 2
     assert "summary.tsv: this file exists and twofivecnn did not write it" in capsys.readouterr().err
     assert (out / "summary.tsv").read_text() == "the user's own table\n"
+
+
+def test_demo_refuses_a_folder_holding_a_users_file_of_its_output_names_before_any_work(tmp_path, capsys):
+    from TwoFiveCNNLib.app.cli import main
+
+    (tmp_path / "held_out_metrics.json").write_text('{"mine": true}')
+    assert main(["demo", "--out", str(tmp_path), "--quick"]) == 2
+    assert "held_out_metrics.json: this file exists and twofivecnn did not write it" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["held_out_metrics.json"], "no work started"
+
+
+def test_bench_refuses_to_replace_a_users_json_before_measuring(tmp_path, capsys):
+    from TwoFiveCNNLib.app.cli import main
+
+    (tmp_path / "results.json").write_text("{}")
+    assert main(["bench", "--quick", "--json", str(tmp_path / "results.json")]) == 2
+    assert "results.json: this file exists and twofivecnn did not write it" in capsys.readouterr().err
+    assert (tmp_path / "results.json").read_text() == "{}"

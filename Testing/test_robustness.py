@@ -15,6 +15,7 @@ import pytest
 import torch
 from TwoFiveCNNLib.data.index import DatasetError, DatasetIndex
 from TwoFiveCNNLib.inference.predict import load_model
+from TwoFiveCNNLib.io.manifest import MANIFEST_NAME
 from TwoFiveCNNLib.io.model_file import CHECKPOINT_FORMAT, load_archive
 from TwoFiveCNNLib.io.volume import VolumeError, read_volume
 
@@ -67,7 +68,7 @@ def test_full_disk_leaves_no_partial_outputs(chest_ct_path, tmp_path, limit_byte
     assert run.returncode == 3, run.stderr[-2000:]
     assert "Traceback" not in run.stderr and ("free some space" in run.stderr or "disk space" in run.stderr)
     # The failed study leaves nothing of its own (no evidence volume without its record), and no temporaries.
-    assert sorted(p.name for p in out.rglob("*")) == ["summary.tsv"]
+    assert sorted(p.name for p in out.rglob("*")) == [MANIFEST_NAME, "summary.tsv"]  # the manifest: what it claimed
     assert "\tfailed\t" in (out / "summary.tsv").read_text()
 
 

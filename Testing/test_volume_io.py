@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-import pydicom
 import pytest
 import SimpleITK as sitk
-from conftest import asymmetric_anatomy, sitk_image
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from conftest import asymmetric_anatomy, sitk_image, write_dicom_series
 from scipy import ndimage
 from TwoFiveCNNLib.io.volume import Geometry, Volume, VolumeError, canonical_axes, read_volume, write_volume
 
@@ -71,37 +68,6 @@ def test_ijk_to_ras_round_trip():
     again = Geometry.from_ijk_to_ras(geometry.ijk_to_ras(), geometry.size)
     assert np.allclose(again.ijk_to_lps(), geometry.ijk_to_lps())
     assert Geometry.from_dict(geometry.to_dict()) == geometry
-
-
-def write_dicom_series(folder, stored_values: np.ndarray, intercept: float, slope: float,
-                       spacing=(0.75, 0.75, 2.0), series_uid: str | None = None, feet_first: bool = False):
-    """A CT series written slice by slice with pydicom, raw values plus a rescale to HU."""
-    folder.mkdir(parents=True, exist_ok=True)
-    series_uid = series_uid or generate_uid()
-    study_uid = generate_uid()
-    n = stored_values.shape[0]
-    for k in range(n):
-        z = (n - 1 - k if feet_first else k) * spacing[2]
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = pydicom.Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
-        ds.Modality, ds.PatientID = "CT", "TEST"
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, study_uid
-        ds.InstanceNumber = k + 1
-        ds.ImagePositionPatient = [-100.0, -120.0, z]
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.PixelSpacing = [spacing[1], spacing[0]]
-        ds.SliceThickness = spacing[2]
-        ds.Rows, ds.Columns = stored_values.shape[1:]
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-        ds.RescaleIntercept, ds.RescaleSlope = intercept, slope
-        ds.PixelData = stored_values[k].astype(np.uint16).tobytes()
-        ds.save_as(folder / f"slice_{k:03d}.dcm", enforce_file_format=True)
 
 
 def test_dicom_series_reads_with_hu_and_geometry(tmp_path):

@@ -570,7 +570,7 @@ class TwoFiveCNNLogic(ScriptedLoadableModuleLogic):
         after every study. It runs here and blocks until done (console scripts); the panel uses
         :meth:`startBatch`, which runs the same code in a child process.
         """
-        paths, outputDir = self._batchPaths(paths, outputDir)
+        paths, outputDir = self._batchPaths(paths, outputDir, modelPath)
         from TwoFiveCNNLib.inference.outputs import predict_batch
         from TwoFiveCNNLib.scene.nodes import save_prediction_scene
 
@@ -579,7 +579,7 @@ class TwoFiveCNNLogic(ScriptedLoadableModuleLogic):
         return predict_batch(model, paths, outputDir, save_prediction_scene if scene else None, progress=progress)
 
     @staticmethod
-    def _batchPaths(paths, outputDir) -> "tuple[list[pathlib.Path], pathlib.Path]":
+    def _batchPaths(paths, outputDir, modelPath=None) -> "tuple[list[pathlib.Path], pathlib.Path]":
         """The inputs and the output folder of a batch, checked before any work starts."""
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
@@ -589,12 +589,10 @@ class TwoFiveCNNLogic(ScriptedLoadableModuleLogic):
         if not path_is_set(outputDir):
             raise ValueError(_("Choose an output folder."))
         outputDir = pathlib.Path(outputDir)
-        # Outputs include volume files (the evidence maps): in an input folder, the next run would grade them.
-        for path in paths:
-            if path.is_dir() and outputDir.resolve() == path.resolve():
-                raise ValueError(_("The output folder must differ from the input folder {path}: the "
-                                   "evidence volumes written there would be graded as studies next time.")
-                                 .format(path=path))
+        from TwoFiveCNNLib.io.manifest import refuse_overlap
+
+        # Outputs include volume files (the evidence maps): among the inputs, the next run would grade them.
+        refuse_overlap([outputDir], [*paths, modelPath if path_is_set(modelPath) else None], "predict")
         return paths, outputDir
 
     # ------------------------------------------------------------------ batch in the background
@@ -610,7 +608,7 @@ class TwoFiveCNNLogic(ScriptedLoadableModuleLogic):
 
         if self.isBatchRunning():
             raise RuntimeError(_("A batch is already running: cancel it first."))
-        paths, outputDir = self._batchPaths(paths, outputDir)
+        paths, outputDir = self._batchPaths(paths, outputDir, modelPath)
         if path_is_set(modelPath) and not os.path.isfile(modelPath):
             raise ValueError(_("There is no such model file: {path}").format(path=modelPath))
         args = prediction_arguments(modelPath if path_is_set(modelPath) else None, device_option(device), scene)
@@ -1116,7 +1114,7 @@ class TwoFiveCNNTest(ScriptedLoadableModuleTest):
             parameters.useDemoModel = False
             self.assertIn("folder", logic.batchProblem(parameters))
             parameters.batchInputFolder = parameters.batchOutputFolder = folder
-            self.assertIn("must differ", logic.batchProblem(parameters))
+            self.assertIn("the output folder is the input", logic.batchProblem(parameters))
             parameters.batchOutputFolder = folder / "out"
             self.assertIsNone(logic.batchProblem(parameters))
         self.delayDisplay("Test passed")

@@ -20,5 +20,8 @@ ctchest4="$(.venv/bin/python -c 'import pathlib, slicerio; print(pathlib.Path(sl
   --out TwoFiveCNN/TwoFiveCNNLib/inference/demo_model.pt \
   --cache "$work/cache" --split "$work/split.json" --seed 0 --demo \
   --name "TwoFiveCNN synthetic demo model (phantoms, lesions inserted into CTChest4 and LIDC-IDRI-0001)"
-# Its networks for ONNX Runtime, shipped beside it (predict --engine auto/onnx; needs the onnx package).
+# Its networks for ONNX Runtime, shipped beside it (predict --engine auto/onnx; needs the onnx package). The
+# manifest export-onnx keeps of its files is this machine's record, not shipped: a folder holding only an
+# export's files is replaced by the next export all the same.
 .venv/bin/twofivecnn export-onnx
+rm -f TwoFiveCNN/TwoFiveCNNLib/inference/demo_model.onnx/.twofivecnn-manifest.json

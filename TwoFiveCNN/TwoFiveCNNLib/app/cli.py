@@ -17,7 +17,8 @@ EXIT_USAGE, EXIT_FAILED_STUDIES, EXIT_INTERRUPTED = 2, 3, 130
 
 def _add_phantoms(sub) -> None:
     p = sub.add_parser("phantoms", help="write a synthetic MosMed-style phantom cohort")
-    p.add_argument("out", type=Path)
+    p.add_argument("out", type=Path, help="writes OUT/studies/CT-k/study_NNNN.nii.gz and OUT/phantoms.json, never "
+                                          "over a file it did not write; the same command again resumes a stopped run")
     p.add_argument("--counts", default="20,40,16,10,6", help="studies per class CT-0..CT-4 (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=run_phantoms)
@@ -27,7 +28,8 @@ def run_phantoms(args) -> int:
     from ..data.phantoms import parse_counts, write_cohort
 
     counts = parse_counts(args.counts)
-    paths = write_cohort(args.out, counts, args.seed, progress=_counter("phantoms"))
+    command = f"twofivecnn phantoms {args.out} --counts {args.counts} --seed {args.seed}"
+    paths = write_cohort(args.out, counts, args.seed, progress=_counter("phantoms"), command=command)
     print(f"wrote {len(paths)} phantom studies to {args.out / 'studies'}")
     return 0
 
@@ -38,7 +40,8 @@ def _add_synth(sub) -> None:
     p.add_argument("--base", required=True, nargs="+", type=Path, metavar="CT",
                    help="normal chest CT volume files, or folders of them (e.g. MosMedData's CT-0 folder)")
     p.add_argument("--out", required=True, type=Path,
-                   help="writes OUT/studies/CT-k/study_NNNN.nii.gz, OUT/masks/ and OUT/synth.json")
+                   help="writes OUT/studies/CT-k/study_NNNN.nii.gz, OUT/masks/ and OUT/synth.json, never over "
+                        "a file it did not write; the same command again resumes a stopped run")
     p.add_argument("--counts", default="10,10,10,10,10",
                    help="studies per class CT-0..CT-4 (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
@@ -46,8 +49,9 @@ def _add_synth(sub) -> None:
                    help="study file names <prefix>_NNNN (default %(default)s; another, such as 'synth', keeps "
                         "them apart from MosMedData's study_NNNN when both are indexed together)")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
-                   help="processes making studies side by side (default %(default)s; about 1 GB each for a "
-                        "512 x 512 x 300 base); the files are the same for any number")
+                   help="processes making studies side by side (default %(default)s; each about 0.2 GB plus 38 "
+                        "bytes per voxel of the largest base: 0.76 GB for 512 x 512 x 68, 3.2 GB for 512 x 512 "
+                        "x 300; refused when they would not fit in memory); the files are the same for any number")
     p.set_defaults(run=run_synth)
 
 
@@ -316,6 +320,10 @@ def _add_predict(sub) -> None:
     p.add_argument("--progress-json", nargs="?", const="-", metavar="PATH",
                    help="emit one JSON object per line (stdout, or PATH) per study: count, total, current "
                         "study, for programs such as Slicer")
+    p.add_argument("--allow-uneven-slices", action="store_true",
+                   help="resample a DICOM series with a missing slice or uneven slice steps onto an even grid of "
+                        "its median step (linearly, with a warning) instead of refusing it; the outputs then lie "
+                        "on that grid")
     p.add_argument("--views", nargs="?", const="evidence", choices=("evidence", "bands"),
                    help="also write <name>_views.png: Slicer's axial, coronal and sagittal views under the "
                         "evidence (default) or the lung bands, with the attention and probabilities")
@@ -326,7 +334,7 @@ def run_predict(args) -> int:
     from ..inference.studies import StudyPrefetcher, expand_inputs
 
     # The first study is read and its lungs measured while the model loads (torch, if it runs on torch).
-    prefetcher = StudyPrefetcher()
+    prefetcher = StudyPrefetcher(allow_uneven_slices=args.allow_uneven_slices)
     studies = expand_inputs(args.inputs)  # a missing path stays itself: predict_batch reports it
     if studies and not any(Path(p).resolve() == args.out.resolve() for p in args.inputs):
         prefetcher.prefetch_next(0, studies[0])  # not a study too large to share memory with torch's loading
@@ -353,14 +361,15 @@ def _run_predict(args, prefetcher, studies: list[Path]) -> int:
 
         extra_writers.append(ExtraOutput("_views.png", write_views))
     engine = "torch" if args.engine == "auto" and (args.half or args.compile) else args.engine
-    model = load_model(args.model, args.device, engine).accelerate(args.half, args.compile)
+    model = load_model(args.model, args.device, engine, warn=_warning("predict")).accelerate(args.half, args.compile)
     with _json_stream(args.progress_json) as stream:
         # Programs (the Slicer module) follow the batch by study: count, total, the study at work.
         progress = _counter("predict", every_call=True) if stream is None else \
             item_progress(ProgressReporter(stream), "predict", unique_names(studies))
         result = predict_batch(model, args.inputs, args.out, scene_writer, evidence_suffix=args.format,
                                progress=progress, extra_writers=extra_writers, prefetcher=prefetcher,
-                               model_source=args.model or BUNDLED_MODEL)
+                               model_source=args.model or BUNDLED_MODEL,
+                               allow_uneven_slices=args.allow_uneven_slices)
     for path, prediction in result.predictions.items():
         probabilities = ", ".join(f"{k} {v:.2f}" for k, v in prediction.probabilities.items())
         print(f"{path}: {prediction.label} ({probabilities})")
@@ -429,7 +438,10 @@ def run_bench(args) -> int:
         print(f"study written to {args.accuracy} ({len(report['runs'])} runs)")
         return 0
     from ..evaluation.bench import run_benchmarks
+    from ..io.manifest import OutputManifest
 
+    if args.json is not None:  # before the minutes of measuring: a user's file of that name is not replaced
+        OutputManifest.open(args.json.parent, "bench").claim(args.json)
     run_benchmarks(args.json, quick=args.quick)
     return 0
 
@@ -440,6 +452,14 @@ def _integers(text: str, option: str) -> tuple[int, ...]:
     except ValueError:
         raise ValueError(f"{option} {text!r}: give comma-separated whole numbers, e.g. 40,90,200.") from None
     return values
+
+
+def _warning(command: str):
+    """``warn(message)``: one line on stderr, as the command's errors are printed."""
+    def warn(message: str) -> None:
+        print(f"twofivecnn {command}: warning: {message}", file=sys.stderr)
+
+    return warn
 
 
 def _counter(stage: str, every_call: bool = False):

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io.atomic import atomic_path, write_text_atomic
+from ..io.atomic import atomic_path, remove_stale_temporaries, write_text_atomic
 from ..io.volume import read_volume
 from ..transforms.involvement import LUNG_FEATURES, lung_features, lung_involvement, measurement_fingerprint
 from ..transforms.preprocess import GridMapping, PreprocessConfig, to_model_grid
@@ -127,6 +127,7 @@ class PreprocessedCache:
     @staticmethod
     def _record_voxels(record: Path, array: np.ndarray) -> str:
         digest = voxel_hash(array)
+        remove_stale_temporaries(record)  # as for entries: a killed run's half-written record
         write_text_atomic(record, digest + "\n")
         return digest
 
@@ -201,6 +202,7 @@ def _warm_one(root: Path, path: Path, config: PreprocessConfig) -> bool:
 
 
 def _write_entry(entry: Path, grid: np.ndarray, mapping: GridMapping, features: np.ndarray) -> None:
+    remove_stale_temporaries(entry)  # a killed run's half-written entry, left because the entry was missing
     with atomic_path(entry) as tmp, open(tmp, "wb") as f:
         np.savez(f, grid=grid.astype(np.float16), mapping=np.array(json.dumps(mapping.to_dict())),
                  features=features.astype(np.float32))

@@ -28,8 +28,15 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from ..io.atomic import write_json_atomic
+from ..io.manifest import OutputManifest
 from ..io.volume import VOLUME_SUFFIXES, Geometry, write_volume
+from .generated_cohort import (
+    CohortJournal,
+    check_room,
+    grade_of,
+    present_files,
+    study_number,
+)
 
 GENERATOR_VERSION = 1
 N_CLASSES = 5
@@ -53,6 +60,12 @@ ORIENTATIONS: dict[str, tuple[bool, bool, bool]] = {
 }
 COARSE_XY = 56  # in-plane cells of the grid random fields are drawn on (about 6..9 mm each)
 COARSE_Z = 24
+PHANTOMS_SUMMARY = "phantoms.json"
+# What a cohort in an output folder must share with the run asked for, to be resumed or repeated there.
+PHANTOM_SETTINGS_COMPARED = {"generator": "generator", "version": "generator version", "seed": "--seed",
+                             "counts": "--counts", "suffix": "file type (suffix)"}
+PHANTOM_BYTES = 2.5e6  # disk per phantom (.nii.gz): 2.2 MB on average over ten measured
+PHANTOM_PROCESS_BYTES = 350e6  # peak memory of `twofivecnn phantoms`: 336 MB measured
 
 
 @dataclass
@@ -414,36 +427,57 @@ def generate_phantom(label: int, seed: int, orientation: str | None = None,
 
 
 def write_cohort(out_dir: str | Path, counts: Sequence[int], seed: int,
-                 progress: Callable[[int, int], None] | None = None, suffix: str = ".nii.gz") -> list[Path]:
+                 progress: Callable[[int, int], None] | None = None, suffix: str = ".nii.gz",
+                 command: str = "") -> list[Path]:
     """Write a MosMed-style cohort ``out_dir/studies/CT-k/study_NNNN<suffix>`` plus ``phantoms.json``.
 
     ``counts`` gives studies per class from CT-0 (missing classes have none). Studies are
     numbered 0001.. across classes in order; study n uses :func:`study_seed` (seed, n), so a
     cohort is reproducible and each study does not depend on how many others are made.
-    ``progress(done, total)`` is called after each study.
+    ``progress(done, total)`` is called after each study. As ``synth`` (:mod:`.generated_cohort`), it
+    writes only what it owns and refuses a cohort there made with other settings; re-running the same
+    settings resumes a killed run (``command``, the command line, goes into the refusal's message).
     """
     counts = _check_counts(counts)
     if suffix not in VOLUME_SUFFIXES or suffix in (".nhdr", ".mhd"):
         raise ValueError(f"suffix {suffix!r}: use one of .nii.gz, .nii, .nrrd or .mha.")
     out = Path(out_dir)
-    labels = [label for label, count in enumerate(counts) for _ in range(count)]
-    relative = [Path("studies", f"CT-{label}", f"study_{n:04d}{suffix}") for n, label in enumerate(labels, 1)]
-    studies, planned = out / "studies", set(relative)
-    stale = sorted(p for p in studies.rglob("*") if p.is_file() and p.relative_to(out) not in planned)
-    if stale:
-        raise ValueError(
-            f"{studies} already holds {len(stale)} file(s) this cohort would not replace (e.g. {stale[0]}); "
-            f"they would mix into the data set. Choose an empty output folder or delete them."
-        )
-    records, paths = [], []
-    for n, (label, rel) in enumerate(zip(labels, relative), 1):
-        phantom = generate_phantom(label, study_seed(seed, n))
-        paths.append(write_volume(phantom.array_kji, phantom.geometry, out / rel))
-        records.append({"path": rel.as_posix(), **phantom.info})
-        if progress is not None:
-            progress(n, len(labels))
+
+    def planned(relative: Path) -> bool:
+        n = study_number(relative.name, "study", suffix)
+        return len(relative.parts) == 3 and n is not None and relative.parent.name == f"CT-{grade_of(counts, n)}"
+
     settings = {"generator": "TwoFiveCNNLib.data.phantoms", "version": GENERATOR_VERSION, "seed": seed,
                 "counts": counts, "suffix": suffix, "fraction_ranges": [list(r) for r in FRACTION_RANGES],
                 "consolidation_ranges": [list(r) for r in CONSOLIDATION_RANGES]}
-    write_json_atomic(out / "phantoms.json", {"settings": settings, "studies": records})
-    return paths
+    journal = CohortJournal.open(out, PHANTOMS_SUMMARY, settings, PHANTOM_SETTINGS_COMPARED,
+                                 command or "twofivecnn phantoms")
+    present = present_files(out, ("studies",), planned)
+    total = sum(counts)
+    study_bytes = PHANTOM_BYTES * (2 if suffix == ".nii" else 1)  # .nii alone is written uncompressed
+    check_room(out, total - journal.done_count, study_bytes, "the phantoms' mean size", PHANTOM_PROCESS_BYTES, 1)
+    manifest = OutputManifest.open(out, "phantoms")
+    journal.begin(manifest, present, [out / "studies" / f"CT-{k}" for k, count in enumerate(counts) if count])
+    records: dict[int, dict] = {}
+
+    def recorded(n: int, record: dict) -> None:
+        records[n] = record
+        if progress is not None:
+            progress(len(records), total)
+
+    def study_path(n: int, label: int) -> Path:
+        return Path("studies", f"CT-{label}", f"study_{n:04d}{suffix}")
+
+    try:
+        for n, label in journal.studies_to_make(counts, manifest, lambda n, label: [study_path(n, label)],
+                                                recorded):
+            phantom = generate_phantom(label, study_seed(seed, n))
+            relative = study_path(n, label)
+            write_volume(phantom.array_kji, phantom.geometry, out / relative)
+            record = {"path": relative.as_posix(), **phantom.info}
+            journal.add(record)
+            recorded(n, record)
+    finally:
+        journal.close()
+    journal.finish([records[n] for n in sorted(records)])
+    return [out / records[n]["path"] for n in sorted(records)]

@@ -13,6 +13,7 @@ from ..data.cohort import Cohort
 from ..metrics.classification import compute_metrics
 from ..networks.heads import AttentionHead
 from ..networks.severity_model import SeverityModel
+from .predict import non_finite_output_error
 
 # Result names: the 2.5D model (fused when it has an aeration model), its parts, and the pure-2D baseline.
 FUSED, CNN_ONLY, AERATION_ONLY, POOLED_2D = "twofive", "twofive_cnn_only", "aeration_only", "pooled_2d"
@@ -66,6 +67,11 @@ def study_probabilities(model: SeverityModel, cohort: Cohort, with_pooled_2d: bo
     if aeration is not None:
         results[CNN_ONLY] = cnn
         results[AERATION_ONLY] = aeration.numpy()
+    broken = sorted({i for values in results.values() for i in np.flatnonzero(~np.isfinite(values).all(-1))})
+    if broken:
+        shown = ", ".join(cohort.study_ids[i] for i in broken[:5]) + (", ..." if len(broken) > 5 else "")
+        raise non_finite_output_error(model, f"studies {shown}", f"probabilities for {len(broken)} of "
+                                                                  f"{len(cohort)} studies")
     return results
 
 

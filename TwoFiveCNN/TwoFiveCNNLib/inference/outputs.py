@@ -182,7 +182,8 @@ def predict_batch(model: AnyModel, inputs: Iterable[str | os.PathLike], out_dir:
                   scene_writer: SceneWriter | None = None, evidence_suffix: str = ".nii.gz",
                   progress: Callable[[int, int, str], None] | None = None,
                   extra_writers: Sequence[ExtraOutput] = (), prefetcher: StudyPrefetcher | None = None,
-                  model_source: str | os.PathLike | None = None) -> BatchResult:
+                  model_source: str | os.PathLike | None = None, allow_uneven_slices: bool = False,
+                  ) -> BatchResult:
     """Predict every study; a bad study is recorded in ``failures`` and the others still run.
 
     The next study is read and its lungs measured in the background while this one runs through the
@@ -194,6 +195,9 @@ def predict_batch(model: AnyModel, inputs: Iterable[str | os.PathLike], out_dir:
     Only what this command wrote is replaced (``io.manifest``): the output folder may be neither an
     input nor hold one (nor the model file ``model_source``), and a study whose output names are taken
     by files twofivecnn did not write fails, naming them.
+
+    ``allow_uneven_slices``: DICOM series with missing or uneven slices are resampled onto an even grid
+    (with a warning) instead of failing (a ``prefetcher`` passed in reads with its own setting).
     """
     inputs = [Path(p) for p in inputs]
     refuse_overlap([out_dir], [*inputs, model_source], "predict")
@@ -203,7 +207,7 @@ def predict_batch(model: AnyModel, inputs: Iterable[str | os.PathLike], out_dir:
     studies = expand_inputs(inputs)
     result = BatchResult()
     background = scene_writer is None and not extra_writers and len(studies) > 1
-    with prefetcher or StudyPrefetcher() as ahead, ThreadPoolExecutor(1, thread_name_prefix="twofivecnn-write") as pool:
+    with prefetcher or StudyPrefetcher(allow_uneven_slices=allow_uneven_slices) as ahead, ThreadPoolExecutor(1, thread_name_prefix="twofivecnn-write") as pool:
         if studies:
             ahead.prefetch(studies[0])
         writing: _Writing | None = None

@@ -8,7 +8,7 @@ torch before a torch model is used.
 
 from __future__ import annotations
 
-import json
+import importlib.util
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,10 +38,10 @@ from ..transforms.preprocess import (
     to_model_grid,
 )
 from .onnx_model import (
+    GRAPHS,
     OnnxModelError,
     OnnxSeverityModel,
     export_folder_of,
-    file_sha256,
     onnxruntime_available,
 )
 from .prediction import BandLabels, Prediction
@@ -56,46 +56,35 @@ AnyModel = Union["SeverityModel", OnnxSeverityModel]
 
 
 def onnx_export_for(path: str | os.PathLike | None) -> Path | None:
-    """The ONNX export to run for a model: the folder itself, or the export beside a model file (for the
-    bundled model, the one shipped beside it) when it was made from this very file; else None."""
+    """The ONNX export for a model: the folder itself, or the export beside a model file (for the
+    bundled model, the one shipped beside it); None when there is none. Whether it was made from this
+    very file, and is whole, :class:`.onnx_model.OnnxSeverityModel` checks as it loads it."""
     source = Path(path) if path is not None else BUNDLED_MODEL
     if source.is_dir():
         return source
     folder = export_folder_of(source)
-    record = folder / "model.json"
-    if not record.is_file():
-        return None
-    try:
-        made_from = json.loads(record.read_text()).get("source_sha256")
-    except ValueError:
-        return None
-    return folder if made_from == file_sha256(source) else None
+    export_files = ["model.json", *(f"{name}.onnx" for name in GRAPHS)]  # graphs alone: an incomplete export
+    return folder if any((folder / name).is_file() for name in export_files) else None
 
 
-def load_model(path: str | os.PathLike | None = None, device: str = "auto", engine: str = "torch") -> AnyModel:
+def load_model(path: str | os.PathLike | None = None, device: str = "auto", engine: str = "torch",
+               warn: Callable[[str], None] | None = None) -> AnyModel:
     """Load a model file, or the bundled synthetic-data demo model when ``path`` is None.
 
     ``engine``: ``torch``; ``onnx`` (ONNX Runtime, CPU: the export folder ``path``, or the export made
     from the model file ``path`` by ``twofivecnn export-onnx``); ``auto``: ONNX Runtime when it is
-    installed, the device is the CPU and such an export exists, torch otherwise.
+    installed, the device is the CPU and such an export exists, torch otherwise. Under ``auto``, an
+    export that is damaged, or made from another version of the model file, is passed over for torch
+    with a one-line ``warn`` (default: :func:`warnings.warn`); under ``onnx`` it is an error.
 
     The torch model's convolution weights (backbone and lesion network) are laid out channels-last,
     the layout their inputs are given in: faster convolutions on CPUs, the same results."""
     if engine not in ENGINES:
         raise ValueError(f"engine {engine!r}: choose one of {', '.join(ENGINES)}.")
     if engine != "torch":
-        folder = onnx_export_for(path)
-        usable = folder is not None and onnxruntime_available() and device.lower() in ("auto", "cpu")
-        if engine == "onnx":
-            if not onnxruntime_available():
-                raise ValueError("--engine onnx needs ONNX Runtime: pip install onnxruntime (or use --engine torch).")
-            if device.lower() not in ("auto", "cpu"):
-                raise ValueError("--engine onnx runs on the CPU; leave out --device or use --engine torch.")
-            if folder is None:
-                raise OnnxModelError(f"{path or BUNDLED_MODEL}: no ONNX export made from this model file; make one "
-                                     f"with `twofivecnn export-onnx --model {path or BUNDLED_MODEL}`.")
-        if engine == "onnx" or usable:
-            return OnnxSeverityModel(folder)
+        onnx_model = _onnx_model(path, device, engine, warn or _warn)
+        if onnx_model is not None:
+            return onnx_model
     if path is not None and (Path(path) / "model.json").is_file():
         raise OnnxModelError(f"{path}: an ONNX export, which runs on ONNX Runtime; use --engine onnx (or auto), or "
                              f"give the model file it was exported from for torch.")
@@ -108,6 +97,39 @@ def load_model(path: str | os.PathLike | None = None, device: str = "auto", engi
     if model.lesion_net is not None:
         model.lesion_net.to(memory_format=torch.channels_last)
     return model
+
+
+def _onnx_model(path: str | os.PathLike | None, device: str, engine: str,
+                warn: Callable[[str], None]) -> OnnxSeverityModel | None:
+    """The model on ONNX Runtime for ``engine`` onnx or auto; None when auto runs it on torch."""
+    source = Path(path) if path is not None else BUNDLED_MODEL
+    folder = onnx_export_for(path)
+    model_file = None if source.is_dir() else source
+    on_cpu = device.lower() in ("auto", "cpu")
+    if engine == "onnx":
+        if not onnxruntime_available():
+            raise ValueError("--engine onnx needs ONNX Runtime: pip install onnxruntime (or use --engine torch).")
+        if not on_cpu:
+            raise ValueError("--engine onnx runs on the CPU; leave out --device or use --engine torch.")
+        if folder is None:
+            raise OnnxModelError(f"{source}: no ONNX export made from this model file; make one "
+                                 f"with `twofivecnn export-onnx --model {source}`.")
+        return OnnxSeverityModel(folder, model_file=model_file)
+    if folder is None or not onnxruntime_available() or not on_cpu:
+        return None
+    try:
+        return OnnxSeverityModel(folder, model_file=model_file)
+    except OnnxModelError as problem:
+        if model_file is None or not model_file.is_file() or importlib.util.find_spec("torch") is None:
+            raise  # no model file to run on torch instead, or no torch to run it
+        warn(f"{problem} Running on torch instead (--engine auto).")
+        return None
+
+
+def _warn(message: str) -> None:
+    import warnings
+
+    warnings.warn(message, stacklevel=4)  # at the line that called load_model
 
 
 @dataclass
@@ -181,6 +203,8 @@ def study_lungs(model: AnyModel, volume: Volume, grid: np.ndarray, mapping: Grid
             release_freed_memory()
     with timed(times, "lesion_network"):
         learned = learned_lesions(model, grid, mapping, analysis.factors)
+    if learned is not None:
+        require_finite(model, volume, "lesion probabilities", learned)
     if learned is not None and model.lesion_lungs:
         with timed(times, "lungs_and_involvement"):
             analysis = with_learned_lesions(analysis, volume.array, learned > 0.5)
@@ -200,6 +224,22 @@ def measure_lung_features(model: AnyModel, paths: list[str | os.PathLike],
         if progress is not None:
             progress(done, len(paths))
     return np.stack(features) if features else np.zeros((0, len(LUNG_FEATURES)), dtype=np.float32)
+
+
+def require_finite(model: AnyModel, volume: Volume, what: str, values: np.ndarray) -> None:
+    """Refuse a network output that holds NaN or infinity, naming the study and the model: weights that
+    hold NaN (a damaged file, a training run that diverged) give NaN for every study, and without this
+    the first to notice is a function drawing the picture, which names neither."""
+    if not np.all(np.isfinite(values)):
+        raise non_finite_output_error(model, volume.source or volume.name, f"{what} for this study")
+
+
+def non_finite_output_error(model: AnyModel, where: str, what: str) -> ValueError:
+    """The error for a network output holding NaN or infinity at ``where`` (a study, or several)."""
+    model_file = f" ({model.source_file})" if model.source_file is not None else ""
+    return ValueError(f"{where}: the model {model.name!r}{model_file} gave NaN or infinite {what}; its weights "
+                      f"may hold NaN (a damaged file, or a training run that diverged). Retrain the model or "
+                      f"use another one.")
 
 
 def map_slice_attention(volume: Volume, attention: np.ndarray, mapping: GridMapping) -> tuple[np.ndarray, list[str]]:
@@ -243,6 +283,8 @@ def predict_volume(model: AnyModel, volume: Volume, times: StageTimes | None = N
     report, coarse_bands, factors = analysis.report, analysis.bands, analysis.factors
     with timed(times, "network"):
         result = predict_grid(model, grid, lung_features(report))
+    require_finite(model, volume, "probabilities", result.probabilities)
+    require_finite(model, volume, "slice attention", result.slice_attention)
     probabilities = result.probabilities
     with timed(times, "evidence_map"):
         slice_attention, warnings = map_slice_attention(volume, result.slice_attention, mapping)

@@ -56,13 +56,16 @@ class PreparedStudy:
     times: StageTimes = field(default_factory=StageTimes)
 
 
-def prepare_study(path: str | os.PathLike) -> PreparedStudy:
-    """Read ``path`` and segment and measure its lungs (``read`` and ``lungs_and_involvement`` timed)."""
+def prepare_study(path: str | os.PathLike, allow_uneven_slices: bool = False) -> PreparedStudy:
+    """Read ``path`` and segment and measure its lungs (``read`` and ``lungs_and_involvement`` timed).
+
+    ``allow_uneven_slices``: a DICOM series with missing or uneven slices is resampled onto an even grid
+    (with a warning) instead of refused (``io.volume.read_volume``)."""
     from ..transforms.involvement import analyse_lungs  # SciPy: not for --help
 
     times = StageTimes()
     with timed(times, "read"):
-        volume = read_volume(path)
+        volume = read_volume(path, allow_uneven_slices=allow_uneven_slices)
     with timed(times, "lungs_and_involvement"):
         analysis = analyse_lungs(volume.array, volume.spacing_zyx)
     return PreparedStudy(volume, analysis, times)
@@ -73,18 +76,20 @@ class StudyPrefetcher:
 
     :meth:`take` returns a study's preparation, raising what reading it raised, and prepares it on the
     spot if it was not asked for ahead. :meth:`prefetch_next` asks for the next study only while the
-    two fit :data:`PREFETCH_MAX_VOXELS` together. Use as a context manager, so the thread ends.
+    two fit :data:`PREFETCH_MAX_VOXELS` together. Every study is read with ``allow_uneven_slices``
+    (:func:`prepare_study`). Use as a context manager, so the thread ends.
     """
 
-    def __init__(self, max_voxels: int = PREFETCH_MAX_VOXELS) -> None:
+    def __init__(self, max_voxels: int = PREFETCH_MAX_VOXELS, allow_uneven_slices: bool = False) -> None:
         self.max_voxels = max_voxels
+        self.allow_uneven_slices = allow_uneven_slices
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="twofivecnn-prefetch")
         self._pending: dict[Path, Future] = {}
 
     def prefetch(self, path: str | os.PathLike) -> None:
         path = Path(path)
         if path not in self._pending:
-            self._pending[path] = self._pool.submit(prepare_study, path)
+            self._pending[path] = self._pool.submit(prepare_study, path, self.allow_uneven_slices)
 
     def prefetch_next(self, current_voxels: int, path: str | os.PathLike) -> bool:
         """Prepare ``path`` now if it and the study in hand fit in memory together; whether it was asked for."""
@@ -96,7 +101,7 @@ class StudyPrefetcher:
 
     def take(self, path: str | os.PathLike) -> PreparedStudy:
         future = self._pending.pop(Path(path), None)
-        return prepare_study(path) if future is None else future.result()
+        return prepare_study(path, self.allow_uneven_slices) if future is None else future.result()
 
     def close(self) -> None:
         for future in self._pending.values():

@@ -152,12 +152,13 @@ class OutputManifest:
 
 def refuse_overlap(outputs: Iterable[str | os.PathLike], inputs: Iterable[str | os.PathLike | None],
                    command: str, output_files: Iterable[str | os.PathLike] = ()) -> None:
-    """Refuse output folders that are, contain or lie inside an input, and output files that are inputs.
+    """Refuse output folders that are or contain an input, and output files that are inputs.
 
     ``outputs`` are folders a command writes into, ``output_files`` single files; ``inputs`` are the
     files and folders it reads (the model included; None entries are skipped). Writing into an input
     folder would mix outputs into what the next run reads; an output folder holding an input would
-    put the input among files the command may replace.
+    put the input among files the command may replace. A folder inside an input folder is allowed
+    (``in/results``): the commands read input folders one level deep.
     """
     sources = [(_absolute(p), Path(p)) for p in inputs if p is not None]
     for output in outputs:
@@ -168,10 +169,6 @@ def refuse_overlap(outputs: Iterable[str | os.PathLike], inputs: Iterable[str | 
                 raise OutputConflictError(
                     f"{output}: the output folder {what} the input {given}; twofivecnn {command} would write "
                     f"among the files it reads. Choose an output folder outside the inputs.")
-            if source in folder.parents and source.is_dir():
-                raise OutputConflictError(
-                    f"{output}: the output folder lies inside the input folder {given}; its outputs would be "
-                    f"read as inputs next time. Choose an output folder outside the inputs.")
     for output in output_files:
         file = _absolute(output)
         for source, given in sources:

@@ -2,7 +2,10 @@
 
 The file is a ``torch.save`` archive of plain tensors and one JSON string. It is read with
 ``torch.load(weights_only=True)``, which refuses pickled objects, so a hostile file cannot execute
-code; anything else that is not a TwoFiveCNN model is refused with a message naming the file.
+code; anything else that is not a TwoFiveCNN model is refused with a message naming the file, in
+plain words (:func:`read_torch_file`). Where only the metadata or a few small tensors are needed,
+:func:`read_archive_without_torch` reads them with an unpickler that knows only the names a model file
+holds and runs nothing, in milliseconds rather than torch's import.
 """
 
 from __future__ import annotations
@@ -10,11 +13,14 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
 from .atomic import atomic_path
@@ -49,21 +55,7 @@ def load_archive(path: str | os.PathLike, kind: str = MODEL_FORMAT,
     if not zipfile.is_zipfile(path):
         raise ModelFileError(f"{path}: not a readable {what} file (not a torch archive); it may be truncated "
                              f"or not a TwoFiveCNN file.")
-    import torch
-
-    try:
-        archive = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise ModelFileError(
-            f"{path}: refused: the file contains Python objects that would run code when loaded "
-            f"({str(error).splitlines()[0][:200]}). TwoFiveCNN models hold only tensors and JSON; "
-            f"use a model written by `twofivecnn train`."
-        ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, IndexError, KeyError) as error:
-        raise ModelFileError(
-            f"{path}: not a readable {what} file ({str(error).splitlines()[0][:200]}). "
-            f"It may be truncated or not a TwoFiveCNN file."
-        ) from None
+    archive = read_torch_file(path, what, map_location)
     if not isinstance(archive, dict) or archive.get("format") != kind:
         found = archive.get("format") if isinstance(archive, dict) else type(archive).__name__
         raise ModelFileError(f"{path}: not a TwoFiveCNN {what} (found {found!r}); train one with "
@@ -78,3 +70,130 @@ def load_archive(path: str | os.PathLike, kind: str = MODEL_FORMAT,
     except (KeyError, TypeError, json.JSONDecodeError):
         raise ModelFileError(f"{path}: the {what} has no readable metadata.") from None
     return archive.get("tensors", {}), metadata
+
+
+def read_torch_file(path: str | os.PathLike, what: str, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)``, its failures as a :class:`ModelFileError` in plain words.
+
+    torch's own message colours its text and suggests loading with ``weights_only=False``, which runs
+    whatever code the file holds: the one thing to never do with a file from elsewhere. Neither reaches
+    the user; what the file refers to (a Python object) or why it cannot be read does.
+    """
+    import torch  # here, not at import: the command line's error handling needs this module, not torch
+
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        found = _UNSAFE_GLOBAL.search(_ANSI_CODES.sub("", str(error)))
+        if found:
+            raise ModelFileError(
+                f"{path}: refused: the file holds the Python object {found.group(1)}, which would run code when "
+                f"loaded. TwoFiveCNN models hold only tensors and JSON; use a model written by "
+                f"`twofivecnn train`."
+            ) from None
+        raise ModelFileError(f"{path}: not a readable {what} file ({plain_reason(error)}). It may be truncated "
+                             f"or not a TwoFiveCNN file.") from None
+    except Exception as error:  # noqa: BLE001 - torch raises many types for damaged archives
+        raise ModelFileError(f"{path}: not a readable {what} file ({plain_reason(error)}). It may be truncated "
+                             f"or not a TwoFiveCNN file.") from None
+
+
+_ANSI_CODES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_UNSAFE_GLOBAL = re.compile(r"GLOBAL (\S+) (?:was not an allowed global|whose module)")
+# torch's advice around the reason: to load unsafely, to allowlist objects, to file an issue, its docs.
+_TORCH_ADVICE = re.compile(r"weights_only|safe_globals|allowlist|file an issue|documentation|pytorch\.org",
+                           re.IGNORECASE)
+
+
+def plain_reason(error: BaseException, limit: int = 200) -> str:
+    """The reason in a torch error, as plain text: no colour codes, none of torch's advice (above all
+    not its hint to load with ``weights_only=False``), one line of at most ``limit`` characters."""
+    text = _ANSI_CODES.sub("", str(error)).split("WeightsUnpickler error:")[-1]
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not _TORCH_ADVICE.search(line)]
+    return (lines[0] if lines else type(error).__name__)[:limit]
+
+
+@dataclass(frozen=True)
+class StoredTensor:
+    """A tensor of a torch archive as stored (its storage's data file, dtype, offset, size, strides),
+    read with NumPy by :meth:`numpy`: no torch needed."""
+
+    archive: Path
+    data_name: str
+    dtype: str
+    offset: int
+    size: tuple[int, ...]
+    stride: tuple[int, ...]
+
+    def numpy(self) -> np.ndarray:
+        import numpy as np
+
+        with zipfile.ZipFile(self.archive) as archive:
+            storage = np.frombuffer(archive.read(self.data_name), dtype=np.dtype(self.dtype).newbyteorder("<"))
+        itemsize = storage.itemsize
+        extent = 1 + sum((n - 1) * step for n, step in zip(self.size, self.stride)) if all(self.size) else 0
+        if self.offset < 0 or min(self.stride, default=0) < 0 or self.offset + extent > storage.size:
+            raise ValueError(f"{self.archive}: a tensor reaches beyond its stored data; the file is damaged.")
+        return np.lib.stride_tricks.as_strided(storage[self.offset:], self.size,
+                                               tuple(step * itemsize for step in self.stride)).copy()
+
+
+_STORAGE_DTYPES = {"HalfStorage": "float16", "FloatStorage": "float32", "DoubleStorage": "float64",
+                   "LongStorage": "int64", "IntStorage": "int32", "ShortStorage": "int16",
+                   "CharStorage": "int8", "ByteStorage": "uint8", "BoolStorage": "bool"}
+
+
+class _ArchiveReader(pickle.Unpickler):
+    """Reads a ``torch.save`` archive's pickle with stand-ins: tensors become :class:`StoredTensor`, and
+    nothing is imported or run. Only the names torch's ``weights_only`` loading of our files allows are
+    known; any other is refused."""
+
+    def __init__(self, stream, archive: Path, prefix: str) -> None:
+        super().__init__(stream)
+        self.archive, self.prefix = archive, prefix
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) == ("collections", "OrderedDict"):
+            return dict
+        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+            return self._tensor
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return name
+        raise pickle.UnpicklingError(f"{module}.{name} is not part of a TwoFiveCNN model file")
+
+    def persistent_load(self, pid: Any) -> tuple[str, str]:
+        kind, storage, key = pid[0], pid[1], pid[2]
+        if kind != "storage" or storage not in _STORAGE_DTYPES:
+            raise pickle.UnpicklingError(f"unsupported storage {pid[:2]!r}")
+        return f"{self.prefix}/data/{key}", _STORAGE_DTYPES[storage]
+
+    def _tensor(self, storage: tuple[str, str], offset: int, size, stride, *_) -> StoredTensor:
+        return StoredTensor(self.archive, storage[0], storage[1], int(offset), tuple(size), tuple(stride))
+
+
+def read_archive_without_torch(path: str | os.PathLike, kind: str = MODEL_FORMAT) -> tuple[dict[str, Any], dict]:
+    """``(tensors, metadata)`` of an archive as :func:`load_archive` gives them, with :class:`StoredTensor`
+    stand-ins for the tensors: a second's import of torch saved where only the metadata (or a few small
+    tensors) is needed, such as checking an ONNX export against the model file it was made from."""
+    path = Path(path)
+    what = "model" if kind == MODEL_FORMAT else "training checkpoint"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            pickles = [name for name in archive.namelist() if name.endswith("/data.pkl")]
+            if len(pickles) != 1:
+                raise ModelFileError(f"{path}: not a readable {what} file (not a torch archive).")
+            with archive.open(pickles[0]) as stream:
+                content = _ArchiveReader(stream, path, pickles[0].rsplit("/", 1)[0]).load()
+    except (OSError, zipfile.BadZipFile, pickle.UnpicklingError, EOFError, ValueError, TypeError,
+            IndexError, AttributeError) as error:
+        if isinstance(error, ModelFileError):
+            raise
+        raise ModelFileError(f"{path}: not a readable {what} file ({plain_reason(error)}). It may be truncated "
+                             f"or not a TwoFiveCNN file.") from None
+    if not isinstance(content, dict) or content.get("format") != kind \
+            or content.get("format_version") != FORMAT_VERSION:
+        raise ModelFileError(f"{path}: not a TwoFiveCNN {what} of format version {FORMAT_VERSION}.")
+    try:
+        return content.get("tensors", {}), json.loads(content["metadata_json"])
+    except (KeyError, TypeError, json.JSONDecodeError):
+        raise ModelFileError(f"{path}: the {what} has no readable metadata.") from None

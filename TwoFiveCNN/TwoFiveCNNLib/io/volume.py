@@ -25,15 +25,13 @@ import numpy as np
 import SimpleITK as sitk
 
 from .atomic import atomic_path
+from .dicom_series import read_series_files
+from .volume_checks import VolumeError, first_line, require_orthogonal
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 # Converts LPS (ITK) coordinates to RAS (Slicer) coordinates and back.
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
-
-
-class VolumeError(ValueError):
-    """An input that is not a readable 3D CT volume; the message names the file and the fix."""
 
 
 @dataclass(frozen=True)
@@ -77,13 +75,18 @@ class Geometry:
         return matrix
 
     @classmethod
-    def from_ijk_to_ras(cls, matrix: np.ndarray, size: tuple[int, int, int]) -> Geometry:
+    def from_ijk_to_ras(cls, matrix: np.ndarray, size: tuple[int, int, int], source: str = "") -> Geometry:
+        """The geometry of a Slicer volume node's IJK-to-RAS matrix; a sheared one is refused, naming
+        ``source`` (the node)."""
+        source = source or "IJK-to-RAS matrix"
         lps = np.asarray(matrix, dtype=float)[:3].copy()
         lps = LPS_TO_RAS @ lps
         spacing = np.linalg.norm(lps[:3, :3], axis=0)
         if np.any(spacing <= 0):
-            raise VolumeError(f"IJK-to-RAS matrix has a zero-length axis: {matrix.tolist()}")
+            raise VolumeError(f"{source}: IJK-to-RAS matrix has a zero-length axis: "
+                              f"{np.asarray(matrix).tolist()}")
         direction = lps[:3, :3] / spacing
+        require_orthogonal(direction, source)
         return cls(
             size=tuple(int(s) for s in size),
             spacing=tuple(float(s) for s in spacing),
@@ -213,12 +216,6 @@ def unique_stem(name: str, used: set[str], fallback: str = "volume") -> str:
     return unique
 
 
-def _first_line(error: Exception) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    useful = [line for line in lines if "ERROR" not in line.upper() or ":" in line]
-    return (useful or lines or [type(error).__name__])[-1][:300]
-
-
 def has_volume_suffix(path: Path) -> bool:
     """Whether ``path``'s name ends in one of ``VOLUME_SUFFIXES`` (any case): what marks a volume file."""
     return path.name.lower().endswith(VOLUME_SUFFIXES)
@@ -242,7 +239,8 @@ def _subfolders_with_volumes(folder: Path) -> list[str]:
     return names
 
 
-def _read_dicom_series(folder: Path) -> tuple[sitk.Image, list[str]]:
+def _read_dicom_series(folder: Path, allow_uneven_slices: bool) -> tuple[sitk.Image, list[str]]:
+    """The folder's largest DICOM series, its slices where they lie (``dicom_series.read_series_files``)."""
     reader = sitk.ImageSeriesReader()
     series_ids = reader.GetGDCMSeriesIDs(str(folder))
     if not series_ids:
@@ -261,11 +259,8 @@ def _read_dicom_series(folder: Path) -> tuple[sitk.Image, list[str]]:
             f"{folder}: {len(series_ids)} DICOM series found; using the one with the most slices "
             f"({len(files_by_series[chosen])} files, series {chosen})."
         )
-    reader.SetFileNames(files_by_series[chosen])
-    try:
-        return reader.Execute(), warnings
-    except RuntimeError as error:
-        raise VolumeError(f"{folder}: the DICOM series could not be read ({_first_line(error)}).") from None
+    image, more_warnings = read_series_files(folder, list(files_by_series[chosen]), allow_uneven_slices)
+    return image, warnings + more_warnings
 
 
 def _nifti_payload(header: bytes) -> int | None:
@@ -281,12 +276,30 @@ def _nifti_payload(header: bytes) -> int | None:
     return None
 
 
-def _nifti_gz_payload(path: Path) -> int | None:
+def _nifti_header(path: Path) -> bytes:
+    """A NIfTI file's first 348 bytes (decompressed for .nii.gz); fewer when it is shorter or unreadable."""
     try:
-        with gzip.open(path, "rb") as stream:
-            return _nifti_payload(stream.read(348))
+        with (gzip.open if path.name.lower().endswith(".gz") else open)(path, "rb") as stream:
+            return stream.read(348)
     except (EOFError, OSError, zlib.error):
-        return None
+        return b""
+
+
+def _nifti_gz_payload(path: Path) -> int | None:
+    return _nifti_payload(_nifti_header(path))
+
+
+def _nifti_sform(header: bytes) -> np.ndarray | None:
+    """The 3x3 voxel-to-world part of a NIfTI-1 header's sform, when the header declares one (sform_code > 0).
+
+    ITK reads the qform instead when the sform is sheared (or refuses the file when there is no qform),
+    so a tilted gantry's NIfTI (dcm2niix without tilt correction) would lose its slant silently."""
+    for endian in "<>":
+        if len(header) >= 348 and struct.unpack(endian + "i", header[:4])[0] == 348:
+            if struct.unpack(endian + "h", header[254:256])[0] <= 0:
+                return None
+            return np.array(struct.unpack(endian + "12f", header[280:328]), dtype=float).reshape(3, 4)[:, :3]
+    return None
 
 
 def _check_gzip_complete(path: Path) -> None:
@@ -323,11 +336,15 @@ def _read_file(path: Path) -> sitk.Image:
         )
     if path.name.lower().endswith(".gz"):
         _check_gzip_complete(path)
+    if path.name.lower().endswith((".nii", ".nii.gz")):
+        sform = _nifti_sform(_nifti_header(path))
+        if sform is not None and np.isfinite(sform).all() and np.linalg.norm(sform, axis=0).min() > 0:
+            require_orthogonal(sform, str(path))
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as error:
         raise VolumeError(
-            f"{path}: cannot be read as an image ({_first_line(error)}). The file may be truncated, "
+            f"{path}: cannot be read as an image ({first_line(error)}). The file may be truncated, "
             f"corrupt, or not really a {study_suffix(path)} file; re-export it from its source."
         ) from None
 
@@ -362,16 +379,23 @@ def _check_image(image: sitk.Image, path: Path) -> sitk.Image:
     return image
 
 
-def read_image(path: str | os.PathLike) -> tuple[sitk.Image, list[str]]:
-    """Read a volume file or a DICOM series folder as a checked 3D SimpleITK image."""
+def read_image(path: str | os.PathLike, *, allow_uneven_slices: bool = False) -> tuple[sitk.Image, list[str]]:
+    """Read a volume file or a DICOM series folder as a checked 3D SimpleITK image on a square grid.
+
+    A sheared grid (a tilted gantry's) is refused. So is a DICOM series whose slices are not evenly
+    spaced, unless ``allow_uneven_slices``: it is then resampled onto an even grid, with a warning
+    (:func:`.dicom_series.read_series_files`).
+    """
     p = Path(path)
     if not p.exists():
         raise VolumeError(f"{p}: no such file or folder.")
     if p.is_dir():
-        image, warnings = _read_dicom_series(p)
+        image, warnings = _read_dicom_series(p, allow_uneven_slices)
     else:
         image, warnings = _read_file(p), []
-    return _check_image(image, p), warnings
+    image = _check_image(image, p)
+    require_orthogonal(np.reshape(image.GetDirection(), (3, 3)), str(p))
+    return image, warnings
 
 
 def voxel_count(path: str | os.PathLike) -> int | None:
@@ -388,13 +412,14 @@ def voxel_count(path: str | os.PathLike) -> int | None:
     return int(np.prod(reader.GetSize(), dtype=np.int64))
 
 
-def read_volume(path: str | os.PathLike) -> Volume:
+def read_volume(path: str | os.PathLike, *, allow_uneven_slices: bool = False) -> Volume:
     """Read NIfTI, NRRD, MetaImage or a DICOM series folder into a canonical :class:`Volume`.
 
     Voxel values are in the units the file declares, with DICOM rescale and NIfTI scaling
-    applied (Hounsfield units for CT). Integer voxels keep their type to save memory.
+    applied (Hounsfield units for CT). Integer voxels keep their type to save memory. Sheared grids
+    and unevenly spaced DICOM slices are refused (see :func:`read_image` for ``allow_uneven_slices``).
     """
-    image, warnings = read_image(path)
+    image, warnings = read_image(path, allow_uneven_slices=allow_uneven_slices)
     array = sitk.GetArrayViewFromImage(image)
     if not np.issubdtype(array.dtype, np.integer) and not np.issubdtype(array.dtype, np.floating):
         array = array.astype(np.float32)

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..io.model_file import read_torch_file
 from .mobilenet import mobilenet_v2
 from .resnet import compact_resnet, resnet18, resnet34, resnet50
 
@@ -117,10 +118,7 @@ def _read_state_dict(path: str | os.PathLike) -> Mapping[str, torch.Tensor]:
     """The tensors of a state_dict file, unwrapped from a checkpoint dict; tensors only (no code runs)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"pretrained weights file not found: {path}")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for corrupt or non-tensor pickles
-        raise ValueError(f"cannot read pretrained weights from {path}: {error}") from error
+    data = read_torch_file(path, "pretrained weights")
     for key in ("state_dict", "model"):  # common checkpoint wrappers around a state_dict
         if isinstance(data, Mapping) and isinstance(data.get(key), Mapping):
             data = data[key]

@@ -51,6 +51,8 @@ class Architecture:
 class SeverityModel(nn.Module):
     """Stage 1 (``slice_classifier``) embeds and classifies slices; stage 2 (``head``) grades the study."""
 
+    source_file: Path | None = None  # the model file it was loaded from, named in errors
+
     def __init__(self, task: TaskDefinition, preprocess: PreprocessConfig, architecture: Architecture,
                  metadata: dict | None = None) -> None:
         super().__init__()
@@ -224,6 +226,7 @@ class SeverityModel(nn.Module):
             model.metadata["load_warnings"] = [
                 (f"{Path(path).name} was trained before 0.2 on lung features this version no longer measures: its "
                 f"CNN head alone grades (retrain the model to fuse it with the lung involvement again)")]
+        model.source_file = Path(path)
         return model.to(device).eval()
 
 

@@ -134,11 +134,13 @@ def volume_from_node(volume_node: slicer.vtkMRMLScalarVolumeNode) -> Volume:
     """The node's voxels and geometry as a canonical :class:`Volume`, the same as reading its file.
 
     The array is copied, so neither the model nor later edits of the Volume can change the node.
-    A parent transform is ignored (the model sees the voxel grid); it is reported in the warnings.
+    A parent transform is ignored (the model sees the voxel grid); it is reported in the warnings. A
+    sheared grid (a tilted gantry's, which the results could not be mapped back onto) is refused.
     """
     _check_volume_node(volume_node)
     array_kji = np.array(slicer.util.arrayFromVolume(volume_node), copy=True)
-    geometry = Geometry.from_ijk_to_ras(_ijk_to_ras(volume_node), size=array_kji.shape[::-1])
+    geometry = Geometry.from_ijk_to_ras(_ijk_to_ras(volume_node), size=array_kji.shape[::-1],
+                                        source=_node_label(volume_node))
     warnings = []
     transform = volume_node.GetParentTransformNode()
     if transform is not None:
