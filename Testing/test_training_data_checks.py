@@ -326,6 +326,7 @@ def test_train_checks_every_path_before_any_work(phantom_cohort, tmp_path, capsy
     refused(capsys, [*train_args, *out, "--pretrained", str(tmp_path / "none.pt")], "none.pt")
     refused(capsys, [*train_args, "--out", str(blocker / "m.pt")], "cannot write to the output folder")
     refused(capsys, [*train_args, *out, "--split", str(blocker / "split.json")], "cannot write to the output folder")
+    refused(capsys, [*train_args, *out, "--split", str(tmp_path / "m.pt")], "m.pt", "one file")
     refused(capsys, ["train", "--data", str(data), "--cache", str(blocker), *TINY_TRAIN_ARGS, *out], "a_file")
     assert no_work_done(cache) and not (tmp_path / "m.pt.ckpt").exists()
 

@@ -62,8 +62,6 @@ def check_evaluation_paths(data: str | os.PathLike, model: str | os.PathLike, ma
     and the report files (writable, not inputs, replacing only reports twofivecnn wrote)."""
     index = DatasetIndex.load(data)
     reports = [Path(p) for p in (json_path, confusion_path) if p is not None]
-    if len(reports) == 2 and os.path.abspath(reports[0]) == os.path.abspath(reports[1]):
-        raise ValueError(f"{json_path}: --json and --confusion name one file; give each its own.")
     if confusion_path is not None and Path(confusion_path).suffix.lower() != ".png":
         raise ValueError(f"--confusion {confusion_path}: the confusion matrix is a PNG picture; give a file "
                          f"name ending in .png.")

@@ -307,6 +307,10 @@ def claim_output_files(files: Iterable[str | os.PathLike], inputs: Iterable[str 
     evaluate's reports): no file is an input, each one's folder is writable, and each is claimed in its
     folder's manifest, so it may replace only what twofivecnn wrote. The manifest of each file."""
     files = [Path(f) for f in files]
+    named = [os.path.realpath(f) for f in files]
+    for file, name in zip(files, named):
+        if named.count(name) > 1:
+            raise ValueError(f"{file}: two outputs of twofivecnn {command} name one file; give each its own.")
     refuse_overlap([], inputs, command, output_files=files)
     manifests: dict[Path, OutputManifest] = {}
     for file in files:
