@@ -17,11 +17,14 @@ ctchest4="$(.venv/bin/python -c 'import pathlib, slicerio; print(pathlib.Path(sl
 .venv/bin/twofivecnn synth --base "$work/real_bases/lidc_idri_0001.nrrd" --out "$work/real_lidc" \
   --counts 20,20,20,20,20 --seed 12 --prefix li
 .venv/bin/twofivecnn train --data "$work/phantoms" "$work/real_anatomy" "$work/real_lidc" \
-  --out TwoFiveCNN/TwoFiveCNNLib/inference/demo_model.pt \
+  --out "$work/demo_model.pt" \
   --cache "$work/cache" --split "$work/split.json" --seed 0 --demo \
   --name "TwoFiveCNN synthetic demo model (phantoms, lesions inserted into CTChest4 and LIDC-IDRI-0001)"
-# Its networks for ONNX Runtime, shipped beside it (predict --engine auto/onnx; needs the onnx package). The
-# manifest export-onnx keeps of its files is this machine's record, not shipped: a folder holding only an
-# export's files is replaced by the next export all the same.
-.venv/bin/twofivecnn export-onnx
-rm -f TwoFiveCNN/TwoFiveCNNLib/inference/demo_model.onnx/.twofivecnn-manifest.json
+# Its networks for ONNX Runtime, shipped beside it (predict --engine auto/onnx; needs the onnx package).
+.venv/bin/twofivecnn export-onnx --model "$work/demo_model.pt"
+# Into the package by hand: twofivecnn never replaces a file it has no record of writing, and the package
+# ships no manifest (export-onnx's record of its files stays in $work).
+package=TwoFiveCNN/TwoFiveCNNLib/inference
+cp "$work/demo_model.pt" "$package/demo_model.pt"
+mkdir -p "$package/demo_model.onnx"
+cp "$work/demo_model.onnx/"*.onnx "$work/demo_model.onnx/model.json" "$package/demo_model.onnx/"
