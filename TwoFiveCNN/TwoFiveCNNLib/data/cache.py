@@ -14,8 +14,6 @@ import os
 import re
 import zipfile
 from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +23,7 @@ from ..io.volume import read_volume
 from ..transforms.involvement import LUNG_FEATURES, lung_features, lung_involvement, measurement_fingerprint
 from ..transforms.preprocess import GridMapping, PreprocessConfig, to_model_grid
 from .index import Study
+from .workers import map_in_order
 
 CACHE_ENV = "TWOFIVECNN_CACHE"
 # Part of every entry's folder name; bump when the entry format changes so old entries are ignored.
@@ -176,12 +175,12 @@ class PreprocessedCache:
         paths = [s.path if isinstance(s, Study) else Path(s) for s in studies]
         built = 0
         if workers > 1:
-            with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-                jobs = pool.map(_warm_one, [self.root] * len(paths), paths, [config] * len(paths))
-                for done, was_built in enumerate(jobs, start=1):
-                    built += was_built
-                    if progress:
-                        progress(done, len(paths))
+            # Workers exit with this process (a killed run leaves none computing for nobody).
+            jobs = map_in_order(_warm_one, ((self.root, path, config) for path in paths), workers)
+            for done, was_built in enumerate(jobs, start=1):
+                built += was_built
+                if progress:
+                    progress(done, len(paths))
             self.misses += built
             self.hits += len(paths) - built
         else:
