@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io.atomic import atomic_path, remove_stale_temporaries, write_text_atomic
-from ..io.volume import read_volume
+from ..io.volume import is_hidden, read_volume
 from ..transforms.involvement import LUNG_FEATURES, lung_features, lung_involvement, measurement_fingerprint
 from ..transforms.preprocess import GridMapping, PreprocessConfig, to_model_grid
 from .index import Study
@@ -47,7 +47,7 @@ def default_cache_root() -> Path:
 def study_files(path: Path) -> list[Path]:
     """Files whose bytes define a study: the file (plus a header's data file) or a DICOM folder's files."""
     if path.is_dir():
-        return sorted((p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")),
+        return sorted((p for p in path.iterdir() if p.is_file() and not is_hidden(p)),
                       key=lambda p: p.name)
     pattern = _DATA_FILE_FIELDS.get(path.suffix.lower())
     if pattern is None:

@@ -24,6 +24,7 @@ from typing import Any, TextIO
 
 from ..io.atomic import atomic_path, sweep_stale_temporaries, write_json_atomic
 from ..io.manifest import OutputManifest
+from ..io.volume import is_hidden
 
 CLAIM_BATCH = 64  # studies whose files are claimed in the output manifest at once (it is rewritten per claim)
 RECORD_BYTES = 5000  # memory a study's record holds until the summary is written (a synth record: 4.2 kB measured)
@@ -68,7 +69,7 @@ def present_files(out: Path, folders: Sequence[str], planned: Callable[[Path], b
     for folder in folders:
         if (out / folder).is_dir():
             for path in sorted((out / folder).rglob("*")):
-                if path.is_file() and not path.name.startswith("."):
+                if path.is_file() and not is_hidden(path):
                     (present if planned(path.relative_to(out)) else stale).append(path)
     if stale:
         raise ValueError(f"{out}: already holds {len(stale)} file(s) this cohort would not replace (e.g. "

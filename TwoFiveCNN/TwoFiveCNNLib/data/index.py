@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..io.volume import VOLUME_SUFFIXES, has_volume_suffix, study_name
+from ..io.volume import VOLUME_SUFFIXES, has_volume_suffix, is_hidden, study_name
 
 CLASS_NAMES = ("CT-0", "CT-1", "CT-2", "CT-3", "CT-4")
 # Below this many studies a class cannot have one study in each of train, val and test.
@@ -35,17 +35,13 @@ def normalize_label(label: str) -> str | None:
     return next((name for name in CLASS_NAMES if name == wanted), None)
 
 
-def _is_hidden(path: Path) -> bool:
-    return path.name.startswith(".")
-
-
 def _is_volume_file(path: Path) -> bool:
     return path.is_file() and has_volume_suffix(path)
 
 
 def _series_files(folder: Path) -> list[Path]:
     """The non-hidden files directly inside a DICOM series folder, sorted by name."""
-    return sorted((p for p in folder.iterdir() if p.is_file() and not _is_hidden(p)), key=lambda p: p.name)
+    return sorted((p for p in folder.iterdir() if p.is_file() and not is_hidden(p)), key=lambda p: p.name)
 
 
 def study_size(path: Path) -> int:
@@ -107,7 +103,7 @@ class DatasetIndex:
             raise DatasetError(f"{root}: no such folder. Expected a dataset laid out as {FOLDER_LAYOUT}.")
         class_root = root / "studies" if (root / "studies").is_dir() else root
         studies: list[Study] = []
-        for folder in sorted(p for p in class_root.iterdir() if p.is_dir() and not _is_hidden(p)):
+        for folder in sorted(p for p in class_root.iterdir() if p.is_dir() and not is_hidden(p)):
             label = normalize_label(folder.name)
             if label is None:
                 raise DatasetError(
@@ -146,9 +142,9 @@ class DatasetIndex:
             rows = [(line, row) for line, row in enumerate(reader, start=2)
                     if any((value or "").strip() for value in row.values())]
         # A listing made with `find` on a copy from a Mac names its ._ metadata files too: skipped, as in folders.
-        skipped = [f"line {line}: {row['path'].strip()}" for line, row in rows if _is_hidden(_row_path(row, csv_path))]
+        skipped = [f"line {line}: {row['path'].strip()}" for line, row in rows if is_hidden(_row_path(row, csv_path))]
         studies = [_study_from_row(row, csv_path, line) for line, row in rows
-                   if not _is_hidden(_row_path(row, csv_path))]
+                   if not is_hidden(_row_path(row, csv_path))]
         if not studies:
             raise DatasetError(f"{csv_path}: lists no studies. Add one 'path,label' row per study.")
         return cls(studies, CLASS_NAMES, str(csv_path), skipped)
@@ -219,7 +215,7 @@ class DatasetIndex:
 def _studies_in_class_folder(folder: Path, label: str) -> list[Study]:
     """Volume files and DICOM series folders directly inside a class folder (other files are ignored)."""
     studies = []
-    for entry in sorted(p for p in folder.iterdir() if not _is_hidden(p)):
+    for entry in sorted(p for p in folder.iterdir() if not is_hidden(p)):
         if entry.is_dir():
             if not _series_files(entry):
                 raise DatasetError(

@@ -40,6 +40,7 @@ from ..io.volume import (
     VolumeError,
     canonical_axes,
     has_volume_suffix,
+    is_hidden,
     read_volume,
     voxel_count,
     write_volume,
@@ -145,7 +146,7 @@ def find_bases(paths: Sequence[str | os.PathLike]) -> list[Path]:
             raise VolumeError(f"--base {path}: no such file or folder. Give normal chest CT volume files "
                               f"({', '.join(VOLUME_SUFFIXES)}) or folders of them.")
         if path.is_dir():
-            files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")
+            files = sorted(p for p in path.iterdir() if p.is_file() and not is_hidden(p)
                            and has_volume_suffix(p))
             if not files:
                 raise VolumeError(f"--base {path}: the folder holds no volume files "
