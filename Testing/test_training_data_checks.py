@@ -388,3 +388,15 @@ def test_evaluate_reports_replace_only_what_evaluate_wrote(phantom_cohort, tmp_p
     for _ in range(2):  # a re-run into its own reports
         assert main([*evaluate, "--json", str(report), "--confusion", str(picture)]) == 0
         assert report.stat().st_size > 0 and picture.read_bytes().startswith(b"\x89PNG")
+
+
+def test_training_studies_of_one_class_are_refused_naming_the_data(tmp_path, capsys):
+    """Three CT-0 studies leave one to train on: refused in words, not a NaN in the metrics."""
+    from TwoFiveCNNLib.data.phantoms import write_cohort
+
+    write_cohort(tmp_path / "ct0", [3, 0, 0, 0, 0], seed=3)
+    assert main(["train", "--data", str(tmp_path / "ct0"), "--out", str(tmp_path / "m.pt"), "--cache",
+                 str(tmp_path / "cache"), *TINY_TRAIN_ARGS]) == 2
+    error = capsys.readouterr().err
+    assert "ct0: the split leaves 1 training study of 1 class (CT-0)" in error and "NaN" not in error
+    assert not (tmp_path / "m.pt").exists()

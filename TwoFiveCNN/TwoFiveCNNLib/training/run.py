@@ -19,7 +19,7 @@ import torch
 
 from ..data.cache import PreprocessedCache
 from ..data.cohort import load_cohort
-from ..data.index import DatasetError, DatasetIndex
+from ..data.index import DatasetError, DatasetIndex, Study
 from ..data.masks import check_masks
 from ..data.repeats import refuse_copied_files, refuse_repeated_images
 from ..data.splits import Split, make_split
@@ -127,6 +127,19 @@ def load_train_only(paths: Sequence[str | os.PathLike] | None, index: DatasetInd
     return extra
 
 
+def refuse_untrainable(studies: list[Study], task: TaskDefinition,
+                       data: str | os.PathLike | Sequence[str | os.PathLike]) -> None:
+    """A clear refusal, before any study is read, of training studies nothing can be learnt from: under
+    two studies (no spread to standardise the lung features by) or a single class."""
+    classes = sorted({task.class_names[task.label_index(s.label)] for s in studies})
+    if len(studies) < 2 or len(classes) < 2:
+        raise DatasetError(
+            f"{', '.join(map(str, _paths(data)))}: the split leaves {len(studies)} training "
+            f"{'study' if len(studies) == 1 else 'studies'} of {len(classes)} class{'' if len(classes) == 1 else 'es'} "
+            f"({', '.join(classes) or 'none'}); a grader needs at least two studies of at least two classes to "
+            f"learn from. Add studies of other grades (e.g. with `twofivecnn synth`), or change --fractions.")
+
+
 def train(data: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.PathLike, config: TrainConfig,
           reporter: ProgressReporter | None = None, cache: PreprocessedCache | None = None,
           split_path: str | os.PathLike | None = None, resume: bool = False,
@@ -176,6 +189,7 @@ def train(data: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.P
     subsets = {name: split.subset(index, name) for name in ("train", "val", "test") if getattr(split, name)}
     if extra is not None:
         subsets["train"] = subsets.get("train", []) + extra.studies
+    refuse_untrainable(subsets.get("train", []), task, data)
     cohorts = {name: load_cohort(studies, task, config.preprocess, cache,
                                  lambda done, total, name=name: reporter.event(
                                      "preprocess", subset=name, epoch=done, epochs=total),
