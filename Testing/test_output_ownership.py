@@ -214,3 +214,29 @@ def test_bench_refuses_to_replace_a_users_json_before_measuring(tmp_path, capsys
     assert main(["bench", "--quick", "--json", str(tmp_path / "results.json")]) == 2
     assert "results.json: this file exists and twofivecnn did not write it" in capsys.readouterr().err
     assert (tmp_path / "results.json").read_text() == "{}"
+
+
+def test_index_writes_a_split_only_over_its_own(phantom_cohort, tmp_path, capsys):
+    from TwoFiveCNNLib.app.cli import main
+
+    (tmp_path / "notes.json").write_text("the user's")
+    assert main(["index", str(phantom_cohort), "--split", str(tmp_path / "notes.json")]) == 2
+    assert "notes.json: this file exists and twofivecnn did not write it" in capsys.readouterr().err
+    (tmp_path / "split_fold1.json").write_text("the user's")
+    assert main(["index", str(phantom_cohort), "--split", str(tmp_path / "split.json"), "--folds", "3"]) == 2
+    assert "split_fold1.json: this file exists" in capsys.readouterr().err
+    assert not (tmp_path / "split_fold0.json").exists(), "refused before any fold is written"
+    assert (tmp_path / "notes.json").read_text() == (tmp_path / "split_fold1.json").read_text() == "the user's"
+    for _ in range(2):  # its own split is replaced on a re-run
+        assert main(["index", str(phantom_cohort), "--split", str(tmp_path / "split.json")]) == 0
+    assert json.loads((tmp_path / "split.json").read_text())["train"]
+
+
+def test_train_and_predict_name_a_folder_or_file_given_for_the_other(phantom_cohort, tmp_path, capsys):
+    from TwoFiveCNNLib.app.cli import main
+
+    assert main(["train", "--data", str(phantom_cohort), "--out", str(tmp_path)]) == 2
+    assert f"{tmp_path}: is a folder; give the model file to write" in capsys.readouterr().err
+    (tmp_path / "notes.txt").write_text("x")
+    assert main(["predict", str(one_phantom_study(phantom_cohort)), "--out", str(tmp_path / "notes.txt")]) == 2
+    assert "notes.txt: is a file, not a folder" in capsys.readouterr().err

@@ -101,6 +101,12 @@ def run_index(args) -> int:
     print(index.summary())
     print("  every study a distinct " + ("image (voxels compared)" if args.read_images else
                                          "file (voxels not compared: --read-images)"))
+    if args.split:  # only a split file twofivecnn wrote is replaced
+        from ..inference.outputs import claim_output_files
+
+        claim_output_files([args.split.with_name(f"{args.split.stem}_fold{fold}.json")
+                            for fold in range(args.folds)] if args.folds else [args.split],
+                           [args.data, *(s.path for s in index.studies)], "index")
     if args.split and args.folds:
         for fold, split in enumerate(make_kfold(index, args.folds, args.seed)):
             path = args.split.with_name(f"{args.split.stem}_fold{fold}.json")

@@ -155,6 +155,8 @@ def train(data: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.P
     """
     reporter = reporter or ProgressReporter()
     out = Path(out)
+    if out.is_dir() or out.name in ("", ".", ".."):
+        raise ValueError(f"{out}: is a folder; give the model file to write, such as {out / 'model.pt'}.")
     started = time.monotonic()
     index = DatasetIndex.load_all(data)
     held = DatasetIndex.load(held_out) if held_out is not None else None
