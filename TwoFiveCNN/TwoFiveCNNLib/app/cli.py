@@ -1,4 +1,5 @@
-"""The ``twofivecnn`` command line: phantoms, index, train, evaluate, predict, demo, bench."""
+"""The ``twofivecnn`` command line: phantoms, synth, index, train, evaluate, predict, export-onnx, demo,
+bench."""
 
 from __future__ import annotations
 
