@@ -1,7 +1,7 @@
 """TwoFiveCNNLib is a house with rooms: subpackages by concern, imports pointing down, no cycles.
 
 Every import counts, the lazy ones inside functions included: a lazy import that climbs a layer or
-closes a cycle is the same tangle, only hidden until it runs.
+closes a cycle is the same tangle, only hidden until it runs. And no room holds a function over a hundred lines.
 """
 
 from __future__ import annotations
@@ -121,6 +121,22 @@ def package_graph(graph: dict[str, dict[str, int]]) -> dict[str, set[str]]:
     return packages
 
 
+MAX_FUNCTION_LINES = 100
+
+
+def long_functions(lib: Path, limit: int = MAX_FUNCTION_LINES) -> list[str]:
+    """Every function (methods and nested ones included) over ``limit`` lines, counted from its ``def``
+    to its last line: one that long does several things, each of which deserves a name."""
+    found = []
+    for path in sorted(lib.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > limit:
+                    found.append(f"{path.relative_to(lib).as_posix()}:{node.lineno} {node.name} ({lines} lines)")
+    return found
+
+
 # ------------------------------------------------------------------------------------------ the library
 
 
@@ -143,6 +159,10 @@ def test_no_import_cycle_between_modules():
 
 def test_no_import_cycle_between_subpackages():
     assert find_cycle(package_graph(import_graph(LIB))) is None
+
+
+def test_no_function_is_over_a_hundred_lines():
+    assert long_functions(LIB) == [], "split these into helpers that each do one thing"
 
 
 def test_packaging_declares_every_subpackage():
@@ -180,3 +200,17 @@ def test_the_checker_finds_upward_imports_and_lazy_cycles(tangled):
     assert upward_imports(graph) == ["io.files (layer 1) imports app.cli (layer 7) at line 1"]
     assert find_cycle(graph) in (["data.index", "data.split", "data.index"], ["data.split", "data.index", "data.split"])
     assert find_cycle(package_graph(graph)) in (["io", "app", "io"], ["app", "io", "app"])
+
+
+def test_the_checker_counts_every_function_methods_and_nested_ones_included(tmp_path):
+    lib = tmp_path / PACKAGE
+    lib.mkdir()
+
+    def body(indent: int, lines: int) -> str:
+        return "".join(f"{' ' * indent}x{i} = {i}\n" for i in range(lines))
+
+    (lib / "fits.py").write_text("def f():\n" + body(4, 99))  # 100 lines: at the limit, allowed
+    (lib / "method.py").write_text("class C:\n    async def m(self):\n" + body(8, 100))
+    (lib / "nested.py").write_text("def outer():\n    def inner():\n" + body(8, 100) + "    return inner\n")
+    assert long_functions(lib) == ["method.py:2 m (101 lines)", "nested.py:1 outer (103 lines)",
+                                   "nested.py:2 inner (101 lines)"]

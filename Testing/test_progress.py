@@ -13,7 +13,7 @@ import sys
 
 import pytest
 from TwoFiveCNNLib.io import progress
-from TwoFiveCNNLib.io.progress import ProgressReporter, counter, describe_event, format_seconds
+from TwoFiveCNNLib.io.progress import ProgressReporter, counter, describe_event, format_seconds, subset_title
 
 # What ``--progress-json`` wrote before tqdm came in; it must not change.
 EXPECTED_JSON_LINES = [
@@ -83,6 +83,17 @@ def test_one_text_for_every_kind_of_event():
         "training failed (exit code 1): no such CSV")
     assert describe_event({"stage": "exit", "returncode": -15, "cancelled": True}).startswith("cancelled")
     assert [format_seconds(s) for s in (45, 75, 7500)] == ["45 s", "1 min 15 s", "2 h 05 min"]
+
+
+def test_a_figure_says_which_split_and_how_many_studies_it_was_measured_on():
+    """The demo's test figure (a small split of the training cohort) and its held-out figure (other
+    phantoms) once read as contradicting each other: each now names its split and its size."""
+    done = {"stage": "done", "model": "m.pt", "test": 0.567, "test_studies": 13}
+    assert describe_event(done) == (
+        "done: model written to m.pt, test split (13 studies of the training cohort) balanced accuracy 0.567")
+    assert subset_title("held_out", 50, held_out="phantoms") == "held-out phantoms (50 studies, never trained on)"
+    assert subset_title("val", 1) == "validation split (1 study of the training cohort)"
+    assert subset_title("held_out", 7) == "held-out data (7 studies, never trained on)"
 
 
 # ---------------------------------------------------------------------------------------- JSON lines

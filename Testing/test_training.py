@@ -13,7 +13,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 from conftest import TINY_TRAIN_ARGS
-from TwoFiveCNNLib.app.cli import main
+from TwoFiveCNNLib.app.cli import comparison_table, main, run_figures
 from TwoFiveCNNLib.data.cache import PreprocessedCache
 from TwoFiveCNNLib.data.cohort import load_cohort
 from TwoFiveCNNLib.data.index import DatasetIndex
@@ -235,6 +235,18 @@ def test_progress_json_lines(phantom_cohort, tmp_path):
     assert {"preprocess", "stage1", "stage2", "done"} <= stages
     stage1 = [e for e in events if e["stage"] == "stage1"]
     assert {"epoch", "epochs", "loss", "val_balanced_accuracy", "eta_s"} <= set(stage1[-1])
+    test_split = load_model(tmp_path / "m.pt", "cpu").metadata["split"]["test"]
+    assert events[-1]["stage"] == "done" and events[-1]["test_studies"] == len(test_split) > 0
+
+
+def test_the_end_of_run_figures_name_their_split_and_size(tiny_model):
+    metadata = load_model(tiny_model, "cpu").metadata
+    n_test, n_val = len(metadata["split"]["test"]), len(metadata["split"]["val"])
+    figures = run_figures(metadata)
+    assert figures.startswith(f"test split ({n_test} studies of the training cohort), 2.5D model:\n")
+    assert f"studies {n_test} " in figures
+    header = comparison_table(metadata).splitlines()[1]
+    assert f"val ({n_val} studies)" in header and f"test ({n_test} studies)" in header
 
 
 def test_bad_data_gives_a_clear_error(tmp_path, capsys):

@@ -1,9 +1,10 @@
 """TwoFiveCNN: COVID-19 pneumonia severity (MosMed CT-0..CT-4) on chest CT, and where the evidence is.
 
 A thin Slicer front end. The widget only wires the GUI to the logic; the logic only converts
-between MRML nodes and TwoFiveCNNLib, where all real work lives. TwoFiveCNNLib needs PyTorch,
-so the parts of it that import torch are imported inside the logic methods that need them,
-after :meth:`TwoFiveCNNLogic.checkTorch`, never when Slicer loads this module.
+between MRML nodes and TwoFiveCNNLib, where all real work lives. Its networks need PyTorch (reading a
+volume and preparing it for the model grid do not: they are NumPy), so the parts of it that import
+torch are imported inside the logic methods that need them, after :meth:`TwoFiveCNNLogic.checkTorch`,
+never when Slicer loads this module.
 """
 
 import logging
@@ -764,7 +765,7 @@ class TwoFiveCNNLogic(ScriptedLoadableModuleLogic):
 
         Returns a float32 array ``(slices, in_plane, in_plane)`` with values in 0..1. ``config`` is a
         ``TwoFiveCNNLib.transforms.preprocess.PreprocessConfig`` (default settings when None); once a model is
-        loaded, pass the model's own config. Needs PyTorch (see :meth:`checkTorch`).
+        loaded, pass the model's own config. Needs no PyTorch: the preprocessing is NumPy.
         """
         from TwoFiveCNNLib.transforms.preprocess import PreprocessConfig, to_model_grid
 

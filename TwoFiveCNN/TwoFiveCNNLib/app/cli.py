@@ -1,4 +1,5 @@
-"""The ``twofivecnn`` command line: phantoms, index, train, evaluate, predict, demo, bench."""
+"""The ``twofivecnn`` command line: phantoms, synth, index, train, evaluate, predict, export-onnx, demo,
+bench."""
 
 from __future__ import annotations
 
@@ -210,7 +211,6 @@ def train_config_from_args(args):
 
 def run_train(args) -> int:
     from ..data.cache import PreprocessedCache
-    from ..metrics.classification import format_metrics
     from ..training.run import train
 
     _init_distributed()
@@ -222,21 +222,34 @@ def run_train(args) -> int:
                           args.resume, args.held_out, args.train_only)
         finally:
             reporter.close()  # ends a bar an error or Ctrl-C interrupted, before the message is printed
-    for subset in ("test", "held_out"):
-        metrics = model.metadata["metrics"].get(subset)
-        if metrics and not args.quiet:
-            print(f"{subset}, 2.5D model:\n{format_metrics(metrics['twofive'])}", file=sys.stderr)
+    figures = run_figures(model.metadata)
+    if figures and not args.quiet:
+        print(figures, file=sys.stderr)
     if "baselines" in model.metadata:
         print(comparison_table(model.metadata))
     print(f"model written to {args.out}")
     return 0
 
 
+def run_figures(metadata: dict) -> str:
+    """The 2.5D model's scores on the test split and the held-out data, each headed with what it was
+    measured on and its size: the two differ, and read side by side without that they seem to disagree."""
+    from ..inference.cohort_scores import FUSED
+    from ..io.progress import subset_title
+    from ..metrics.classification import format_metrics
+
+    scored = {subset: metadata["metrics"].get(subset) for subset in ("test", "held_out")}
+    return "\n".join(f"{subset_title(subset, metrics[FUSED]['n_studies'])}, 2.5D model:\n"
+                     f"{format_metrics(metrics[FUSED])}" for subset, metrics in scored.items() if metrics)
+
+
 def comparison_table(metadata: dict) -> str:
-    """Balanced accuracy / QWK of the 2.5D model, its parts and the baselines, per held-out subset."""
+    """Balanced accuracy / QWK of the 2.5D model, its parts and the baselines, per subset not trained on,
+    each headed with its size."""
     subsets = [s for s in ("val", "test", "held_out") if s in metadata["metrics"]]
-    lines = ["model".ljust(24) + "".join(f"{s:>22}" for s in subsets)]
     names = list(metadata["metrics"][subsets[0]]) + list(metadata.get("baselines", {}))
+    sizes = {s: next(iter(metadata["metrics"][s].values()))["n_studies"] for s in subsets}
+    lines = ["model".ljust(24) + "".join(f"{f'{s} ({sizes[s]} studies)':>22}" for s in subsets)]
     for name in names:
         cells = []
         for subset in subsets:
@@ -245,7 +258,8 @@ def comparison_table(metadata: dict) -> str:
             cells.append(f"{metrics['balanced_accuracy']:.3f} / {metrics['quadratic_weighted_kappa']:.3f}"
                          if metrics else "-")
         lines.append(name.ljust(24) + "".join(f"{c:>22}" for c in cells))
-    return "balanced accuracy / QWK\n" + "\n".join(lines)
+    return ("balanced accuracy / QWK (val and test: splits of the training cohort; held_out: never trained on)\n"
+            + "\n".join(lines))
 
 
 def _add_evaluate(sub) -> None:

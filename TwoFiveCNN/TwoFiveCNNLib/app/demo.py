@@ -12,7 +12,7 @@ from ..evaluation.evaluate import evaluate_dataset
 from ..inference.outputs import predict_batch
 from ..io.atomic import write_json_atomic
 from ..io.manifest import OutputManifest
-from ..io.progress import ProgressReporter
+from ..io.progress import ProgressReporter, subset_title
 from ..metrics.classification import format_metrics
 from ..reports.figures import confusion_matrix_png, curves_png
 from ..scene import save_prediction_scene
@@ -71,7 +71,8 @@ def run_demo(out: str | Path, quick: bool = False) -> dict:
     write_json_atomic(out / "demo_summary.json", summary)
     for path, message in batch.failures.items():
         print(f"FAILED to predict {path}: {message}")
-    print(f"\nheld-out phantoms ({report['metrics']['n_studies']} studies):\n{format_metrics(report['metrics'])}")
+    title = subset_title("held_out", report["metrics"]["n_studies"], held_out="phantoms")
+    print(f"\n{title}, 2.5D model:\n{format_metrics(report['metrics'])}")
     print(f"\ndemo finished in {summary['seconds']:.0f} s; outputs in {out}/ "
           f"(model.pt, held_out_metrics.json, predictions/*.png, predictions/*.mrml)")
     return summary

@@ -342,28 +342,45 @@ def _top(score: np.ndarray, count: int) -> np.ndarray:
     return chosen
 
 
-def _insert_lesions(hu: np.ndarray, lungs: np.ndarray, spacing_zyx: tuple[float, float, float], grade: int,
-                    rng: np.random.Generator) -> tuple[np.ndarray, dict]:
-    """Paint lesions into ``hu`` (canonical, in place) on exactly the drawn share of the lung voxels.
+@dataclass(frozen=True)
+class _LungBox:
+    """Where lesions are drawn: the lungs' bounding box, its lung labels and which of its voxels are lung.
 
-    Returns the lesion mask and what was drawn. Work is done on the lungs' bounding box only.
+    Scores and masks over the lung are flat arrays over ``lung``'s voxels (``values[lung]``), which
+    holds far fewer voxels than the box.
     """
-    lesion = np.zeros(hu.shape, dtype=bool)
-    low, high = INVOLVEMENT_RANGES[grade]
-    if high == 0:
-        return lesion, {"involved_share_drawn": 0.0, "involved_share_mask": 0.0, "laterality": "none",
-                        "patterns": {"ground_glass": 0.0, "crazy_paving": 0.0, "consolidation": 0.0}}
-    share = float(rng.uniform(low, high))
-    box = _box(lungs > 0, pad=2)
-    labels = lungs[box]
-    lung = labels > 0
-    n_lung = int(lung.sum())
-    n_lesion = max(1, round(share * n_lung))
-    shape = labels.shape
-    sz, sy, sx = spacing_zyx
 
-    # Score: multifocal blobs plus the predominance maps, each of unit spread over the lung.
-    blobs = _smooth_field(rng, shape, spacing_zyx, [(10.0, 0.6), (22.0, 1.0)])[lung]
+    box: tuple[slice, ...]
+    labels: np.ndarray  # uint8 lung labels on the box
+    lung: np.ndarray  # bool: labels > 0
+    spacing_zyx: tuple[float, float, float]
+
+    @classmethod
+    def around(cls, lungs: np.ndarray, spacing_zyx: tuple[float, float, float]) -> _LungBox:
+        box = _box(lungs > 0, pad=2)
+        return cls(box, lungs[box], lungs[box] > 0, spacing_zyx)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.labels.shape
+
+    def on_box(self, values: np.ndarray) -> np.ndarray:
+        """A mask over the lung voxels as a mask of the box."""
+        full = np.zeros(self.shape, dtype=bool)
+        full[self.lung] = values
+        return full
+
+
+def _predominance_score(rng: np.random.Generator,
+                        region: _LungBox) -> tuple[np.ndarray, np.ndarray, dict[str, float], float]:
+    """Where lesions go first, per lung voxel: multifocal blobs plus peripheral, posterior and basal
+    predominance, each of unit spread over the lung and drawn weights.
+
+    Returns the score, the posterior map (the consolidation favours it too), the weights and the
+    peripheral reach in mm.
+    """
+    shape, lung, (_, sy, sx) = region.shape, region.lung, region.spacing_zyx
+    blobs = _smooth_field(rng, shape, region.spacing_zyx, [(10.0, 0.6), (22.0, 1.0)])[lung]
     # Depth under the pleura, in-plane (slices may be far thicker than the pixels).
     depth_mm = np.stack([ndimage.distance_transform_edt(plane, sampling=(sy, sx)).astype(np.float32)
                          for plane in lung])[lung]
@@ -376,94 +393,117 @@ def _insert_lesions(hu: np.ndarray, lungs: np.ndarray, spacing_zyx: tuple[float,
     score = (weights["multifocal"] * _standardised(blobs)
              + weights["peripheral"] * _standardised(np.exp(-depth_mm / np.float32(reach_mm)))
              + weights["posterior"] * posterior + weights["basal"] * _standardised(-z))
-    del blobs, depth_mm, y, z
-    right = labels[lung] == RIGHT_LUNG
+    return score, posterior, weights, reach_mm
+
+
+def _confine_to_laterality(rng: np.random.Generator, score: np.ndarray, right: np.ndarray, n_lesion: int,
+                           grade: int) -> str:
+    """Shift ``score`` (in place) so the lesion is bilateral, one side somewhat worse at random, or
+    in one lung only; a lesion one lung cannot hold is bilateral anyway. Returns the laterality."""
     side = rng.choice([RIGHT_LUNG, LEFT_LUNG])
     in_side = right if side == RIGHT_LUNG else ~right
-    bilateral = rng.random() < BILATERAL_CHANCE[grade] or n_lesion > 0.85 * int(in_side.sum())
-    if bilateral:
+    if rng.random() < BILATERAL_CHANCE[grade] or n_lesion > 0.85 * int(in_side.sum()):
         score += np.float32(rng.uniform(-0.4, 0.4)) * np.where(right, np.float32(1), np.float32(-1))
-        laterality = "bilateral"  # one side somewhat worse, at random
-    else:
-        score[~in_side] -= 1e3
-        laterality = "right" if side == RIGHT_LUNG else "left"
-    involved = _top(score, n_lesion)
-    threshold = float(score[involved].min())
+        return "bilateral"
+    score[~in_side] -= 1e3
+    return "right" if side == RIGHT_LUNG else "left"
 
-    # Patterns: consolidation in the dependent cores of the lesions, crazy paving in patches of the rest.
-    cores = _smooth_field(rng, shape, spacing_zyx, [(12.0, 1.0)])[lung]
+
+def _lesion_patterns(rng: np.random.Generator, region: _LungBox, grade: int,
+                     score: np.ndarray, posterior: np.ndarray,
+                     involved: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Consolidation in the dependent cores of the lesions, crazy paving in patches of the rest (the
+    rest of ``involved`` is ground glass): the two masks over the lung voxels."""
+    lung, n_lesion = region.lung, int(involved.sum())
+    threshold = float(score[involved].min())
+    cores = _smooth_field(rng, region.shape, region.spacing_zyx, [(12.0, 1.0)])[lung]
     n_cons = round(rng.uniform(*CONSOLIDATION_RANGES[grade]) * n_lesion)
     cons_score = _standardised(score - np.float32(threshold)) + 0.7 * posterior + 0.7 * cores
     consolidated = _top(np.where(involved, cons_score, np.float32(-np.inf)), n_cons)
-    del score, cores, cons_score, posterior
+    del cores, cons_score
     paving = rng.random() < CRAZY_PAVING_CHANCE[grade]
     n_paving = round(rng.uniform(0.2, 0.6) * (n_lesion - n_cons)) if paving else 0
-    patches = _smooth_field(rng, shape, spacing_zyx, [(15.0, 1.0)])[lung]
+    patches = _smooth_field(rng, region.shape, region.spacing_zyx, [(15.0, 1.0)])[lung]
     crazy = _top(np.where(involved & ~consolidated, patches, np.float32(-np.inf)), n_paving)
-    del patches
+    return consolidated, crazy
 
-    def on_box(values: np.ndarray) -> np.ndarray:
-        full = np.zeros(shape, dtype=bool)
-        full[lung] = values
-        return full
 
-    lesion_box, cons_box, crazy_box = on_box(involved), on_box(consolidated), on_box(crazy)
-    per_lung = {name: round(int((involved & voxels).sum()) / max(1, int(voxels.sum())), 4)
-                for name, voxels in (("right", right), ("left", ~right))}
-    del involved, consolidated, crazy, right, in_side
+def _lesion_levels(rng: np.random.Generator) -> dict[str, float]:
+    """The study's ground-glass and consolidation levels, and how far crazy paving's lines rise (HU)."""
+    ranges = {"ground_glass": GROUND_GLASS_HU, "consolidation": CONSOLIDATION_HU, "reticular": RETICULAR_HU}
+    return {name: float(rng.uniform(*limits)) for name, limits in ranges.items()}
 
-    # Values (float32, in place where it saves a copy of the box). Ground glass lifts the parenchyma
-    # to a level but keeps whatever is denser (vessels); consolidation replaces what was there.
-    base = hu[box].copy()
-    ggo_hu, cons_hu, reticular_hu = (float(rng.uniform(*limits))
-                                     for limits in (GROUND_GLASS_HU, CONSOLIDATION_HU, RETICULAR_HU))
-    variation = _smooth_field(rng, shape, spacing_zyx, [(6.0, 1.0)])
+
+def _reticular_lines(rng: np.random.Generator, shape: tuple[int, ...],
+                     spacing_zyx: tuple[float, float, float], height_hu: float) -> np.ndarray:
+    """Crazy paving's reticular network (HU to add): thin lines where band-passed noise crosses zero,
+    in-plane, enclosing polygons of about 15-25 mm like thickened septa around secondary lobules. Never
+    finer than 1.5 voxels, which a coarse grid would draw as speckle rather than lines."""
+    _, sy, sx = spacing_zyx
+    noise = rng.standard_normal(shape, dtype=np.float32)
+    fine = (0.0, max(3.0 / sy, 1.5), max(3.0 / sx, 1.5))
+    band = ndimage.gaussian_filter(noise, fine)
+    band -= ndimage.gaussian_filter(noise, tuple(2 * f for f in fine))
+    del noise
+    lines = np.clip(1 - np.abs(band) / np.float32(0.35 * max(float(band.std()), 1e-6)), 0, 1)
+    lines *= np.float32(height_hu)
+    return lines
+
+
+def _blend_sigma(spacing_zyx: tuple[float, float, float]) -> tuple[float, float, float]:
+    """Blends of about a voxel in-plane and the same mm across slices (none across slices so much
+    thicker than the pixels that it would change nothing)."""
+    sz, sy, _ = spacing_zyx
+    return (0.8 * sy / sz if sy / sz > 0.6 else 0.0, 0.8, 0.8)
+
+
+def _lesion_hu(rng: np.random.Generator, region: _LungBox, base: np.ndarray, levels: dict[str, float],
+               cons_box: np.ndarray, crazy_box: np.ndarray | None) -> np.ndarray:
+    """The lesion's own HU on the box (float32, in place where it saves a copy of the box): ground
+    glass lifts the parenchyma to a level but keeps whatever is denser (vessels), with reticular lines
+    on ``crazy_box`` (None: no crazy paving); consolidation replaces what was there and fades into the
+    ground glass around it."""
+    shape = region.shape
+    variation = _smooth_field(rng, shape, region.spacing_zyx, [(6.0, 1.0)])
     grain = ndimage.gaussian_filter(rng.standard_normal(shape, dtype=np.float32), (0, 0.7, 0.7))
     grain *= np.float32(15 / max(float(grain.std()), 1e-6))
     ground_glass = variation * np.float32(40)
     ground_glass += grain
-    ground_glass += np.float32(ggo_hu)
-    if n_paving:
-        # Reticular network: thin lines where band-passed noise crosses zero, in-plane, enclosing
-        # polygons of about 15-25 mm like thickened septa around secondary lobules. Never finer than
-        # 1.5 voxels, which a coarse grid would draw as speckle rather than lines.
-        noise = rng.standard_normal(shape, dtype=np.float32)
-        fine = (0.0, max(3.0 / sy, 1.5), max(3.0 / sx, 1.5))
-        band = ndimage.gaussian_filter(noise, fine)
-        band -= ndimage.gaussian_filter(noise, tuple(2 * f for f in fine))
-        del noise
-        lines = np.clip(1 - np.abs(band) / np.float32(0.35 * max(float(band.std()), 1e-6)), 0, 1)
-        del band
-        lines *= np.float32(reticular_hu)
+    ground_glass += np.float32(levels["ground_glass"])
+    if crazy_box is not None:
+        lines = _reticular_lines(rng, shape, region.spacing_zyx, levels["reticular"])
         ground_glass[crazy_box] += lines[crazy_box]
         del lines
     np.maximum(ground_glass, base, out=ground_glass)
     consolidation = variation
     consolidation *= np.float32(20)
     consolidation += grain
-    consolidation += np.float32(cons_hu)
+    consolidation += np.float32(levels["consolidation"])
     del grain
-    # Blends of about a voxel in-plane and the same mm across slices (none across slices so much
-    # thicker than the pixels that it would change nothing). First, within a lesion, consolidation
-    # fades into the ground glass around it.
-    sigma = (0.8 * sy / sz if sy / sz > 0.6 else 0.0, 0.8, 0.8)
-    cons_weight = ndimage.gaussian_filter(cons_box.astype(np.float32), sigma)
+    cons_weight = ndimage.gaussian_filter(cons_box.astype(np.float32), _blend_sigma(region.spacing_zyx))
     cons_weight[cons_box] = 1
     consolidation -= ground_glass
     consolidation *= cons_weight
     target = ground_glass
     target += consolidation
-    del consolidation, cons_weight
-    # Edges: lung voxels next to the lesion move part of the way towards the nearby lesion's values.
+    return target
+
+
+def _blend_into_lung(base: np.ndarray, target: np.ndarray, region: _LungBox,
+                     lesion_box: np.ndarray) -> np.ndarray:
+    """The box with the lesion in it: ``target`` on the lesion, and the lung voxels next to it, and the
+    partial-volume voxels at the pleura, moved part of the way towards the nearby lesion's values.
+    ``target`` becomes the result (it saves a copy of the box)."""
+    lung = region.lung
+    sigma = _blend_sigma(region.spacing_zyx)
     reach = ndimage.gaussian_filter(lesion_box.astype(np.float32), sigma)
     lifted = target - base
     lifted[~lesion_box] = 0
     lifted = ndimage.gaussian_filter(lifted, sigma)
     lifted /= np.maximum(reach, np.float32(1e-6))
     np.maximum(lifted, 0, out=lifted)  # the nearby lesion's rise over the base
-    blended = base.copy()
-    blended[lesion_box] = target[lesion_box]
-    del target
+    blended = target
+    blended[~lesion_box] = base[~lesion_box]
     edge = lung & ~lesion_box & (reach > 0.01)
     blended[edge] += (reach * lifted)[edge]
     # Voxels just outside the lung mask that are part lung, part chest wall (partial volume): their lung
@@ -472,18 +512,63 @@ def _insert_lesions(hu: np.ndarray, lungs: np.ndarray, spacing_zyx: tuple[float,
     partial = ~lung & (reach > 0.1) & (base > PURE_AIR_HU) & (base < WALL_HU)
     air_part = np.clip((WALL_HU - base[partial]) / max(WALL_HU - lung_hu, 1.0), 0, 1)
     blended[partial] += air_part * lifted[partial]
-    hu[box] = blended
-    lesion[box] = lesion_box
+    return blended
 
-    info = {"involved_share_drawn": round(share, 6), "involved_share_mask": round(n_lesion / n_lung, 6),
+
+def _lesion_record(share: float, n_lung: int, involved: np.ndarray, right: np.ndarray, n_cons: int,
+                   n_paving: int, levels: dict[str, float], laterality: str, weights: dict[str, float],
+                   reach_mm: float) -> dict:
+    """What was drawn for one study's lesions, as synth.json records it."""
+    n_lesion = int(involved.sum())
+    per_lung = {name: round(int((involved & voxels).sum()) / max(1, int(voxels.sum())), 4)
+                for name, voxels in (("right", right), ("left", ~right))}
+    return {"involved_share_drawn": round(share, 6), "involved_share_mask": round(n_lesion / n_lung, 6),
             "involved_share_per_lung": per_lung, "laterality": laterality,
             "patterns": {"ground_glass": round((n_lesion - n_cons - n_paving) / n_lesion, 4),
                          "crazy_paving": round(n_paving / n_lesion, 4),
                          "consolidation": round(n_cons / n_lesion, 4)},
-            "ground_glass_hu": round(ggo_hu, 1), "consolidation_hu": round(cons_hu, 1),
-            "reticular_hu": round(reticular_hu, 1) if n_paving else None,
+            "ground_glass_hu": round(levels["ground_glass"], 1),
+            "consolidation_hu": round(levels["consolidation"], 1),
+            "reticular_hu": round(levels["reticular"], 1) if n_paving else None,
             "predominance_weights": {k: round(v, 3) for k, v in weights.items()},
             "peripheral_reach_mm": round(reach_mm, 2)}
+
+
+def _insert_lesions(hu: np.ndarray, lungs: np.ndarray, spacing_zyx: tuple[float, float, float], grade: int,
+                    rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+    """Paint lesions into ``hu`` (canonical, in place) on exactly the drawn share of the lung voxels.
+
+    Returns the lesion mask and what was drawn. Work is done on the lungs' bounding box only. The
+    steps draw from ``rng`` in a fixed order, so a seed gives the same study.
+    """
+    lesion = np.zeros(hu.shape, dtype=bool)
+    low, high = INVOLVEMENT_RANGES[grade]
+    if high == 0:
+        return lesion, {"involved_share_drawn": 0.0, "involved_share_mask": 0.0, "laterality": "none",
+                        "patterns": {"ground_glass": 0.0, "crazy_paving": 0.0, "consolidation": 0.0}}
+    share = float(rng.uniform(low, high))
+    region = _LungBox.around(lungs, spacing_zyx)
+    n_lung = int(region.lung.sum())
+    n_lesion = max(1, round(share * n_lung))
+
+    score, posterior, weights, reach_mm = _predominance_score(rng, region)
+    right = region.labels[region.lung] == RIGHT_LUNG
+    laterality = _confine_to_laterality(rng, score, right, n_lesion, grade)
+    involved = _top(score, n_lesion)
+    consolidated, crazy = _lesion_patterns(rng, region, grade, score, posterior, involved)
+    del score, posterior
+    n_cons, n_paving = int(consolidated.sum()), int(crazy.sum())
+    lesion_box, cons_box = region.on_box(involved), region.on_box(consolidated)
+    crazy_box = region.on_box(crazy) if n_paving else None
+    levels = _lesion_levels(rng)
+    info = _lesion_record(share, n_lung, involved, right, n_cons, n_paving, levels, laterality, weights,
+                          reach_mm)
+    del involved, consolidated, crazy, right
+
+    base = hu[region.box].copy()
+    lesion_hu = _lesion_hu(rng, region, base, levels, cons_box, crazy_box)
+    hu[region.box] = _blend_into_lung(base, lesion_hu, region, lesion_box)
+    lesion[region.box] = lesion_box
     return lesion, info
 
 

@@ -37,6 +37,18 @@ CANCELLED_TEXT = {
 # ---------------------------------------------------------------------------------------- text
 
 
+def subset_title(subset: str, n_studies: int, held_out: str = "data") -> str:
+    """What a figure was measured on, and on how many studies, so that a score on a small test split is
+    not read against one on a large held-out set as if they were one measurement: ``test split (13
+    studies of the training cohort)``, ``held-out phantoms (50 studies, never trained on)``."""
+    studies = f"{n_studies} {'study' if n_studies == 1 else 'studies'}"
+    titles = {"train": f"training split ({studies})",
+              "val": f"validation split ({studies} of the training cohort)",
+              "test": f"test split ({studies} of the training cohort)",
+              "held_out": f"held-out {held_out} ({studies}, never trained on)"}
+    return titles.get(subset, f"{subset} ({studies})")
+
+
 def format_seconds(seconds: float) -> str:
     """``"45 s"``, ``"1 min 15 s"`` or ``"2 h 05 min"``: as precise as a remaining time deserves."""
     seconds = round(seconds)
@@ -90,8 +102,9 @@ def describe_event(event: dict) -> str:
             return f"{name} process finished{failed}"
         return f"{name} failed (exit code {event.get('returncode')}): {event.get('error')}"
     if stage == "done":
-        test = event.get("test")
-        shown = f", test balanced accuracy {test:.3f}" if isinstance(test, float) else ""
+        test, n_studies = event.get("test"), event.get("test_studies")
+        where = subset_title("test", n_studies) if isinstance(n_studies, int) else "test"
+        shown = f", {where} balanced accuracy {test:.3f}" if isinstance(test, float) else ""
         return f"done: model written to {event.get('model')}{shown}"
     counts = _counts(event)
     return ", ".join([_title(event), *([f"{counts[0]}/{counts[1]}"] if counts else []), *_details(event)])

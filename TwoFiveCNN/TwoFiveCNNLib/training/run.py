@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..data.cache import PreprocessedCache
-from ..data.cohort import load_cohort
+from ..data.cohort import Cohort, load_cohort
 from ..data.index import DatasetError, DatasetIndex, Study
 from ..data.masks import check_masks
 from ..data.repeats import refuse_copied_files, refuse_repeated_images
@@ -140,6 +140,72 @@ def refuse_untrainable(studies: list[Study], task: TaskDefinition,
             f"learn from. Add studies of other grades (e.g. with `twofivecnn synth`), or change --fractions.")
 
 
+def load_cohorts(subsets: dict[str, list[Study]], held: DatasetIndex | None, task: TaskDefinition,
+                 config: TrainConfig, cache: PreprocessedCache, reporter: ProgressReporter) -> dict[str, Cohort]:
+    """Each subset of the split preprocessed (through ``cache``) and held in memory, and the held-out
+    dataset under ``held_out``; the subsets' reading is reported as it goes."""
+    cohorts = {name: load_cohort(studies, task, config.preprocess, cache,
+                                 lambda done, total, name=name: reporter.event(
+                                     "preprocess", subset=name, epoch=done, epochs=total),
+                                 with_lung_features=config.architecture.aeration)
+               for name, studies in subsets.items()}
+    if held is not None:
+        cohorts["held_out"] = load_cohort(held.studies, task, config.preprocess, cache,
+                                          with_lung_features=config.architecture.aeration)
+    return cohorts
+
+
+def train_stages(model: SeverityModel, cohorts: dict[str, Cohort], config: TrainConfig,
+                 reporter: ProgressReporter, checkpoint: Checkpoint, resume_state: tuple | None, device: torch.device,
+                 attention_targets: tuple) -> dict:
+    """Stage 1 (the slice classifier, resumed from ``resume_state`` when it stopped there), stage 2 (the
+    head on embedded slices) and the optional end-to-end fine-tuning; returns their histories."""
+    if resume_state is not None:
+        reporter.message(f"resuming from {checkpoint.path} after {resume_state[1]['stage']} "
+                         f"epoch {resume_state[1]['epoch']}")
+    stage1_state = resume_state if resume_state and resume_state[1]["stage"] == "stage1" else None
+    stage1 = train_stage1(model, cohorts["train"], cohorts["val"], config, reporter, checkpoint, stage1_state,
+                          device)
+    embedded = stage2_data(model, cohorts["train"], cohorts["val"], config, reporter, device, attention_targets)
+    stage2 = train_head(model.head, embedded, model.class_names, config, reporter, device)
+    history = {"stage1": stage1, "stage2": stage2}
+    if config.finetune_epochs > 0:
+        history["finetune"] = finetune(model, cohorts["train"], cohorts["val"], config, reporter, device)
+    return history
+
+
+def train_lesion_network(model: SeverityModel, subsets: dict[str, list[Study]], config: TrainConfig,
+                         reporter: ProgressReporter, cache: PreprocessedCache,
+                         device: torch.device) -> list[dict] | None:
+    """Train the lesion network on the training studies with voxel masks, validated on the validation
+    studies with masks; its history, or None when there are no epochs or no such studies."""
+    lesion_train, lesion_val = with_masks(subsets["train"]), with_masks(subsets.get("val", []))
+    if not lesion_val:  # e.g. masks only on train-only studies: validate on a fifth of them
+        lesion_train, lesion_val = [s for i, s in enumerate(lesion_train) if i % 5], lesion_train[::5]
+    if config.lesion_epochs <= 0 or not lesion_train or not lesion_val:
+        return None
+    reporter.message(f"lesion network: {len(lesion_train)} training and {len(lesion_val)} validation studies "
+                     f"with voxel masks")
+    return train_lesion_net(model, lesion_train, lesion_val, config, reporter, cache, device)
+
+
+def fit_involvement_model(model: SeverityModel, cohorts: dict[str, Cohort],
+                          studies_of: dict[str, list[Study]], config: TrainConfig, reporter: ProgressReporter) -> None:
+    """Fit the model's involvement part on the training cohort and choose its share of the fused
+    grade on the validation one. With a lesion network, the lung features are first measured again as
+    predict will measure them (the lesion network's voxels added, at the precision the file stores)."""
+    if model.lesion_lungs:
+        model.round_to_stored_precision(("lesion_net",))
+        for name, cohort in cohorts.items():
+            cohort.lung_features = torch.from_numpy(measure_lung_features(
+                model, [s.path for s in studies_of[name]],
+                lambda done, total, name=name: reporter.event("involvement", subset=name, epoch=done, epochs=total)))
+    train_aeration_model(model, cohorts["train"], config)
+    fusion = choose_fusion_weight(model, cohorts["val"])
+    reporter.message(f"fusion: the CNN head's share {fusion['cnn_weight']}, the involvement model's "
+                     f"{1 - fusion['cnn_weight']} (chosen on the validation split)")
+
+
 def train(data: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.PathLike, config: TrainConfig,
           reporter: ProgressReporter | None = None, cache: PreprocessedCache | None = None,
           split_path: str | os.PathLike | None = None, resume: bool = False,
@@ -192,50 +258,21 @@ def train(data: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.P
     if extra is not None:
         subsets["train"] = subsets.get("train", []) + extra.studies
     refuse_untrainable(subsets.get("train", []), task, data)
-    cohorts = {name: load_cohort(studies, task, config.preprocess, cache,
-                                 lambda done, total, name=name: reporter.event(
-                                     "preprocess", subset=name, epoch=done, epochs=total),
-                                 with_lung_features=config.architecture.aeration)
-               for name, studies in subsets.items()}
-    if held is not None:
-        cohorts["held_out"] = load_cohort(held.studies, task, config.preprocess, cache,
-                                          with_lung_features=config.architecture.aeration)
+    cohorts = load_cohorts(subsets, held, task, config, cache, reporter)
     # Their voxels were hashed as they were read: one image under two ids is refused before any training.
     refuse_repeated_images(every_study, cache)
     # Read before stage 1, so that a study whose masks do not fit fails the run early.
     attention_targets = tuple(
         slice_lesion_shares(subsets.get(name, []), cohorts[name].grids.shape[1], model, cache)
         if config.attention_supervision > 0 and name in cohorts else None for name in ("train", "val"))
-    if resume_state is not None:
-        reporter.message(f"resuming from {checkpoint.path} after {resume_state[1]['stage']} "
-                         f"epoch {resume_state[1]['epoch']}")
-    stage1_state = resume_state if resume_state and resume_state[1]["stage"] == "stage1" else None
-    stage1 = train_stage1(model, cohorts["train"], cohorts["val"], config, reporter, checkpoint, stage1_state,
-                          device)
-    embedded = stage2_data(model, cohorts["train"], cohorts["val"], config, reporter, device, attention_targets)
-    stage2 = train_head(model.head, embedded, model.class_names, config, reporter, device)
-    history = {"stage1": stage1, "stage2": stage2}
-    if config.finetune_epochs > 0:
-        history["finetune"] = finetune(model, cohorts["train"], cohorts["val"], config, reporter, device)
-    lesion_train, lesion_val = with_masks(subsets["train"]), with_masks(subsets.get("val", []))
-    if not lesion_val:  # e.g. masks only on train-only studies: validate on a fifth of them
-        lesion_train, lesion_val = [s for i, s in enumerate(lesion_train) if i % 5], lesion_train[::5]
-    if config.lesion_epochs > 0 and lesion_train and lesion_val:
-        reporter.message(f"lesion network: {len(lesion_train)} training and {len(lesion_val)} validation studies "
-                         f"with voxel masks")
-        history["lesions"] = train_lesion_net(model, lesion_train, lesion_val, config, reporter, cache, device)
+    history = train_stages(model, cohorts, config, reporter, checkpoint, resume_state, device,
+                           attention_targets)
+    lesion_history = train_lesion_network(model, subsets, config, reporter, cache, device)
+    if lesion_history is not None:
+        history["lesions"] = lesion_history
     if model.aeration is not None:
-        if model.lesion_lungs:  # the involvement as predict will measure it: the lesion network's voxels added
-            model.round_to_stored_precision(("lesion_net",))
-            studies_of = {**subsets, **({"held_out": held.studies} if held else {})}
-            for name, cohort in cohorts.items():
-                cohort.lung_features = torch.from_numpy(measure_lung_features(
-                    model, [s.path for s in studies_of[name]],
-                    lambda done, total, name=name: reporter.event("involvement", subset=name, epoch=done, epochs=total)))
-        train_aeration_model(model, cohorts["train"], config)
-        fusion = choose_fusion_weight(model, cohorts["val"])
-        reporter.message(f"fusion: the CNN head's share {fusion['cnn_weight']}, the involvement model's "
-                         f"{1 - fusion['cnn_weight']} (chosen on the validation split)")
+        fit_involvement_model(model, cohorts, {**subsets, **({"held_out": held.studies} if held else {})},
+                              config, reporter)
     training_seconds = round(time.monotonic() - started, 1)
     if config.baselines:  # from the trained weights, before they are rounded for the file
         model.metadata["baselines"] = evaluate_baselines(model, cohorts, config, reporter, device)
@@ -255,6 +292,7 @@ def train(data: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.P
     if distributed_rank_world()[0] == 0:
         model.save(out)
         manifests[checkpoint.path].remove(checkpoint.path)
-    reporter.event("done", model=str(out), test=evaluation.get("test", {}).get(FUSED, {}).get(
-        "balanced_accuracy"), seconds=model.metadata["training_seconds"])
+    test = evaluation.get("test", {}).get(FUSED, {})
+    reporter.event("done", model=str(out), test=test.get("balanced_accuracy"), test_studies=test.get("n_studies"),
+                   seconds=model.metadata["training_seconds"])
     return model

@@ -1,1 +1,2 @@
-"""Array transforms: HU windowing and the model grid, lungs and aeration."""
+"""Array transforms, in NumPy: the HU window, body crop and resampling to the model grid; lung
+segmentation; the lung involvement in HU bands."""
