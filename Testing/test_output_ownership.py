@@ -239,4 +239,4 @@ def test_train_and_predict_name_a_folder_or_file_given_for_the_other(phantom_coh
     assert f"{tmp_path}: is a folder; give the model file to write" in capsys.readouterr().err
     (tmp_path / "notes.txt").write_text("x")
     assert main(["predict", str(one_phantom_study(phantom_cohort)), "--out", str(tmp_path / "notes.txt")]) == 2
-    assert "notes.txt: is a file, not a folder" in capsys.readouterr().err
+    assert "notes.txt: it is a file, not a folder" in capsys.readouterr().err

@@ -294,7 +294,8 @@ def _predict_one(model: AnyModel, ahead: StudyPrefetcher, following: list[Path],
 def check_writable(folder: Path) -> None:
     """Fail before any work when the output folder cannot be created or written (full, read-only, a file)."""
     if folder.exists() and not folder.is_dir():
-        raise OSError(errno.ENOTDIR, f"{folder}: is a file, not a folder; give a folder for the outputs")
+        raise OSError(errno.ENOTDIR, f"cannot write to the output folder {folder}: it is a file, not a folder; "
+                                     f"give a folder for the outputs")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
