@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from TwoFiveCNNLib.io.progress import ProgressReporter
 
 
 @pytest.fixture(scope="session")
@@ -70,6 +71,20 @@ def write_dicom_series(folder: Path, stored_values: np.ndarray, intercept: float
         written.append(folder / f"slice_{k:03d}.dcm")
         ds.save_as(written[-1], enforce_file_format=True)
     return written
+
+
+class StopAfter(ProgressReporter):
+    """A quiet reporter that interrupts training after stage-1 epoch ``epoch``, as a crash would."""
+
+    def __init__(self, epoch: int) -> None:
+        super().__init__(quiet=True)
+        self.epoch = epoch
+
+    def event(self, stage, **fields):
+        record = super().event(stage, **fields)
+        if stage == "stage1" and fields.get("epoch") == self.epoch:
+            raise KeyboardInterrupt
+        return record
 
 
 TINY_TRAIN_ARGS = ["--in-plane", "48", "--slices", "12", "--stage1-epochs", "1", "--stage2-epochs", "4",

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import TINY_TRAIN_ARGS
+from conftest import TINY_TRAIN_ARGS, StopAfter
 from TwoFiveCNNLib.app.cli import comparison_table, main, run_figures
 from TwoFiveCNNLib.data.cache import PreprocessedCache
 from TwoFiveCNNLib.data.cohort import load_cohort
@@ -144,20 +144,6 @@ def test_model_file_from_an_incompatible_version_is_refused(tiny_model, tmp_path
     torch.save(archive, future)
     with pytest.raises(ModelFileError, match="future.pt.*format version 99"):
         load_model(future, "cpu")
-
-
-class StopAfter(ProgressReporter):
-    """Interrupts training after a given stage-1 epoch, as a crash would."""
-
-    def __init__(self, epoch: int) -> None:
-        super().__init__(quiet=True)
-        self.epoch = epoch
-
-    def event(self, stage, **fields):
-        record = super().event(stage, **fields)
-        if stage == "stage1" and fields.get("epoch") == self.epoch:
-            raise KeyboardInterrupt
-        return record
 
 
 def test_interrupted_training_resumes_to_the_same_model(phantom_cohort, tmp_path):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import TINY_TRAIN_ARGS
+from conftest import TINY_TRAIN_ARGS, StopAfter
 from TwoFiveCNNLib.app.cli import main
 from TwoFiveCNNLib.data.cache import PreprocessedCache
 from TwoFiveCNNLib.data.index import DatasetIndex
@@ -160,20 +160,6 @@ def test_hidden_files_are_skipped_in_folders_and_csv_files(phantom_cohort, tmp_p
 
 
 # ------------------------------------------------------------------------------------------- resume
-
-
-class StopAfter(ProgressReporter):
-    """Interrupts training after a stage-1 epoch, as a crash would."""
-
-    def __init__(self, epoch: int) -> None:
-        super().__init__(quiet=True)
-        self.epoch = epoch
-
-    def event(self, stage, **fields):
-        record = super().event(stage, **fields)
-        if stage == "stage1" and fields.get("epoch") == self.epoch:
-            raise KeyboardInterrupt
-        return record
 
 
 def test_resume_on_other_data_or_another_split_is_refused(phantom_cohort, tmp_path):
