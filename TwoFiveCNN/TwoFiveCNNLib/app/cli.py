@@ -102,15 +102,14 @@ def run_index(args) -> int:
     print(index.summary())
     print("  every study a distinct " + ("image (voxels compared)" if args.read_images else
                                          "file (voxels not compared: --read-images)"))
+    fold_paths = [args.split.with_name(f"{args.split.stem}_fold{fold}.json") for fold in range(args.folds)] \
+        if args.split else []
     if args.split:  # only a split file twofivecnn wrote is replaced
         from ..inference.outputs import claim_output_files
 
-        claim_output_files([args.split.with_name(f"{args.split.stem}_fold{fold}.json")
-                            for fold in range(args.folds)] if args.folds else [args.split],
-                           [args.data, *(s.path for s in index.studies)], "index")
+        claim_output_files(fold_paths or [args.split], [args.data, *(s.path for s in index.studies)], "index")
     if args.split and args.folds:
-        for fold, split in enumerate(make_kfold(index, args.folds, args.seed)):
-            path = args.split.with_name(f"{args.split.stem}_fold{fold}.json")
+        for fold, (split, path) in enumerate(zip(make_kfold(index, args.folds, args.seed), fold_paths, strict=True)):
             split.save(path)
             print(f"fold {fold}: train/val = {len(split.train)}/{len(split.val)} -> {path}")
     elif args.split:

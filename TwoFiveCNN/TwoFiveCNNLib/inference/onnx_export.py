@@ -25,7 +25,15 @@ from torch import nn
 from ..io.atomic import temporary_path, writer_is_dead
 from ..io.manifest import MANIFEST_NAME, OutputManifest, refuse_overlap
 from ..networks.severity_model import SeverityModel
-from .onnx_model import EXPORT_FORMAT, EXPORT_VERSION, GRAPHS, OnnxModelError, export_folder_of, file_sha256
+from .onnx_model import (
+    EXPORT_FILES,
+    EXPORT_FORMAT,
+    EXPORT_VERSION,
+    GRAPHS,
+    OnnxModelError,
+    export_folder_of,
+    file_sha256,
+)
 
 OPSET = 17
 
@@ -116,9 +124,8 @@ def _set_aside_earlier_export(out: Path, staging: Path) -> None:
         earlier = json.loads((out / "model.json").read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError):
         return
-    export_files = {"model.json", *(f"{name}.onnx" for name in GRAPHS)}
     entries = {entry.name for entry in out.iterdir() if entry != staging and not writer_is_dead(entry)}
-    if isinstance(earlier, dict) and earlier.get("format") == EXPORT_FORMAT and entries <= export_files:
+    if isinstance(earlier, dict) and earlier.get("format") == EXPORT_FORMAT and entries <= set(EXPORT_FILES):
         aside = staging / "earlier"
         aside.mkdir()
         os.replace(out / "model.json", aside / "model.json")  # first: the rest is no export without it

@@ -37,6 +37,7 @@ from ..transforms.preprocess import PreprocessConfig
 EXPORT_FORMAT = "twofivecnn-onnx"
 EXPORT_VERSION = 2  # 2: model.json records each graph's sha256
 GRAPHS = ("embed", "head", "lesions")
+EXPORT_FILES = ("model.json", *(f"{name}.onnx" for name in GRAPHS))  # every file an export may hold
 # Slices per session run, which bounds activation memory. The lesion network runs 8, as the torch model
 # does; the embedding 32, half the torch model's 64 (networks.severity_model.SLICE_BATCH).
 SLICES_PER_RUN = {"embed": 32, "lesions": 8}

@@ -38,7 +38,7 @@ from ..transforms.preprocess import (
     to_model_grid,
 )
 from .onnx_model import (
-    GRAPHS,
+    EXPORT_FILES,
     OnnxModelError,
     OnnxSeverityModel,
     export_folder_of,
@@ -63,8 +63,8 @@ def onnx_export_for(path: str | os.PathLike | None) -> Path | None:
     if source.is_dir():
         return source
     folder = export_folder_of(source)
-    export_files = ["model.json", *(f"{name}.onnx" for name in GRAPHS)]  # graphs alone: an incomplete export
-    return folder if any((folder / name).is_file() for name in export_files) else None
+    # Graphs alone are an incomplete export, which the loader reports as such.
+    return folder if any((folder / name).is_file() for name in EXPORT_FILES) else None
 
 
 def load_model(path: str | os.PathLike | None = None, device: str = "auto", engine: str = "torch",

@@ -83,17 +83,15 @@ def read_torch_file(path: str | os.PathLike, what: str, map_location: str | torc
 
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as error:
-        found = _UNSAFE_GLOBAL.search(_ANSI_CODES.sub("", str(error)))
+    except Exception as error:  # noqa: BLE001 - torch raises many types for damaged archives
+        found = isinstance(error, pickle.UnpicklingError) and \
+            _UNSAFE_GLOBAL.search(_ANSI_CODES.sub("", str(error)))
         if found:
             raise ModelFileError(
                 f"{path}: refused: the file holds the Python object {found.group(1)}, which would run code when "
                 f"loaded. TwoFiveCNN models hold only tensors and JSON; use a model written by "
                 f"`twofivecnn train`."
             ) from None
-        raise ModelFileError(f"{path}: not a readable {what} file ({plain_reason(error)}). It may be truncated "
-                             f"or not a TwoFiveCNN file.") from None
-    except Exception as error:  # noqa: BLE001 - torch raises many types for damaged archives
         raise ModelFileError(f"{path}: not a readable {what} file ({plain_reason(error)}). It may be truncated "
                              f"or not a TwoFiveCNN file.") from None
 
