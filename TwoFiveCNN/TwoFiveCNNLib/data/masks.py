@@ -16,9 +16,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 
-from ..io.volume import Geometry, read_volume, study_name
+from ..io.volume import read_volume, stored_geometry, study_name
 from .index import DatasetError, Study
 
 LESION_SUFFIX, LUNGS_SUFFIX = "_lesion.nii.gz", "_lungs.nii.gz"
@@ -77,32 +76,13 @@ def read_masks(masks_dir: str | os.PathLike, study_path: str | os.PathLike, geom
 
 def _check_labels(labels: np.ndarray, suffix: str, path: Path, study_path: str | os.PathLike) -> None:
     allowed, meaning = MASK_LABELS[suffix]
-    unexpected = np.ones(labels.shape, dtype=bool)
-    for value in allowed:
-        unexpected &= labels != value
+    unexpected = ~np.isin(labels, allowed)
     if unexpected.any():
         found = np.unique(labels[unexpected])
         shown = ", ".join(f"{v:g}" for v in found[:5]) + (" ..." if found.size > 5 else "")
         raise ValueError(f"{path}: the {suffix[1:-7]} mask of study {study_path} holds the label(s) {shown} "
                          f"({int(unexpected.sum())} voxels); a {suffix[1:-7]} mask holds {meaning}. Give the "
                          f"study's own mask with these labels ({SYNTH_HINT}).")
-
-
-def stored_geometry(path: str | os.PathLike) -> Geometry:
-    """A study's grid as stored, from a volume file's header alone where it can (cheap), else by reading it."""
-    path = Path(path)
-    if path.is_file():
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(str(path))
-        try:
-            reader.ReadImageInformation()
-        except RuntimeError:
-            reader = None
-        if reader is not None and reader.GetDimension() == 3 and reader.GetNumberOfComponents() == 1:
-            return Geometry(tuple(int(s) for s in reader.GetSize()), tuple(float(s) for s in reader.GetSpacing()),
-                            tuple(float(o) for o in reader.GetOrigin()),
-                            tuple(float(d) for d in reader.GetDirection()))
-    return read_volume(path).geometry
 
 
 def check_masks(studies: Sequence[Study], masks_dir: str | os.PathLike | None = None,

@@ -263,17 +263,23 @@ def _read_dicom_series(folder: Path, allow_uneven_slices: bool) -> tuple[sitk.Im
     return image, warnings + more_warnings
 
 
+def _nifti_endian(header: bytes) -> str | None:
+    """The byte order ("<" or ">") of a NIfTI-1 header (its first field, sizeof_hdr, is 348), or None."""
+    return next((endian for endian in "<>"
+                 if len(header) >= 348 and struct.unpack(endian + "i", header[:4])[0] == 348), None)
+
+
 def _nifti_payload(header: bytes) -> int | None:
     """Bytes a whole NIfTI-1 file holds (header, extensions, voxels), from its first 348 bytes."""
-    for endian in "<>":
-        if len(header) >= 348 and struct.unpack(endian + "i", header[:4])[0] == 348:
-            dims = struct.unpack(endian + "8h", header[40:56])
-            bitpix = struct.unpack(endian + "h", header[72:74])[0]
-            vox_offset = struct.unpack(endian + "f", header[108:112])[0]
-            if not 1 <= dims[0] <= 7 or bitpix <= 0 or min(dims[1: dims[0] + 1]) < 1:
-                return None
-            return int(vox_offset) + int(np.prod(dims[1: dims[0] + 1], dtype=np.int64)) * bitpix // 8
-    return None
+    endian = _nifti_endian(header)
+    if endian is None:
+        return None
+    dims = struct.unpack(endian + "8h", header[40:56])
+    bitpix = struct.unpack(endian + "h", header[72:74])[0]
+    vox_offset = struct.unpack(endian + "f", header[108:112])[0]
+    if not 1 <= dims[0] <= 7 or bitpix <= 0 or min(dims[1: dims[0] + 1]) < 1:
+        return None
+    return int(vox_offset) + int(np.prod(dims[1: dims[0] + 1], dtype=np.int64)) * bitpix // 8
 
 
 def _nifti_header(path: Path) -> bytes:
@@ -294,12 +300,10 @@ def _nifti_sform(header: bytes) -> np.ndarray | None:
 
     ITK reads the qform instead when the sform is sheared (or refuses the file when there is no qform),
     so a tilted gantry's NIfTI (dcm2niix without tilt correction) would lose its slant silently."""
-    for endian in "<>":
-        if len(header) >= 348 and struct.unpack(endian + "i", header[:4])[0] == 348:
-            if struct.unpack(endian + "h", header[254:256])[0] <= 0:
-                return None
-            return np.array(struct.unpack(endian + "12f", header[280:328]), dtype=float).reshape(3, 4)[:, :3]
-    return None
+    endian = _nifti_endian(header)
+    if endian is None or struct.unpack(endian + "h", header[254:256])[0] <= 0:
+        return None
+    return np.array(struct.unpack(endian + "12f", header[280:328]), dtype=float).reshape(3, 4)[:, :3]
 
 
 def _check_gzip_complete(path: Path) -> None:
@@ -398,9 +402,9 @@ def read_image(path: str | os.PathLike, *, allow_uneven_slices: bool = False) ->
     return image, warnings
 
 
-def voxel_count(path: str | os.PathLike) -> int | None:
-    """Voxels of a volume file from its header alone (cheap); None for folders and unreadable files."""
-    path = Path(path)
+def _header(path: Path) -> sitk.ImageFileReader | None:
+    """A volume file's header read (size, spacing, origin, direction; no voxels), or None for folders,
+    other files and unreadable headers."""
     if not path.is_file() or not has_volume_suffix(path):
         return None
     reader = sitk.ImageFileReader()
@@ -409,7 +413,22 @@ def voxel_count(path: str | os.PathLike) -> int | None:
         reader.ReadImageInformation()
     except RuntimeError:
         return None
-    return int(np.prod(reader.GetSize(), dtype=np.int64))
+    return reader
+
+
+def voxel_count(path: str | os.PathLike) -> int | None:
+    """Voxels of a volume file from its header alone (cheap); None for folders and unreadable files."""
+    header = _header(Path(path))
+    return None if header is None else int(np.prod(header.GetSize(), dtype=np.int64))
+
+
+def stored_geometry(path: str | os.PathLike) -> Geometry:
+    """A study's grid as stored: from a 3D scalar volume file's header alone (cheap), else (a DICOM
+    folder, another kind of file) by reading it."""
+    header = _header(Path(path))
+    if header is not None and header.GetDimension() == 3 and header.GetNumberOfComponents() == 1:
+        return Geometry.from_sitk(header)
+    return read_volume(path).geometry
 
 
 def read_volume(path: str | os.PathLike, *, allow_uneven_slices: bool = False) -> Volume:
