@@ -221,8 +221,8 @@ def test_a_killed_batch_leaves_complete_studies_only(tmp_path):
     for event in ({"stage": "predict", "epoch": 0, "epochs": 3, "current": "a"},
                   {"stage": "predict", "epoch": 1, "epochs": 3, "finished": "a", "current": "b[1]"}):
         batch.observe(event)
-    complete = [tmp_path / name for name in ("a.json", "a.png", "a_evidence.nii.gz")]
-    cut_short = [tmp_path / name for name in ("b[1].png", "b[1]_evidence.nii.gz", ".b[1].json.x1.tmp.json")]
+    complete = [tmp_path / name for name in ("a.json", "a.png", "a_lesion_map.nii.gz")]
+    cut_short = [tmp_path / name for name in ("b[1].png", "b[1]_lesion_map.nii.gz", ".b[1].json.x1.tmp.json")]
     others = [tmp_path / name for name in ("c.png", "notes.txt", "summary.tsv")]  # not this batch's
     users = [tmp_path / "d.png"]  # the user's, with the output name of a study the batch reached: never removed
     batch.observe({"stage": "predict", "epoch": 2, "epochs": 3, "finished": "b[1]", "current": "d"})
@@ -234,6 +234,21 @@ def test_a_killed_batch_leaves_complete_studies_only(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == \
         sorted([*(p.name for p in complete + others + users), MANIFEST_NAME])
     assert len(removed) == len(cut_short) + 2
+
+
+def test_legacy_lesion_map_of_a_cut_short_study_is_removed_too(tmp_path):
+    """legacy: remove after 0.3. An output folder of 0.2 calls the lesion map ``<name>_evidence<format>``."""
+    batch = PredictionProcess([tmp_path / "in"], tmp_path)
+    for event in ({"stage": "predict", "studies_done": 0, "studies": 2, "current": "a"},
+                  {"stage": "predict", "studies_done": 1, "studies": 2, "finished": "a", "current": "b"}):
+        batch.observe(event)
+    complete = [tmp_path / name for name in ("a.json", "a_evidence.nii.gz")]
+    cut_short = [tmp_path / name for name in ("b.png", "b_evidence.nrrd")]
+    OutputManifest.open(tmp_path, "predict").claim(*complete, *cut_short)
+    for path in complete + cut_short:
+        path.write_text("x")
+    assert sorted(batch.remove_leftovers()) == sorted(cut_short)
+    assert all(path.is_file() for path in complete)
 
 
 def test_device_words_are_the_same_in_both_panels():

@@ -431,6 +431,7 @@ class PredictionProcess(BackgroundProcess):
         """
         if self._still_running():
             return []
+        from ..inference.output_names import lesion_map_files
         from ..io.manifest import OutputConflictError, OutputManifest
 
         try:
@@ -443,7 +444,7 @@ class PredictionProcess(BackgroundProcess):
             removed += sorted(self.out.glob(f".{pattern}*.tmp*"))
             if not (self.out / f"{name}.json").exists():
                 outputs = [self.out / f"{name}.png", self.out / f"{name}.mrml", self.out / f"{name}_data",
-                           *self.out.glob(f"{pattern}_evidence.*")]
+                           *lesion_map_files(self.out, name)]
                 removed += sorted(p for p in outputs if p.exists() and manifest.owns(p))
         for path in removed:
             if path.is_dir():
