@@ -87,8 +87,8 @@ def test_a_folder_is_graded_in_the_background_and_its_summary_becomes_a_table(
     assert end["ok"] and end["returncode"] == 0 and not end["cancelled"], logic.batchProcess.stderr_tail
     progress = [e for e in events if e["stage"] == "predict"]
     names = [f"study_{i:02d}" for i in range(STUDIES)]
-    assert [e["epoch"] for e in progress] == list(range(STUDIES + 1))
-    assert {e["epochs"] for e in progress} == {STUDIES}
+    assert [e["studies_done"] for e in progress] == list(range(STUDIES + 1))
+    assert {e["studies"] for e in progress} == {STUDIES}
     assert [e.get("current") for e in progress] == [*names, None]  # the study at work, then none
     assert [e.get("finished") for e in progress[1:]] == names
     assert logic.batchProgress(progress[3]) == (3, STUDIES, f"3/{STUDIES} studies, now study_03")

@@ -643,7 +643,7 @@ class TwoFiveCNNLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def batchProgress(event: dict) -> "tuple[int, int, str] | None":
         """``(studies done, total, text)`` for the progress bar after a batch event; None if it has no count."""
-        done, total = event.get("epoch"), event.get("epochs")
+        done, total = event.get("studies_done"), event.get("studies")
         if event.get("stage") != "predict" or not isinstance(done, int) or not isinstance(total, int):
             return None
         text = _("{done}/{total} studies").format(done=done, total=total)
@@ -1060,7 +1060,7 @@ class TwoFiveCNNTest(ScriptedLoadableModuleTest):
             logic.startBatch(studies, background, modelPath, device="CPU")
             events = self._waitForBatch(logic)
             self.assertTrue(events[-1]["ok"], events[-1])  # ran to its end, one study failed
-            self.assertEqual([e["epoch"] for e in events if e["stage"] == "predict"], [0, 1, 2])
+            self.assertEqual([e["studies_done"] for e in events if e["stage"] == "predict"], [0, 1, 2])
             table = logic.batchSummaryNode
             self.assertEqual(table.GetNumberOfRows(), 2)
             statuses = table.GetTable().GetColumnByName("status")

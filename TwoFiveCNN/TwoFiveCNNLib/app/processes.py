@@ -384,7 +384,7 @@ class TrainingProcess(BackgroundProcess):
 class PredictionProcess(BackgroundProcess):
     """``python -m TwoFiveCNNLib predict INPUT... --out OUT --progress-json`` in a child process.
 
-    Its ``predict`` events count the studies (``epoch`` of ``epochs``) and name the one being graded
+    Its ``predict`` events count the studies (``studies_done`` of ``studies``) and name the one being graded
     (``current``). Each study's outputs are complete or absent: the command line removes a
     half-written study when it is asked to stop, and :meth:`remove_leftovers` when it was killed.
     ``summary.tsv`` is written when the batch has run to its end (also when some studies failed:
