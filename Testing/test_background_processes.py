@@ -218,14 +218,14 @@ def test_commands_of_the_two_jobs(tmp_path):
 def test_a_killed_batch_leaves_complete_studies_only(tmp_path):
     """After a SIGKILL (no clean stop), the parent removes temporaries and the study cut short."""
     batch = PredictionProcess([tmp_path / "in"], tmp_path)
-    for event in ({"stage": "predict", "epoch": 0, "epochs": 3, "current": "a"},
-                  {"stage": "predict", "epoch": 1, "epochs": 3, "finished": "a", "current": "b[1]"}):
+    for event in ({"stage": "predict", "studies_done": 0, "studies": 3, "current": "a"},
+                  {"stage": "predict", "studies_done": 1, "studies": 3, "finished": "a", "current": "b[1]"}):
         batch.observe(event)
-    complete = [tmp_path / name for name in ("a.json", "a.png", "a_evidence.nii.gz")]
-    cut_short = [tmp_path / name for name in ("b[1].png", "b[1]_evidence.nii.gz", ".b[1].json.x1.tmp.json")]
+    complete = [tmp_path / name for name in ("a.json", "a.png", "a_lesion_map.nii.gz")]
+    cut_short = [tmp_path / name for name in ("b[1].png", "b[1]_lesion_map.nii.gz", ".b[1].json.x1.tmp.json")]
     others = [tmp_path / name for name in ("c.png", "notes.txt", "summary.tsv")]  # not this batch's
     users = [tmp_path / "d.png"]  # the user's, with the output name of a study the batch reached: never removed
-    batch.observe({"stage": "predict", "epoch": 2, "epochs": 3, "finished": "b[1]", "current": "d"})
+    batch.observe({"stage": "predict", "studies_done": 2, "studies": 3, "finished": "b[1]", "current": "d"})
     OutputManifest.open(tmp_path, "predict").claim(*complete, *cut_short[:2], tmp_path / "b[1]_data")
     for path in complete + cut_short + others + users + [tmp_path / ".summary.tsv.x2.tmp.tsv"]:
         path.write_text("x")
@@ -234,6 +234,21 @@ def test_a_killed_batch_leaves_complete_studies_only(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == \
         sorted([*(p.name for p in complete + others + users), MANIFEST_NAME])
     assert len(removed) == len(cut_short) + 2
+
+
+def test_legacy_lesion_map_of_a_cut_short_study_is_removed_too(tmp_path):
+    """legacy: remove after 0.3. An output folder of 0.2 calls the lesion map ``<name>_evidence<format>``."""
+    batch = PredictionProcess([tmp_path / "in"], tmp_path)
+    for event in ({"stage": "predict", "studies_done": 0, "studies": 2, "current": "a"},
+                  {"stage": "predict", "studies_done": 1, "studies": 2, "finished": "a", "current": "b"}):
+        batch.observe(event)
+    complete = [tmp_path / name for name in ("a.json", "a_evidence.nii.gz")]
+    cut_short = [tmp_path / name for name in ("b.png", "b_evidence.nrrd")]
+    OutputManifest.open(tmp_path, "predict").claim(*complete, *cut_short)
+    for path in complete + cut_short:
+        path.write_text("x")
+    assert sorted(batch.remove_leftovers()) == sorted(cut_short)
+    assert all(path.is_file() for path in complete)
 
 
 def test_device_words_are_the_same_in_both_panels():
@@ -255,5 +270,5 @@ def test_the_exit_event_reads_as_its_job():
                            "ok": False}).startswith("cancelled; the studies graded so far keep")
     assert describe_event({"stage": "exit", "job": "predict", "returncode": 2, "ok": False,
                            "error": "no such file"}) == "batch prediction failed (exit code 2): no such file"
-    assert describe_event({"stage": "predict", "epoch": 2, "epochs": 20, "finished": "s01",
+    assert describe_event({"stage": "predict", "studies_done": 2, "studies": 20, "finished": "s01",
                            "current": "s02"}) == "predict, 2/20, now s02"

@@ -36,7 +36,7 @@ def test_quick_bench_writes_consistent_figures(tmp_path, capsys):
     for profile in whole["stage_profile"].values():
         stages = profile["stages"]
         assert {"startup_imports", "load_model", "read", "preprocess", "lungs_and_involvement", "network",
-                "evidence_map", "write_evidence", "write_picture", "write_json"} <= set(stages)
+                "lesion_map", "write_lesion_map", "write_picture", "write_json"} <= set(stages)
         assert sum(stage["share"] for stage in stages.values()) == pytest.approx(1.0, abs=0.01)
         assert sum(stage["seconds"] for stage in stages.values()) == pytest.approx(profile["total_seconds"], abs=0.01)
     assert "speedup vs 3D CNN" in capsys.readouterr().out

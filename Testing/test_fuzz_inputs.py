@@ -123,14 +123,14 @@ def test_odd_volumes_predict_sanely_or_fail_clearly(case, model, tmp_path_factor
     assert shear < 0.06, f"a grid sheared by {shear:.2f} degrees was graded; its outputs cannot lie on it"
     probabilities = np.array(list(prediction.probabilities.values()))
     assert np.isfinite(probabilities).all() and probabilities.sum() == pytest.approx(1.0, abs=1e-5)
-    # The evidence map lies exactly on the input's grid, as the file stores it.
+    # The lesion map lies exactly on the input's grid, as the file stores it.
     written = sitk.ReadImage(path)
-    assert prediction.evidence_kji.shape == case["array"].shape
+    assert prediction.lesion_map_kji.shape == case["array"].shape
     np.testing.assert_allclose(prediction.geometry.spacing, written.GetSpacing(), rtol=1e-5)
     np.testing.assert_allclose(prediction.geometry.origin, written.GetOrigin(), atol=1e-3)
     np.testing.assert_allclose(prediction.geometry.direction, written.GetDirection(), atol=1e-5)
-    evidence = prediction.evidence_kji
-    assert np.isfinite(evidence).all() and evidence.min() >= 0 and evidence.max() <= 1
+    lesion_map = prediction.lesion_map_kji
+    assert np.isfinite(lesion_map).all() and lesion_map.min() >= 0 and lesion_map.max() <= 1
     slice_attention = np.asarray(prediction.slice_attention)
     assert np.isfinite(slice_attention).all() and slice_attention.sum() == pytest.approx(1.0, abs=1e-5)
     assert len(slice_attention) == case["array"].shape[0] or any("not axial" in w for w in prediction.warnings)
@@ -143,7 +143,7 @@ def test_huge_in_plane_study_predicts(model, tmp_path):
             "spacing": (0.2, 0.2, 5.0), "suffix": ".nrrd"}
     with time_limit(SECONDS_PER_EXAMPLE):
         prediction, _ = predict_path(model, write(case, tmp_path))
-    assert prediction.evidence_kji.shape == (2, 2048, 2048)
+    assert prediction.lesion_map_kji.shape == (2, 2048, 2048)
 
 
 def test_cli_answers_odd_inputs_without_a_traceback(tiny_model, tmp_path, capsys):

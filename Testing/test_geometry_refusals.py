@@ -113,7 +113,7 @@ def test_predict_refuses_a_sheared_nrrd_and_writes_nothing_for_it(chest, chest_c
     assert f"FAILED {sheared}: the voxel grid is sheared by 6.00 degrees" in stderr
     assert "Traceback" not in stdout + stderr
     assert not list(out.glob("tilted*")), "nothing may be written for the refused study"
-    assert (out / "CTChest4.json").is_file() and (out / "CTChest4_evidence.nii.gz").is_file()
+    assert (out / "CTChest4.json").is_file() and (out / "CTChest4_lesion_map.nii.gz").is_file()
     rows = (out / "summary.tsv").read_text().splitlines()
     assert any(row.startswith(f"{sheared}\tfailed\t") and "sheared by 6.00 degrees" in row for row in rows)
 
@@ -229,10 +229,10 @@ def test_allow_uneven_slices_resamples_onto_the_median_step(chest, series, tmp_p
     whole_ml, gapped_ml = (record["involvement"]["lungs"]["volume_ml"]
                            for record in (whole_record, gapped_record))
     assert gapped_ml == pytest.approx(whole_ml, rel=0.005)
-    # The outputs describe the resampled grid: the evidence volume lies exactly on the whole series' grid.
+    # The outputs describe the resampled grid: the lesion map volume lies exactly on the whole series' grid.
     assert len(gapped_record["slice_attention"]) == 34
-    evidence = sitk.ReadImage(str(out / "gapped_evidence.nii.gz"))
-    assert evidence.GetSize() == (128, 128, 34)
-    np.testing.assert_allclose(evidence.GetSpacing(), whole.geometry.spacing, rtol=1e-6)
-    np.testing.assert_allclose(evidence.GetOrigin(), whole.geometry.origin, atol=1e-3)
-    np.testing.assert_allclose(evidence.GetDirection(), whole.geometry.direction, atol=1e-6)
+    lesion_map = sitk.ReadImage(str(out / "gapped_lesion_map.nii.gz"))
+    assert lesion_map.GetSize() == (128, 128, 34)
+    np.testing.assert_allclose(lesion_map.GetSpacing(), whole.geometry.spacing, rtol=1e-6)
+    np.testing.assert_allclose(lesion_map.GetOrigin(), whole.geometry.origin, atol=1e-3)
+    np.testing.assert_allclose(lesion_map.GetDirection(), whole.geometry.direction, atol=1e-6)

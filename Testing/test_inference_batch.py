@@ -87,8 +87,8 @@ def test_a_folder_is_graded_in_the_background_and_its_summary_becomes_a_table(
     assert end["ok"] and end["returncode"] == 0 and not end["cancelled"], logic.batchProcess.stderr_tail
     progress = [e for e in events if e["stage"] == "predict"]
     names = [f"study_{i:02d}" for i in range(STUDIES)]
-    assert [e["epoch"] for e in progress] == list(range(STUDIES + 1))
-    assert {e["epochs"] for e in progress} == {STUDIES}
+    assert [e["studies_done"] for e in progress] == list(range(STUDIES + 1))
+    assert {e["studies"] for e in progress} == {STUDIES}
     assert [e.get("current") for e in progress] == [*names, None]  # the study at work, then none
     assert [e.get("finished") for e in progress[1:]] == names
     assert logic.batchProgress(progress[3]) == (3, STUDIES, f"3/{STUDIES} studies, now study_03")
@@ -107,7 +107,7 @@ def test_a_folder_is_graded_in_the_background_and_its_summary_becomes_a_table(
     assert table.GetTable().GetColumnByName("CT-0").IsA("vtkDoubleArray")
     assert table.GetDescription().startswith(f"{STUDIES} studies graded, 0 failed")
     for name in names:
-        assert {f"{name}.json", f"{name}.png", f"{name}_evidence.nii.gz"} <= {p.name for p in out.iterdir()}
+        assert {f"{name}.json", f"{name}.png", f"{name}_lesion_map.nii.gz"} <= {p.name for p in out.iterdir()}
 
     # Again into the same folder (two studies this time): the same node shows the new summary.
     small = tmp_path / "two"
@@ -158,11 +158,11 @@ def test_cancel_at_the_third_study_ends_the_tree_and_keeps_complete_studies(
     graded = sorted(p.name[: -len(".json")] for p in out.glob("*.json") if not p.name.startswith("."))
     assert 2 <= len(graded) < STUDIES, files
     assert files == sorted([MANIFEST_NAME, *(f"{name}{suffix}" for name in graded
-                                             for suffix in (".json", ".png", "_evidence.nii.gz"))]), files
+                                             for suffix in (".json", ".png", "_lesion_map.nii.gz"))]), files
     for name in graded:
         record = json.loads((out / f"{name}.json").read_text(encoding="utf-8"))
         assert record["label"] in {f"CT-{k}" for k in range(5)}
-        assert (out / f"{name}.png").stat().st_size > 0 and (out / f"{name}_evidence.nii.gz").stat().st_size > 0
+        assert (out / f"{name}.png").stat().st_size > 0 and (out / f"{name}_lesion_map.nii.gz").stat().st_size > 0
     # A cancelled batch has no summary, and the scene gets no table.
     assert logic.batchSummaryNode is None
     assert slicer.mrmlScene.GetNumberOfNodes() == nodes_before

@@ -75,12 +75,12 @@ def test_process_chest_ct(logic, chest, tiny_model, tmp_path, tilt):
 
     result = logic.process(node, tiny_model, "cpu")
 
-    # The evidence map lies on the input's own grid, oblique or not.
-    overlay = result.evidence_node
+    # The lesion map lies on the input's own grid, oblique or not.
+    overlay = result.lesion_map_node
     assert overlay.GetImageData().GetDimensions() == node.GetImageData().GetDimensions()
     np.testing.assert_allclose(ijk_to_ras(overlay), matrix_before, atol=1e-9)
-    evidence = slicer.util.arrayFromVolume(overlay)
-    assert evidence.min() >= 0 and evidence.max() <= 1
+    lesion_map = slicer.util.arrayFromVolume(overlay)
+    assert lesion_map.min() >= 0 and lesion_map.max() <= 1
     # Every class of the model, probabilities summing to 1, the label the most probable.
     model = logic.loadModel(tiny_model, "cpu")
     assert column(result.table_node, "class") == list(model.class_names)
@@ -115,8 +115,8 @@ def test_process_chest_ct(logic, chest, tiny_model, tmp_path, tilt):
     input_again = node_named(reloaded, "CTChest", "vtkMRMLScalarVolumeNode")
     found = find_prediction_nodes(input_again)
     assert found is not None
-    np.testing.assert_array_equal(slicer.util.arrayFromVolume(found.evidence_node), evidence)
-    np.testing.assert_allclose(ijk_to_ras(found.evidence_node), matrix_before, atol=1e-6)
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(found.lesion_map_node), lesion_map)
+    np.testing.assert_allclose(ijk_to_ras(found.lesion_map_node), matrix_before, atol=1e-6)
     assert column(found.table_node, "class") == list(model.class_names)
     assert found.table_node.GetAttribute("TwoFiveCNN.mostAttendedSlice") == \
         str(result.prediction.most_attended_slice)
@@ -131,15 +131,15 @@ def test_overlay_and_jump_drive_the_slice_views(logic, chest, tiny_model):
         logic.jumpToMostAttendedSlice(node)
     result = logic.process(node, tiny_model, "cpu")
 
-    logic.showOverlay(node, result.evidence_node, True, 0.25)
+    logic.showOverlay(node, result.lesion_map_node, True, 0.25)
     for composite in composites:
         assert composite.GetBackgroundVolumeID() == node.GetID()
-        assert composite.GetForegroundVolumeID() == result.evidence_node.GetID()
+        assert composite.GetForegroundVolumeID() == result.lesion_map_node.GetID()
         assert composite.GetForegroundOpacity() == pytest.approx(0.25)
-    logic.showOverlay(node, result.evidence_node, False)
+    logic.showOverlay(node, result.lesion_map_node, False)
     assert all(c.GetForegroundVolumeID() is None for c in composites)
     # The panel's overlay choice: the lesion map or the lung bands, the same slice views.
-    assert logic.overlayNode(result.nodes, "lesion map") is result.evidence_node
+    assert logic.overlayNode(result.nodes, "lesion map") is result.lesion_map_node
     bands = logic.overlayNode(result.nodes, "lung bands")
     assert bands is result.nodes.bands_node and bands is not None
     logic.showOverlay(node, bands, True, 0.5)
@@ -220,7 +220,7 @@ def test_run_on_files_grades_the_good_and_reports_the_bad(logic, chest_ct_path, 
     class_columns = [i for i, name in enumerate(rows[0]) if name.startswith("CT-")]
     assert sum(float(ok_row[i]) for i in class_columns) == pytest.approx(1.0, abs=1e-3)
     assert rows[0][-4:] == ["lung_volume_ml", "involved_percent", "involvement_grade", "message"]
-    assert {"chest.json", "chest.png", "chest_evidence.nii.gz", "chest.mrml"} <= {p.name for p in out.iterdir()}
+    assert {"chest.json", "chest.png", "chest_lesion_map.nii.gz", "chest.mrml"} <= {p.name for p in out.iterdir()}
     reloaded = reload(out / "chest.mrml")
     assert find_prediction_nodes(node_named(reloaded, "chest", "vtkMRMLScalarVolumeNode")) is not None
     assert scene_nodes(slicer.mrmlScene) == before  # a batch leaves the application's scene alone

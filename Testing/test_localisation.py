@@ -25,16 +25,16 @@ def test_voxel_auc_by_hand_and_against_scikit_learn():
     lungs[:, :, 1:] = True
     lesion = np.zeros_like(lungs)
     lesion[0, :, 3] = True
-    evidence = np.where(lesion, 0.9, 0.1)
-    assert voxel_auc(evidence, lesion, lungs) == 1.0
-    assert voxel_auc(1 - evidence, lesion, lungs) == 0.0
+    lesion_map = np.where(lesion, 0.9, 0.1)
+    assert voxel_auc(lesion_map, lesion, lungs) == 1.0
+    assert voxel_auc(1 - lesion_map, lesion, lungs) == 0.0
     assert voxel_auc(np.full(lungs.shape, 0.3), lesion, lungs) == 0.5  # ties count half
-    assert voxel_auc(evidence, np.zeros_like(lesion), lungs) is None
+    assert voxel_auc(lesion_map, np.zeros_like(lesion), lungs) is None
     rng = np.random.default_rng(0)
     noisy = np.round(rng.random(lungs.shape) + 0.4 * lesion, 1)  # many ties, some overlap
     expected = roc_auc_score(lesion[lungs], noisy[lungs])
     assert voxel_auc(noisy, lesion, lungs) == pytest.approx(expected, abs=1e-12)
-    # Voxels outside the lungs do not count, however high their evidence.
+    # Voxels outside the lungs do not count, however high their lesion map.
     outside = noisy.copy()
     outside[~lungs] = 10.0
     assert voxel_auc(outside, lesion, lungs) == pytest.approx(expected, abs=1e-12)

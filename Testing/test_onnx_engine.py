@@ -19,7 +19,7 @@ from TwoFiveCNNLib.io.volume import Volume, read_volume
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
-EVIDENCE_STEP = 1 / 255  # the evidence volume is stored in uint8 steps
+LESION_MAP_STEP = 1 / 255  # the lesion map volume is stored in uint8 steps
 
 
 def assert_same_prediction(torch_prediction, onnx_prediction) -> None:
@@ -30,8 +30,9 @@ def assert_same_prediction(torch_prediction, onnx_prediction) -> None:
         got = np.array([getattr(onnx_prediction, attribute)[n] for n in names])
         np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
     np.testing.assert_allclose(onnx_prediction.slice_attention, torch_prediction.slice_attention, atol=1e-4, rtol=0)
-    evidence_gap = np.abs(onnx_prediction.evidence_kji.astype(np.float32) - torch_prediction.evidence_kji.astype(np.float32))
-    assert evidence_gap.max() <= EVIDENCE_STEP
+    lesion_map_gap = np.abs(onnx_prediction.lesion_map_kji.astype(np.float32)
+                            - torch_prediction.lesion_map_kji.astype(np.float32))
+    assert lesion_map_gap.max() <= LESION_MAP_STEP
     assert onnx_prediction.involvement == torch_prediction.involvement
     assert onnx_prediction.is_demo_model == torch_prediction.is_demo_model
 

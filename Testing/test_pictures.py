@@ -12,11 +12,11 @@ from TwoFiveCNNLib.reports.colours import (
     STAGE_COLOURS,
     STAGE_COLOURS_UNIT,
     colormap,
-    evidence_lut,
+    lesion_map_lut,
     unit_rgb,
 )
 from TwoFiveCNNLib.reports.figures import confusion_matrix_png, curves_png
-from TwoFiveCNNLib.reports.montage import evidence_montage_png
+from TwoFiveCNNLib.reports.montage import lesion_map_montage_png
 
 NAMES5 = ["CT-0", "CT-1", "CT-2", "CT-3", "CT-4"]
 
@@ -37,14 +37,14 @@ def phantom(n_slices: int = 32, size: int = 48) -> tuple[np.ndarray, np.ndarray]
     z, y, x = np.mgrid[0:n_slices, 0:size, 0:size] / size
     lungs = ((x - 0.5) ** 2 + (y - 0.5) ** 2 < 0.15).astype(float)
     slices = 0.6 - 0.5 * lungs
-    evidence = np.exp(-(((x - 0.4) ** 2 + (y - 0.45) ** 2) / 0.01)) * np.ones_like(z)
-    return slices, evidence
+    lesion_map = np.exp(-(((x - 0.4) ** 2 + (y - 0.45) ** 2) / 0.01)) * np.ones_like(z)
+    return slices, lesion_map
 
 
 def test_colormap_and_lut_agree() -> None:
-    lut = evidence_lut()
+    lut = lesion_map_lut()
     assert lut.shape == (256, 4) and lut.min() >= 0 and lut.max() <= 1
-    assert np.allclose(lut[:, 3], np.linspace(0, 1, 256))  # alpha ramp: weak evidence transparent
+    assert np.allclose(lut[:, 3], np.linspace(0, 1, 256))  # alpha ramp: low values transparent
     rgb = colormap(np.linspace(0, 1, 256))
     assert rgb.dtype == np.uint8 and rgb.shape == (256, 3)
     assert np.array_equal(rgb, np.round(lut[:, :3] * 255).astype(np.uint8))
@@ -52,9 +52,9 @@ def test_colormap_and_lut_agree() -> None:
     assert np.all(np.diff(luminance) > -1)  # perceptual: brightness never falls along the map
     assert np.array_equal(colormap(np.array([np.nan, -3.0, 7.0])), rgb[[0, 0, 255]])
     assert colormap(np.zeros((2, 3))).shape == (2, 3, 3)
-    assert evidence_lut(8).shape == (8, 4)
+    assert lesion_map_lut(8).shape == (8, 4)
     with pytest.raises(ValueError):
-        evidence_lut(1)
+        lesion_map_lut(1)
 
 
 def test_float_colours_for_vtk() -> None:
@@ -77,12 +77,12 @@ def test_confusion_matrix_png(tmp_path) -> None:
 
 
 def test_montage_shows_the_top_k_slices_in_order(tmp_path) -> None:
-    slices, evidence = phantom()
+    slices, lesion_map = phantom()
     attention = np.full(32, 0.01)
     attention[[25, 5, 15]] = [0.3, 0.2, 0.25]
     path = tmp_path / "montage.png"
-    layout = evidence_montage_png(
-        slices, evidence, attention, path, "predicted CT-2", "demo — not clinical", top_k=3
+    layout = lesion_map_montage_png(
+        slices, lesion_map, attention, path, "predicted CT-2", "demo — not clinical", top_k=3
     )
     assert layout.shown == [5, 15, 25] and layout.bars.highlighted == [5, 15, 25] and layout.bars.tallest == 25
     assert layout.bars.numbers == list(range(32)) and layout.bars.x_ticks == [0, 5, 10, 15, 20, 25, 30]
@@ -96,11 +96,11 @@ def test_montage_shows_the_top_k_slices_in_order(tmp_path) -> None:
 
 
 def test_montage_top_k_larger_than_the_study(tmp_path) -> None:
-    slices, evidence = phantom(n_slices=4)
+    slices, lesion_map = phantom(n_slices=4)
     labels = [f"z = {5 * k} mm" for k in range(4)]
-    layout = evidence_montage_png(
+    layout = lesion_map_montage_png(
         slices,
-        evidence,
+        lesion_map,
         np.array([0.1, 0.4, 0.3, 0.2]),
         tmp_path / "m.png",
         "t",
@@ -112,10 +112,10 @@ def test_montage_top_k_larger_than_the_study(tmp_path) -> None:
 
 
 def test_montage_grows_rows_for_many_slices(tmp_path) -> None:
-    slices, evidence = phantom()
+    slices, lesion_map = phantom()
     attention = np.linspace(0.0, 1.0, 32)
-    evidence_montage_png(slices, evidence, attention, tmp_path / "six.png", "t", "f", top_k=6)
-    evidence_montage_png(slices, evidence, attention, tmp_path / "twelve.png", "t", "f", top_k=12)
+    lesion_map_montage_png(slices, lesion_map, attention, tmp_path / "six.png", "t", "f", top_k=6)
+    lesion_map_montage_png(slices, lesion_map, attention, tmp_path / "twelve.png", "t", "f", top_k=12)
     six, twelve = open_rgb(tmp_path / "six.png"), open_rgb(tmp_path / "twelve.png")
     assert six.shape[1] == twelve.shape[1] and twelve.shape[0] > six.shape[0]
 
@@ -126,7 +126,7 @@ def test_montage_grows_rows_for_many_slices(tmp_path) -> None:
         ({"top_k": 0}, "top_k"),
         ({"slice_attention": np.ones(5)}, "slice_attention"),
         ({"slice_attention": np.full(32, np.nan)}, "NaN"),
-        ({"evidence": np.zeros((32, 10, 10))}, "evidence"),
+        ({"lesion_map": np.zeros((32, 10, 10))}, "lesion_map"),
         ({"slices": np.zeros((32, 48))}, "slices"),
         ({"slice_labels": ["a"]}, "labels"),
         ({"slice_numbers": [0] * 32}, "slice_numbers"),
@@ -134,21 +134,21 @@ def test_montage_grows_rows_for_many_slices(tmp_path) -> None:
     ],
 )
 def test_montage_rejects_bad_input(tmp_path, change, message) -> None:
-    slices, evidence = phantom()
-    arguments = {"slices": slices, "evidence": evidence, "slice_attention": np.ones(32), "top_k": 6}
+    slices, lesion_map = phantom()
+    arguments = {"slices": slices, "lesion_map": lesion_map, "slice_attention": np.ones(32), "top_k": 6}
     arguments |= change
     with pytest.raises(ValueError, match=message):
-        evidence_montage_png(path=tmp_path / "m.png", title="t", footer="f", **arguments)
+        lesion_map_montage_png(path=tmp_path / "m.png", title="t", footer="f", **arguments)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_montage_numbers_tiles_and_bars_by_the_given_slice_numbers(tmp_path) -> None:
     """Arrays on a canonical grid, slices numbered the other way (a feet-first input): one numbering."""
-    slices, evidence = phantom(n_slices=20)
+    slices, lesion_map = phantom(n_slices=20)
     attention = np.full(20, 0.01)
     attention[[2, 3, 9]] = [0.2, 0.3, 0.25]  # array indices
     numbers = np.arange(20)[::-1]  # array slice k is the input's slice 19 - k
-    layout = evidence_montage_png(slices, evidence, attention, tmp_path / "m.png", "t", "f", top_k=3,
+    layout = lesion_map_montage_png(slices, lesion_map, attention, tmp_path / "m.png", "t", "f", top_k=3,
                                   slice_numbers=numbers)
     assert layout.shown == [9, 3, 2], "tiles left to right in slice number: 10, 16, 17"
     assert layout.bars.numbers == list(range(20)) and layout.bars.values == attention[::-1].tolist()
@@ -167,13 +167,13 @@ def test_the_prediction_picture_numbers_slices_as_its_json_on_a_feet_first_input
 
     study = generate_phantom(3, seed=11, orientation="LPI", shape_zyx=(40, 96, 96))
     source = write_volume(study.array_kji, study.geometry, tmp_path / "feet_first.nii.gz")
-    drawn, draw = [], outputs.evidence_montage_png
+    drawn, draw = [], outputs.lesion_map_montage_png
 
     def keep_layout(*args, **kwargs):  # our own function, run for real; only its answer is kept
         drawn.append((kwargs["slice_labels"], draw(*args, **kwargs)))
         return drawn[-1][1]
 
-    monkeypatch.setattr(outputs, "evidence_montage_png", keep_layout)
+    monkeypatch.setattr(outputs, "lesion_map_montage_png", keep_layout)
     result = outputs.predict_batch(load_model(None, "cpu"), [source], tmp_path / "out")
     assert not result.failures
     record = json.loads((tmp_path / "out" / "feet_first.json").read_text())

@@ -79,10 +79,10 @@ def test_mapping_back_onto_the_canonical_grid():
     ramp = np.linspace(0, 1, 10)
     per_slice = slice_values_to_canonical(ramp, mapping)
     assert per_slice.shape == (40,) and np.all(np.diff(per_slice) >= 0)
-    evidence = grid_map_to_canonical(np.ones_like(grid), mapping)
-    assert evidence.shape == volume.array.shape
+    mapped = grid_map_to_canonical(np.ones_like(grid), mapping)
+    assert mapped.shape == volume.array.shape
     y0, y1, x0, x1 = mapping.crop_yx
-    assert np.allclose(evidence[:, y0:y1, x0:x1], 1) and evidence.sum() == pytest.approx(40 * (y1 - y0) * (x1 - x0))
+    assert np.allclose(mapped[:, y0:y1, x0:x1], 1) and mapped.sum() == pytest.approx(40 * (y1 - y0) * (x1 - x0))
     assert GridMapping.from_dict(mapping.to_dict()) == mapping
 
 

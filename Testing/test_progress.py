@@ -13,7 +13,15 @@ import sys
 
 import pytest
 from TwoFiveCNNLib.io import progress
-from TwoFiveCNNLib.io.progress import ProgressReporter, counter, describe_event, format_seconds, subset_title
+from TwoFiveCNNLib.io.progress import (
+    ProgressReporter,
+    counter,
+    describe_event,
+    event_counts,
+    format_seconds,
+    item_progress,
+    subset_title,
+)
 
 # What ``--progress-json`` wrote before tqdm came in; it must not change.
 EXPECTED_JSON_LINES = [
@@ -66,6 +74,19 @@ def no_tqdm(monkeypatch) -> None:
 # ---------------------------------------------------------------------------------------- text
 
 
+def test_a_batch_counts_studies_and_gets_its_time_left_like_epochs(clock):
+    """predict's events count studies under their own name; the time left comes from them as from epochs."""
+    stream = io.StringIO()
+    report = item_progress(ProgressReporter(stream, terminal=None), "predict", ["a", "b", "c", "d"])
+    clock.now += 10
+    report(1, 4)
+    first, second = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert first == {"stage": "predict", "studies_done": 0, "studies": 4, "current": "a", "elapsed_s": 0.0}
+    assert second == {"stage": "predict", "studies_done": 1, "studies": 4, "finished": "a", "current": "b",
+                      "elapsed_s": 10.0, "eta_s": 30.0}
+    assert event_counts(second) == (1, 4) and event_counts({"stage": "log", "message": "x"}) is None
+
+
 def test_one_text_for_every_kind_of_event():
     event = {"stage": "stage1", "epoch": 2, "epochs": 4, "loss": 1.5, "val_balanced_accuracy": 0.4,
              "val_kappa": 0.125, "eta_s": 75}
@@ -73,7 +94,7 @@ def test_one_text_for_every_kind_of_event():
                                      "stage1 ends in ~1 min 15 s")
     preprocess = {"stage": "preprocess", "subset": "val", "epoch": 5, "epochs": 5}
     assert describe_event(preprocess) == "preprocess val, 5/5"
-    predict = {"stage": "predict", "epoch": 1, "epochs": 3, "message": "a.nrrd"}
+    predict = {"stage": "predict", "studies_done": 1, "studies": 3, "message": "a.nrrd"}
     assert describe_event(predict) == "predict, 1/3, a.nrrd"
     assert describe_event({"stage": "log", "message": "hello"}) == "hello"
     assert describe_event({"stage": "done", "model": "m.pt", "test": 0.5}) == (

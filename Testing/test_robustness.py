@@ -67,7 +67,7 @@ def test_full_disk_leaves_no_partial_outputs(chest_ct_path, tmp_path, limit_byte
                          preexec_fn=_with_file_size_limit(limit_bytes))
     assert run.returncode == 3, run.stderr[-2000:]
     assert "Traceback" not in run.stderr and ("free some space" in run.stderr or "disk space" in run.stderr)
-    # The failed study leaves nothing of its own (no evidence volume without its record), and no temporaries.
+    # The failed study leaves nothing of its own (no lesion map volume without its record), and no temporaries.
     assert sorted(p.name for p in out.rglob("*")) == [MANIFEST_NAME, "summary.tsv"]  # the manifest: what it claimed
     assert "\tfailed\t" in (out / "summary.tsv").read_text()
 

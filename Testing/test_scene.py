@@ -77,7 +77,7 @@ def fake_prediction(node, label: str = "CT-2", seed: int = 0) -> Prediction:
         label=label,
         probabilities={c: float(p) for c, p in zip(CLASSES, probabilities)},
         slice_attention=np.exp(slice_logits) / np.exp(slice_logits).sum(),
-        evidence_kji=rng.random(shape, dtype=np.float32),
+        lesion_map_kji=rng.random(shape, dtype=np.float32),
         geometry=volume.geometry,
         model_name="test-model",
         source=node.GetName(),
@@ -141,7 +141,7 @@ def test_parent_transform_is_reported_and_followed(chest: Volume):
     assert "'shift'" in volume_from_node(node).warnings[0]
     assert jump_to_slice_ras(node, 3) == pytest.approx(np.add(untransformed, (25.0, 0, 0)))
     nodes = write_prediction_nodes(fake_prediction(node), node)
-    assert nodes.evidence_node.GetTransformNodeID() == transform.GetID()
+    assert nodes.lesion_map_node.GetTransformNodeID() == transform.GetID()
 
 
 @pytest.mark.parametrize("tilt", [False, True], ids=["axial", "oblique"])
@@ -166,15 +166,15 @@ def test_write_prediction_nodes(chest: Volume, tilt: bool):
     prediction = fake_prediction(node)
     nodes = write_prediction_nodes(prediction, node)
 
-    evidence = nodes.evidence_node
-    assert evidence.GetName() == "CTChest4 lesion map"
-    assert evidence.GetImageData().GetDimensions() == node.GetImageData().GetDimensions()
-    np.testing.assert_array_equal(ijk_to_ras(evidence), matrix_before)
-    evidence_array = slicer.util.arrayFromVolume(evidence)
-    assert evidence_array.dtype == np.float32
-    np.testing.assert_array_equal(evidence_array, prediction.evidence_kji)
+    lesion_map = nodes.lesion_map_node
+    assert lesion_map.GetName() == "CTChest4 lesion map"
+    assert lesion_map.GetImageData().GetDimensions() == node.GetImageData().GetDimensions()
+    np.testing.assert_array_equal(ijk_to_ras(lesion_map), matrix_before)
+    lesion_map_array = slicer.util.arrayFromVolume(lesion_map)
+    assert lesion_map_array.dtype == np.float32
+    np.testing.assert_array_equal(lesion_map_array, prediction.lesion_map_kji)
 
-    display = evidence.GetDisplayNode()
+    display = lesion_map.GetDisplayNode()
     assert display.GetColorNodeID() == nodes.colour_node.GetID()
     assert (display.GetWindow(), display.GetLevel()) == pytest.approx((1.0, 0.5))
     assert display.GetApplyThreshold() and display.GetLowerThreshold() == pytest.approx(0.05)
@@ -214,7 +214,7 @@ def test_write_prediction_nodes(chest: Volume, tilt: bool):
         assert node.GetNodeReferenceID(f"TwoFiveCNN.{role}") == result.GetID()
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), array_before)
     np.testing.assert_array_equal(ijk_to_ras(node), matrix_before)
-    assert show_overlay(node, nodes.evidence_node) == 0  # a scene without slice views: nothing to set
+    assert show_overlay(node, nodes.lesion_map_node) == 0  # a scene without slice views: nothing to set
 
 
 def test_show_overlay_sets_every_slice_view_and_hides_again(chest: Volume):
@@ -222,29 +222,71 @@ def test_show_overlay_sets_every_slice_view_and_hides_again(chest: Volume):
     node = add_chest_node(chest)
     nodes = write_prediction_nodes(fake_prediction(node), node)
     views = [scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode") for _ in range(3)]
-    assert show_overlay(node, nodes.evidence_node, opacity=0.3) == 3
+    assert show_overlay(node, nodes.lesion_map_node, opacity=0.3) == 3
     for view in views:
         assert (view.GetBackgroundVolumeID(), view.GetForegroundVolumeID()) == (node.GetID(),
-                                                                                nodes.evidence_node.GetID())
+                                                                                nodes.lesion_map_node.GetID())
         assert view.GetForegroundOpacity() == pytest.approx(0.3)
-    show_overlay(node, nodes.evidence_node, visible=False)
+    show_overlay(node, nodes.lesion_map_node, visible=False)
     assert [view.GetForegroundVolumeID() for view in views] == [None] * 3
     assert all(view.GetBackgroundVolumeID() == node.GetID() for view in views)
 
 
-def test_results_saved_under_the_old_attention_role_are_found_and_taken_over(chest: Volume):
-    """Scenes saved before the evidence rename refer to the overlay as ``TwoFiveCNN.attention``."""
-    scene = slicer.mrmlScene
+@pytest.mark.parametrize(
+    ("reference", "lesion_map_name", "colour_name", "references_kept"),
+    [("evidence", "CTChest4 evidence", "TwoFiveCNN evidence colours", True),
+     ("attention", "CTChest4 attention", "TwoFiveCNN attention colours", True),
+     ("evidence", "CTChest4 evidence", "TwoFiveCNN evidence colours", False)],
+    ids=["0.2", "before 0.2", "0.2, references lost"])
+def test_legacy_scene_with_old_names_is_found_and_rerun_in_place(chest: Volume, tmp_path: Path, reference: str,
+                                                                 lesion_map_name: str, colour_name: str,
+                                                                 references_kept: bool):
+    """legacy: remove after 0.3. A scene saved by 0.2 (or before) calls the lesion map, its colours and the
+    input's reference to it by their old names: reloaded from its file, its results are found, and a re-run
+    updates those same nodes (none added) under today's names."""
     node = add_chest_node(chest)
     nodes = write_prediction_nodes(fake_prediction(node), node)
-    node.SetNodeReferenceID("TwoFiveCNN.attention", nodes.evidence_node.GetID())
-    node.RemoveNodeReferenceIDs("TwoFiveCNN.evidence")
-    assert find_prediction_nodes(node).evidence_node.GetID() == nodes.evidence_node.GetID()
+    nodes.lesion_map_node.SetName(lesion_map_name)
+    nodes.colour_node.SetName(colour_name)
+    for role in nodes.by_role() if not references_kept else ["lesion_map"]:
+        node.RemoveNodeReferenceIDs(f"TwoFiveCNN.{role}")
+    if references_kept:
+        node.SetNodeReferenceID(f"TwoFiveCNN.{reference}", nodes.lesion_map_node.GetID())
+    mrml = save_scene(slicer.mrmlScene, tmp_path / "old.mrml")
+    saved = mrml.read_text(encoding="utf-8")
+    assert "TwoFiveCNN.lesion_map" not in saved and (f"TwoFiveCNN.{reference}" in saved) == references_kept
+
+    scene = reload(mrml)
+    old_input = node_named(scene, "CTChest4", "vtkMRMLScalarVolumeNode")
+    old_lesion_map = node_named(scene, lesion_map_name, "vtkMRMLScalarVolumeNode")
+    old_colours = node_named(scene, colour_name, "vtkMRMLColorTableNode")
+    found = find_prediction_nodes(old_input)
+    if references_kept:
+        assert found.lesion_map_node.GetID() == old_lesion_map.GetID()
+        assert found.evidence_node is found.lesion_map_node and found.attention_node is found.lesion_map_node
+    else:
+        assert found is None  # without its references a result is not shown; a re-run finds it by name
     count = scene.GetNumberOfNodes()
+    prediction = fake_prediction(old_input, seed=1)
+    again = write_prediction_nodes(prediction, old_input, scene)
+    assert scene.GetNumberOfNodes() == count
+    assert again.lesion_map_node.GetID() == old_lesion_map.GetID()
+    assert again.colour_node.GetID() == old_colours.GetID()
+    assert old_lesion_map.GetName() == "CTChest4 lesion map" and old_colours.GetName() == "TwoFiveCNN lesion map colours"
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(old_lesion_map), prediction.lesion_map_kji)
+    assert old_input.GetNodeReferenceID("TwoFiveCNN.lesion_map") == old_lesion_map.GetID()
+    assert old_input.GetNodeReferenceID(f"TwoFiveCNN.{reference}") is None
+    assert find_prediction_nodes(old_input).lesion_map_node.GetID() == old_lesion_map.GetID()
+
+
+def test_a_renamed_result_node_keeps_its_name_on_rerun(chest: Volume):
+    """Only legacy names are replaced: a lesion map the user renamed is updated under the user's name."""
+    node = add_chest_node(chest)
+    nodes = write_prediction_nodes(fake_prediction(node), node)
+    nodes.lesion_map_node.SetName("my evidence")
     again = write_prediction_nodes(fake_prediction(node, seed=1), node)
-    assert scene.GetNumberOfNodes() == count and again.evidence_node.GetID() == nodes.evidence_node.GetID()
-    assert node.GetNodeReferenceID("TwoFiveCNN.evidence") == nodes.evidence_node.GetID()
-    assert node.GetNodeReferenceID("TwoFiveCNN.attention") is None
+    assert again.lesion_map_node.GetID() == nodes.lesion_map_node.GetID()
+    assert again.lesion_map_node.GetName() == "my evidence"
 
 
 def test_rerun_updates_the_same_nodes(chest: Volume):
@@ -263,7 +305,7 @@ def test_rerun_updates_the_same_nodes(chest: Volume):
     assert second.table_node.GetAttribute("TwoFiveCNN.warnings") is None
     assert "not for clinical use" in second.table_node.GetAttribute("TwoFiveCNN.notice")
     assert second.plot_chart_node.GetNumberOfPlotSeriesNodes() == 1
-    np.testing.assert_array_equal(slicer.util.arrayFromVolume(second.evidence_node), demo.evidence_kji)
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(second.lesion_map_node), demo.lesion_map_kji)
 
     # Without the references (e.g. an older scene), the nodes are found again by name.
     for role in second.by_role():
@@ -285,8 +327,8 @@ def test_bad_prediction_adds_no_nodes_and_leaves_input_alone(chest: Volume):
     count = scene.GetNumberOfNodes()
     good = fake_prediction(node)
     wrong_shape = fake_prediction(node)
-    wrong_shape.evidence_kji = wrong_shape.evidence_kji[:-1]
-    with pytest.raises(ValueError, match="evidence map has shape.*another volume"):
+    wrong_shape.lesion_map_kji = wrong_shape.lesion_map_kji[:-1]
+    with pytest.raises(ValueError, match="lesion map has shape.*another volume"):
         write_prediction_nodes(wrong_shape, node)
     wrong_slices = fake_prediction(node)
     wrong_slices.slice_attention = wrong_slices.slice_attention[1:]
@@ -296,7 +338,7 @@ def test_bad_prediction_adds_no_nodes_and_leaves_input_alone(chest: Volume):
     bad_probabilities.probabilities = {c: 0.5 for c in CLASSES}
     with pytest.raises(ValueError, match="sum to 1"):
         write_prediction_nodes(bad_probabilities, node)
-    good.evidence_kji = good.evidence_kji * 2
+    good.lesion_map_kji = good.lesion_map_kji * 2
     with pytest.raises(ValueError, match="0..1"):
         write_prediction_nodes(good, node)
     assert scene.GetNumberOfNodes() == count
@@ -342,12 +384,12 @@ def check_reloaded(
 ) -> None:
     volume = node_named(scene, name, "vtkMRMLScalarVolumeNode")
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(volume), input_array)
-    evidence = node_named(scene, f"{name} lesion map", "vtkMRMLScalarVolumeNode")
-    np.testing.assert_array_equal(slicer.util.arrayFromVolume(evidence), prediction.evidence_kji)
-    np.testing.assert_allclose(ijk_to_ras(evidence), matrix, atol=1e-6)
-    assert volume.GetNodeReferenceID("TwoFiveCNN.evidence") == evidence.GetID()
-    colours = evidence.GetDisplayNode().GetColorNode()
-    assert colours.GetName() == "TwoFiveCNN evidence colours" and colours.GetNumberOfColors() == 256
+    lesion_map = node_named(scene, f"{name} lesion map", "vtkMRMLScalarVolumeNode")
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(lesion_map), prediction.lesion_map_kji)
+    np.testing.assert_allclose(ijk_to_ras(lesion_map), matrix, atol=1e-6)
+    assert volume.GetNodeReferenceID("TwoFiveCNN.lesion_map") == lesion_map.GetID()
+    colours = lesion_map.GetDisplayNode().GetColorNode()
+    assert colours.GetName() == "TwoFiveCNN lesion map colours" and colours.GetNumberOfColors() == 256
     table = node_named(scene, f"{name} severity", "vtkMRMLTableNode")
     assert column(table, "class") == list(CLASSES)
     assert sum(column(table, "probability")) == pytest.approx(1.0)
@@ -373,7 +415,7 @@ def test_save_prediction_scene_reloads(chest: Volume, chest_ct_path: Path, tmp_p
         "case_1_lesion_map.nrrd",
         "case_1_severity.tsv",
         "case_1_slice_attention.tsv",
-        "TwoFiveCNN_evidence_colours.csv",
+        "TwoFiveCNN_lesion_map_colours.csv",
     } <= set(data)
     check_reloaded(
         reload(mrml), "case 1", prediction, chest.to_original(chest.array), chest.geometry.ijk_to_ras()
@@ -421,10 +463,9 @@ def test_predict_volume_node_with_a_trained_model(chest: Volume, tiny_model: Pat
     assert sum(result.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
     assert column(result.table_node, "class") == list(CLASSES)
     assert column(result.table_node, "probability") == pytest.approx(list(result.probabilities.values()))
-    assert result.evidence_node.GetImageData().GetDimensions() == node.GetImageData().GetDimensions()
-    assert result.attention_node is result.evidence_node  # the console API's name before 0.2 still works
+    assert result.lesion_map_node.GetImageData().GetDimensions() == node.GetImageData().GetDimensions()
     assert result.table_node is result.nodes.table_node and result.plot_chart_node is result.nodes.plot_chart_node
-    np.testing.assert_allclose(ijk_to_ras(result.evidence_node), matrix, atol=1e-9)
+    np.testing.assert_allclose(ijk_to_ras(result.lesion_map_node), matrix, atol=1e-9)
     k = node.GetImageData().GetDimensions()[2]
     assert result.plot_chart_node.GetPlotSeriesNode().GetTableNode().GetNumberOfRows() == k
     assert {r: n.GetID() for r, n in find_prediction_nodes(node).by_role().items()} == \
@@ -441,8 +482,8 @@ def test_predict_volume_node_with_a_trained_model(chest: Volume, tiny_model: Pat
     reloaded_scene = reload(mrml)  # kept referenced: a node's references resolve through its scene
     found = find_prediction_nodes(node_named(reloaded_scene, "CTChest4", "vtkMRMLScalarVolumeNode"))
     assert found is not None and found.table_node.GetAttribute("TwoFiveCNN.label") == result.label
-    np.testing.assert_array_equal(slicer.util.arrayFromVolume(found.evidence_node),
-                                  slicer.util.arrayFromVolume(result.evidence_node))
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(found.lesion_map_node),
+                                  slicer.util.arrayFromVolume(result.lesion_map_node))
 
     # A result with a node removed by the user is no result.
     scene.RemoveNode(result.plot_chart_node)

@@ -51,18 +51,17 @@ def test_prediction_on_the_real_chest_ct(tiny_model, chest_ct_path, tmp_path):
     prediction, _ = predict_path(load_model(tiny_model, "cpu"), chest_ct_path)
     assert sum(prediction.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
     assert prediction.slice_attention.shape == (34,)
-    assert prediction.attention_kji is prediction.evidence_kji  # the name before 0.2 still reads
     assert prediction.slice_attention.sum() == pytest.approx(1.0, abs=1e-6)
     assert main(["predict", "--model", str(tiny_model), str(chest_ct_path), "--out", str(tmp_path)]) == 0
     record = json.loads((tmp_path / "CTChest4.json").read_text())
     assert len(record["slice_attention"]) == 34 and record["label"] in record["probabilities"]
-    evidence = sitk.ReadImage(str(tmp_path / "CTChest4_evidence.nii.gz"))
+    lesion_map = sitk.ReadImage(str(tmp_path / "CTChest4_lesion_map.nii.gz"))
     original = sitk.ReadImage(str(chest_ct_path))
-    assert evidence.GetSize() == original.GetSize()
-    assert np.allclose(evidence.GetSpacing(), original.GetSpacing())
-    assert np.allclose(evidence.GetOrigin(), original.GetOrigin(), atol=1e-4)
-    assert np.allclose(evidence.GetDirection(), original.GetDirection())
-    values = sitk.GetArrayFromImage(evidence)
+    assert lesion_map.GetSize() == original.GetSize()
+    assert np.allclose(lesion_map.GetSpacing(), original.GetSpacing())
+    assert np.allclose(lesion_map.GetOrigin(), original.GetOrigin(), atol=1e-4)
+    assert np.allclose(lesion_map.GetDirection(), original.GetDirection())
+    values = sitk.GetArrayFromImage(lesion_map)
     assert values.min() >= 0 and values.max() <= 1
     assert (tmp_path / "CTChest4.png").stat().st_size > 10_000
 
@@ -71,13 +70,13 @@ def test_json_summary_and_picture_carry_the_same_involvement(tiny_model, chest_c
     from TwoFiveCNNLib.inference import outputs
 
     footers = []
-    draw = outputs.evidence_montage_png
+    draw = outputs.lesion_map_montage_png
 
     def recording_montage(*args, **kwargs):
         footers.append(kwargs["footer"])
         return draw(*args, **kwargs)
 
-    monkeypatch.setattr(outputs, "evidence_montage_png", recording_montage)
+    monkeypatch.setattr(outputs, "lesion_map_montage_png", recording_montage)
     assert main(["predict", "--model", str(tiny_model), str(chest_ct_path), "--out", str(tmp_path)]) == 0
     involvement = json.loads((tmp_path / "CTChest4.json").read_text())["involvement"]
     header, row = (line.split("\t") for line in (tmp_path / "summary.tsv").read_text().splitlines())

@@ -42,14 +42,14 @@ def phantom_volume() -> Volume:
 
 
 def box_prediction(volume: Volume, box: tuple[slice, slice, slice], bands: bool = False) -> Prediction:
-    """A prediction whose evidence is 1 inside ``box`` (input k, j, i) and 0 elsewhere; with ``bands``,
+    """A prediction whose lesion map is 1 inside ``box`` (input k, j, i) and 0 elsewhere; with ``bands``,
     ground glass in the box and normally aerated lung (a band the overlay does not draw) beside it."""
     shape = volume.geometry.size[::-1]
-    evidence = np.zeros(shape, dtype=np.float32)
-    evidence[box] = 1.0
+    lesion_map = np.zeros(shape, dtype=np.float32)
+    lesion_map[box] = 1.0
     attention = np.full(shape[0], 1.0 / shape[0])
     prediction = Prediction(label="CT-2", probabilities=dict(zip(CLASSES, (0.05, 0.1, 0.6, 0.2, 0.05))),
-                            slice_attention=attention, evidence_kji=evidence, geometry=volume.geometry,
+                            slice_attention=attention, lesion_map_kji=lesion_map, geometry=volume.geometry,
                             model_name="box")
     if bands:
         labels = np.zeros(shape, dtype=np.uint8)
@@ -96,21 +96,21 @@ def scene_for(prediction: Prediction, volume: Volume):
 BOX = (slice(6, 14), slice(14, 30), slice(12, 24))  # k, j, i
 
 
-@pytest.mark.parametrize("colour_table", [None, "vtkMRMLColorTableNodeRainbow"], ids=["evidence", "built-in"])
+@pytest.mark.parametrize("colour_table", [None, "vtkMRMLColorTableNodeRainbow"], ids=["lesion map", "built-in"])
 def test_overlay_changes_exactly_the_pixels_over_its_nonzero_voxels(phantom_volume: Volume, colour_table):
-    """The evidence overlay as the scene shows it; and the same volume under one of Slicer's built-in
+    """The lesion map overlay as the scene shows it; and the same volume under one of Slicer's built-in
     tables, opaque at zero, where only the display node's threshold keeps the zeros from tinting."""
     scene, input_node, nodes = scene_for(box_prediction(phantom_volume, BOX), phantom_volume)
     if colour_table is not None:
         colours = slicer.vtkMRMLColorLogic()  # the built-in tables exist only where a colour logic made them
         colours.SetMRMLScene(scene)
-        nodes.evidence_node.GetDisplayNode().SetAndObserveColorNodeID(colour_table)
+        nodes.lesion_map_node.GetDisplayNode().SetAndObserveColorNodeID(colour_table)
         colours.SetMRMLScene(None)
     centre_ijk = [(s.start + s.stop - 1) / 2 for s in reversed(BOX)]
     focus = phantom_volume.geometry.ijk_to_ras() @ np.array([*centre_ijk, 1.0])
     before = node_ids(scene)
 
-    with_overlay = render_slice_views(scene, input_node, nodes.evidence_node, focus[:3], size=SIZE)
+    with_overlay = render_slice_views(scene, input_node, nodes.lesion_map_node, focus[:3], size=SIZE)
     with_colours = node_ids(scene)
     background_only = render_slice_views(scene, input_node, None, focus[:3], size=SIZE)
 
@@ -133,8 +133,8 @@ def test_overlay_changes_exactly_the_pixels_over_its_nonzero_voxels(phantom_volu
         assert inside.sum() > 20, f"{view.orientation}: the box should cross the view"
         assert outside.sum() > 20
         differs = np.any(view.rgb != plain.rgb, axis=-1)
-        assert differs[inside].all(), f"{view.orientation}: overlay missing over non-zero evidence"
-        assert not differs[outside].any(), f"{view.orientation}: zero evidence tints the view"
+        assert differs[inside].all(), f"{view.orientation}: overlay missing over a non-zero lesion map"
+        assert not differs[outside].any(), f"{view.orientation}: a zero lesion map tints the view"
         # Background only: a lung-windowed CT is grey, and black outside the volume.
         assert np.all(plain.rgb[..., 0] == plain.rgb[..., 1])
 
@@ -160,7 +160,7 @@ def test_labelmap_overlay_draws_only_the_bands_its_colour_table_shows(phantom_vo
 
 def test_render_views_writes_the_three_views_side_by_side(phantom_volume: Volume, tmp_path: Path):
     scene, input_node, nodes = scene_for(box_prediction(phantom_volume, BOX), phantom_volume)
-    path = render_views(scene, input_node, nodes.evidence_node, tmp_path / "views.png", size=SIZE)
+    path = render_views(scene, input_node, nodes.lesion_map_node, tmp_path / "views.png", size=SIZE)
     with Image.open(path) as image:
         assert image.format == "PNG"
         assert image.width == 3 * SIZE + 2 * 4 and image.height > SIZE
@@ -172,17 +172,17 @@ def test_render_refuses_nodes_outside_the_scene_and_unknown_orientations(phantom
     with pytest.raises(ValueError, match="in the scene"):
         render_slice_views(other, input_node, None)
     with pytest.raises(ValueError, match="not in the scene"):
-        render_slice_views(other, other_input, nodes.evidence_node)
+        render_slice_views(other, other_input, nodes.lesion_map_node)
     with pytest.raises(ValueError, match="orientations"):
         render_slice_views(scene, input_node, None, orientations=("Oblique",))
 
 
-def test_focus_is_the_most_attended_slice_and_its_strongest_evidence(phantom_volume: Volume):
+def test_focus_is_the_most_attended_slice_and_its_strongest_lesion_map(phantom_volume: Volume):
     prediction = box_prediction(phantom_volume, BOX)
     attention = np.full(len(prediction.slice_attention), 0.5 / (len(prediction.slice_attention) - 1))
     attention[9] = 0.5
     prediction.slice_attention = attention
-    k, j, i = focus_voxel(prediction, "evidence")
+    k, j, i = focus_voxel(prediction, "lesion-map")
     assert k == 9 and BOX[1].start <= j < BOX[1].stop and BOX[2].start <= i < BOX[2].stop
     banded = box_prediction(phantom_volume, BOX, bands=True)
     k, j, i = focus_voxel(banded, "bands")
@@ -195,7 +195,7 @@ def test_write_views_png_of_a_real_prediction(phantom_volume: Volume, tmp_path: 
 
     slicer.mrmlScene = slicer.vtkMRMLScene()
     prediction = predict_volume(load_model(None), phantom_volume)
-    for overlay in ("evidence", "bands"):
+    for overlay in ("lesion-map", "bands"):
         path = write_views_png(prediction, phantom_volume, tmp_path / f"{overlay}.png", overlay=overlay)
         with Image.open(path) as image:
             assert image.format == "PNG" and image.width == WIDTH

@@ -413,7 +413,7 @@ class TwoFiveCNNLogic(ScriptedLoadableModuleLogic):
         logic = slicer.util.getModuleLogic("TwoFiveCNN")  # or TwoFiveCNNLogic()
         result = logic.process(getNode("CTChest"))        # bundled demo model; or modelPath="my.pt"
         print(result.label, result.probabilities)
-        logic.showOverlay(getNode("CTChest"), result.evidence_node)
+        logic.showOverlay(getNode("CTChest"), result.lesion_map_node)
         logic.jumpToMostAttendedSlice(getNode("CTChest"), result)
         batch = logic.runOnFiles(["/data/cts"], "/data/out", modelPath="my.pt")  # here, blocking
         logic.startBatch(["/data/cts"], "/data/out", modelPath="my.pt")  # in a child process
@@ -565,7 +565,7 @@ class TwoFiveCNNLogic(ScriptedLoadableModuleLogic):
                    progress=None):
         """Grade volume files, DICOM folders or folders of volume files into ``outputDir``.
 
-        The same code as ``twofivecnn predict``: per study a JSON, an evidence volume and a PNG
+        The same code as ``twofivecnn predict``: per study a JSON, a lesion map volume and a PNG
         (and with ``scene`` a .mrml), plus ``summary.tsv``. A bad study is reported in the returned
         ``BatchResult.failures`` and the others still run. ``progress(done, total, path)`` is called
         after every study. It runs here and blocks until done (console scripts); the panel uses
@@ -592,7 +592,7 @@ class TwoFiveCNNLogic(ScriptedLoadableModuleLogic):
         outputDir = pathlib.Path(outputDir)
         from TwoFiveCNNLib.io.manifest import refuse_overlap
 
-        # Outputs include volume files (the evidence maps): among the inputs, the next run would grade them.
+        # Outputs include volume files (the lesion maps): among the inputs, the next run would grade them.
         refuse_overlap([outputDir], [*paths, modelPath if path_is_set(modelPath) else None], "predict")
         return paths, outputDir
 
@@ -643,7 +643,7 @@ class TwoFiveCNNLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def batchProgress(event: dict) -> "tuple[int, int, str] | None":
         """``(studies done, total, text)`` for the progress bar after a batch event; None if it has no count."""
-        done, total = event.get("epoch"), event.get("epochs")
+        done, total = event.get("studies_done"), event.get("studies")
         if event.get("stage") != "predict" or not isinstance(done, int) or not isinstance(total, int):
             return None
         text = _("{done}/{total} studies").format(done=done, total=total)
@@ -723,13 +723,14 @@ class TwoFiveCNNLogic(ScriptedLoadableModuleLogic):
             raise ValueError(f"overlay {kind!r}: choose one of {list(OVERLAY_KINDS)}.")
         if OVERLAY_KINDS[kind] == "bands" and getattr(nodes, "bands_node", None) is not None:
             return nodes.bands_node
-        return nodes.evidence_node
+        return nodes.lesion_map_node
 
-    def showOverlay(self, inputVolume, evidenceNode, visible: bool = True, opacity: float = 0.4) -> None:
-        """The evidence map as foreground over ``inputVolume`` in every slice view (or remove it)."""
+    def showOverlay(self, inputVolume, overlayVolume, visible: bool = True, opacity: float = 0.4) -> None:
+        """``overlayVolume`` (the lesion map or the lung bands) over ``inputVolume`` in every slice view
+        (or remove it)."""
         from TwoFiveCNNLib.scene.nodes import show_overlay
 
-        show_overlay(inputVolume, evidenceNode, visible, opacity)
+        show_overlay(inputVolume, overlayVolume, visible, opacity)
 
     def jumpToMostAttendedSlice(self, inputVolume, nodes=None):
         """Centre every slice view on the input slice with the most attention; returns ``(k, ras)``.
@@ -968,9 +969,9 @@ class TwoFiveCNNTest(ScriptedLoadableModuleTest):
         self.assertEqual(result.label, max(probabilities, key=probabilities.get))
         table = result.table_node.GetTable()
         self.assertEqual(table.GetNumberOfRows(), len(probabilities))
-        evidence = result.evidence_node
-        self.assertEqual(evidence.GetImageData().GetDimensions(), volumeNode.GetImageData().GetDimensions())
-        np.testing.assert_allclose(self._ijkToRas(evidence), self._ijkToRas(volumeNode), atol=1e-9)
+        lesionMap = result.lesion_map_node
+        self.assertEqual(lesionMap.GetImageData().GetDimensions(), volumeNode.GetImageData().GetDimensions())
+        np.testing.assert_allclose(self._ijkToRas(lesionMap), self._ijkToRas(volumeNode), atol=1e-9)
         slices = volumeNode.GetImageData().GetDimensions()[2]
         self.assertEqual(result.plot_chart_node.GetPlotSeriesNode().GetTableNode().GetNumberOfRows(), slices)
         self.assertIn(logic.resultSummary(result.nodes).split(" ")[0], probabilities)
@@ -982,19 +983,19 @@ class TwoFiveCNNTest(ScriptedLoadableModuleTest):
         self.assertIs(logic.loadModel(modelPath), model)
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), count)
         self.assertEqual(again.table_node.GetID(), result.table_node.GetID())
-        self.assertEqual(logic.resultNodes(volumeNode).evidence_node.GetID(), evidence.GetID())
+        self.assertEqual(logic.resultNodes(volumeNode).lesion_map_node.GetID(), lesionMap.GetID())
 
         # Overlay and jump act on the scene's slice views (created here when Slicer has none, headless).
         if slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode") == 0:
             slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSliceCompositeNode")
         if slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSliceNode") == 0:
             slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSliceNode")
-        logic.showOverlay(volumeNode, evidence, True, 0.3)
+        logic.showOverlay(volumeNode, lesionMap, True, 0.3)
         composite = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLSliceCompositeNode")
-        self.assertEqual(composite.GetForegroundVolumeID(), evidence.GetID())
+        self.assertEqual(composite.GetForegroundVolumeID(), lesionMap.GetID())
         self.assertEqual(composite.GetBackgroundVolumeID(), volumeNode.GetID())
         self.assertAlmostEqual(composite.GetForegroundOpacity(), 0.3)
-        logic.showOverlay(volumeNode, evidence, False)
+        logic.showOverlay(volumeNode, lesionMap, False)
         self.assertIsNone(composite.GetForegroundVolumeID())
         sliceIndex, ras = logic.jumpToMostAttendedSlice(volumeNode, result)
         self.assertEqual(sliceIndex, result.prediction.most_attended_slice)
@@ -1059,7 +1060,7 @@ class TwoFiveCNNTest(ScriptedLoadableModuleTest):
             logic.startBatch(studies, background, modelPath, device="CPU")
             events = self._waitForBatch(logic)
             self.assertTrue(events[-1]["ok"], events[-1])  # ran to its end, one study failed
-            self.assertEqual([e["epoch"] for e in events if e["stage"] == "predict"], [0, 1, 2])
+            self.assertEqual([e["studies_done"] for e in events if e["stage"] == "predict"], [0, 1, 2])
             table = logic.batchSummaryNode
             self.assertEqual(table.GetNumberOfRows(), 2)
             statuses = table.GetTable().GetColumnByName("status")

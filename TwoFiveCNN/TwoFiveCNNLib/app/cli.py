@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 
 from ..data.index import DatasetError
+from ..inference.output_names import LESION_MAP_FORMATS
 from ..inference.prediction import DEMO_MODEL_NOTICE
 
 EXIT_USAGE, EXIT_FAILED_STUDIES, EXIT_INTERRUPTED = 2, 3, 130
@@ -271,7 +272,8 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--confusion", type=Path, help="write the confusion matrix picture here (.png)")
     p.add_argument("--masks", type=Path,
                    help="folder of <study>_lesion.nii.gz and <study>_lungs.nii.gz (as `synth` writes beside "
-                        "studies/): also score where the evidence points (voxel AUC, attention rank correlation)")
+                        "studies/): also score the lesion map and the slice attention against the lesion masks "
+                        "(voxel AUC, attention rank correlation)")
     p.add_argument("--device", default="auto")
     p.add_argument("--cache", type=Path)
     p.set_defaults(run=run_evaluate)
@@ -321,12 +323,13 @@ def run_evaluate(args) -> int:
 
 
 def _add_predict(sub) -> None:
-    p = sub.add_parser("predict", help="grade studies and write JSON, evidence volume, picture (and scene)")
+    p = sub.add_parser("predict", help="grade studies and write JSON, lesion map volume, picture (and scene)")
     p.add_argument("inputs", nargs="+", type=Path, help="volume files, DICOM series folders, or folders of volumes")
     p.add_argument("--model", type=Path, help="model file (default: the bundled demo model)")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--scene", action="store_true", help="also write a Slicer scene <name>.mrml per study")
-    p.add_argument("--format", choices=(".nii.gz", ".nrrd"), default=".nii.gz", help="evidence volume format")
+    p.add_argument("--format", choices=LESION_MAP_FORMATS, default=LESION_MAP_FORMATS[0],
+                   help="lesion map volume format (<name>_lesion_map.nii.gz or .nrrd)")
     p.add_argument("--device", default="auto")
     p.add_argument("--engine", choices=("auto", "torch", "onnx"), default="auto",
                    help="run the networks on torch, or on ONNX Runtime (CPU; needs an export made by export-onnx, "
@@ -343,10 +346,15 @@ def _add_predict(sub) -> None:
                    help="resample a DICOM series with a missing slice or uneven slice steps onto an even grid of "
                         "its median step (linearly, with a warning) instead of refusing it; the outputs then lie "
                         "on that grid")
-    p.add_argument("--views", nargs="?", const="evidence", choices=("evidence", "bands"),
+    p.add_argument("--views", nargs="?", const="lesion-map", choices=("lesion-map", "bands"), type=_view_overlay,
                    help="also write <name>_views.png: Slicer's axial, coronal and sagittal views under the "
-                        "evidence (default) or the lung bands, with the attention and probabilities")
+                        "lesion map (default) or the lung bands, with the attention and probabilities")
     p.set_defaults(run=run_predict)
+
+
+def _view_overlay(text: str) -> str:
+    """``--views``' overlay name. legacy: remove after 0.3; 0.2 called the lesion map ``evidence``."""
+    return "lesion-map" if text == "evidence" else text
 
 
 def run_predict(args) -> int:
@@ -385,7 +393,7 @@ def _run_predict(args, prefetcher, studies: list[Path]) -> int:
         # Programs (the Slicer module) follow the batch by study: count, total, the study at work.
         progress = _counter("predict", every_call=True) if stream is None else \
             item_progress(ProgressReporter(stream), "predict", unique_names(studies))
-        result = predict_batch(model, args.inputs, args.out, scene_writer, evidence_suffix=args.format,
+        result = predict_batch(model, args.inputs, args.out, scene_writer, lesion_map_format=args.format,
                                progress=progress, extra_writers=extra_writers, prefetcher=prefetcher,
                                model_source=args.model or BUNDLED_MODEL,
                                allow_uneven_slices=args.allow_uneven_slices)

@@ -24,7 +24,7 @@ DEVICES = {"auto": "auto", "CPU": "cpu", "GPU": "cuda"}
 DEVICE_CHOICES = tuple(DEVICES)
 # The inference panel's overlay choices (the words shown) and the result node each one shows.
 # The panel's overlay choice: shown name -> overlay (the voxel lesion map, or the lungs' HU band labels).
-OVERLAY_KINDS = {"lesion map": "evidence", "lung bands": "bands"}
+OVERLAY_KINDS = {"lesion map": "lesion-map", "lung bands": "bands"}
 
 
 # PyTorch, which PyTorchUtils (the PyTorch extension) installs on first use. The floor is the first

@@ -384,7 +384,7 @@ class TrainingProcess(BackgroundProcess):
 class PredictionProcess(BackgroundProcess):
     """``python -m TwoFiveCNNLib predict INPUT... --out OUT --progress-json`` in a child process.
 
-    Its ``predict`` events count the studies (``epoch`` of ``epochs``) and name the one being graded
+    Its ``predict`` events count the studies (``studies_done`` of ``studies``) and name the one being graded
     (``current``). Each study's outputs are complete or absent: the command line removes a
     half-written study when it is asked to stop, and :meth:`remove_leftovers` when it was killed.
     ``summary.tsv`` is written when the batch has run to its end (also when some studies failed:
@@ -431,6 +431,7 @@ class PredictionProcess(BackgroundProcess):
         """
         if self._still_running():
             return []
+        from ..inference.output_names import lesion_map_files
         from ..io.manifest import OutputConflictError, OutputManifest
 
         try:
@@ -443,7 +444,7 @@ class PredictionProcess(BackgroundProcess):
             removed += sorted(self.out.glob(f".{pattern}*.tmp*"))
             if not (self.out / f"{name}.json").exists():
                 outputs = [self.out / f"{name}.png", self.out / f"{name}.mrml", self.out / f"{name}_data",
-                           *self.out.glob(f"{pattern}_evidence.*")]
+                           *lesion_map_files(self.out, name)]
                 removed += sorted(p for p in outputs if p.exists() and manifest.owns(p))
         for path in removed:
             if path.is_dir():

@@ -1,6 +1,6 @@
 """Voxel masks beside a dataset's studies: ``ROOT/masks/<study>_lesion.nii.gz`` and ``<study>_lungs.nii.gz``
 (the lesion-inclusive lungs), as ``twofivecnn synth`` writes them, outside ``studies/`` so that no
-index takes them for studies. Evaluation scores evidence against them; training fits the lesion
+index takes them for studies. Evaluation scores the lesion map against them; training fits the lesion
 network on them.
 
 Labels, as ``synth`` writes them: lesion 0 background, 1 lesion; lungs 0 outside, 1 right lung,

@@ -97,7 +97,7 @@ def bench_preprocessing(quick: bool) -> dict:
 
 
 def bench_inference(quick: bool) -> dict:
-    """The whole 2.5D prediction on the grid (probabilities, CAM, evidence) and its network part
+    """The whole 2.5D prediction on the grid (probabilities and slice attention) and its network part
     alone (backbone over every slice + head), against a forward pass of each 3D baseline."""
     model = untrained_model(BENCH_GRID)
     grid = reference_study_grid()
@@ -255,7 +255,7 @@ def startup_imports_seconds(engine: str) -> float:
 
 def bench_stage_profile(path: Path, folder: Path, engine: str) -> dict:
     """Seconds and share of each stage of one study's ``predict`` (read, preprocess, lungs and
-    involvement, network, evidence map, each output), timed inside the code users run, after a warm-up
+    involvement, network, lesion map, each output), timed inside the code users run, after a warm-up
     study; start-up imports and model loading as a fresh process pays them."""
     from ..inference.outputs import write_prediction
     from ..inference.predict import load_model, predict_path

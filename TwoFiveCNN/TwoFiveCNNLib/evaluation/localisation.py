@@ -1,7 +1,7 @@
-"""Does the evidence point at the lesions? Scores against voxel masks, where a cohort has them
+"""Do the lesion map and the slice attention point at the lesions? Scores against voxel masks, where a cohort has them
 (``twofivecnn synth`` writes them beside its studies; ``twofivecnn evaluate --masks``).
 
-- Voxel AUC, per study: the Mann-Whitney AUC of the evidence at lesion voxels against the evidence
+- Voxel AUC, per study: the Mann-Whitney AUC of the lesion map at lesion voxels against the lesion map
   at the other voxels of the (lesion-inclusive) lung mask, on the study's own grid.
 - Attention rank correlation, per study: Spearman's correlation between the slice attention and the
   number of lesion voxels in each slice, both in the input's own slice order.
@@ -27,8 +27,8 @@ from ..io.volume import read_volume
 from ..networks.severity_model import SeverityModel
 
 
-def voxel_auc(evidence: np.ndarray, lesion: np.ndarray, lungs: np.ndarray) -> float | None:
-    """Mann-Whitney AUC of ``evidence`` at lesion voxels against the other lung voxels (ties count
+def voxel_auc(lesion_map: np.ndarray, lesion: np.ndarray, lungs: np.ndarray) -> float | None:
+    """Mann-Whitney AUC of ``lesion_map`` at lesion voxels against the other lung voxels (ties count
     half); None without lesion voxels or without other lung voxels. Computed on the distinct values,
     so a study of millions of voxels costs one sort."""
     inside = lungs > 0
@@ -37,7 +37,7 @@ def voxel_auc(evidence: np.ndarray, lesion: np.ndarray, lungs: np.ndarray) -> fl
     n_positive, n_negative = int(positive.sum()), int(negative.sum())
     if n_positive == 0 or n_negative == 0:
         return None
-    values = np.asarray(evidence)[inside].astype(np.float32)
+    values = np.asarray(lesion_map)[inside].astype(np.float32)
     levels, codes = np.unique(values, return_inverse=True)
     is_positive = positive[inside]
     positive_counts = np.bincount(codes[is_positive], minlength=levels.size)
@@ -71,7 +71,7 @@ def evaluate_masks(model: SeverityModel, data: str | os.PathLike, masks_dir: str
         prediction = predict_volume(model, volume)
         inside = lungs > 0
         rows.append({"study_id": study.study_id, "label": study.label, "lesion_voxels": int(lesion.sum()),
-                     "voxel_auc": voxel_auc(prediction.evidence_kji, lesion, lungs),
+                     "voxel_auc": voxel_auc(prediction.lesion_map_kji, lesion, lungs),
                      "attention_rank_correlation": attention_rank_correlation(prediction.slice_attention, lesion),
                      "true_involved_share": float((lesion > 0)[inside].mean()) if inside.any() else None,
                      "measured_involved_share": prediction.involvement.get("involved_share"),

@@ -1,4 +1,4 @@
-"""Prediction outputs on disk, named after the input: JSON, evidence volume, PNG montage, Slicer scene;
+"""Prediction outputs on disk, named after the input: JSON, lesion map volume, PNG montage, Slicer scene;
 and batch prediction over many inputs that reports bad studies instead of stopping at them.
 
 The Slicer scene is written by a function the caller passes in (``scene.save_prediction_scene``):
@@ -31,8 +31,9 @@ from ..io.volume import (
     study_name,
     write_probability_volume,
 )
-from ..reports.montage import LazySlices, evidence_montage_png
+from ..reports.montage import LazySlices, lesion_map_montage_png
 from ..transforms.preprocess import WINDOW_PRESETS, apply_window
+from .output_names import lesion_map_files, lesion_map_path
 from .predict import AnyModel, predict_volume
 from .prediction import DEMO_MODEL_NOTICE, Prediction
 from .studies import StudyPrefetcher, expand_inputs, unique_names
@@ -63,7 +64,7 @@ MONTAGE_MAX_PIXELS = 256  # display tiles need no more in-plane resolution than 
 @dataclass
 class BatchResult:
     """What a batch wrote, per input. ``predictions`` keep grades, probabilities, attention and the
-    involvement report; their voxel maps (evidence, bands) are on disk, not held for the whole batch."""
+    involvement report; their voxel maps (lesion map, bands) are on disk, not held for the whole batch."""
 
     written: dict[str, list[Path]] = field(default_factory=dict)
     predictions: dict[str, Prediction] = field(default_factory=dict)
@@ -72,11 +73,12 @@ class BatchResult:
 
 def without_voxel_maps(prediction: Prediction) -> Prediction:
     """The prediction without its study-sized arrays (they are written): a batch's memory stays flat."""
-    return dataclasses.replace(prediction, evidence_kji=np.zeros((0, 0, 0), dtype=np.float16), bands_kji=None)
+    empty = np.zeros((0, 0, 0), dtype=np.float16)
+    return dataclasses.replace(prediction, lesion_map_kji=empty, bands_kji=None)
 
 
-def montage_slices(volume: Volume, evidence_canonical: np.ndarray) -> tuple[LazySlices, LazySlices]:
-    """Lung-windowed canonical slices and their evidence, subsampled in-plane for display, each made
+def montage_slices(volume: Volume, lesion_map_canonical: np.ndarray) -> tuple[LazySlices, LazySlices]:
+    """Lung-windowed canonical slices and their lesion map, subsampled in-plane for display, each made
     only when the montage reads it."""
     step = max(1, int(np.ceil(max(volume.array.shape[1:]) / MONTAGE_MAX_PIXELS)))
     shape = (volume.array.shape[0], *volume.array[0, ::step, ::step].shape)
@@ -84,24 +86,23 @@ def montage_slices(volume: Volume, evidence_canonical: np.ndarray) -> tuple[Lazy
     def grey(k: int) -> np.ndarray:
         return apply_window(volume.array[k, ::step, ::step], WINDOW_PRESETS["lung"])
 
-    def evidence(k: int) -> np.ndarray:
-        return np.asarray(evidence_canonical[k, ::step, ::step], dtype=np.float32)
+    def lesion_map(k: int) -> np.ndarray:
+        return np.asarray(lesion_map_canonical[k, ::step, ::step], dtype=np.float32)
 
-    return LazySlices(shape, grey), LazySlices(shape, evidence)
+    return LazySlices(shape, grey), LazySlices(shape, lesion_map)
 
 
 def write_montage(prediction: Prediction, volume: Volume, path: Path) -> Path:
-    evidence = volume_to_canonical(volume, prediction.evidence_kji)
-    grey, evidence = montage_slices(volume, evidence)
+    grey, lesion_map = montage_slices(volume, volume_to_canonical(volume, prediction.lesion_map_kji))
     canonical_attention = volume_to_canonical_slices(volume, prediction.slice_attention)
     labels = _input_slice_labels(volume)
     probabilities = ", ".join(f"{k} {v:.2f}" for k, v in prediction.probabilities.items())
     footer = DEMO_MODEL_NOTICE if prediction.is_demo_model else f"model: {prediction.model_name}"
     footer = "  |  ".join(part for part in (prediction.involvement_line(), footer) if part)
-    evidence_montage_png(grey, evidence, canonical_attention, path,
-                         title=f"{study_name(volume.source) or 'study'}: {prediction.label}  ({probabilities})",
-                         footer=footer, slice_labels=labels,
-                         slice_numbers=volume.input_slice_index())  # the chart numbers slices as the JSON does
+    title = f"{study_name(volume.source) or 'study'}: {prediction.label}  ({probabilities})"
+    lesion_map_montage_png(grey, lesion_map, canonical_attention, path, title=title, footer=footer,
+                           slice_labels=labels,
+                           slice_numbers=volume.input_slice_index())  # numbered as the JSON numbers them
     return path
 
 
@@ -124,11 +125,12 @@ def _input_slice_labels(volume: Volume) -> list[str]:
 
 
 def write_prediction(prediction: Prediction, volume: Volume, out_dir: str | os.PathLike, name: str | None = None,
-                     scene_writer: SceneWriter | None = None, evidence_suffix: str = ".nii.gz",
+                     scene_writer: SceneWriter | None = None, lesion_map_format: str = ".nii.gz",
                      times: StageTimes | None = None, extra_writers: Sequence[ExtraOutput] = (),
                      manifest: OutputManifest | None = None) -> list[Path]:
-    """Write ``<name>.json``, ``<name>_evidence<suffix>``, ``<name>.png`` and, with a ``scene_writer``, the
-    file it writes (``<name>.mrml`` and its ``<name>_data/`` folder).
+    """Write ``<name>.json``, ``<name>_lesion_map<format>``, ``<name>.png`` and, with a ``scene_writer``,
+    the file it writes (``<name>.mrml`` and its ``<name>_data/`` folder). An earlier version's lesion map
+    of this study, under its legacy name (:mod:`.output_names`), is removed once they are written.
 
     Each file is claimed in the folder's ``manifest`` first (one is opened if not given): a file of
     that name which twofivecnn did not write is never replaced, and the study fails naming it.
@@ -138,14 +140,15 @@ def write_prediction(prediction: Prediction, volume: Volume, out_dir: str | os.P
     out_dir = Path(out_dir)
     name = name or volume.name
     json_path, written = out_dir / f"{name}.json", []
-    evidence_path = out_dir / f"{name}_evidence{evidence_suffix}"
+    lesion_map_file = lesion_map_path(out_dir, name, lesion_map_format)
     manifest = manifest or OutputManifest.open(out_dir, "predict")
-    manifest.claim(json_path, evidence_path, out_dir / f"{name}.png",
+    manifest.claim(json_path, lesion_map_file, out_dir / f"{name}.png",
                    *(scene_outputs(out_dir, name) if scene_writer is not None else ()),
                    *(out_dir / f"{name}{extra.suffix}" for extra in extra_writers))
     try:
-        with timed(times, "write_evidence"):
-            written.append(write_probability_volume(prediction.evidence_kji, prediction.geometry, evidence_path))
+        with timed(times, "write_lesion_map"):
+            written.append(write_probability_volume(prediction.lesion_map_kji, prediction.geometry,
+                                                    lesion_map_file))
         with timed(times, "write_picture"):
             written.append(write_montage(prediction, volume, out_dir / f"{name}.png"))
         if scene_writer is not None:
@@ -156,22 +159,25 @@ def write_prediction(prediction: Prediction, volume: Volume, out_dir: str | os.P
                 written.append(extra.write(prediction, volume, out_dir / f"{name}{extra.suffix}", name))
         with timed(times, "write_json"):
             write_json_atomic(json_path, {**prediction.to_json(), "outputs": [p.name for p in written],
-                                          "evidence_volume": evidence_volume_record(written[0])})
+                                          "lesion_map_volume": lesion_map_volume_record(written[0])})
     except BaseException:
         for path in [*written, json_path]:
             path.unlink(missing_ok=True)  # each claimed above: ours
             if path.suffix == ".mrml":
                 shutil.rmtree(scene_outputs(out_dir, name)[1], ignore_errors=True)
         raise
+    for superseded in lesion_map_files(out_dir, name, legacy_only=True):
+        if manifest.owns(superseded):
+            manifest.remove(superseded)
     return [json_path, *written]
 
 
-def evidence_volume_record(path: Path) -> dict:
-    """How the evidence file stores its values: uint8 steps (see ``io.volume.write_probability_volume``)."""
+def lesion_map_volume_record(path: Path) -> dict:
+    """How the lesion map file stores its values: uint8 steps (see ``io.volume.write_probability_volume``)."""
     nifti = path.name.lower().endswith((".nii", ".nii.gz"))
     return {"file": path.name, "dtype": "uint8", "value_step": PROBABILITY_STEP,
             "scaled_on_read": nifti,  # NIfTI readers apply scl_slope; NRRD voxels read 0..255
-            "values": "evidence in [0, 1]: slice attention x in-plane class activation"}
+            "values": "lesion map in [0, 1]: the share of involved lung around each voxel"}
 
 
 # A study is written in the background while the next is predicted only up to this size: the study
@@ -180,7 +186,7 @@ BACKGROUND_WRITE_MAX_VOXELS = 32 * 2**20
 
 
 def predict_batch(model: AnyModel, inputs: Iterable[str | os.PathLike], out_dir: str | os.PathLike,
-                  scene_writer: SceneWriter | None = None, evidence_suffix: str = ".nii.gz",
+                  scene_writer: SceneWriter | None = None, lesion_map_format: str = ".nii.gz",
                   progress: Callable[[int, int, str], None] | None = None,
                   extra_writers: Sequence[ExtraOutput] = (), prefetcher: StudyPrefetcher | None = None,
                   model_source: str | os.PathLike | None = None, allow_uneven_slices: bool = False,
@@ -223,7 +229,7 @@ def predict_batch(model: AnyModel, inputs: Iterable[str | os.PathLike], out_dir:
                 continue
             prediction, volume = predicted
             write = functools.partial(write_prediction, prediction, volume, Path(out_dir), name, scene_writer,
-                                      evidence_suffix, extra_writers=extra_writers, manifest=manifest)
+                                      lesion_map_format, extra_writers=extra_writers, manifest=manifest)
             if background and volume.array.size <= BACKGROUND_WRITE_MAX_VOXELS:
                 writing = _Writing(path, done, prediction, pool.submit(write))
             else:  # written here and now: its voxel maps are gone before the next study is predicted

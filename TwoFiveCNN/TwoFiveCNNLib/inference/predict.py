@@ -266,11 +266,11 @@ def grade_disagreement(cnn_label: str, involvement_grade: str | None) -> str | N
 
 def predict_volume(model: AnyModel, volume: Volume, times: StageTimes | None = None,
                    prepared: PreparedStudy | None = None) -> Prediction:
-    """Grade one canonical volume and map the evidence back onto its original grid.
+    """Grade one canonical volume and map its slice attention and lesion map back onto its original grid.
 
     The lungs are segmented and their involvement measured on a grid of at most 2 mm
     (:func:`study_lungs`): a result beside the grade, the features the model's involvement part
-    reads, and the shape of the evidence map. ``prepared`` brings them measured
+    reads, and the lesion map. ``prepared`` brings them measured
     ahead (:func:`.studies.prepare_study` on this ``volume``).
     """
     # Between stages, the heap's freed temporaries go back to the system (release_freed_memory), so
@@ -286,7 +286,7 @@ def predict_volume(model: AnyModel, volume: Volume, times: StageTimes | None = N
     require_finite(model, volume, "probabilities", result.probabilities)
     require_finite(model, volume, "slice attention", result.slice_attention)
     probabilities = result.probabilities
-    with timed(times, "evidence_map"):
+    with timed(times, "lesion_map"):
         slice_attention, warnings = map_slice_attention(volume, result.slice_attention, mapping)
         if learned is not None:  # beyond the lungs, dense voxels only (consolidation against the chest wall)
             coarse_hu = volume.array[:: factors[0], :: factors[1], :: factors[2]]
@@ -296,7 +296,7 @@ def predict_volume(model: AnyModel, volume: Volume, times: StageTimes | None = N
         lesions = lesion_map(coarse_bands, analysis.spacing_zyx, beyond_lungs=learned)
         del learned
         release_freed_memory()  # before the largest array of the prediction: the map on the input grid
-        evidence_kji = volume.to_original(to_native(lesions, factors, volume.array.shape))
+        lesion_map_kji = volume.to_original(to_native(lesions, factors, volume.array.shape))
         del lesions
         bands_kji = BandLabels(coarse_bands, factors, volume.array.shape, volume.geometry)
     names = model.class_names
@@ -306,7 +306,7 @@ def predict_volume(model: AnyModel, volume: Volume, times: StageTimes | None = N
     return Prediction(
         label=label,
         probabilities={name: float(p) for name, p in zip(names, probabilities)},
-        slice_attention=slice_attention, evidence_kji=evidence_kji,
+        slice_attention=slice_attention, lesion_map_kji=lesion_map_kji,
         geometry=volume.geometry, model_name=model.name, source=volume.source,
         warnings=list(volume.warnings) + warnings + _plausibility_warnings(volume), is_demo_model=model.is_demo,
         cnn_probabilities={name: float(p) for name, p in zip(names, result.cnn_probabilities)},

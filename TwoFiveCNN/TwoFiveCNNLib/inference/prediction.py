@@ -32,9 +32,9 @@ class BandLabels:
 class Prediction:
     """A study's severity grade with the evidence behind it.
 
-    ``evidence_kji`` is the 3D evidence map (0..1; float16 from ``predict``, which is finer than the
-    1/255 steps it is stored and shown in) in the input's storage order and geometry, so it overlays
-    the input voxel for voxel; ``slice_attention`` has one weight per input slice (its own k
+    ``lesion_map_kji`` is the voxel lesion map (0..1: the share of involved lung around each voxel;
+    float16 from ``predict``, finer than the 1/255 steps it is stored and shown in) in the input's
+    storage order and geometry; ``slice_attention`` has one weight per input slice (its own k
     order) and sums to 1. ``cnn_probabilities`` are the CNN head's own probabilities, before fusion
     with the model's aeration part (which reads the lung features of ``involvement``).
     ``involvement`` holds the lung volumes and HU-band shares measured at the input's resolution (per
@@ -46,7 +46,7 @@ class Prediction:
     label: str
     probabilities: dict[str, float]
     slice_attention: np.ndarray
-    evidence_kji: np.ndarray
+    lesion_map_kji: np.ndarray
     geometry: Geometry
     model_name: str
     source: str = ""
@@ -56,10 +56,15 @@ class Prediction:
     involvement: dict = field(default_factory=dict)
     bands_kji: np.ndarray | BandLabels | None = field(default=None, repr=False)
 
+    # legacy: remove after 0.3. The lesion map's names in 0.2 (``evidence_kji``) and before
+    # (``attention_kji``), read-only, so that console scripts written for them still run.
+    @property
+    def evidence_kji(self) -> np.ndarray:
+        return self.lesion_map_kji
+
     @property
     def attention_kji(self) -> np.ndarray:
-        """The evidence map under its name before 0.2 (read-only; use ``evidence_kji``)."""
-        return self.evidence_kji
+        return self.lesion_map_kji
 
     @property
     def most_attended_slice(self) -> int:

@@ -1,6 +1,7 @@
 """Progress of long work, said one way everywhere: the terminal, the Slicer log, and programs.
 
-A progress event is a dict such as ``{"stage": "stage1", "epoch": 2, "epochs": 14, "loss": 0.9}``.
+A progress event is a dict such as ``{"stage": "stage1", "epoch": 2, "epochs": 14, "loss": 0.9}``; a
+loop over studies counts them instead, ``{"stage": "predict", "studies_done": 3, "studies": 20}``.
 :func:`describe_event` is the one place that turns an event into the line people read: the
 terminal, the Slicer training module's log box and status line, and the command line's counters.
 :class:`ProgressReporter` writes events as JSON lines for programs (``--progress-json``, which the
@@ -26,6 +27,9 @@ PREPROCESS_SUBSETS = ("train", "val", "test")  # preprocessed in this order
 METRIC_NAMES = (("loss", "loss"), ("val_loss", "val loss"), ("val_balanced_accuracy", "val bal. acc."),
                 ("val_kappa", "val kappa"))
 COUNTER_LINES = 10  # plain-line counters print about this many lines per run, not one per item
+# What a counted event counts, as its (done, total) fields: a training stage's epochs, or the studies
+# of a loop over studies (predict's batch, the command line's counters).
+COUNT_FIELDS = (("epoch", "epochs"), ("studies_done", "studies"))
 # What an ``exit`` event's ``job`` is called in its text, and what a cancel of it keeps.
 JOB_NAMES = {"train": "training", "predict": "batch prediction"}
 CANCELLED_TEXT = {
@@ -59,9 +63,13 @@ def format_seconds(seconds: float) -> str:
     return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
-def _counts(event: dict) -> tuple[int, int] | None:
-    done, total = event.get("epoch"), event.get("epochs")
-    return (done, total) if isinstance(done, int) and isinstance(total, int) else None
+def event_counts(event: dict) -> tuple[int, int] | None:
+    """``(done, total)`` of a counted event, whatever it counts (:data:`COUNT_FIELDS`); None if none."""
+    for done_field, total_field in COUNT_FIELDS:
+        done, total = event.get(done_field), event.get(total_field)
+        if isinstance(done, int) and isinstance(total, int):
+            return done, total
+    return None
 
 
 def _title(event: dict) -> str:
@@ -106,7 +114,7 @@ def describe_event(event: dict) -> str:
         where = subset_title("test", n_studies) if isinstance(n_studies, int) else "test"
         shown = f", {where} balanced accuracy {test:.3f}" if isinstance(test, float) else ""
         return f"done: model written to {event.get('model')}{shown}"
-    counts = _counts(event)
+    counts = event_counts(event)
     return ", ".join([_title(event), *([f"{counts[0]}/{counts[1]}"] if counts else []), *_details(event)])
 
 
@@ -116,7 +124,7 @@ def progress_percent(event: dict) -> int | None:
     if stage not in STAGE_PROGRESS:
         return None
     low, high = STAGE_PROGRESS[stage]
-    counts = _counts(event)
+    counts = event_counts(event)
     fraction = counts[0] / counts[1] if counts and counts[1] > 0 else 0.0
     if stage == "preprocess":
         subset = event.get("subset", "train")
@@ -164,7 +172,7 @@ class TerminalProgress:
         return self._tqdm is not None
 
     def show(self, event: dict) -> None:
-        counts = _counts(event)
+        counts = event_counts(event)
         if self._tqdm is None or counts is None or counts[1] <= 0:
             self.write(describe_event(event))
             return
@@ -198,7 +206,7 @@ class TerminalProgress:
 
 
 class ProgressReporter:
-    """Reports ``event(stage=..., epoch=..., epochs=..., ...)`` calls.
+    """Reports ``event(stage=..., epoch=..., epochs=..., ...)`` calls (or ``studies_done=..., studies=...``).
 
     JSON lines go to ``json_stream`` (one object per line, flushed at once, so a reading process
     sees each event as it happens); people see the events on ``terminal`` unless ``quiet``
@@ -217,8 +225,8 @@ class ProgressReporter:
         now = time.monotonic()
         start = self._stage_start.setdefault(stage, now)
         record = {"stage": stage, **fields, "elapsed_s": round(now - start, 2)}
-        done, total = fields.get("epoch"), fields.get("epochs")
-        if isinstance(done, int) and isinstance(total, int) and done > 0:
+        done, total = event_counts(fields) or (0, 0)
+        if done > 0:
             record["eta_s"] = round((now - start) / done * (total - done), 1)
         self._write_json(record)
         if self._display is not None:
@@ -246,7 +254,7 @@ class ProgressReporter:
 
 def counter(stage: str, terminal: IO[str] | None = None, every_call: bool = False,
             bars: bool | None = None) -> Callable[..., None]:
-    """A ``progress(done, total, *details)`` callback, as loops over studies take, showing the count.
+    """A ``progress(done, total, *details)`` callback, as loops over studies take, showing the studies done.
 
     Plain lines come about :data:`COUNTER_LINES` times per run (every call with ``every_call``,
     e.g. one line per predicted study); a first detail (such as the file at hand) is shown too.
@@ -260,7 +268,7 @@ def counter(stage: str, terminal: IO[str] | None = None, every_call: bool = Fals
             display = TerminalProgress(terminal if terminal is not None else sys.stderr, bars)
         step = max(1, total // COUNTER_LINES)
         if every_call or display.draws_bars or done == total or done % step == 0:
-            event = {"stage": stage, "epoch": done, "epochs": total}
+            event = {"stage": stage, "studies_done": done, "studies": total}
             if details:
                 event["message"] = str(details[0])
             display.show(event)
@@ -269,11 +277,12 @@ def counter(stage: str, terminal: IO[str] | None = None, every_call: bool = Fals
 
 
 def item_progress(reporter: ProgressReporter, stage: str, names: Sequence[str]) -> Callable[..., None]:
-    """A ``progress(done, total, *details)`` callback for a loop over named items (a batch's studies).
+    """A ``progress(done, total, *details)`` callback for a loop over named studies (a batch's).
 
-    Reports one event at once (none done, the first item ``current``) and one after every item, with
-    the count, the item just done (``finished``) and the one now at work (``current``, absent after
-    the last): a program following the events can say "3/20, now study_0004" at any time.
+    Reports one event at once (none done, the first study ``current``) and one after every study, with
+    the count (``studies_done`` of ``studies``), the study just done (``finished``) and the one now at
+    work (``current``, absent after the last): a program following the events can say "3/20, now
+    study_0004" at any time.
     """
     names = list(names)
 
@@ -281,7 +290,7 @@ def item_progress(reporter: ProgressReporter, stage: str, names: Sequence[str]) 
         named = {"finished": names[done - 1]} if 0 < done <= len(names) else {}
         if done < min(total, len(names)):
             named["current"] = names[done]
-        return {"epoch": done, "epochs": total, **named}
+        return {"studies_done": done, "studies": total, **named}
 
     reporter.event(stage, **fields(0, len(names)))
 

@@ -149,7 +149,7 @@ class Volume:
         return cls(canonical, spacing_zyx, geometry, source, list(warnings or []))
 
     def to_original(self, canonical: np.ndarray) -> np.ndarray:
-        """Map an array on the canonical grid (e.g. the evidence map) back to storage order ``[k, j, i]``."""
+        """Map an array on the canonical grid (e.g. the lesion map) back to storage order ``[k, j, i]``."""
         return canonical_to_original(canonical, self.geometry)
 
     def to_original_slices(self, values_z: np.ndarray) -> np.ndarray | None:
@@ -449,7 +449,7 @@ def image_from_original(array_kji: np.ndarray, geometry: Geometry) -> sitk.Image
     return geometry.apply_to(sitk.GetImageFromArray(np.ascontiguousarray(array_kji), isVector=False))
 
 
-# Maps in [0, 1] (evidence, probabilities) are stored as uint8 steps of this size: a quarter of the
+# Maps in [0, 1] (the lesion map, probabilities) are stored as uint8 steps of this size: a quarter of the
 # float32 file, written and read faster, and within half a step of the value computed.
 PROBABILITY_STEP = 1 / 255
 FAST_COMPRESSION = 1  # zlib level: milliseconds for a mostly-empty map, within a few % of level 6's size

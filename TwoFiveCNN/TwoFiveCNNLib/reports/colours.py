@@ -2,7 +2,7 @@
 
 Colours are ``0..255`` RGB tuples, the form PIL draws with; VTK and Slicer want ``0..1`` floats,
 which :func:`unit_rgb` gives (``ACCENT_UNIT`` and ``STAGE_COLOURS_UNIT`` are the ones in use).
-The evidence overlay's colour table lives here too: the montage and Slicer's colour node share it.
+The lesion map overlay's colour table lives here too: the montage and Slicer's colour node share it.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ RGB = tuple[int, int, int]
 UnitRGB = tuple[float, float, float]
 
 # Anchors of matplotlib's "inferno" (CC0) at 0, 0.1, ..., 1: perceptually uniform and warm, dark at
-# the low end, so weak evidence fades into the dark lung and strong evidence glows yellow on it.
+# the low end, so a faint lesion map fades into the dark lung and a strong one glows yellow on it.
 _INFERNO_ANCHORS = np.array(
     [
         [0x00, 0x00, 0x04],
@@ -32,7 +32,7 @@ _INFERNO_ANCHORS = np.array(
     ],
     dtype=np.float64,
 )
-OVERLAY_OPACITY = 0.7  # opacity of the evidence overlay where the evidence is 1
+OVERLAY_OPACITY = 0.7  # opacity of the lesion map overlay where the lesion map is 1
 
 # Page colours: near-black ink rather than black, so text and frames do not shout over the data.
 BACKGROUND: RGB = (255, 255, 255)
@@ -63,10 +63,10 @@ ACCENT_UNIT: UnitRGB = unit_rgb(ACCENT)
 STAGE_COLOURS_UNIT: tuple[UnitRGB, ...] = tuple(unit_rgb(colour) for colour in STAGE_COLOURS)
 
 
-def evidence_lut(n: int = 256) -> np.ndarray:
-    """The evidence overlay's colour table as ``(n, 4)`` RGBA floats in 0..1, shared with Slicer.
+def lesion_map_lut(n: int = 256) -> np.ndarray:
+    """The lesion map overlay's colour table as ``(n, 4)`` RGBA floats in 0..1, shared with Slicer.
 
-    Alpha rises linearly with the value, so weak evidence stays transparent and the anatomy
+    Alpha rises linearly with the value, so low values stay transparent and the anatomy
     underneath remains readable.
     """
     if n < 2:
@@ -80,7 +80,7 @@ def evidence_lut(n: int = 256) -> np.ndarray:
 @lru_cache(maxsize=1)
 def _lut_uint8() -> np.ndarray:
     """The 256-entry RGB table behind :func:`colormap`, built once."""
-    return np.round(evidence_lut(256)[:, :3] * 255.0).astype(np.uint8)
+    return np.round(lesion_map_lut(256)[:, :3] * 255.0).astype(np.uint8)
 
 
 def colormap(values: np.ndarray | float) -> np.ndarray:
@@ -91,7 +91,7 @@ def colormap(values: np.ndarray | float) -> np.ndarray:
 
 
 # Lung HU bands (transforms.involvement's labels 1..5): what is involved stands out, what is normal
-# stays see-through, so the band overlay reads like the evidence one.
+# stays see-through, so the band overlay reads like the lesion map.
 BAND_COLOURS: dict[int, tuple[int, int, int, float]] = {
     1: (86, 180, 233, 0.6),  # emphysema: sky blue
     2: (0, 0, 0, 0.0),  # normally aerated: not drawn

@@ -1,7 +1,7 @@
-"""The evidence montage: the most-attended slices under the evidence overlay, and the slice attention.
+"""The lesion map montage: the most-attended slices under the lesion map overlay, and the slice attention.
 
 Two words, two things: *slice attention* is the model's weight per slice (one number each, the
-strip at the bottom); *evidence* is the 3D map drawn over the slices (the colour overlay).
+strip at the bottom); the *lesion map* is the 3D map drawn over the slices (the colour overlay).
 """
 
 from __future__ import annotations
@@ -54,10 +54,10 @@ def _unit_tile(tile: np.ndarray) -> np.ndarray:
     return np.clip(np.nan_to_num(np.asarray(tile, dtype=np.float64), nan=0.0), 0.0, 1.0)
 
 
-def _overlay_tile(grey: np.ndarray, evidence: np.ndarray, size: tuple[int, int]) -> Image.Image:
-    """One greyscale slice under the evidence colour map, blended with the LUT's alpha ramp."""
-    alpha = (OVERLAY_OPACITY * evidence)[..., None]
-    rgb = (1.0 - alpha) * (grey[..., None] * 255.0) + alpha * colormap(evidence).astype(np.float64)
+def _overlay_tile(grey: np.ndarray, lesion_map: np.ndarray, size: tuple[int, int]) -> Image.Image:
+    """One greyscale slice under the lesion map's colour map, blended with the LUT's alpha ramp."""
+    alpha = (OVERLAY_OPACITY * lesion_map)[..., None]
+    rgb = (1.0 - alpha) * (grey[..., None] * 255.0) + alpha * colormap(lesion_map).astype(np.float64)
     tile = Image.fromarray(np.round(rgb).astype(np.uint8), mode="RGB")
     return tile.resize(size, Image.Resampling.LANCZOS)
 
@@ -143,16 +143,17 @@ def draw_attention_strip(image: Image.Image, box: tuple[int, int, int, int], bar
 
 @dataclass(frozen=True)
 class MontageLayout:
-    """What :func:`evidence_montage_png` drew: the tiles' array indices, left to right, the bars, the size."""
+    """What :func:`lesion_map_montage_png` drew: the tiles' array indices, left to right, the bars and
+    the size."""
 
     shown: list[int]
     bars: AttentionBars
     size: tuple[int, int]  # (width, height) in pixels
 
 
-def evidence_montage_png(
+def lesion_map_montage_png(
     slices: np.ndarray | LazySlices,
-    evidence: np.ndarray | LazySlices,
+    lesion_map: np.ndarray | LazySlices,
     slice_attention: np.ndarray,
     path: str | os.PathLike,
     title: str,
@@ -161,7 +162,7 @@ def evidence_montage_png(
     slice_labels: Sequence[str] | None = None,
     slice_numbers: Sequence[int] | None = None,
 ) -> MontageLayout:
-    """The ``top_k`` most-attended slices with their evidence overlay, and the attention of all slices.
+    """The ``top_k`` most-attended slices with their lesion map overlay, and the attention of all slices.
 
     ``slice_numbers`` (one per array slice, a permutation of 0..n-1; default the array index) is the
     number the reader knows each slice by, such as the input's own slice index while the arrays
@@ -169,11 +170,11 @@ def evidence_montage_png(
     follow the anatomy and the strip at the bottom shows where they sit, under the same numbers.
     ``slice_labels`` (one per slice) replaces the default ``slice i`` caption.
     """
-    grey_shape, heat_shape = _stack_shape(slices, "slices"), _stack_shape(evidence, "evidence")
+    grey_shape, heat_shape = _stack_shape(slices, "slices"), _stack_shape(lesion_map, "lesion_map")
     attention = np.asarray(slice_attention, dtype=np.float64).reshape(-1)
     n_slices, height, width = grey_shape
     if heat_shape != grey_shape:
-        raise ValueError(f"evidence shape {heat_shape} differs from slices shape {grey_shape}.")
+        raise ValueError(f"lesion_map shape {heat_shape} differs from slices shape {grey_shape}.")
     if attention.size != n_slices:
         raise ValueError(f"slice_attention has {attention.size} values for {n_slices} slices.")
     if not np.all(np.isfinite(attention)):
@@ -209,7 +210,8 @@ def evidence_montage_png(
         row, column = divmod(position, columns)
         x = row_left + column * (tile_width + gap)
         y = tiles_top + row * (tile_height + caption)
-        image.paste(_overlay_tile(_unit_tile(slices[k]), _unit_tile(evidence[k]), (tile_width, tile_height)), (x, y))
+        tile = _overlay_tile(_unit_tile(slices[k]), _unit_tile(lesion_map[k]), (tile_width, tile_height))
+        image.paste(tile, (x, y))
         draw.rectangle([x - 2, y - 2, x + tile_width + 1, y + tile_height + 1], outline=ACCENT, width=2)
         label = slice_labels[k] if slice_labels is not None else f"slice {numbers[k]}"
         centre = x + tile_width / 2

@@ -1,4 +1,4 @@
-"""A prediction as MRML nodes: severity table, 3D evidence overlay, slice-attention plot, saved scenes.
+"""A prediction as MRML nodes: severity table, lesion map overlay, slice-attention plot, saved scenes.
 
 Only imported where MRML exists (3D Slicer, or the ``slicer-core`` wheel headless); no Qt here, so
 the widget, the batch command line and the tests share one code path.
@@ -20,7 +20,7 @@ import vtk
 from ..inference.prediction import DEMO_MODEL_NOTICE, Prediction
 from ..io.atomic import temporary_path
 from ..io.volume import Geometry, Volume, read_volume, unique_stem
-from ..reports.colours import ACCENT_UNIT, BAND_COLOURS, evidence_lut
+from ..reports.colours import ACCENT_UNIT, BAND_COLOURS, lesion_map_lut
 from ..transforms.involvement import BAND_NAMES
 
 if TYPE_CHECKING:
@@ -32,16 +32,16 @@ __all__ = ["NodePrediction", "PredictionNodes", "build_prediction_scene", "find_
            "write_prediction_nodes"]
 
 ATTRIBUTE_PREFIX = "TwoFiveCNN."
-COLOUR_NODE_NAME = "TwoFiveCNN evidence colours"
+COLOUR_NODE_NAME = "TwoFiveCNN lesion map colours"
 BAND_COLOUR_NODE_NAME = "TwoFiveCNN lung band colours"
-EVIDENCE_THRESHOLD = 0.05  # evidence below this is left transparent in the slice views
+LESION_MAP_THRESHOLD = 0.05  # lesion map values below this are left transparent in the slice views
 LUNG_WINDOW_LEVEL = (1500.0, -600.0)  # window, level (HU) for the saved input volume
 PLOT_COLOUR = ACCENT_UNIT  # the reports' accent blue
 
 # role: (MRML class, node name given the input's name). The role names the node reference on the input.
 _NODES = {
     "table": ("vtkMRMLTableNode", "{} severity"),
-    "evidence": ("vtkMRMLScalarVolumeNode", "{} lesion map"),
+    "lesion_map": ("vtkMRMLScalarVolumeNode", "{} lesion map"),
     "slice_table": ("vtkMRMLTableNode", "{} slice attention"),
     "plot_series": ("vtkMRMLPlotSeriesNode", "{} slice attention"),
     "plot_chart": ("vtkMRMLPlotChartNode", "{} attention chart"),
@@ -56,8 +56,12 @@ _INVOLVEMENT_NODES = {
 _ALL_NODES = {**_NODES, **_INVOLVEMENT_NODES}
 
 
-# Roles renamed in 0.2: scenes saved before still open with their results found.
-LEGACY_ROLES = {"evidence": "attention"}
+# legacy: remove after 0.3. Scenes saved by 0.2 and before refer to the lesion map under older roles and
+# call it and its colours by older names: a re-run (or the panel) still finds those nodes, and a re-run
+# gives them today's names and references.
+LEGACY_ROLES = {"lesion_map": ("evidence", "attention")}
+LEGACY_NODE_NAMES = {"lesion_map": ("{} evidence", "{} attention"),
+                     "colour": ("TwoFiveCNN evidence colours", "TwoFiveCNN attention colours")}
 
 
 @dataclass
@@ -65,7 +69,7 @@ class PredictionNodes:
     """The nodes showing one prediction; re-running on the same input updates these same nodes."""
 
     table_node: slicer.vtkMRMLTableNode
-    evidence_node: slicer.vtkMRMLScalarVolumeNode
+    lesion_map_node: slicer.vtkMRMLScalarVolumeNode
     slice_table_node: slicer.vtkMRMLTableNode
     plot_series_node: slicer.vtkMRMLPlotSeriesNode
     plot_chart_node: slicer.vtkMRMLPlotChartNode
@@ -79,10 +83,14 @@ class PredictionNodes:
         nodes = {f.name.removesuffix("_node"): getattr(self, f.name) for f in fields(PredictionNodes)}
         return {role: node for role, node in nodes.items() if node is not None}
 
+    # legacy: remove after 0.3. The lesion map node's names in 0.2 and before, for console scripts.
+    @property
+    def evidence_node(self) -> slicer.vtkMRMLScalarVolumeNode:
+        return self.lesion_map_node
+
     @property
     def attention_node(self) -> slicer.vtkMRMLScalarVolumeNode:
-        """The evidence overlay under its name before 0.2 (use ``evidence_node``)."""
-        return self.evidence_node
+        return self.lesion_map_node
 
 
 # ---------------------------------------------------------------------------------------------- input
@@ -176,14 +184,14 @@ def jump_to_slice_ras(
 
 def _check_prediction(prediction: Prediction, shape_kji: tuple[int, int, int]) -> None:
     """Refuse a prediction that does not fit the input before any node is touched."""
-    evidence = np.asarray(prediction.evidence_kji)
-    if evidence.shape != shape_kji:
+    lesion_map = np.asarray(prediction.lesion_map_kji)
+    if lesion_map.shape != shape_kji:
         raise ValueError(
-            f"evidence map has shape {evidence.shape} but the input volume has {shape_kji} "
+            f"lesion map has shape {lesion_map.shape} but the input volume has {shape_kji} "
             f"voxels (k, j, i): the prediction was made on another volume."
         )
-    if not np.all(np.isfinite(evidence)) or evidence.min() < -1e-6 or evidence.max() > 1 + 1e-6:
-        raise ValueError("evidence map must hold finite values in 0..1.")
+    if not np.all(np.isfinite(lesion_map)) or lesion_map.min() < -1e-6 or lesion_map.max() > 1 + 1e-6:
+        raise ValueError("lesion map must hold finite values in 0..1.")
     if prediction.bands_kji is not None and np.shape(prediction.bands_kji) != shape_kji:
         raise ValueError(f"lung band labels have shape {np.shape(prediction.bands_kji)} but the input volume has "
                          f"{shape_kji} voxels (k, j, i): the prediction was made on another volume.")
@@ -215,25 +223,33 @@ def _named_node(scene: slicer.vtkMRMLScene, class_name: str, name: str) -> slice
 
 
 def _referenced_node(input_node: slicer.vtkMRMLNode, role: str) -> slicer.vtkMRMLNode | None:
-    """The input's result node for ``role``, also under the role's name before 0.2 (scenes saved then)."""
-    node = input_node.GetNodeReference(ATTRIBUTE_PREFIX + role)
-    if node is None and role in LEGACY_ROLES:
-        node = input_node.GetNodeReference(ATTRIBUTE_PREFIX + LEGACY_ROLES[role])
-    return node
+    """The input's result node for ``role``, also under its legacy references (scenes saved by 0.2)."""
+    for reference in (role, *LEGACY_ROLES.get(role, ())):
+        node = input_node.GetNodeReference(ATTRIBUTE_PREFIX + reference)
+        if node is not None:
+            return node
+    return None
 
 
 def _find_or_add(
     scene: slicer.vtkMRMLScene, input_node: slicer.vtkMRMLNode, role: str, created: list[slicer.vtkMRMLNode]
 ) -> slicer.vtkMRMLNode:
-    """This role's node from an earlier run (by reference, then name), or a new one noted in ``created``."""
+    """This role's node from an earlier run (by reference, then name), or a new one noted in ``created``.
+
+    A node found under a legacy name takes today's; one the user renamed keeps its name."""
     class_name, template = _ALL_NODES[role]
-    name = template.format(input_node.GetName() or input_node.GetID())
+    input_name = input_node.GetName() or input_node.GetID()
+    name = template.format(input_name)
+    legacy_names = [legacy.format(input_name) for legacy in LEGACY_NODE_NAMES.get(role, ())]
     node = _referenced_node(input_node, role)
     if node is None or node.GetClassName() != class_name or not scene.IsNodePresent(node):
-        node = _named_node(scene, class_name, name)
+        named = (_named_node(scene, class_name, candidate) for candidate in [name, *legacy_names])
+        node = next((found for found in named if found is not None), None)
     if node is None:
         node = scene.AddNewNodeByClass(class_name, name)
         created.append(node)
+    elif node.GetName() in legacy_names:
+        node.SetName(name)
     return node
 
 
@@ -312,10 +328,10 @@ def _fill_colour_table(
 def _fill_colours(
     colour: slicer.vtkMRMLColorTableNode, scene: slicer.vtkMRMLScene, created: list[slicer.vtkMRMLNode]
 ) -> None:
-    """The evidence colours from colours.evidence_lut, so the overlay matches the PNG reports."""
-    lut = evidence_lut(256)
+    """The lesion map's colours from colours.lesion_map_lut, so the overlay matches the PNG reports."""
+    lut = lesion_map_lut(256)
     entries = [(f"{index / (len(lut) - 1):.3f}", *rgba) for index, rgba in enumerate(lut)]
-    _fill_colour_table(colour, entries, "TwoFiveCNN evidence 0..1: inferno, opacity rising with the evidence",
+    _fill_colour_table(colour, entries, "TwoFiveCNN lesion map 0..1: inferno, opacity rising with the value",
                        scene, created)
 
 
@@ -381,15 +397,15 @@ def _fill_involvement(nodes: PredictionNodes, prediction: Prediction, input_node
                          nodes.band_colour_node, slicer.vtkMRMLLabelMapVolumeDisplayNode, scene, created)
 
 
-def _fill_evidence(nodes: PredictionNodes, prediction: Prediction, input_node: slicer.vtkMRMLScalarVolumeNode,
-                   scene: slicer.vtkMRMLScene, created: list[slicer.vtkMRMLNode]) -> None:
-    display = _fill_overlay_volume(nodes.evidence_node, np.clip(prediction.evidence_kji, 0, 1).astype(np.float32),
-                                   input_node, nodes.colour_node, slicer.vtkMRMLScalarVolumeDisplayNode, scene,
-                                   created)
+def _fill_lesion_map(nodes: PredictionNodes, prediction: Prediction, input_node: slicer.vtkMRMLScalarVolumeNode,
+                     scene: slicer.vtkMRMLScene, created: list[slicer.vtkMRMLNode]) -> None:
+    lesion_map = np.clip(prediction.lesion_map_kji, 0, 1).astype(np.float32)
+    display = _fill_overlay_volume(nodes.lesion_map_node, lesion_map, input_node, nodes.colour_node,
+                                   slicer.vtkMRMLScalarVolumeDisplayNode, scene, created)
     display.AutoWindowLevelOff()
     display.SetWindowLevelMinMax(0.0, 1.0)
     display.AutoThresholdOff()
-    display.SetThreshold(EVIDENCE_THRESHOLD, 1.0)
+    display.SetThreshold(LESION_MAP_THRESHOLD, 1.0)
     display.ApplyThresholdOn()
     display.SetInterpolate(True)
 
@@ -456,7 +472,7 @@ def write_prediction_nodes(
         )
         _fill_severity_table(nodes.table_node, prediction)
         _fill_colours(nodes.colour_node, scene, created)
-        _fill_evidence(nodes, prediction, input_node, scene, created)
+        _fill_lesion_map(nodes, prediction, input_node, scene, created)
         _fill_plot(nodes, prediction, input_node.GetName())
         if nodes.bands_node is not None:
             _fill_involvement(nodes, prediction, input_node, scene, created)
@@ -468,7 +484,7 @@ def write_prediction_nodes(
         input_node.RemoveNodeReferenceIDs(ATTRIBUTE_PREFIX + role)
     for role, node in nodes.by_role().items():
         input_node.SetNodeReferenceID(ATTRIBUTE_PREFIX + role, node.GetID())
-    for legacy in LEGACY_ROLES.values():
+    for legacy in (reference for references in LEGACY_ROLES.values() for reference in references):
         input_node.RemoveNodeReferenceIDs(ATTRIBUTE_PREFIX + legacy)
     return nodes
 
@@ -647,7 +663,7 @@ def save_prediction_scene(
 @dataclass
 class NodePrediction(PredictionNodes):
     """What :func:`predict_volume_node` returns: the scene nodes that show a prediction (``table_node``,
-    ``evidence_node``, ``plot_chart_node``...), its grade and the full :class:`Prediction`."""
+    ``lesion_map_node``, ``plot_chart_node``...), its grade and the full :class:`Prediction`."""
 
     label: str = ""
     probabilities: dict[str, float] = field(default_factory=dict)

@@ -45,8 +45,8 @@ _SLICER_VIEWS = {"Axial": ("Red", (243, 74, 51)), "Coronal": ("Green", (110, 176
                  "Sagittal": ("Yellow", (237, 213, 76))}
 # Slice nodes get names of their own, so rendering in the application's scene never moves its views.
 _LAYOUT_PREFIX = "TwoFiveCNNViews"
-OVERLAYS = ("evidence", "bands")
-EVIDENCE_OPACITY = 0.4  # the inference module's default overlay opacity: the pictures show what it shows
+OVERLAYS = ("lesion-map", "bands")
+LESION_MAP_OPACITY = 0.4  # the inference module's default overlay opacity: the pictures show what it shows
 LABEL_OPACITY = 1.0  # the band colour table carries each band's own opacity
 _GREY = "vtkMRMLColorTableNodeGrey"  # the built-in table Slicer shows CT with
 FOCUS_SMOOTHING_MM = 20.0  # the views centre on the strongest overlay over about this width, not on one voxel
@@ -159,7 +159,7 @@ def render_slice_views(
 
     A scalar overlay is the foreground layer (its display node's threshold keeps its zeros from
     tinting the view), a labelmap the label layer, as ``slicer.util.setSliceViewerLayers`` places
-    them; ``opacity`` defaults to the inference module's for the evidence and to the colour
+    them; ``opacity`` defaults to the inference module's for the lesion map and to the colour
     table's own for labels. Each view is fitted to the volume and, given ``focus_ras`` (world
     RAS, mm), moved along its normal to pass through that point, as "jump to" does in Slicer.
     The slice nodes and whatever else the logics add are removed afterwards, except Slicer's
@@ -173,7 +173,7 @@ def render_slice_views(
     if overlay_node is not None and not scene.IsNodePresent(overlay_node):
         raise ValueError(f"overlay {overlay_node.GetName()!r} is not in the scene to render.")
     if opacity is None:
-        opacity = LABEL_OPACITY if _is_label(overlay_node) else EVIDENCE_OPACITY
+        opacity = LABEL_OPACITY if _is_label(overlay_node) else LESION_MAP_OPACITY
     present = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
     own_logic = application_logic is None
     if own_logic:
@@ -263,20 +263,20 @@ def _smoothed_peak(weights_kji: np.ndarray, spacing_kji: Sequence[float]) -> tup
     return tuple(int(v) for v in np.unravel_index(int(np.argmax(smoothed)), smoothed.shape))
 
 
-def focus_voxel(prediction: Prediction, overlay: str = "evidence") -> tuple[int, int, int]:
+def focus_voxel(prediction: Prediction, overlay: str = "lesion-map") -> tuple[int, int, int]:
     """The input voxel ``(k, j, i)`` the views pass through.
 
-    For the evidence: in the most-attended slice (the one the module jumps to), the centre of its
-    strongest evidence, so the coronal and sagittal views cut through a lung rather than the
+    For the lesion map: in the most-attended slice (the one the module jumps to), the centre of its
+    strongest lesion map values, so the coronal and sagittal views cut through a lung rather than the
     mediastinum. For the bands: the centre of the most involved region (ground glass and
     consolidation), else of the lungs. The volume's centre when the overlay is empty.
     """
-    shape = np.shape(prediction.evidence_kji)
+    shape = np.shape(prediction.lesion_map_kji)
     spacing_kji = tuple(prediction.geometry.spacing[::-1])
     centre = tuple(n // 2 for n in shape)
-    if overlay == "evidence":
+    if overlay == "lesion-map":
         k = prediction.most_attended_slice
-        peak = _smoothed_peak(np.asarray(prediction.evidence_kji)[k:k + 1], (1.0, *spacing_kji[1:]))
+        peak = _smoothed_peak(np.asarray(prediction.lesion_map_kji)[k:k + 1], (1.0, *spacing_kji[1:]))
         return (k, *peak[1:]) if peak is not None else (k, *centre[1:])
     bands = np.asarray(prediction.bands_kji)
     for weights in (np.isin(bands, INVOLVED_BANDS), bands > 0):
@@ -394,12 +394,12 @@ def write_views_png(
     prediction: Prediction,
     volume: Volume,
     path: str | os.PathLike,
-    overlay: str = "evidence",
+    overlay: str = "lesion-map",
     name: str | None = None,
 ) -> Path:
     """Write the three-plane picture of a prediction (``twofivecnn predict --views``): Slicer's axial,
-    coronal and sagittal views of the input under the ``"evidence"`` or ``"bands"`` overlay, through
-    the most-attended slice (evidence) or the most involved region (bands), above the slice
+    coronal and sagittal views of the input under the ``"lesion-map"`` or ``"bands"`` overlay, through
+    the most-attended slice (lesion map) or the most involved region (bands), above the slice
     attention and the class probabilities.
 
     The scene is the one ``--scene`` saves (:func:`nodes.build_prediction_scene`), built in a private
@@ -409,18 +409,18 @@ def write_views_png(
         raise ValueError(f"overlay {overlay!r}: choose one of {list(OVERLAYS)}.")
     if overlay == "bands" and prediction.bands_kji is None:
         raise ValueError("this prediction has no lung bands (its model did not measure the lungs): "
-                         "use overlay='evidence'.")
+                         "use overlay='lesion-map'.")
     name = name or volume.name
     scene = slicer.vtkMRMLScene()
     application_logic = _application_logic(scene)  # first, so the input's grey colour table exists
     try:
         _, input_node, nodes = build_prediction_scene(prediction, volume, name, scene)
-        overlay_node = nodes.evidence_node if overlay == "evidence" else nodes.bands_node
+        overlay_node = nodes.lesion_map_node if overlay == "lesion-map" else nodes.bands_node
         k, j, i = focus_voxel(prediction, overlay)
         focus_ras = volume.geometry.ijk_to_ras() @ np.array([i, j, k, 1.0])
         views = render_slice_views(scene, input_node, overlay_node, focus_ras[:3],
                                    application_logic=application_logic)
-        if overlay == "evidence":
+        if overlay == "lesion-map":
             subtitle = (f"Slicer's slice views through the most-attended slice (k={k}) under the lesion map "
                         f"(the involved share of the lung around each voxel)")
         else:
