@@ -45,8 +45,9 @@ class Fusion:
 
     @classmethod
     def from_model(cls, model: SeverityModel) -> Fusion | None:
-        """The fusion of a torch model; None when it has no involvement part."""
-        if model.involvement is None:
+        """The fusion of a torch model; None when it has no involvement part, or one not fitted yet
+        (training measures the features it fits it on with the model's lesion network first)."""
+        if model.involvement is None or "involvement_mean" not in model.metadata:
             return None
         return cls(model.involvement_feature_columns, model.metadata["involvement_mean"],
                    model.metadata["involvement_std"], model.involvement.weight.detach().cpu().double().numpy(),
