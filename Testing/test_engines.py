@@ -14,7 +14,12 @@ import pytest
 from TwoFiveCNNLib.inference.engines import BUNDLED_MODEL, GridResult, load_model
 from TwoFiveCNNLib.inference.fusion import Fusion
 from TwoFiveCNNLib.inference.onnx_model import export_folder_of, model_file_mismatch, read_export_record
-from TwoFiveCNNLib.io.model_file import load_archive, read_archive_without_torch, save_archive
+from TwoFiveCNNLib.io.model_file import (
+    load_archive,
+    read_archive_without_torch,
+    renamed_legacy_involvement,
+    save_archive,
+)
 from TwoFiveCNNLib.io.volume import read_volume
 from TwoFiveCNNLib.networks.severity_model import SeverityModel
 from TwoFiveCNNLib.transforms.involvement import LUNG_FEATURES, analyse_lungs, lung_features
@@ -143,6 +148,9 @@ def test_a_model_file_with_the_old_names_loads_and_grades_identically(graders, s
     for read in (load_archive, read_archive_without_torch):
         renamed_tensors, renamed_metadata = read(old)
         assert renamed_metadata == metadata and set(renamed_tensors) == set(tensors), read.__name__
+    checkpoint = {"config": {"architecture": {"aeration": False, "lesion_net": True}}, "epoch": 3}
+    assert renamed_legacy_involvement({}, checkpoint)[1] == {
+        "config": {"architecture": {"involvement": False, "lesion_net": True}}, "epoch": 3}  # resumes as today's
     # The bundled export was made from today's file; its record agrees with the old-named one too.
     assert model_file_mismatch(read_export_record(export_folder_of(BUNDLED_MODEL)), old) is None
     grid, features = study
