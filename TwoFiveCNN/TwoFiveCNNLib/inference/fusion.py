@@ -27,7 +27,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # arrays have no single truth value: compare the fields themselves
 class Fusion:
     """The involvement part (standardisation and linear layer) and the CNN head's share of the mix."""
 
