@@ -4,7 +4,8 @@ grade it CT-0 however the CT is stored, and say what it was trained on."""
 from __future__ import annotations
 
 import pytest
-from TwoFiveCNNLib.inference.predict import load_model, predict_volume
+from TwoFiveCNNLib.inference.predict import BUNDLED_MODEL, load_model, predict_volume
+from TwoFiveCNNLib.io.model_file import read_archive_without_torch
 from TwoFiveCNNLib.io.volume import read_volume, stored_flipped
 
 FLIPS = {"LPS": (False, False, False), "RAS": (False, True, True), "feet first": (True, False, False)}
@@ -25,14 +26,14 @@ def test_the_untouched_real_ct_grades_ct0_in_every_orientation(demo_model, chest
 
 
 def test_the_demo_model_says_what_it_was_trained_on(demo_model):
-    meta = demo_model.metadata
-    assert meta["demo"] is True and "CTChest4" in demo_model.name and "LIDC-IDRI-0001" in demo_model.name
+    tensors, meta = read_archive_without_torch(BUNDLED_MODEL)  # the file's own record
+    assert meta["demo"] is True and demo_model.is_demo and "CTChest4" in demo_model.name and "LIDC-IDRI-0001" in demo_model.name
     for subset in ("train", "val"):  # lesions inserted into two real CTs (synth --prefix rs, li), beside phantoms
         for prefix in ("rs_", "li_"):
             assert any(sid.startswith(prefix) for sid in meta["split"][subset])
         assert any(not sid.startswith(("rs_", "li_")) for sid in meta["split"][subset])
     assert meta["fusion"]["chosen_on"] == "validation split"
-    assert demo_model.lesion_net is not None, "trained on the inserted lesions' masks"
+    assert "lesion_net" in tensors and demo_model.lesion_lungs, "trained on the inserted lesions' masks"
 
 
 def test_dependent_consolidation_joins_the_lungs_through_the_lesion_network(demo_model, chest_ct_path):

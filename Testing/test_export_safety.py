@@ -19,7 +19,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from TwoFiveCNNLib.app.cli import main
-from TwoFiveCNNLib.inference.onnx_model import OnnxModelError, OnnxSeverityModel, export_folder_of
+from TwoFiveCNNLib.inference.engines import OnnxGrader
+from TwoFiveCNNLib.inference.onnx_model import OnnxModelError, export_folder_of
 from TwoFiveCNNLib.inference.predict import BUNDLED_MODEL, load_model, predict_volume
 from TwoFiveCNNLib.io.model_file import ModelFileError
 from TwoFiveCNNLib.io.volume import read_volume
@@ -75,7 +76,7 @@ def test_export_into_the_working_folder_keeps_the_users_files(tiny_model, tmp_pa
     assert (work / "notes" / "scan.txt").read_text() == "the user's notes"
     assert (work / "report.pdf").read_bytes() == b"%PDF the user's report"
     assert EXPORT_FILES <= {p.name for p in work.iterdir()}
-    assert OnnxSeverityModel(work).class_names == SeverityModel.load(tiny_model).class_names
+    assert OnnxGrader(work).class_names == SeverityModel.load(tiny_model).class_names
     assert not [p for p in work.iterdir() if ".tmp" in p.name], "no staging folder left behind"
 
     other = tmp_path / "other"
@@ -203,10 +204,10 @@ def test_wrongly_sized_involvement_is_an_error(model_and_export):
     involvement = json.loads((folder / "model.json").read_text())["involvement"]
     edit_record(folder, involvement={**involvement, "bias": involvement["bias"][:-1]})
     with pytest.raises(OnnxModelError, match="'involvement' should hold"):
-        OnnxSeverityModel(folder)
+        OnnxGrader(folder)
     edit_record(folder, involvement={**involvement, "columns": ["involved"]})
     with pytest.raises(OnnxModelError, match="'columns'"):
-        OnnxSeverityModel(folder)
+        OnnxGrader(folder)
 
 
 def test_reordered_class_names_are_caught_against_the_model_file(model_and_export, chest_ct_path, tmp_path,
@@ -218,7 +219,7 @@ def test_reordered_class_names_are_caught_against_the_model_file(model_and_expor
     with pytest.raises(OnnxModelError, match=f"{folder / 'model.json'}: 'class_names' is .* here but .* in {model}"):
         load_model(model, "cpu", "onnx")
     with pytest.raises(OnnxModelError, match="'class_names'"):
-        OnnxSeverityModel(folder)  # the export folder alone: the model file beside it is found and checked
+        OnnxGrader(folder)  # the export folder alone: the model file beside it is found and checked
     out = tmp_path / "out"
     assert main(predict_args(chest_ct_path, out, model, "auto")) == 0
     assert "warning" in capsys.readouterr().err
@@ -339,7 +340,7 @@ def test_an_export_whose_model_file_is_gone_runs_on_its_own(model_and_export):
     model, folder = model_and_export
     model.unlink()
     for engine in ("onnx", "auto"):
-        assert isinstance(load_model(model, "cpu", engine), OnnxSeverityModel)
+        assert load_model(model, "cpu", engine).engine == "onnxruntime"
     edit_record(folder, class_names=["CT-0", "CT-1..4"], involvement=None)
     with pytest.raises(OnnxModelError, match="head.onnx: takes"):
         load_model(model, "cpu", "auto")  # nothing to run on torch instead: an error under auto too
@@ -352,11 +353,11 @@ def test_a_stale_export_is_a_warning_under_auto_and_an_error_under_onnx(model_an
     retrained.metadata["name"] = "retrained"
     retrained.save(model)
     with pytest.warns(UserWarning) as said:
-        assert isinstance(load_model(model, "cpu", "auto"), SeverityModel)
+        assert load_model(model, "cpu", "auto").engine == "torch"
     assert len(said) == 1 and "made from another version" in str(said[0].message)
     assert "torch" in str(said[0].message) and "\n" not in str(said[0].message)
     lines = []
-    assert isinstance(load_model(model, "cpu", "auto", warn=lines.append), SeverityModel)  # the CLI's printer
+    assert load_model(model, "cpu", "auto", warn=lines.append).engine == "torch"  # the CLI's printer
     assert lines == [str(said[0].message)]
     with pytest.raises(OnnxModelError, match=f"{folder}: made from another version of {model}"):
         load_model(model, "cpu", "onnx")

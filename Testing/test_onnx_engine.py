@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from TwoFiveCNNLib.app.cli import main
 from TwoFiveCNNLib.data.phantoms import generate_phantom
+from TwoFiveCNNLib.inference.engines import BUNDLED_MODEL, load_model, onnx_export_for
 from TwoFiveCNNLib.inference.onnx_export import export_onnx
-from TwoFiveCNNLib.inference.onnx_model import OnnxSeverityModel, export_folder_of
-from TwoFiveCNNLib.inference.predict import BUNDLED_MODEL, load_model, onnx_export_for, predict_volume
+from TwoFiveCNNLib.inference.onnx_model import export_folder_of
+from TwoFiveCNNLib.inference.predict import predict_volume
 from TwoFiveCNNLib.io.volume import Volume, read_volume
 
 pytest.importorskip("onnxruntime")
@@ -49,7 +50,7 @@ def test_the_shipped_export_is_made_from_the_shipped_model_and_current(tmp_path)
 
 def test_demo_model_on_onnx_runtime_predicts_what_torch_predicts(chest_ct_path):
     torch_model, onnx_model = load_model(None, "cpu", "torch"), load_model(None, "cpu", "onnx")
-    assert isinstance(onnx_model, OnnxSeverityModel) and not isinstance(torch_model, OnnxSeverityModel)
+    assert (torch_model.engine, onnx_model.engine) == ("torch", "onnxruntime")
     assert load_model(None, "cpu", "auto").engine == "onnxruntime"
     phantom = generate_phantom(3, seed=3, orientation="RAS")
     for volume in (read_volume(chest_ct_path), Volume.from_original(phantom.array_kji, phantom.geometry)):
@@ -60,7 +61,7 @@ def test_a_trained_model_exported_by_the_command_line_predicts_the_same(tiny_mod
     """A user's own model: export-onnx puts the export beside the file, where predict finds it."""
     model_path = tmp_path / "mine.pt"
     model_path.write_bytes(tiny_model.read_bytes())
-    assert load_model(model_path, "cpu", "auto").__class__.__name__ == "SeverityModel"  # no export yet: torch
+    assert load_model(model_path, "cpu", "auto").engine == "torch"  # no export yet: torch
     assert main(["export-onnx", "--model", str(model_path)]) == 0
     assert (tmp_path / "mine.onnx" / "model.json").is_file()
     volume = read_volume(chest_ct_path)
@@ -69,7 +70,7 @@ def test_a_trained_model_exported_by_the_command_line_predicts_the_same(tiny_mod
     # A retrained file no longer matches its old export: auto goes back to torch, onnx says what to do.
     model_path.write_bytes(model_path.read_bytes() + b"\0")
     with pytest.warns(UserWarning, match="made from another version"):
-        assert load_model(model_path, "cpu", "auto").__class__.__name__ == "SeverityModel"
+        assert load_model(model_path, "cpu", "auto").engine == "torch"
 
 
 def test_predict_on_onnx_runtime_never_imports_torch(chest_ct_path, tmp_path):

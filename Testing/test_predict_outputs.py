@@ -16,7 +16,7 @@ from PIL import Image
 from TwoFiveCNNLib.app.cli import build_parser, main
 from TwoFiveCNNLib.data.phantoms import generate_phantom
 from TwoFiveCNNLib.inference.outputs import write_prediction
-from TwoFiveCNNLib.inference.predict import load_model, predict_grid, predict_volume
+from TwoFiveCNNLib.inference.predict import load_model, predict_volume
 from TwoFiveCNNLib.inference.prediction import Prediction
 from TwoFiveCNNLib.io.manifest import OutputManifest
 from TwoFiveCNNLib.io.volume import PROBABILITY_STEP, Volume, write_probability_volume
@@ -68,7 +68,7 @@ def test_lesion_map_file_is_the_share_of_involved_bands_within_one_step(feet_fir
     assert prediction.lesion_map_kji[lesion_voxels].mean() > 0.8
     assert prediction.lesion_map_kji[~lesion_voxels].mean() < 0.05
     grid, _ = to_model_grid(feet_first_study, model.preprocess)
-    result = predict_grid(model, grid, lung_features(report))
+    result = model.grade(grid, lung_features(report))
     assert list(prediction.probabilities.values()) == pytest.approx(list(result.probabilities), abs=1e-6)
 
     written = write_prediction(prediction, feet_first_study, tmp_path, "study")
@@ -156,7 +156,7 @@ def test_channels_last_backbone_gives_the_contiguous_results(feet_first_study):
     """The loaded backbone is channels-last for speed; its grades are those of the plain layout."""
     fast = load_model(None, "cpu")
     plain = load_model(None, "cpu")
-    plain.slice_classifier.to(memory_format=torch.contiguous_format)
+    plain.model.slice_classifier.to(memory_format=torch.contiguous_format)
     a, b = predict_volume(fast, feet_first_study), predict_volume(plain, feet_first_study)
     assert list(a.probabilities.values()) == pytest.approx(list(b.probabilities.values()), abs=1e-4)
     assert np.abs(a.lesion_map_kji.astype(np.float32) - b.lesion_map_kji.astype(np.float32)).max() <= PROBABILITY_STEP

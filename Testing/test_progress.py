@@ -92,7 +92,7 @@ def test_one_text_for_every_kind_of_event():
              "val_kappa": 0.125, "eta_s": 75}
     assert describe_event(event) == ("stage1, 2/4, loss 1.500, val bal. acc. 0.400, val kappa 0.125, "
                                      "stage1 ends in ~1 min 15 s")
-    preprocess = {"stage": "preprocess", "subset": "val", "epoch": 5, "epochs": 5}
+    preprocess = {"stage": "preprocess", "subset": "val", "studies_done": 5, "studies": 5}
     assert describe_event(preprocess) == "preprocess val, 5/5"
     predict = {"stage": "predict", "studies_done": 1, "studies": 3, "message": "a.nrrd"}
     assert describe_event(predict) == "predict, 1/3, a.nrrd"

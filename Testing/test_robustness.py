@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 from TwoFiveCNNLib.data.index import DatasetError, DatasetIndex
-from TwoFiveCNNLib.inference.predict import load_model
 from TwoFiveCNNLib.io.manifest import MANIFEST_NAME
 from TwoFiveCNNLib.io.model_file import CHECKPOINT_FORMAT, load_archive
 from TwoFiveCNNLib.io.volume import VolumeError, read_volume
+from TwoFiveCNNLib.networks.severity_model import SeverityModel
 
 
 def test_truncated_nifti_is_refused_with_its_name(phantom_cohort, tmp_path):
@@ -104,7 +104,7 @@ def test_training_killed_at_random_points_resumes_to_the_same_model(phantom_coho
         load_archive(checkpoint, CHECKPOINT_FORMAT)  # whole, never half-written
     subprocess.run([*command, "--out", str(out), "--resume"], check=True, capture_output=True)
 
-    reference, resumed = load_model(tmp_path / "reference.pt", "cpu"), load_model(out, "cpu")
+    reference, resumed = SeverityModel.load(tmp_path / "reference.pt"), SeverityModel.load(out)
     for name, tensor in reference.state_dict().items():
         assert torch.equal(tensor, resumed.state_dict()[name]), (name, kills)
     assert reference.metadata["metrics"] == resumed.metadata["metrics"]

@@ -23,6 +23,7 @@ from TwoFiveCNNLib.inference.cohort_scores import FUSED, embed_cohort, study_pro
 from TwoFiveCNNLib.inference.predict import load_model, predict_path
 from TwoFiveCNNLib.io.model_file import ModelFileError
 from TwoFiveCNNLib.io.progress import ProgressReporter
+from TwoFiveCNNLib.networks.severity_model import SeverityModel
 from TwoFiveCNNLib.training.config import TrainConfig
 from TwoFiveCNNLib.training.run import train
 from TwoFiveCNNLib.training.stages import refit_slice_classifier
@@ -33,7 +34,7 @@ TINY_CONFIG = TrainConfig(preprocess=PreprocessConfig(in_plane=48, n_slices=12),
 
 
 def test_model_file_records_how_it_was_made(tiny_model):
-    model = load_model(tiny_model, "cpu")
+    model = SeverityModel.load(tiny_model)
     meta = model.metadata
     assert model.class_names == ("CT-0", "CT-1", "CT-2", "CT-3", "CT-4")
     assert meta["preprocess"]["in_plane"] == 48 and meta["architecture"]["backbone"] == "compact_resnet"
@@ -176,16 +177,16 @@ def test_evaluate_reproduces_the_metrics_the_model_file_records(tiny_model, phan
     assert main(["evaluate", "--model", str(tiny_model), "--data", str(phantom_cohort), "--subset", "test",
                  "--cache", str(tmp_path / "fresh_cache"), "--json", str(report_path), "--device", "cpu"]) == 0
     report = json.loads(report_path.read_text())
-    recorded = load_model(tiny_model, "cpu").metadata["metrics"]["test"]
+    recorded = SeverityModel.load(tiny_model).metadata["metrics"]["test"]
     assert report["metrics"]["n_studies"] > 0
     assert report["metrics"] == recorded["twofive"]  # the same computation on the same weights: exactly
     assert report["components"]["cnn_only"] == recorded["twofive_cnn_only"]
-    assert report["components"]["involvement_only"] == recorded["aeration_only"]
+    assert report["components"]["involvement_only"] == recorded["involvement_only"]
 
 
 def test_recorded_metrics_are_those_of_the_float16_weights(tiny_model, phantom_cohort, tmp_path):
     """The file's weights are float16 values, and rounding them again changes no probability."""
-    model = load_model(tiny_model, "cpu")
+    model = SeverityModel.load(tiny_model)
     index = DatasetIndex.load(phantom_cohort)
     studies = Split.from_dict(model.metadata["split"]).subset(index, "test")
     cohort = load_cohort(studies, model.task, model.preprocess, PreprocessedCache(tmp_path / "cache"),
@@ -220,12 +221,12 @@ def test_progress_json_lines(phantom_cohort, tmp_path):
     assert {"preprocess", "stage1", "stage2", "done"} <= stages
     stage1 = [e for e in events if e["stage"] == "stage1"]
     assert {"epoch", "epochs", "loss", "val_balanced_accuracy", "eta_s"} <= set(stage1[-1])
-    test_split = load_model(tmp_path / "m.pt", "cpu").metadata["split"]["test"]
+    test_split = SeverityModel.load(tmp_path / "m.pt").metadata["split"]["test"]
     assert events[-1]["stage"] == "done" and events[-1]["test_studies"] == len(test_split) > 0
 
 
 def test_the_end_of_run_figures_name_their_split_and_size(tiny_model):
-    metadata = load_model(tiny_model, "cpu").metadata
+    metadata = SeverityModel.load(tiny_model).metadata
     n_test, n_val = len(metadata["split"]["test"]), len(metadata["split"]["val"])
     figures = run_figures(metadata)
     assert figures.startswith(f"test split ({n_test} studies of the training cohort), 2.5D model:\n")
@@ -252,7 +253,7 @@ def test_torchrun_trains_with_two_cpu_processes(phantom_cohort, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
-    model = load_model(out, "cpu")
+    model = SeverityModel.load(out)
     assert model.metadata["metrics"]["test"]["twofive"]["n_studies"] > 0
     assert not Path(str(out) + ".ckpt").exists()
 
@@ -262,7 +263,7 @@ def test_end_to_end_finetuning_runs_and_is_recorded(phantom_cohort, tmp_path):
     model = train(phantom_cohort, tmp_path / "ft.pt", config, ProgressReporter(quiet=True),
                   PreprocessedCache(tmp_path / "cache"))
     assert [r["epoch"] for r in model.metadata["history"]["finetune"]] == [1]
-    reloaded = load_model(tmp_path / "ft.pt", "cpu")
+    reloaded = SeverityModel.load(tmp_path / "ft.pt")
     assert reloaded.metadata["train_config"]["finetune_epochs"] == 1
 
 
@@ -276,7 +277,7 @@ def test_unwritable_output_folder_fails_up_front(tiny_model, chest_ct_path, tmp_
 
 def test_refit_slice_classifier_matches_the_backbone_again(tiny_model, phantom_cohort, tmp_path):
     """After fine-tuning moves the backbone, the CAM's linear layer is re-fitted to its features."""
-    model = load_model(tiny_model, "cpu")
+    model = SeverityModel.load(tiny_model)
     cohort = load_cohort(DatasetIndex.load(phantom_cohort).studies, model.task, model.preprocess,
                          PreprocessedCache(tmp_path / "cache"))
     embeddings = embed_cohort(model, cohort)[cohort.mask()]
@@ -297,15 +298,15 @@ def test_refit_slice_classifier_matches_the_backbone_again(tiny_model, phantom_c
 
 
 def test_a_model_from_before_the_lung_features_grades_with_its_cnn_alone(tiny_model, chest_ct_path, tmp_path):
-    """A 0.1 model file's aeration part read 96-px features this version no longer measures."""
+    """A 0.1 model file's involvement part read 96-px features this version no longer measures."""
     from TwoFiveCNNLib.io.model_file import load_archive, save_archive
 
     tensors, metadata = load_archive(tiny_model)
-    assert metadata["aeration_features"] == ["emphysema", "ground_glass", "consolidation", "involved"]
-    del metadata["aeration_features"]
+    assert metadata["involvement_features"] == ["emphysema", "ground_glass", "consolidation", "involved"]
+    del metadata["involvement_features"]
     old = save_archive(tmp_path / "old.pt", "twofivecnn-model", tensors, metadata)
     model = load_model(old, "cpu")
-    assert model.aeration is None
+    assert model.fusion is None
     prediction, _ = predict_path(model, chest_ct_path)
     assert any("trained before 0.2" in warning for warning in prediction.warnings)
     assert prediction.probabilities == pytest.approx(prediction.cnn_probabilities)
@@ -362,7 +363,7 @@ def test_allow_partial_trains_reports_and_records_the_partial_load(phantom_cohor
     assert f"{partial}: loaded 36 of 60 backbone parameter tensors (60%)" in report_line
     assert "48 left as initialised (not in the file), e.g. layer1.1.conv1.weight" in report_line
     assert any(m.startswith("warning: training from a partial pretrained load") for m in messages)
-    metadata = load_model(out, "cpu").metadata
+    metadata = SeverityModel.load(out).metadata
     assert metadata["train_config"]["allow_partial"] is True
     assert metadata["train_config"]["pretrained"] == str(partial)
     assert metadata["pretrained"]["parameters_loaded"] == 36 and metadata["pretrained"]["missing"]["count"] == 48

@@ -4,6 +4,7 @@ real phantoms and lesion-inserted real CT, really trained."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +13,11 @@ import torch
 from conftest import TINY_TRAIN_ARGS
 from TwoFiveCNNLib.app.cli import main
 from TwoFiveCNNLib.data.index import DatasetIndex
-from TwoFiveCNNLib.inference.predict import load_model, predict_volume
+from TwoFiveCNNLib.inference.engines import TorchGrader, load_model
+from TwoFiveCNNLib.inference.fusion import Fusion
+from TwoFiveCNNLib.inference.predict import predict_volume
 from TwoFiveCNNLib.io.volume import read_volume
+from TwoFiveCNNLib.networks.severity_model import SeverityModel
 from TwoFiveCNNLib.training.stages import FUSION_WEIGHTS
 
 
@@ -34,7 +38,7 @@ def mixed_model(phantom_cohort, synth_cohort, tmp_path_factory) -> Path:
 
 
 def test_train_only_studies_train_and_never_validate_or_test(mixed_model, phantom_cohort, synth_cohort):
-    meta = load_model(mixed_model, "cpu").metadata
+    meta = SeverityModel.load(mixed_model).metadata
     synth_ids = {s.study_id for s in DatasetIndex.load(synth_cohort).studies}
     assert set(meta["train_only"]["study_ids"]) == synth_ids and len(synth_ids) == 10
     split_ids = set(meta["split"]["train"]) | set(meta["split"]["val"]) | set(meta["split"]["test"])
@@ -51,25 +55,24 @@ def test_evaluating_the_train_only_data_says_the_model_trained_on_it(mixed_model
 
 
 def test_the_fusion_is_chosen_on_validation_and_used(mixed_model):
-    model = load_model(mixed_model, "cpu")
+    model = SeverityModel.load(mixed_model)
     fusion = model.metadata["fusion"]
     assert fusion["cnn_weight"] in FUSION_WEIGHTS and model.fusion_cnn_weight == fusion["cnn_weight"]
     assert [c["cnn_weight"] for c in fusion["candidates"]] == list(FUSION_WEIGHTS)
     chosen = next(c for c in fusion["candidates"] if c["cnn_weight"] == fusion["cnn_weight"])
     best = max((c["balanced_accuracy"], c["quadratic_weighted_kappa"]) for c in fusion["candidates"])
     assert (chosen["balanced_accuracy"], chosen["quadratic_weighted_kappa"]) == best
-    cnn, involvement = torch.tensor([[0.6, 0.4]]), torch.tensor([[0.2, 0.8]])
-    model.metadata["fusion"] = {"cnn_weight": 1.0}
-    assert torch.equal(model.fuse(cnn, involvement), cnn)
-    model.metadata["fusion"] = {"cnn_weight": 0.25}
-    assert torch.allclose(model.fuse(cnn, involvement), torch.tensor([[0.3, 0.7]]))
+    assert load_model(mixed_model, "cpu").fusion.cnn_weight == fusion["cnn_weight"]  # what grading mixes by
+    cnn, involvement = np.array([[0.6, 0.4]]), np.array([[0.2, 0.8]])
+    assert np.array_equal(replace(Fusion.from_model(model), cnn_weight=1.0).mix(cnn, involvement), cnn)
+    assert np.allclose(replace(Fusion.from_model(model), cnn_weight=0.25).mix(cnn, involvement), [[0.3, 0.7]])
 
 
 def test_several_datasets_split_as_one_and_evaluate_scores_each_ones_share(phantom_cohort, synth_cohort, tmp_path):
     out = tmp_path / "both.pt"
     assert main(["train", "--data", str(phantom_cohort), str(synth_cohort), "--out", str(out),
                  "--cache", str(tmp_path / "cache"), *TINY_TRAIN_ARGS]) == 0
-    meta = load_model(out, "cpu").metadata
+    meta = SeverityModel.load(out).metadata
     synth_ids = {s.study_id for s in DatasetIndex.load(synth_cohort).studies}
     assert synth_ids & set(meta["split"]["val"]), "the validation split holds studies of both datasets"
     report = tmp_path / "synth.json"
@@ -90,15 +93,15 @@ def test_a_train_only_study_that_is_also_in_the_split_is_refused(phantom_cohort,
 def test_studies_with_masks_train_the_lesion_network_which_only_adds_to_the_lungs(mixed_model, synth_cohort):
     """The lesion network's lesion voxels join the HU lungs (the default, recorded in the file); without
     the network the prediction's lungs are the HU mask's."""
-    model = load_model(mixed_model, "cpu")
+    model = SeverityModel.load(mixed_model)
     assert model.lesion_net is not None and model.architecture.lesion_net and model.lesion_lungs
     history = model.metadata["history"]["lesions"]
     assert len(history) == 2 and {"val_lesion_dice", "val_lung_dice"} <= set(history[0])
     volume = read_volume(next((synth_cohort / "studies" / "CT-4").glob("*.nii.gz")))
-    prediction = predict_volume(model, volume)
+    prediction = predict_volume(TorchGrader(model), volume)
     model.lesion_net = None
     assert not model.lesion_lungs
-    without = predict_volume(model, volume)
+    without = predict_volume(TorchGrader(model), volume)
     lungs, hu_lungs = np.asarray(prediction.bands_kji) > 0, np.asarray(without.bands_kji) > 0
     assert not (hu_lungs & ~lungs).any()
     assert (lungs & ~hu_lungs).any() == ("learned_added_ml" in prediction.involvement)
@@ -106,7 +109,7 @@ def test_studies_with_masks_train_the_lesion_network_which_only_adds_to_the_lung
 
 
 def test_a_model_trained_without_masks_has_no_lesion_network(tiny_model):
-    model = load_model(tiny_model, "cpu")
+    model = SeverityModel.load(tiny_model)
     assert model.lesion_net is None and "lesions" not in model.metadata["history"]
 
 
@@ -151,12 +154,12 @@ def test_the_involvement_part_is_fitted_on_the_features_predict_measures(mixed_m
     those predict measures with the saved model (lesion network voxels included)."""
     from TwoFiveCNNLib.inference.predict import measure_lung_features
 
-    model = load_model(mixed_model, "cpu")
+    model = SeverityModel.load(mixed_model)
     by_id = {s.study_id: s for s in DatasetIndex.load(phantom_cohort).studies + DatasetIndex.load(synth_cohort).studies}
     train_ids = model.metadata["split"]["train"] + model.metadata["train_only"]["study_ids"]
-    features = measure_lung_features(model, [by_id[i].path for i in train_ids])
+    features = measure_lung_features(TorchGrader(model), [by_id[i].path for i in train_ids])
     chosen = features[:, model._feature_columns]
-    assert model.metadata["aeration_mean"] == pytest.approx(chosen.mean(0).tolist(), abs=1e-6)
+    assert model.metadata["involvement_mean"] == pytest.approx(chosen.mean(0).tolist(), abs=1e-6)
 
 
 def test_pleural_consolidation_is_painted_inside_the_lung_and_marked_lesion():

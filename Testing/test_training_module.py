@@ -197,7 +197,7 @@ def test_event_text_and_progress():
              "eta_s": 75}
     assert describe_event(event) == "stage1, 2/4, loss 1.500, val bal. acc. 0.400, stage1 ends in ~1 min 15 s"
     assert progress_percent(event) == 45
-    assert progress_percent({"stage": "preprocess", "subset": "val", "epoch": 5, "epochs": 5}) == 7
+    assert progress_percent({"stage": "preprocess", "subset": "val", "studies_done": 5, "studies": 5}) == 7
     assert progress_percent({"stage": "done"}) == 100 and progress_percent({"stage": "log"}) is None
     assert train_arguments(3, 20, seed=1, device="cpu") == ["--stage1-epochs", "3", "--stage2-epochs", "20",
                                                            "--seed", "1", "--device", "cpu"]

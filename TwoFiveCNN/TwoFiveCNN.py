@@ -529,7 +529,7 @@ class TwoFiveCNNLogic(ScriptedLoadableModuleLogic):
         grading many volumes reads the file once and a retrained file is picked up.
         """
         self.checkTorch()
-        from TwoFiveCNNLib.inference.predict import BUNDLED_MODEL, load_model
+        from TwoFiveCNNLib.inference.engines import BUNDLED_MODEL, load_model
 
         path = pathlib.Path(modelPath) if path_is_set(modelPath) else BUNDLED_MODEL
         try:

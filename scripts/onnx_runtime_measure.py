@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from TwoFiveCNNLib.evaluation.bench import (
     best_time,
     chest_ct_path,
@@ -32,7 +31,7 @@ from TwoFiveCNNLib.evaluation.bench import (
     matmul_seconds,
     write_bench_studies,
 )
-from TwoFiveCNNLib.inference.predict import load_model, predict_grid
+from TwoFiveCNNLib.inference.engines import load_model
 from TwoFiveCNNLib.io.volume import read_volume
 from TwoFiveCNNLib.transforms.involvement import lung_features, lung_involvement_coarse
 from TwoFiveCNNLib.transforms.preprocess import to_model_grid
@@ -44,7 +43,7 @@ REPEATS = 5
 CHILD = """
 import time; start = time.perf_counter()
 import json, os, sys
-from TwoFiveCNNLib.inference.predict import load_model, predict_grid
+from TwoFiveCNNLib.inference.engines import load_model
 from TwoFiveCNNLib.io.volume import read_volume
 from TwoFiveCNNLib.transforms.involvement import lung_features, lung_involvement_coarse
 from TwoFiveCNNLib.transforms.preprocess import to_model_grid
@@ -53,13 +52,9 @@ model = load_model(None, "cpu", sys.argv[2]); marks["model"] = time.perf_counter
 volume = read_volume(sys.argv[1]); marks["read"] = time.perf_counter() - start
 report, _, _ = lung_involvement_coarse(volume.array, volume.spacing_zyx); marks["lungs"] = time.perf_counter() - start
 grid = to_model_grid(volume, model.preprocess)[0]; marks["grid"] = time.perf_counter() - start
-result = predict_grid(model, grid, lung_features(report))
-if sys.argv[2] == "torch":
-    import torch
-    with torch.inference_mode():
-        model.lesion_probabilities(torch.from_numpy(grid)[:, None])
-else:
-    model.lesion_probabilities(grid)
+result = model.grade(grid, lung_features(report))
+model.lesion_probabilities(grid)
+if sys.argv[2] == "onnx":
     assert "torch" not in sys.modules, "torch was imported"
 marks["networks"] = time.perf_counter() - start
 from TwoFiveCNNLib.io.memory import peak_rss_kb
@@ -79,14 +74,11 @@ def child(path: Path, engine: str) -> dict:
 
 def network_speed(model, exported, grid: np.ndarray, unit: float) -> dict:
     """Warm per-study times of the networks on one study's grid, eager PyTorch against ONNX Runtime."""
-    slices = torch.from_numpy(grid)[:, None]
-    with torch.inference_mode():
-        torch_backbone = best_time(lambda: model.embed_slices(slices), REPEATS)
-        torch_lesions = best_time(lambda: model.lesion_probabilities(slices), REPEATS)
-    array = grid[:, None]
-    onnx_backbone = best_time(lambda: exported.embed_slices(array), REPEATS)
+    torch_backbone = best_time(lambda: model.embed_slices(grid), REPEATS)
+    torch_lesions = best_time(lambda: model.lesion_probabilities(grid), REPEATS)
+    onnx_backbone = best_time(lambda: exported.embed_slices(grid), REPEATS)
     onnx_lesions = best_time(lambda: exported.lesion_probabilities(grid), REPEATS)
-    gflop = forward_gflop(lambda: model.embed_slices(slices))
+    gflop = forward_gflop(lambda: model.embed_slices(grid))
     matmul_gflops = 2 * 2048**3 / unit / 1e9
     return {"slices": len(grid), "backbone_gflop": round(gflop, 2),
             "backbone_seconds": {"torch": round(torch_backbone, 4), "onnxruntime": round(onnx_backbone, 4)},
@@ -107,7 +99,7 @@ def main() -> int:
             volume = read_volume(path)
             grid = to_model_grid(volume, model.preprocess)[0]
             report, _, _ = lung_involvement_coarse(volume.array, volume.spacing_zyx)
-            reference = predict_grid(model, grid, lung_features(report)).probabilities
+            reference = model.grade(grid, lung_features(report)).probabilities
             record = {"size": "x".join(map(str, volume.geometry.size))}
             for engine, label in (("torch", "torch"), ("onnx", "onnxruntime")):
                 fastest = min((child(path, engine) for _ in range(REPEATS)), key=lambda r: r["process_seconds"])

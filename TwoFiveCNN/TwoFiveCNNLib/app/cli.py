@@ -175,8 +175,8 @@ def _add_train(sub) -> None:
     p.add_argument("--hu-lungs-only", action="store_true",
                    help="measure the involvement in the HU lung mask alone; by default the lesion network's "
                         "lesion voxels join it (dense consolidation the HU mask leaves out)")
-    p.add_argument("--no-aeration", action="store_true",
-                   help="the CNN head alone decides (no fusion with the lung-aeration model)")
+    p.add_argument("--no-involvement", action="store_true",
+                   help="the CNN head alone decides (no fusion with the lung involvement part)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--cache", type=Path, help="preprocessed cache folder (default ~/.cache/twofivecnn)")
     p.add_argument("--resume", action="store_true", help="continue from <out>.ckpt after an interruption")
@@ -197,7 +197,7 @@ def train_config_from_args(args):
     return TrainConfig(
         task=args.task, seed=args.seed, fractions=_fractions(args.fractions),
         preprocess=PreprocessConfig.with_window(window, in_plane=args.in_plane, n_slices=args.slices),
-        architecture=Architecture(backbone=args.backbone, aeration=not args.no_aeration,
+        architecture=Architecture(backbone=args.backbone, involvement=not args.no_involvement,
                                   involvement_features=tuple(args.involvement_features.split(",")),
                                   lesion_lungs=not args.hu_lungs_only),
         pretrained=str(args.pretrained) if args.pretrained else None, allow_partial=args.allow_partial,
@@ -281,17 +281,17 @@ def _add_evaluate(sub) -> None:
 
 def run_evaluate(args) -> int:
     from ..evaluation.evaluate import check_evaluation_paths, evaluate_dataset
-    from ..inference.predict import BUNDLED_MODEL, load_model
+    from ..inference.engines import BUNDLED_MODEL, TorchGrader, load_torch_model
     from ..io.atomic import write_json_atomic
     from ..metrics.classification import format_metrics
     from ..reports.figures import confusion_matrix_png
 
-    model = load_model(args.model, args.device)
+    grader = TorchGrader(load_torch_model(args.model, args.device))
     # Every path before any work: a wrong one found after the evaluation would lose the run.
     check_evaluation_paths(args.data, args.model or BUNDLED_MODEL, args.masks, args.json, args.confusion,
                            args.cache, progress=_counter("check masks"))
-    report = evaluate_dataset(model, args.data, args.subset, args.cache, progress=_counter("evaluate"))
-    if model.is_demo:
+    report = evaluate_dataset(grader.model, args.data, args.subset, args.cache, progress=_counter("evaluate"))
+    if grader.is_demo:
         report["notice"] = DEMO_MODEL_NOTICE
         print(f"note: {DEMO_MODEL_NOTICE}")
     print(f"{report['subset_description']}\n{format_metrics(report['metrics'])}")
@@ -301,7 +301,7 @@ def run_evaluate(args) -> int:
     if args.masks:
         from ..evaluation.localisation import evaluate_masks
 
-        report["localisation"] = evaluate_masks(model, args.data, args.masks, progress=_counter("localisation"))
+        report["localisation"] = evaluate_masks(grader, args.data, args.masks, progress=_counter("localisation"))
         localisation = report["localisation"]
 
         def figure(value: float | None) -> str:
@@ -318,7 +318,7 @@ def run_evaluate(args) -> int:
         write_json_atomic(args.json, report)
     if args.confusion:
         confusion_matrix_png(report["metrics"]["confusion_matrix"], report["metrics"]["class_names"],
-                             args.confusion, title=f"{model.name} on {args.data.name}")
+                             args.confusion, title=f"{grader.name} on {args.data.name}")
     return 0
 
 
@@ -370,8 +370,8 @@ def run_predict(args) -> int:
 
 
 def _run_predict(args, prefetcher, studies: list[Path]) -> int:
+    from ..inference.engines import BUNDLED_MODEL, load_model
     from ..inference.outputs import ExtraOutput, predict_batch, unique_names
-    from ..inference.predict import BUNDLED_MODEL, load_model
     from ..io.progress import ProgressReporter, item_progress
 
     scene_writer = None
@@ -387,8 +387,7 @@ def _run_predict(args, prefetcher, studies: list[Path]) -> int:
             return write_views_png(prediction, volume, path, args.views, name)
 
         extra_writers.append(ExtraOutput("_views.png", write_views))
-    engine = "torch" if args.engine == "auto" and (args.half or args.compile) else args.engine
-    model = load_model(args.model, args.device, engine, warn=_warning("predict")).accelerate(args.half, args.compile)
+    model = load_model(args.model, args.device, args.engine, _warning("predict"), args.half, args.compile)
     with _json_stream(args.progress_json) as stream:
         # Programs (the Slicer module) follow the batch by study: count, total, the study at work.
         progress = _counter("predict", every_call=True) if stream is None else \
@@ -421,8 +420,8 @@ def _add_export_onnx(sub) -> None:
 
 
 def run_export_onnx(args) -> int:
+    from ..inference.engines import BUNDLED_MODEL
     from ..inference.onnx_export import export_onnx
-    from ..inference.predict import BUNDLED_MODEL
 
     folder = export_onnx(args.model or BUNDLED_MODEL, args.out)
     print(f"exported to {folder}")

@@ -26,9 +26,9 @@ from ..training.run import train
 MOSMED_LIKE_SHARES = (20, 40, 16, 10, 6)
 MIN_PER_CLASS = 3  # every split subset needs a study of each class to be stratified
 METHODS = {  # result key -> label in the table and plot
-    "twofive": "2.5D (CNN + aeration)",
+    "twofive": "2.5D (CNN + involvement)",
     "twofive_cnn_only": "2.5D CNN only",
-    "aeration_only": "involvement only (lung features)",  # runs made before 0.2 lack it: "-" in the table
+    "involvement_only": "involvement only (lung features)",  # runs made before 0.2 lack it: "-" in the table
     "pooled_2d": "pure 2D (slice average)",
     "cnn3d": "pure 3D CNN",
     "acs": "ACS-inflated 3D",

@@ -21,7 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..data.phantoms import generate_phantom
 from ..data.tasks import TaskDefinition
-from ..inference.predict import predict_grid
+from ..inference.engines import TorchGrader
 from ..io.atomic import write_json_atomic
 from ..io.timing import StageTimes
 from ..io.volume import Volume, write_volume
@@ -63,12 +63,11 @@ def reference_study_grid() -> np.ndarray:
     return to_model_grid(bench_study((64, 512, 512)), BENCH_GRID)[0]
 
 
-def untrained_model(grid: PreprocessConfig) -> SeverityModel:
+def untrained_model(grid: PreprocessConfig, compile: bool = False) -> TorchGrader:
     """Speed does not depend on the weights, so the benchmark needs no trained model."""
     model = SeverityModel(TaskDefinition.severity(), grid, Architecture())
-    model.set_aeration_normalisation(torch.zeros(2, len(LUNG_FEATURES)))
-    model.slice_classifier.to(memory_format=torch.channels_last)
-    return model.eval()
+    model.set_involvement_normalisation(torch.zeros(2, len(LUNG_FEATURES)))
+    return TorchGrader(model.eval(), compile=compile)
 
 
 def forward_gflop(function: Callable[[], object]) -> float:
@@ -99,7 +98,8 @@ def bench_preprocessing(quick: bool) -> dict:
 def bench_inference(quick: bool) -> dict:
     """The whole 2.5D prediction on the grid (probabilities and slice attention) and its network part
     alone (backbone over every slice + head), against a forward pass of each 3D baseline."""
-    model = untrained_model(BENCH_GRID)
+    grader = untrained_model(BENCH_GRID)
+    model = grader.model
     grid = reference_study_grid()
     repeats = 2 if quick else 5
     slices = torch.from_numpy(grid)[:, None]
@@ -109,7 +109,7 @@ def bench_inference(quick: bool) -> dict:
         return model.head(model.embed_slices(slices)[None])
 
     with torch.inference_mode():
-        twofive = best_time(lambda: predict_grid(model, grid, np.zeros(len(LUNG_FEATURES), np.float32)), repeats)
+        twofive = best_time(lambda: grader.grade(grid, np.zeros(len(LUNG_FEATURES), np.float32)), repeats)
         network = best_time(network_only, repeats)
         embed = best_time(lambda: model.embed_slices(slices), repeats)
     results = {"twofive_seconds": round(twofive, 3), "twofive_network_seconds": round(network, 3),
@@ -134,13 +134,13 @@ def bench_inference(quick: bool) -> dict:
 
 def bench_compile() -> dict:
     """What ``predict --compile`` costs (compiling) and saves (per study), so users know when it pays."""
-    eager, compiled = untrained_model(BENCH_GRID), untrained_model(BENCH_GRID)
-    slices = torch.from_numpy(reference_study_grid())[:, None]
+    eager, compiled = untrained_model(BENCH_GRID), untrained_model(BENCH_GRID, compile=True)
+    grid = reference_study_grid()
     started = time.perf_counter()
-    compiled.accelerate(compile=True).slice_feature_maps(slices)
+    compiled.embed_slices(grid)
     compile_seconds = time.perf_counter() - started
-    eager_seconds = best_time(lambda: eager.slice_feature_maps(slices), 3)
-    compiled_seconds = best_time(lambda: compiled.slice_feature_maps(slices), 3)
+    eager_seconds = best_time(lambda: eager.embed_slices(grid), 3)
+    compiled_seconds = best_time(lambda: compiled.embed_slices(grid), 3)
     saved = eager_seconds - compiled_seconds
     return {"compile_seconds": round(compile_seconds, 1), "compile_speedup": round(eager_seconds / compiled_seconds, 2),
             "pays_after_studies": round(compile_seconds / saved) if saved > 0 else None}
@@ -199,8 +199,8 @@ PREDICT_REPORTING_PEAK = ("import sys; from TwoFiveCNNLib.app.cli import main; f
 def default_engine() -> str:
     """The engine ``predict --engine auto`` runs the bundled model on here: ``onnx`` where ONNX Runtime is
     installed (its export ships with the model), else ``torch``."""
+    from ..inference.engines import onnx_export_for
     from ..inference.onnx_model import onnxruntime_available
-    from ..inference.predict import onnx_export_for
 
     return "onnx" if onnxruntime_available() and onnx_export_for(None) is not None else "torch"
 
@@ -257,8 +257,9 @@ def bench_stage_profile(path: Path, folder: Path, engine: str) -> dict:
     """Seconds and share of each stage of one study's ``predict`` (read, preprocess, lungs and
     involvement, network, lesion map, each output), timed inside the code users run, after a warm-up
     study; start-up imports and model loading as a fresh process pays them."""
+    from ..inference.engines import load_model
     from ..inference.outputs import write_prediction
-    from ..inference.predict import load_model, predict_path
+    from ..inference.predict import predict_path
 
     started = time.perf_counter()
     model = load_model(None, "cpu", engine)

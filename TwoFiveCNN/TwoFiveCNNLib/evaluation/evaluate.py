@@ -15,13 +15,14 @@ from ..data.index import DatasetIndex
 from ..data.masks import check_masks
 from ..data.repeats import refuse_copied_files, refuse_repeated_images
 from ..data.splits import Split
-from ..inference.cohort_scores import AERATION_ONLY, CNN_ONLY, FUSED, cohort_metrics, study_probabilities
+from ..inference.cohort_scores import CNN_ONLY, FUSED, INVOLVEMENT_ONLY, cohort_metrics, study_probabilities
+from ..inference.engines import TorchGrader
 from ..inference.outputs import check_writable, claim_output_files
 from ..inference.predict import measure_lung_features
 from ..networks.severity_model import SeverityModel
 
 # The report's names for the fused model's parts (the model file calls the CNN part "twofive_cnn_only").
-REPORT_NAMES = {CNN_ONLY: "cnn_only", AERATION_ONLY: "involvement_only"}
+REPORT_NAMES = {CNN_ONLY: "cnn_only", INVOLVEMENT_ONLY: "involvement_only"}
 
 
 def choose_studies(model: SeverityModel, index: DatasetIndex, subset: str) -> tuple[list, str]:
@@ -84,11 +85,12 @@ def evaluate_dataset(model: SeverityModel, data: str | os.PathLike, subset: str 
     refuse_copied_files(index.studies, cache)
     studies, description = choose_studies(model, index, subset)
     cohort = load_cohort(studies, model.task, model.preprocess, cache, progress,
-                         with_lung_features=model.aeration is not None)
+                         with_lung_features=model.involvement is not None)
     # Every study of the dataset, scored or not: one image in the model's training and test splits flatters it.
     refuse_repeated_images(index.studies, cache)
-    if model.aeration is not None and model.lesion_lungs:  # measured as predict measures them for this model
-        cohort.lung_features = torch.from_numpy(measure_lung_features(model, [s.path for s in studies], progress))
+    if model.involvement is not None and model.lesion_lungs:  # measured as predict measures them for this model
+        features = measure_lung_features(TorchGrader(model), [s.path for s in studies], progress)
+        cohort.lung_features = torch.from_numpy(features)
     probabilities = study_probabilities(model, cohort, with_pooled_2d=False)
     results = cohort_metrics(model, cohort, probabilities)
     components = {REPORT_NAMES[name]: metrics for name, metrics in results.items() if name != FUSED}

@@ -22,9 +22,9 @@ from scipy import stats
 
 from ..data.index import DatasetIndex
 from ..data.masks import read_masks
+from ..inference.engines import Grader
 from ..inference.predict import predict_volume
 from ..io.volume import read_volume
-from ..networks.severity_model import SeverityModel
 
 
 def voxel_auc(lesion_map: np.ndarray, lesion: np.ndarray, lungs: np.ndarray) -> float | None:
@@ -59,7 +59,7 @@ def attention_rank_correlation(slice_attention: np.ndarray, lesion_kji: np.ndarr
     return float(stats.spearmanr(attention, counts).statistic)
 
 
-def evaluate_masks(model: SeverityModel, data: str | os.PathLike, masks_dir: str | os.PathLike,
+def evaluate_masks(model: Grader, data: str | os.PathLike, masks_dir: str | os.PathLike,
                    progress: Callable[[int, int], None] | None = None) -> dict:
     """Voxel AUC and attention rank correlation of every study of ``data`` that has lesions, each
     study predicted as ``predict`` does, and their means."""

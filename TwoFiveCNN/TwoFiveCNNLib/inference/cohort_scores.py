@@ -1,7 +1,9 @@
 """Grading a whole cohort at once: the one evaluation path.
 
 Training records its metrics with :func:`cohort_metrics` and ``twofivecnn evaluate`` scores a dataset
-with it too, so the numbers a model file carries are the ones ``evaluate`` reproduces.
+with it too, so the numbers a model file carries are the ones ``evaluate`` reproduces. It grades
+studies as ``predict`` does (the slice embeddings, the attention head, and the involvement part mixed
+in by the same :class:`.fusion.Fusion`), in batches of padded embeddings rather than one study at a time.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ from ..data.cohort import Cohort
 from ..metrics.classification import compute_metrics
 from ..networks.heads import AttentionHead
 from ..networks.severity_model import SeverityModel
+from .fusion import Fusion
 from .predict import non_finite_output_error
 
-# Result names: the 2.5D model (fused when it has an aeration model), its parts, and the pure-2D baseline.
-FUSED, CNN_ONLY, AERATION_ONLY, POOLED_2D = "twofive", "twofive_cnn_only", "aeration_only", "pooled_2d"
+# Result names: the 2.5D model (fused when it has an involvement part), its parts, and the pure-2D baseline.
+FUSED, CNN_ONLY, INVOLVEMENT_ONLY, POOLED_2D = "twofive", "twofive_cnn_only", "involvement_only", "pooled_2d"
 
 
 @torch.inference_mode()
@@ -60,24 +63,24 @@ def head_probabilities(head: AttentionHead, embeddings: torch.Tensor, mask: torc
 def study_probabilities(model: SeverityModel, cohort: Cohort, with_pooled_2d: bool = True) -> dict[str, np.ndarray]:
     """(N, C) probabilities of the model and of each of its parts, by result name."""
     cnn = head_probabilities(model.head, embed_cohort(model, cohort), cohort.mask())
-    aeration = model.aeration_probabilities(cohort.lung_features)
-    results = {FUSED: model.fuse(torch.from_numpy(cnn), aeration).numpy()}
+    fusion = Fusion.from_model(model)
+    involvement = None if fusion is None else fusion.involvement_probabilities(cohort.lung_features)
+    results = {FUSED: cnn if involvement is None else fusion.mix(cnn, involvement)}
     if with_pooled_2d:
         results[POOLED_2D] = pooled_2d_probabilities(model, cohort)
-    if aeration is not None:
-        results[CNN_ONLY] = cnn
-        results[AERATION_ONLY] = aeration.numpy()
+    if involvement is not None:
+        results[CNN_ONLY], results[INVOLVEMENT_ONLY] = cnn, involvement
     broken = sorted({i for values in results.values() for i in np.flatnonzero(~np.isfinite(values).all(-1))})
     if broken:
         shown = ", ".join(cohort.study_ids[i] for i in broken[:5]) + (", ..." if len(broken) > 5 else "")
-        raise non_finite_output_error(model, f"studies {shown}", f"probabilities for {len(broken)} of "
-                                                                  f"{len(cohort)} studies")
+        raise non_finite_output_error(model.name, model.source_file, f"studies {shown}",
+                                      f"probabilities for {len(broken)} of {len(cohort)} studies")
     return results
 
 
 def cohort_metrics(model: SeverityModel, cohort: Cohort,
                    probabilities: dict[str, np.ndarray] | None = None) -> dict[str, dict]:
-    """Metrics of the model (fused), its parts (CNN head alone, aeration model alone) and pure 2D."""
+    """Metrics of the model (fused), its parts (CNN head alone, involvement part alone) and pure 2D."""
     probabilities = probabilities if probabilities is not None else study_probabilities(model, cohort)
     labels = cohort.labels.tolist()
     return {name: compute_metrics(labels, values, model.class_names) for name, values in probabilities.items()}

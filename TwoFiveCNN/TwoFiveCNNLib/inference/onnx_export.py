@@ -25,6 +25,7 @@ from torch import nn
 from ..io.atomic import temporary_path, writer_is_dead
 from ..io.manifest import MANIFEST_NAME, OutputManifest, refuse_overlap
 from ..networks.severity_model import SeverityModel
+from .fusion import Fusion
 from .onnx_model import (
     EXPORT_FILES,
     EXPORT_FORMAT,
@@ -67,11 +68,9 @@ def export_onnx(model_path: str | os.PathLike, out: str | os.PathLike | None = N
                   "has_lesion_net": model.lesion_net is not None, "lesion_lungs": model.lesion_lungs,
                   "fusion_cnn_weight": model.fusion_cnn_weight,
                   "load_warnings": list(model.metadata.get("load_warnings", [])), "graphs": digests}
-        if model.aeration is not None:
-            record["involvement"] = {"columns": model.involvement_feature_columns,
-                                     "mean": model.metadata["aeration_mean"], "std": model.metadata["aeration_std"],
-                                     "weight": model.aeration.weight.detach().double().tolist(),
-                                     "bias": model.aeration.bias.detach().double().tolist()}
+        fusion = Fusion.from_model(model)
+        if fusion is not None:
+            record["involvement"] = fusion.export_record()
         (staging / "model.json").write_text(json.dumps(record, indent=1) + "\n")
         _move_into_place(staging, manifest, [f"{name}.onnx" for name in digests])
     finally:

@@ -1,5 +1,5 @@
-"""A model exported for ONNX Runtime: the same grading as :class:`..networks.severity_model.SeverityModel`
-with no torch in the process.
+"""A model exported for ONNX Runtime: finding, reading and checking an export, which
+:class:`.engines.OnnxGrader` grades with, no torch in the process.
 
 Importing torch takes about two seconds, longer than grading a study; a ``predict`` process that runs
 its networks on ONNX Runtime starts without it (see the README's performance section). The export is
@@ -23,24 +23,20 @@ import hashlib
 import json
 import math
 import os
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from ..data.tasks import TaskDefinition
 from ..io.model_file import ModelFileError, read_archive_without_torch
 from ..transforms.involvement import LUNG_FEATURES
 from ..transforms.preprocess import PreprocessConfig
+from .fusion import Fusion
 
 EXPORT_FORMAT = "twofivecnn-onnx"
 EXPORT_VERSION = 2  # 2: model.json records each graph's sha256
 GRAPHS = ("embed", "head", "lesions")
 EXPORT_FILES = ("model.json", *(f"{name}.onnx" for name in GRAPHS))  # every file an export may hold
-# Slices per session run, which bounds activation memory. The lesion network runs 8, as the torch model
-# does; the embedding 32, half the torch model's 64 (networks.severity_model.SLICE_BATCH).
-SLICES_PER_RUN = {"embed": 32, "lesions": 8}
 
 
 class OnnxModelError(ValueError):
@@ -188,14 +184,8 @@ def model_file_mismatch(record: dict, model_file: Path) -> str | None:
             expected["name"] = metadata["name"]
         if "fusion" in metadata:
             expected["fusion_cnn_weight"] = float(metadata["fusion"]["cnn_weight"])
-        if "aeration" in tensors and metadata.get("aeration_features") == list(LUNG_FEATURES):
-            expected["involvement"] = {
-                "columns": [LUNG_FEATURES.index(n) for n in metadata["architecture"]["involvement_features"]],
-                "mean": metadata["aeration_mean"], "std": metadata["aeration_std"],
-                "weight": tensors["aeration"]["weight"].numpy().astype(np.float64).tolist(),
-                "bias": tensors["aeration"]["bias"].numpy().astype(np.float64).tolist()}
-        else:
-            expected["involvement"] = None
+        fusion = Fusion.from_model_file(tensors, metadata)
+        expected["involvement"] = None if fusion is None else fusion.export_record()
     except (KeyError, TypeError, ValueError, AttributeError) as error:
         raise ModelFileError(f"{model_file}: the model does not match this version of TwoFiveCNN "
                              f"({str(error)[:120]}); retrain it or update TwoFiveCNN.") from None
@@ -252,129 +242,58 @@ def _open_graph(onnxruntime: Any, path: Path, options: Any, record: dict) -> Any
         raise OnnxModelError(f"{path}: ONNX Runtime cannot load it ({reason}); {_export_again(record)}") from None
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return shifted / shifted.sum(axis=-1, keepdims=True)
+def open_export(folder: str | os.PathLike, threads: int | None = None,
+                model_file: str | os.PathLike | None = None) -> tuple[dict, dict[str, Any]]:
+    """Open and check the export in ``folder``: its checked ``model.json`` record and an ONNX Runtime
+    session by graph name. ``model_file``: the model file it must have been made from (an export made
+    from another version of it is refused); by default the file ``model.json`` names beside the folder,
+    when it is the one the export was made from."""
+    folder = Path(folder)
+    record = read_export_record(folder)
+    _check_source(folder, record, None if model_file is None else Path(model_file))
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads or max(1, min(os.cpu_count() or 1, 8))
+    options.log_severity_level = 3  # warnings about unused initialisers are noise here
+    # Idle threads sleep rather than spin: between network calls the cores read, segment and write.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    sessions = {}
+    embedding_dim = 0
+    for name in GRAPHS:
+        if name == "lesions" and not record["has_lesion_net"]:
+            continue
+        path = folder / f"{name}.onnx"
+        sessions[name] = _open_graph(onnxruntime, path, options, record)
+        if name == "embed":  # the embedding width the head must take
+            width = sessions[name].get_outputs()[0].shape[-1]
+            embedding_dim = width if isinstance(width, int) and width > 0 else 0
+        problem = _graph_shape_problem(name, sessions[name], record, embedding_dim)
+        if problem:
+            raise OnnxModelError(f"{path}: {problem}; {_export_again(record)}")
+    return record, sessions
 
 
-@dataclass
-class OnnxGrade:
-    probabilities: np.ndarray  # (C,)
-    slice_attention: np.ndarray  # (S,)
-    cnn_probabilities: np.ndarray  # (C,)
-
-
-class OnnxSeverityModel:
-    """A model export run by ONNX Runtime on the CPU, with the attributes ``predict`` reads of a model."""
-
-    engine = "onnxruntime"
-
-    def __init__(self, folder: str | os.PathLike, threads: int | None = None,
-                 model_file: str | os.PathLike | None = None) -> None:
-        """Open and check the export in ``folder``. ``model_file``: the model file it must have been made
-        from (an export made from another version of it is refused); by default the file ``model.json``
-        names beside the folder, when it is the one the export was made from."""
-        self.folder = self.source_file = Path(folder)
-        record = read_export_record(self.folder)
-        self._check_source(record, None if model_file is None else Path(model_file))
-        import onnxruntime
-
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads or max(1, min(os.cpu_count() or 1, 8))
-        options.log_severity_level = 3  # warnings about unused initialisers are noise here
-        # Idle threads sleep rather than spin: between network calls the cores read, segment and write.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.record = record
-        self.sessions = {}
-        embedding_dim = 0
-        for name in GRAPHS:
-            if name == "lesions" and not record["has_lesion_net"]:
-                continue
-            path = self.folder / f"{name}.onnx"
-            self.sessions[name] = _open_graph(onnxruntime, path, options, record)
-            if name == "embed":  # the embedding width the head must take
-                width = self.sessions[name].get_outputs()[0].shape[-1]
-                embedding_dim = width if isinstance(width, int) and width > 0 else 0
-            problem = _graph_shape_problem(name, self.sessions[name], record, embedding_dim)
-            if problem:
-                raise OnnxModelError(f"{path}: {problem}; {_export_again(record)}")
-        self.preprocess = PreprocessConfig.from_dict(record["preprocess"])
-        self.class_names = tuple(record["class_names"])
-        self.metadata = {"name": record["name"], "demo": record["demo"],
-                         "load_warnings": list(record["load_warnings"]),
-                         "fusion": {"cnn_weight": record["fusion_cnn_weight"]}}
-
-    def _check_source(self, record: dict, model_file: Path | None) -> None:
-        """Refuse an export made from another version of ``model_file``, or that says other than the
-        model file it was made from (by default the one beside the folder, if it is that file). Without
-        the model file, the export runs as it is: its graphs are checked against model.json alone."""
-        if model_file is None:
-            beside = self.folder.parent / record["source"]
-            if beside.is_file() and file_sha256(beside) == record["source_sha256"]:
-                model_file = beside
-        elif not model_file.is_file():
-            model_file = None
-        elif file_sha256(model_file) != record["source_sha256"]:
-            raise OnnxModelError(f"{self.folder}: made from another version of {model_file} (model.json's "
-                                 f"source_sha256 differs from the file's); export the model again with "
-                                 f"`twofivecnn export-onnx --model {model_file}`.")
-        if model_file is not None:
-            try:
-                mismatch = model_file_mismatch(record, model_file)
-            except (ModelFileError, ValueError) as error:  # torch, which reads it for the torch engine, decides
-                raise OnnxModelError(f"{self.folder}: cannot be checked against {model_file} ({error})") from None
-            if mismatch:
-                raise OnnxModelError(f"{self.folder / 'model.json'}: {mismatch}, the model file it was made "
-                                     f"from; export the model again with `twofivecnn export-onnx --model "
-                                     f"{model_file}`.")
-
-    @property
-    def name(self) -> str:
-        return self.metadata["name"]
-
-    @property
-    def is_demo(self) -> bool:
-        return bool(self.metadata["demo"])
-
-    @property
-    def lesion_lungs(self) -> bool:
-        """Whether the involvement is measured with the lesion network's voxels in the lungs."""
-        return self.record["lesion_lungs"] and "lesions" in self.sessions
-
-    def accelerate(self, half: bool = False, compile: bool = False) -> OnnxSeverityModel:
-        if half or compile:
-            raise ValueError("--half and --compile are options of the torch engine; add --engine torch.")
-        return self
-
-    def _run_in_chunks(self, name: str, slices: np.ndarray) -> np.ndarray:
-        step = SLICES_PER_RUN[name]
-        session = self.sessions[name]
-        return np.concatenate([session.run(None, {"slices": slices[i: i + step]})[0]
-                               for i in range(0, len(slices), step)])
-
-    def embed_slices(self, slices: np.ndarray) -> np.ndarray:
-        """``(s, 1, H, W)`` slices -> ``(s, D)`` embeddings."""
-        return self._run_in_chunks("embed", np.ascontiguousarray(slices, dtype=np.float32))
-
-    def grade(self, grid: np.ndarray, features: np.ndarray | None) -> OnnxGrade:
-        """Probabilities, slice attention and the CNN head's own probabilities for one study's model grid."""
-        embeddings = self.embed_slices(np.asarray(grid)[:, None])
-        logits, attention = self.sessions["head"].run(None, {"embeddings": embeddings[None]})
-        cnn = _softmax(logits[0].astype(np.float64))
-        probabilities = cnn
-        involvement = self.record.get("involvement")
-        if involvement is not None and features is not None:
-            chosen = np.asarray(features, dtype=np.float64)[involvement["columns"]]
-            standardised = (chosen - np.asarray(involvement["mean"])) / np.asarray(involvement["std"])
-            aeration = _softmax(np.asarray(involvement["weight"]) @ standardised + np.asarray(involvement["bias"]))
-            weight = self.record["fusion_cnn_weight"]
-            probabilities = weight * cnn + (1 - weight) * aeration
-        return OnnxGrade(probabilities.astype(np.float32), attention[0].astype(np.float32), cnn.astype(np.float32))
-
-    def lesion_probabilities(self, grid: np.ndarray) -> np.ndarray | None:
-        """``(s, 2, H, W)`` probabilities of lesion-inclusive lung and of lesion; None without a lesion network."""
-        if "lesions" not in self.sessions:
-            return None
-        logits = self._run_in_chunks("lesions", np.ascontiguousarray(grid, dtype=np.float32)[:, None])
-        with np.errstate(over="ignore"):  # exp overflows to inf for very negative logits: probability 0
-            return 1.0 / (1.0 + np.exp(-logits))
+def _check_source(folder: Path, record: dict, model_file: Path | None) -> None:
+    """Refuse an export made from another version of ``model_file``, or that says other than the
+    model file it was made from (by default the one beside the folder, if it is that file). Without
+    the model file, the export runs as it is: its graphs are checked against model.json alone."""
+    if model_file is None:
+        beside = folder.parent / record["source"]
+        if beside.is_file() and file_sha256(beside) == record["source_sha256"]:
+            model_file = beside
+    elif not model_file.is_file():
+        model_file = None
+    elif file_sha256(model_file) != record["source_sha256"]:
+        raise OnnxModelError(f"{folder}: made from another version of {model_file} (model.json's "
+                             f"source_sha256 differs from the file's); export the model again with "
+                             f"`twofivecnn export-onnx --model {model_file}`.")
+    if model_file is not None:
+        try:
+            mismatch = model_file_mismatch(record, model_file)
+        except (ModelFileError, ValueError) as error:  # torch, which reads it for the torch engine, decides
+            raise OnnxModelError(f"{folder}: cannot be checked against {model_file} ({error})") from None
+        if mismatch:
+            raise OnnxModelError(f"{folder / 'model.json'}: {mismatch}, the model file it was made "
+                                 f"from; export the model again with `twofivecnn export-onnx --model "
+                                 f"{model_file}`.")

@@ -33,8 +33,9 @@ from ..io.volume import (
 )
 from ..reports.montage import LazySlices, lesion_map_montage_png
 from ..transforms.preprocess import WINDOW_PRESETS, apply_window
+from .engines import Grader
 from .output_names import lesion_map_files, lesion_map_path
-from .predict import AnyModel, predict_volume
+from .predict import predict_volume
 from .prediction import DEMO_MODEL_NOTICE, Prediction
 from .studies import StudyPrefetcher, expand_inputs, unique_names
 
@@ -185,7 +186,7 @@ def lesion_map_volume_record(path: Path) -> dict:
 BACKGROUND_WRITE_MAX_VOXELS = 32 * 2**20
 
 
-def predict_batch(model: AnyModel, inputs: Iterable[str | os.PathLike], out_dir: str | os.PathLike,
+def predict_batch(model: Grader, inputs: Iterable[str | os.PathLike], out_dir: str | os.PathLike,
                   scene_writer: SceneWriter | None = None, lesion_map_format: str = ".nii.gz",
                   progress: Callable[[int, int, str], None] | None = None,
                   extra_writers: Sequence[ExtraOutput] = (), prefetcher: StudyPrefetcher | None = None,
@@ -279,7 +280,7 @@ def _failure_message(path: Path, error: BaseException) -> str:
     return message + "\n" + "".join(traceback.format_exception(error, limit=3))
 
 
-def _predict_one(model: AnyModel, ahead: StudyPrefetcher, following: list[Path], path: Path,
+def _predict_one(model: Grader, ahead: StudyPrefetcher, following: list[Path], path: Path,
                  result: BatchResult) -> tuple[Prediction, Volume] | None:
     """One study of a batch predicted, or None with why it failed in ``result``. The next study is read
     while this one is predicted (when both fit in memory together), also when this one failed."""

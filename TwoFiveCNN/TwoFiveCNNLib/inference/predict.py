@@ -1,19 +1,15 @@
 """Predict one study: model grid -> slice embeddings -> head -> probabilities and slice attention; beside
 them the lungs' involvement and the voxel lesion map, on the input's own grid.
 
-The networks run on torch (:class:`..networks.severity_model.SeverityModel`) or on ONNX Runtime
-(:class:`.onnx_model.OnnxSeverityModel`, a process that never imports torch); nothing here imports
-torch before a torch model is used.
+The networks run on whichever engine :func:`.engines.load_model` loaded, through the one grading
+contract (:class:`.engines.Grader`); nothing here imports torch.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Union
 
 import numpy as np
 
@@ -37,157 +33,23 @@ from ..transforms.preprocess import (
     slice_values_to_canonical,
     to_model_grid,
 )
-from .onnx_model import (
-    EXPORT_FILES,
-    OnnxModelError,
-    OnnxSeverityModel,
-    export_folder_of,
-    onnxruntime_available,
-)
+from .engines import BUNDLED_MODEL, Grader, load_model  # noqa: F401 - both also imported from here
 from .prediction import BandLabels, Prediction
 from .studies import PreparedStudy
 
-if TYPE_CHECKING:
-    from ..networks.severity_model import SeverityModel
 
-BUNDLED_MODEL = Path(__file__).with_name("demo_model.pt")
-ENGINES = ("auto", "torch", "onnx")
-AnyModel = Union["SeverityModel", OnnxSeverityModel]
-
-
-def onnx_export_for(path: str | os.PathLike | None) -> Path | None:
-    """The ONNX export for a model: the folder itself, or the export beside a model file (for the
-    bundled model, the one shipped beside it); None when there is none. Whether it was made from this
-    very file, and is whole, :class:`.onnx_model.OnnxSeverityModel` checks as it loads it."""
-    source = Path(path) if path is not None else BUNDLED_MODEL
-    if source.is_dir():
-        return source
-    folder = export_folder_of(source)
-    # Graphs alone are an incomplete export, which the loader reports as such.
-    return folder if any((folder / name).is_file() for name in EXPORT_FILES) else None
-
-
-def load_model(path: str | os.PathLike | None = None, device: str = "auto", engine: str = "torch",
-               warn: Callable[[str], None] | None = None) -> AnyModel:
-    """Load a model file, or the bundled synthetic-data demo model when ``path`` is None.
-
-    ``engine``: ``torch``; ``onnx`` (ONNX Runtime, CPU: the export folder ``path``, or the export made
-    from the model file ``path`` by ``twofivecnn export-onnx``); ``auto``: ONNX Runtime when it is
-    installed, the device is the CPU and such an export exists, torch otherwise. Under ``auto``, an
-    export that is damaged, or made from another version of the model file, is passed over for torch
-    with a one-line ``warn`` (default: :func:`warnings.warn`); under ``onnx`` it is an error.
-
-    The torch model's convolution weights (backbone and lesion network) are laid out channels-last,
-    the layout their inputs are given in: faster convolutions on CPUs, the same results."""
-    if engine not in ENGINES:
-        raise ValueError(f"engine {engine!r}: choose one of {', '.join(ENGINES)}.")
-    if engine != "torch":
-        onnx_model = _onnx_model(path, device, engine, warn or _warn)
-        if onnx_model is not None:
-            return onnx_model
-    if path is not None and (Path(path) / "model.json").is_file():
-        raise OnnxModelError(f"{path}: an ONNX export, which runs on ONNX Runtime; use --engine onnx (or auto), or "
-                             f"give the model file it was exported from for torch.")
-    import torch
-
-    from ..networks.severity_model import SeverityModel, resolve_device
-
-    model = SeverityModel.load(path or BUNDLED_MODEL, resolve_device(device))
-    model.slice_classifier.to(memory_format=torch.channels_last)
-    if model.lesion_net is not None:
-        model.lesion_net.to(memory_format=torch.channels_last)
-    return model
-
-
-def _onnx_model(path: str | os.PathLike | None, device: str, engine: str,
-                warn: Callable[[str], None]) -> OnnxSeverityModel | None:
-    """The model on ONNX Runtime for ``engine`` onnx or auto; None when auto runs it on torch."""
-    source = Path(path) if path is not None else BUNDLED_MODEL
-    folder = onnx_export_for(path)
-    model_file = None if source.is_dir() else source
-    on_cpu = device.lower() in ("auto", "cpu")
-    if engine == "onnx":
-        if not onnxruntime_available():
-            raise ValueError("--engine onnx needs ONNX Runtime: pip install onnxruntime (or use --engine torch).")
-        if not on_cpu:
-            raise ValueError("--engine onnx runs on the CPU; leave out --device or use --engine torch.")
-        if folder is None:
-            raise OnnxModelError(f"{source}: no ONNX export made from this model file; make one "
-                                 f"with `twofivecnn export-onnx --model {source}`.")
-        return OnnxSeverityModel(folder, model_file=model_file)
-    if folder is None or not onnxruntime_available() or not on_cpu:
-        return None
-    try:
-        return OnnxSeverityModel(folder, model_file=model_file)
-    except OnnxModelError as problem:
-        if model_file is None or not model_file.is_file() or importlib.util.find_spec("torch") is None:
-            raise  # no model file to run on torch instead, or no torch to run it
-        warn(f"{problem} Running on torch instead (--engine auto).")
-        return None
-
-
-def _warn(message: str) -> None:
-    import warnings
-
-    warnings.warn(message, stacklevel=4)  # at the line that called load_model
-
-
-@dataclass
-class GridResult:
-    probabilities: np.ndarray  # (C,)
-    slice_attention: np.ndarray  # (S,) over the model's slices
-    cnn_probabilities: np.ndarray | None = None  # the CNN head's alone, before fusion with the lung features
-
-
-def predict_grid(model: AnyModel, grid: np.ndarray, features: np.ndarray | None = None) -> GridResult:
-    """Probabilities and slice attention for one study on the model grid.
-
-    ``features`` are the study's lung features, fused with the CNN when the model has an involvement part.
-    """
-    if isinstance(model, OnnxSeverityModel):
-        graded = model.grade(grid, features)
-        return GridResult(graded.probabilities, graded.slice_attention, graded.cnn_probabilities)
-    import torch
-
-    with torch.inference_mode():
-        return _predict_grid_torch(model, grid, features)
-
-
-def _predict_grid_torch(model: SeverityModel, grid: np.ndarray, features: np.ndarray | None) -> GridResult:
-    import torch
-
-    device = next(model.parameters()).device
-    slices = torch.from_numpy(np.ascontiguousarray(grid, dtype=np.float32))[:, None]
-    embeddings = model.embed_slices(slices)
-    logits, attention = model.head(embeddings[None].to(device))
-    cnn_probabilities = logits[0].float().softmax(-1).cpu()
-    aeration_probabilities = None if features is None else \
-        model.aeration_probabilities(torch.from_numpy(np.asarray(features, dtype=np.float32))[None])
-    if aeration_probabilities is not None:
-        aeration_probabilities = aeration_probabilities[0]
-    probabilities = model.fuse(cnn_probabilities, aeration_probabilities)
-    return GridResult(probabilities.numpy(), attention[0].float().cpu().numpy(), cnn_probabilities.numpy())
-
-
-def learned_lesions(model: AnyModel, grid: np.ndarray, mapping: GridMapping,
+def learned_lesions(model: Grader, grid: np.ndarray, mapping: GridMapping,
                     factors: tuple[int, int, int]) -> np.ndarray | None:
     """The lesion network's lesion probability (float16) on the lungs' analysis grid (every
     ``factors``-th voxel), where it sees lesion-inclusive lung; None when the model has no lesion network."""
-    if isinstance(model, OnnxSeverityModel):
-        probabilities = model.lesion_probabilities(grid)
-    else:
-        import torch
-
-        with torch.inference_mode():
-            probabilities = model.lesion_probabilities(torch.from_numpy(np.ascontiguousarray(grid, dtype=np.float32))[:, None])
-        probabilities = None if probabilities is None else probabilities.numpy()
+    probabilities = model.lesion_probabilities(grid)
     if probabilities is None:
         return None
     inside_lungs = probabilities[:, LESIONS] * (probabilities[:, LUNGS] > 0.5)
     return grid_map_to_canonical(inside_lungs, mapping, np.float16, factors)
 
 
-def study_lungs(model: AnyModel, volume: Volume, grid: np.ndarray, mapping: GridMapping,
+def study_lungs(model: Grader, volume: Volume, grid: np.ndarray, mapping: GridMapping,
                 analysis: LungAnalysis | None = None, times: StageTimes | None = None,
                 ) -> tuple[LungAnalysis, np.ndarray | None]:
     """The study's lungs and involvement as this model measures them, and its lesion network's map.
@@ -211,7 +73,7 @@ def study_lungs(model: AnyModel, volume: Volume, grid: np.ndarray, mapping: Grid
     return analysis, learned
 
 
-def measure_lung_features(model: AnyModel, paths: list[str | os.PathLike],
+def measure_lung_features(model: Grader, paths: list[str | os.PathLike],
                           progress: Callable[[int, int], None] | None = None) -> np.ndarray:
     """(N, F) lung features of each study as :func:`predict_volume` measures them for this model: what
     training fits a :attr:`lesion_lungs` model's involvement part on, once its lesion network is trained."""
@@ -226,18 +88,19 @@ def measure_lung_features(model: AnyModel, paths: list[str | os.PathLike],
     return np.stack(features) if features else np.zeros((0, len(LUNG_FEATURES)), dtype=np.float32)
 
 
-def require_finite(model: AnyModel, volume: Volume, what: str, values: np.ndarray) -> None:
+def require_finite(model: Grader, volume: Volume, what: str, values: np.ndarray) -> None:
     """Refuse a network output that holds NaN or infinity, naming the study and the model: weights that
     hold NaN (a damaged file, a training run that diverged) give NaN for every study, and without this
     the first to notice is a function drawing the picture, which names neither."""
     if not np.all(np.isfinite(values)):
-        raise non_finite_output_error(model, volume.source or volume.name, f"{what} for this study")
+        raise non_finite_output_error(model.name, model.source_file, volume.source or volume.name,
+                                      f"{what} for this study")
 
 
-def non_finite_output_error(model: AnyModel, where: str, what: str) -> ValueError:
+def non_finite_output_error(model_name: str, model_file: Path | None, where: str, what: str) -> ValueError:
     """The error for a network output holding NaN or infinity at ``where`` (a study, or several)."""
-    model_file = f" ({model.source_file})" if model.source_file is not None else ""
-    return ValueError(f"{where}: the model {model.name!r}{model_file} gave NaN or infinite {what}; its weights "
+    named_file = f" ({model_file})" if model_file is not None else ""
+    return ValueError(f"{where}: the model {model_name!r}{named_file} gave NaN or infinite {what}; its weights "
                       f"may hold NaN (a damaged file, or a training run that diverged). Retrain the model or "
                       f"use another one.")
 
@@ -264,7 +127,7 @@ def grade_disagreement(cnn_label: str, involvement_grade: str | None) -> str | N
             f"two grades or more apart; review the study")
 
 
-def predict_volume(model: AnyModel, volume: Volume, times: StageTimes | None = None,
+def predict_volume(model: Grader, volume: Volume, times: StageTimes | None = None,
                    prepared: PreparedStudy | None = None) -> Prediction:
     """Grade one canonical volume and map its slice attention and lesion map back onto its original grid.
 
@@ -282,7 +145,7 @@ def predict_volume(model: AnyModel, volume: Volume, times: StageTimes | None = N
                                    times)
     report, coarse_bands, factors = analysis.report, analysis.bands, analysis.factors
     with timed(times, "network"):
-        result = predict_grid(model, grid, lung_features(report))
+        result = model.grade(grid, lung_features(report))
     require_finite(model, volume, "probabilities", result.probabilities)
     require_finite(model, volume, "slice attention", result.slice_attention)
     probabilities = result.probabilities
@@ -302,7 +165,7 @@ def predict_volume(model: AnyModel, volume: Volume, times: StageTimes | None = N
     names = model.class_names
     label = names[int(np.argmax(probabilities))]
     disagreement = grade_disagreement(label, report.get("grade"))
-    warnings = list(model.metadata.get("load_warnings", [])) + warnings + ([disagreement] if disagreement else [])
+    warnings = list(model.warnings) + warnings + ([disagreement] if disagreement else [])
     return Prediction(
         label=label,
         probabilities={name: float(p) for name, p in zip(names, probabilities)},
@@ -338,7 +201,7 @@ def _plausibility_warnings(volume: Volume) -> list[str]:
     return warnings
 
 
-def predict_path(model: AnyModel, path: str | os.PathLike,
+def predict_path(model: Grader, path: str | os.PathLike,
                  times: StageTimes | None = None) -> tuple[Prediction, Volume]:
     with timed(times, "read"):
         volume = read_volume(path)

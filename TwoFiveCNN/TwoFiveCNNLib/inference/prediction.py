@@ -36,7 +36,7 @@ class Prediction:
     float16 from ``predict``, finer than the 1/255 steps it is stored and shown in) in the input's
     storage order and geometry; ``slice_attention`` has one weight per input slice (its own k
     order) and sums to 1. ``cnn_probabilities`` are the CNN head's own probabilities, before fusion
-    with the model's aeration part (which reads the lung features of ``involvement``).
+    with the model's involvement part (which reads the lung features of ``involvement``).
     ``involvement`` holds the lung volumes and HU-band shares measured at the input's resolution (per
     lung and zone, with the MosMed grade they imply) and ``bands_kji`` the band of every lung voxel
     (``transforms.involvement.BAND_NAMES``; 0 outside the lungs), in the input's storage order: an

@@ -69,7 +69,7 @@ def load_archive(path: str | os.PathLike, kind: str = MODEL_FORMAT,
         metadata = json.loads(archive["metadata_json"])
     except (KeyError, TypeError, json.JSONDecodeError):
         raise ModelFileError(f"{path}: the {what} has no readable metadata.") from None
-    return archive.get("tensors", {}), metadata
+    return renamed_legacy_involvement(archive.get("tensors", {}), metadata)
 
 
 def read_torch_file(path: str | os.PathLike, what: str, map_location: str | torch.device = "cpu") -> Any:
@@ -192,6 +192,41 @@ def read_archive_without_torch(path: str | os.PathLike, kind: str = MODEL_FORMAT
             or content.get("format_version") != FORMAT_VERSION:
         raise ModelFileError(f"{path}: not a TwoFiveCNN {what} of format version {FORMAT_VERSION}.")
     try:
-        return content.get("tensors", {}), json.loads(content["metadata_json"])
+        metadata = json.loads(content["metadata_json"])
     except (KeyError, TypeError, json.JSONDecodeError):
         raise ModelFileError(f"{path}: the {what} has no readable metadata.") from None
+    return renamed_legacy_involvement(content.get("tensors", {}), metadata)
+
+
+def fusion_cnn_weight(metadata: dict) -> float:
+    """The CNN head's share of a model's fused probabilities (its involvement part has the rest): chosen
+    on the validation split when training; an even mix in files from before the choice was made."""
+    return float(metadata.get("fusion", {}).get("cnn_weight", 0.5))
+
+
+# Legacy: remove after 0.3. Up to 0.2 the fused model's involvement part was called "aeration": its
+# weight group, its metadata (mean, spread, the features measured), the architecture's switch and the
+# result name its metrics are recorded under. The one place the old word is read.
+_LEGACY_METADATA = {"aeration_mean": "involvement_mean", "aeration_std": "involvement_std",
+                    "aeration_features": "involvement_features"}
+_LEGACY_PART, _LEGACY_RESULT = "aeration", "aeration_only"
+
+
+def renamed_legacy_involvement(tensors: dict[str, Any], metadata: dict) -> tuple[dict[str, Any], dict]:
+    """A model file's or checkpoint's tensors and metadata with the involvement part's names of before
+    0.3 (see above) renamed to today's, so that nothing past the reading knows the old ones."""
+    if not isinstance(tensors, dict) or not isinstance(metadata, dict):
+        return tensors, metadata  # not ours to rename: the caller refuses what it cannot use
+    tensors = {("involvement" if name == _LEGACY_PART else name): group for name, group in tensors.items()}
+    metadata = {_LEGACY_METADATA.get(key, key): value for key, value in metadata.items()}
+    for owner in (metadata, metadata.get("train_config"), metadata.get("config")):  # model file, checkpoint
+        architecture = owner.get("architecture") if isinstance(owner, dict) else None
+        if isinstance(architecture, dict) and _LEGACY_PART in architecture:
+            owner["architecture"] = {("involvement" if key == _LEGACY_PART else key): value
+                                     for key, value in architecture.items()}
+    metrics = metadata.get("metrics")
+    if isinstance(metrics, dict):  # by subset, then by result name
+        metadata["metrics"] = {subset: {("involvement_only" if name == _LEGACY_RESULT else name): values
+                                        for name, values in results.items()} if isinstance(results, dict)
+                               else results for subset, results in metrics.items()}
+    return tensors, metadata

@@ -27,9 +27,10 @@ PREPROCESS_SUBSETS = ("train", "val", "test")  # preprocessed in this order
 METRIC_NAMES = (("loss", "loss"), ("val_loss", "val loss"), ("val_balanced_accuracy", "val bal. acc."),
                 ("val_kappa", "val kappa"))
 COUNTER_LINES = 10  # plain-line counters print about this many lines per run, not one per item
-# What a counted event counts, as its (done, total) fields: a training stage's epochs, or the studies
-# of a loop over studies (predict's batch, the command line's counters).
-COUNT_FIELDS = (("epoch", "epochs"), ("studies_done", "studies"))
+# What a counted event counts, as its (done, total) fields: a training stage's epochs, the studies of
+# a loop over studies (predict's batch, preprocessing, the command line's counters), or stage 2's
+# augmented views of the training studies.
+COUNT_FIELDS = (("epoch", "epochs"), ("studies_done", "studies"), ("views_done", "views"))
 # What an ``exit`` event's ``job`` is called in its text, and what a cancel of it keeps.
 JOB_NAMES = {"train": "training", "predict": "batch prediction"}
 CANCELLED_TEXT = {

@@ -7,6 +7,7 @@ architecture, task classes, preprocessing, and the record of how it was trained.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import torch
 from torch import nn
 
 from ..data.tasks import TaskDefinition
-from ..io.model_file import MODEL_FORMAT, ModelFileError, load_archive, save_archive
+from ..io.model_file import MODEL_FORMAT, ModelFileError, fusion_cnn_weight, load_archive, save_archive
 from ..transforms.involvement import LUNG_FEATURES
 from ..transforms.preprocess import PreprocessConfig
 from .backbones import SliceClassifier, build_backbone
@@ -33,7 +34,7 @@ class Architecture:
     head_hidden: int = 128
     head_context_kernel: int = 3
     head_dropout: float = 0.25
-    aeration: bool = True  # fuse the CNN with a logistic model on the lungs' HU-band shares
+    involvement: bool = True  # fuse the CNN with a logistic model on the lungs' HU-band shares
     lesion_net: bool = False  # a lesion network (trained where voxel masks exist) for the lesion map
     # The lung features (of LUNG_FEATURES) the involvement part reads; files from before this field read all.
     involvement_features: tuple[str, ...] = LUNG_FEATURES
@@ -62,7 +63,7 @@ class SeverityModel(nn.Module):
         self.slice_classifier = SliceClassifier(backbone, task.num_classes, architecture.dropout)
         self.head = AttentionHead(backbone.embedding_dim, task.num_classes, architecture.head_hidden,
                                   architecture.head_context_kernel, architecture.head_dropout)
-        # Late fusion: a logistic model on aeration shares, trained apart from the CNN head, whose
+        # Late fusion: a logistic model on the lungs' band shares, trained apart from the CNN head, whose
         # probabilities are averaged with the head's. Trained jointly, the head learned to ignore the
         # features, because the backbone's embeddings of its own training slices looked more certain.
         unknown = [name for name in architecture.involvement_features if name not in LUNG_FEATURES]
@@ -70,9 +71,9 @@ class SeverityModel(nn.Module):
             raise ValueError(f"involvement features {list(architecture.involvement_features)}: choose one or more "
                              f"of {', '.join(LUNG_FEATURES)}.")
         self._feature_columns = [LUNG_FEATURES.index(name) for name in architecture.involvement_features]
-        self.aeration = nn.Linear(len(self._feature_columns), task.num_classes) if architecture.aeration else None
+        self.involvement = nn.Linear(len(self._feature_columns), task.num_classes) if architecture.involvement \
+            else None
         self.lesion_net = LesionNet(LESION_NET_WIDTH) if architecture.lesion_net else None
-        self._feature_maps = self.slice_classifier.backbone.feature_maps  # replaced by a compiled one in accelerate()
 
     @property
     def lesion_lungs(self) -> bool:
@@ -98,44 +99,28 @@ class SeverityModel(nn.Module):
         return torch.cat([self.lesion_net(chunk.to(device).contiguous(memory_format=torch.channels_last)).sigmoid()
                           .cpu().contiguous() for chunk in grid.split(8)])
 
-    def set_aeration_normalisation(self, features: torch.Tensor) -> None:
+    def set_involvement_normalisation(self, features: torch.Tensor) -> None:
         """Standardise lung features with the training studies' mean and spread (kept in metadata, with
         the features' names: a file read by a version that measures other features is recognised)."""
-        self.metadata["aeration_features"] = list(LUNG_FEATURES)
+        self.metadata["involvement_features"] = list(LUNG_FEATURES)
         chosen = features[:, self._feature_columns]
-        self.metadata["aeration_mean"] = chosen.mean(0).tolist()
-        self.metadata["aeration_std"] = chosen.std(0).clamp(min=1e-3).tolist()
+        self.metadata["involvement_mean"] = chosen.mean(0).tolist()
+        self.metadata["involvement_std"] = chosen.std(0).clamp(min=1e-3).tolist()
 
-    def normalise_aeration(self, features: torch.Tensor) -> torch.Tensor:
+    def normalise_involvement_features(self, features: torch.Tensor) -> torch.Tensor:
         """The features the involvement part reads (``architecture.involvement_features``), standardised."""
-        mean = torch.tensor(self.metadata["aeration_mean"])
-        std = torch.tensor(self.metadata["aeration_std"])
+        mean = torch.tensor(self.metadata["involvement_mean"])
+        std = torch.tensor(self.metadata["involvement_std"])
         return (features[:, self._feature_columns] - mean) / std
-
-    @torch.inference_mode()
-    def aeration_probabilities(self, features: torch.Tensor | None) -> torch.Tensor | None:
-        """The aeration model's class probabilities (N, C) for raw lung features; None without one."""
-        if self.aeration is None or features is None:
-            return None
-        device = self.aeration.weight.device
-        return self.aeration(self.normalise_aeration(features.cpu()).to(device)).float().softmax(-1).cpu()
 
     @property
     def fusion_cnn_weight(self) -> float:
-        """The CNN head's share of the fused probabilities (the involvement model has the rest): chosen
-        on the validation split when training (:func:`..training.stages.choose_fusion_weight`); an even
-        mix for files from before the choice was made."""
-        return float(self.metadata.get("fusion", {}).get("cnn_weight", 0.5))
-
-    def fuse(self, cnn_probabilities: torch.Tensor, aeration_probabilities: torch.Tensor | None) -> torch.Tensor:
-        """The model's probabilities: the CNN head's, mixed with the involvement model's when there is one."""
-        if aeration_probabilities is None:
-            return cnn_probabilities
-        weight = self.fusion_cnn_weight
-        return weight * cnn_probabilities + (1 - weight) * aeration_probabilities.to(cnn_probabilities.device)
+        """The CNN head's share of the fused probabilities, chosen on the validation split when training
+        (:func:`..training.stages.choose_fusion_weight`)."""
+        return fusion_cnn_weight(self.metadata)
 
     def weight_groups(self) -> tuple[str, ...]:
-        groups = ("slice_classifier", "head") + (("aeration",) if self.aeration is not None else ())
+        groups = ("slice_classifier", "head") + (("involvement",) if self.involvement is not None else ())
         return groups + (("lesion_net",) if self.lesion_net is not None else ())
 
     @property
@@ -155,22 +140,10 @@ class SeverityModel(nn.Module):
         """Columns of :data:`LUNG_FEATURES` the involvement part reads."""
         return list(self._feature_columns)
 
-    def accelerate(self, half: bool = False, compile: bool = False) -> SeverityModel:
-        """Inference options: float16 backbone (CUDA only), and ``torch.compile`` of the backbone, which
-        costs a minute or so of compiling and pays back over large batches (see ``twofivecnn bench``)."""
-        parameter = next(self.slice_classifier.parameters())
-        if half:
-            if parameter.device.type != "cuda":
-                raise ValueError("half precision needs a CUDA GPU (on the CPU float16 is slower than float32); "
-                                 "leave out --half or use --device cuda.")
-            self.slice_classifier.half()
-        if compile:
-            self._feature_maps = torch.compile(self.slice_classifier.backbone.feature_maps)
-        return self
-
-    def _per_chunk(self, function, slices: torch.Tensor) -> torch.Tensor:
-        """Apply ``function`` to ``(s, 1, H, W)`` slices in chunks (bounded memory), on the model's device
-        and in its backbone's precision; the result is float32."""
+    def in_slice_chunks(self, function: Callable[[torch.Tensor], torch.Tensor],
+                        slices: torch.Tensor) -> torch.Tensor:
+        """Apply ``function`` to ``(s, 1, H, W)`` slices in chunks of :data:`SLICE_BATCH` (bounded memory),
+        on the model's device, in its backbone's precision and channels-last; the result is float32."""
         parameter = next(self.slice_classifier.parameters())
         return torch.cat([function(chunk.to(parameter.device, parameter.dtype).contiguous(
             memory_format=torch.channels_last)) for chunk in slices.split(SLICE_BATCH)]).float()
@@ -178,12 +151,7 @@ class SeverityModel(nn.Module):
     @torch.inference_mode()
     def embed_slices(self, slices: torch.Tensor) -> torch.Tensor:
         """``(s, 1, H, W)`` slices -> ``(s, D)`` embeddings."""
-        return self._per_chunk(self.slice_classifier.embed, slices)
-
-    @torch.inference_mode()
-    def slice_feature_maps(self, slices: torch.Tensor) -> torch.Tensor:
-        """The backbone's last feature maps ``(s, D, h, w)``: embeddings and evidence from one pass."""
-        return self._per_chunk(self._feature_maps, slices)
+        return self.in_slice_chunks(self.slice_classifier.embed, slices)
 
     def round_to_stored_precision(self, groups: tuple[str, ...] | None = None) -> SeverityModel:
         """Round the weights (of ``groups``, default all) through float16, as :meth:`save` stores them,
@@ -220,9 +188,9 @@ class SeverityModel(nn.Module):
                 f"{path}: the model does not match this version of TwoFiveCNN ({str(error)[:200]}); "
                 f"retrain it or update TwoFiveCNN."
             ) from None
-        if model.aeration is not None and metadata.get("aeration_features") != list(LUNG_FEATURES):
-            # Trained on the 96-px aeration features of 0.1, which this version no longer measures.
-            model.aeration = None
+        if model.involvement is not None and metadata.get("involvement_features") != list(LUNG_FEATURES):
+            # Trained on the 96-px lung features of 0.1, which this version no longer measures.
+            model.involvement = None
             model.metadata["load_warnings"] = [
                 (f"{Path(path).name} was trained before 0.2 on lung features this version no longer measures: its "
                 f"CNN head alone grades (retrain the model to fuse it with the lung involvement again)")]

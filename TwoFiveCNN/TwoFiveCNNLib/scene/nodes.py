@@ -24,7 +24,7 @@ from ..reports.colours import ACCENT_UNIT, BAND_COLOURS, lesion_map_lut
 from ..transforms.involvement import BAND_NAMES
 
 if TYPE_CHECKING:
-    from ..networks.severity_model import SeverityModel
+    from ..inference.engines import Grader
 
 # The console API, re-exported by the package (``TwoFiveCNNLib.scene``).
 __all__ = ["NodePrediction", "PredictionNodes", "build_prediction_scene", "find_prediction_nodes",
@@ -676,13 +676,14 @@ class NodePrediction(PredictionNodes):
 
 def predict_volume_node(volume_node: slicer.vtkMRMLScalarVolumeNode, model_path: str | os.PathLike | None = None,
                         scene: slicer.vtkMRMLScene | None = None, device: str = "auto",
-                        model: SeverityModel | None = None) -> NodePrediction:
+                        model: Grader | None = None) -> NodePrediction:
     """Grade a volume node and show the result in the scene (re-running updates the same nodes).
 
     ``model_path`` None uses the bundled synthetic-data demo model; an already loaded ``model``
     saves reloading it for many volumes. The input node is never modified.
     """
-    from ..inference.predict import load_model, predict_volume
+    from ..inference.engines import load_model
+    from ..inference.predict import predict_volume
 
     volume = volume_from_node(volume_node)
     if model is None:

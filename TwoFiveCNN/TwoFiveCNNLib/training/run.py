@@ -1,4 +1,4 @@
-"""A whole training run: one patient-level split, both stages, the aeration model, evaluation, the file.
+"""A whole training run: one patient-level split, both stages, the involvement part, evaluation, the file.
 
 Both stages use one patient-level split (saved beside the model), every epoch draws its random
 numbers from a generator seeded by (seed, stage, epoch), and a checkpoint is written atomically after
@@ -25,6 +25,7 @@ from ..data.repeats import refuse_copied_files, refuse_repeated_images
 from ..data.splits import Split, make_split
 from ..data.tasks import TaskDefinition
 from ..inference.cohort_scores import FUSED, cohort_metrics
+from ..inference.engines import TorchGrader
 from ..inference.outputs import check_writable, claim_output_files
 from ..inference.predict import measure_lung_features
 from ..io.manifest import OutputManifest
@@ -40,8 +41,8 @@ from .stages import (
     choose_fusion_weight,
     finetune,
     stage2_data,
-    train_aeration_model,
     train_head,
+    train_involvement_part,
     train_stage1,
 )
 
@@ -146,12 +147,12 @@ def load_cohorts(subsets: dict[str, list[Study]], held: DatasetIndex | None, tas
     dataset under ``held_out``; the subsets' reading is reported as it goes."""
     cohorts = {name: load_cohort(studies, task, config.preprocess, cache,
                                  lambda done, total, name=name: reporter.event(
-                                     "preprocess", subset=name, epoch=done, epochs=total),
-                                 with_lung_features=config.architecture.aeration)
+                                     "preprocess", subset=name, studies_done=done, studies=total),
+                                 with_lung_features=config.architecture.involvement)
                for name, studies in subsets.items()}
     if held is not None:
         cohorts["held_out"] = load_cohort(held.studies, task, config.preprocess, cache,
-                                          with_lung_features=config.architecture.aeration)
+                                          with_lung_features=config.architecture.involvement)
     return cohorts
 
 
@@ -198,9 +199,9 @@ def fit_involvement_model(model: SeverityModel, cohorts: dict[str, Cohort],
         model.round_to_stored_precision(("lesion_net",))
         for name, cohort in cohorts.items():
             cohort.lung_features = torch.from_numpy(measure_lung_features(
-                model, [s.path for s in studies_of[name]],
-                lambda done, total, name=name: reporter.event("involvement", subset=name, epoch=done, epochs=total)))
-    train_aeration_model(model, cohorts["train"], config)
+                TorchGrader(model), [s.path for s in studies_of[name]],
+                lambda done, total, name=name: reporter.event("involvement", subset=name, studies_done=done, studies=total)))
+    train_involvement_part(model, cohorts["train"], config)
     fusion = choose_fusion_weight(model, cohorts["val"])
     reporter.message(f"fusion: the CNN head's share {fusion['cnn_weight']}, the involvement model's "
                      f"{1 - fusion['cnn_weight']} (chosen on the validation split)")
@@ -270,7 +271,7 @@ def train(data: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.P
     lesion_history = train_lesion_network(model, subsets, config, reporter, cache, device)
     if lesion_history is not None:
         history["lesions"] = lesion_history
-    if model.aeration is not None:
+    if model.involvement is not None:
         fit_involvement_model(model, cohorts, {**subsets, **({"held_out": held.studies} if held else {})},
                               config, reporter)
     training_seconds = round(time.monotonic() - started, 1)

@@ -1,9 +1,9 @@
 """The two stages: stage 1 on slices, stage 2 on the frozen backbone's slice embeddings; optional
-end-to-end fine-tuning; and the aeration model fused with the CNN head."""
+end-to-end fine-tuning; and the involvement part fused with the CNN head."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -12,6 +12,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ..data.augment import augment_slices, augment_study
 from ..data.cohort import Cohort
 from ..inference.cohort_scores import embed_cohort, head_probabilities, pooled_2d_probabilities
+from ..inference.fusion import Fusion
 from ..io.progress import ProgressReporter
 from ..metrics.classification import compute_metrics
 from ..networks.heads import AttentionHead
@@ -95,9 +96,9 @@ def augmented_views(model: SeverityModel, cohort: Cohort, config: TrainConfig, r
     to trust features that are cleaner than they will ever be on new studies; augmented views
     narrow that gap.
     """
-    reporter.event("embed", epoch=0, epochs=config.stage2_views)
+    reporter.event("embed", views_done=0, views=config.stage2_views)
     views = [embed_cohort(model, cohort)]
-    reporter.event("embed", epoch=1, epochs=config.stage2_views)
+    reporter.event("embed", views_done=1, views=config.stage2_views)
     for view in range(1, config.stage2_views):
         generator = epoch_generator(config.seed, "views", view)
         embeddings = torch.zeros_like(views[0])
@@ -105,7 +106,7 @@ def augmented_views(model: SeverityModel, cohort: Cohort, config: TrainConfig, r
             slices = augment_study(cohort.study_slices(i), config.augment, generator)
             embeddings[i, : slices.shape[0]] = model.embed_slices(slices.to(device)).cpu()
         views.append(embeddings)
-        reporter.event("embed", epoch=view + 1, epochs=config.stage2_views)
+        reporter.event("embed", views_done=view + 1, views=config.stage2_views)
     return torch.stack(views)
 
 
@@ -242,16 +243,16 @@ def refit_slice_classifier(model: SeverityModel, train: Cohort, config: TrainCon
                weight_decay=config.weight_decay, label_smoothing=config.label_smoothing)
 
 
-# ---------------------------------------------------------------- aeration
+# ---------------------------------------------------------------- involvement
 
 
-def train_aeration_model(model: SeverityModel, train: Cohort, config: TrainConfig, steps: int = 2000) -> None:
-    """Fit the logistic model on standardised aeration shares (class-weighted, full batch, convex)."""
-    model.set_aeration_normalisation(train.lung_features)
-    linear = model.aeration.cpu()
+def train_involvement_part(model: SeverityModel, train: Cohort, config: TrainConfig, steps: int = 2000) -> None:
+    """Fit the logistic model on the standardised lung features (class-weighted, full batch, convex)."""
+    model.set_involvement_normalisation(train.lung_features)
+    linear = model.involvement.cpu()
     torch.manual_seed(config.seed)
     linear.reset_parameters()
-    fit_linear(linear, model.normalise_aeration(train.lung_features), train.labels,
+    fit_linear(linear, model.normalise_involvement_features(train.lung_features), train.labels,
                class_weights(train.labels, model.task.num_classes), steps, weight_decay=1e-2)
 
 
@@ -260,17 +261,18 @@ FUSION_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
 def choose_fusion_weight(model: SeverityModel, val: Cohort) -> dict:
-    """Choose how the CNN head and the involvement model are mixed, by the validation split's balanced
+    """Choose how the CNN head and the involvement part are mixed, by the validation split's balanced
     accuracy, then kappa; ties go to the more even mix. Sets and returns ``model.metadata["fusion"]``.
 
     Which part to trust depends on the data: on phantoms, whose grade is their involved share, the
-    involvement model is strong; on real anatomy, where the lung mask misses dense consolidation,
+    involvement part is strong; on real anatomy, where the lung mask misses dense consolidation,
     the CNN matters more. So the mix is measured on validation studies, never assumed.
     """
-    cnn = torch.from_numpy(head_probabilities(model.head, embed_cohort(model, val), val.mask()))
-    involvement = model.aeration_probabilities(val.lung_features)
+    cnn = head_probabilities(model.head, embed_cohort(model, val), val.mask())
+    fusion = Fusion.from_model(model)
+    involvement = fusion.involvement_probabilities(val.lung_features)
     labels = val.labels.tolist()
-    scores = {weight: score(compute_metrics(labels, (weight * cnn + (1 - weight) * involvement).numpy(),
+    scores = {weight: score(compute_metrics(labels, replace(fusion, cnn_weight=weight).mix(cnn, involvement),
                                             model.class_names)) for weight in FUSION_WEIGHTS}
     best = max(FUSION_WEIGHTS, key=lambda weight: (scores[weight], -abs(weight - 0.5)))
     model.metadata["fusion"] = {"cnn_weight": best, "chosen_on": "validation split",

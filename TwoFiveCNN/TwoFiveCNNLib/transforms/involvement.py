@@ -35,7 +35,7 @@ BAND_NAMES = {EMPHYSEMA: "emphysema", AERATED: "aerated", GROUND_GLASS: "ground_
               CONSOLIDATION: "consolidation", VESSEL: "vessel"}
 INVOLVED_BANDS = (GROUND_GLASS, CONSOLIDATION)
 ZONES = ("upper", "middle", "lower", "ventral", "dorsal")
-# What the model's aeration part reads of a study: band shares of the lungs (see lung_features).
+# What the model's involvement part reads of a study: band shares of the lungs (see lung_features).
 LUNG_FEATURES = ("emphysema", "ground_glass", "consolidation", "involved")
 # MosMed's grades by involved share of the lungs; below ``normal_share`` a lung counts as normal.
 MOSMED_UPPER_SHARES = (0.25, 0.50, 0.75)
@@ -322,7 +322,7 @@ def lesion_map(bands: np.ndarray, spacing_zyx: tuple[float, float, float],
 
 
 def lung_features(report: dict) -> np.ndarray:
-    """The :data:`LUNG_FEATURES` of an involvement report, float32: what the fused model's aeration part
+    """The :data:`LUNG_FEATURES` of an involvement report, float32: what the fused model's involvement part
     reads (all 0 when no lung was found)."""
     shares = report["lungs"]["bands_share"]
     return np.array([shares["emphysema"], shares["ground_glass"], shares["consolidation"],
