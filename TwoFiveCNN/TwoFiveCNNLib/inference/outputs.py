@@ -75,7 +75,7 @@ class BatchResult:
 def without_voxel_maps(prediction: Prediction) -> Prediction:
     """The prediction without its study-sized arrays (they are written): a batch's memory stays flat."""
     empty = np.zeros((0, 0, 0), dtype=np.float16)
-    return dataclasses.replace(prediction, lesion_map_kji=empty, bands_kji=None)
+    return dataclasses.replace(prediction, lesion_map_kji=empty, bands_kji=None, lungs_kji=None)
 
 
 def montage_slices(volume: Volume, lesion_map_canonical: np.ndarray) -> tuple[LazySlices, LazySlices]:

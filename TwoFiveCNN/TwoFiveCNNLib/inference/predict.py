@@ -34,7 +34,7 @@ from ..transforms.preprocess import (
     to_model_grid,
 )
 from .engines import BUNDLED_MODEL, Grader, load_model  # noqa: F401 - both also imported from here
-from .prediction import BandLabels, Prediction
+from .prediction import AnalysisGridLabels, Prediction
 from .studies import PreparedStudy
 
 
@@ -161,7 +161,8 @@ def predict_volume(model: Grader, volume: Volume, times: StageTimes | None = Non
         release_freed_memory()  # before the largest array of the prediction: the map on the input grid
         lesion_map_kji = volume.to_original(to_native(lesions, factors, volume.array.shape))
         del lesions
-        bands_kji = BandLabels(coarse_bands, factors, volume.array.shape, volume.geometry)
+        bands_kji = AnalysisGridLabels(coarse_bands, factors, volume.array.shape, volume.geometry)
+        lungs_kji = AnalysisGridLabels(analysis.lungs, factors, volume.array.shape, volume.geometry)
     names = model.class_names
     label = names[int(np.argmax(probabilities))]
     disagreement = grade_disagreement(label, report.get("grade"))
@@ -173,7 +174,7 @@ def predict_volume(model: Grader, volume: Volume, times: StageTimes | None = Non
         geometry=volume.geometry, model_name=model.name, source=volume.source,
         warnings=list(volume.warnings) + warnings + _plausibility_warnings(volume), is_demo_model=model.is_demo,
         cnn_probabilities={name: float(p) for name, p in zip(names, result.cnn_probabilities)},
-        involvement=report, bands_kji=bands_kji,
+        involvement=report, bands_kji=bands_kji, lungs_kji=lungs_kji,
     )
 
 

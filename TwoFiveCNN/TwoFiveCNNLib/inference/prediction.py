@@ -11,10 +11,11 @@ from ..io.volume import Geometry, canonical_to_original
 DEMO_MODEL_NOTICE = "synthetic-data demo model: not for clinical use"
 
 
-class BandLabels:
-    """A study's lung band labels kept on the lungs' analysis grid and made on the input's grid, in its
-    storage order, whenever read as an array (``np.asarray``). The command line writes no band volume,
-    so a 400-slice study never holds a study-sized copy of them; the scene and the views expand them."""
+class AnalysisGridLabels:
+    """A study's labels (lung bands, or right/left lung) kept on the lungs' analysis grid and made on the
+    input's grid, in its storage order, whenever read as an array (``np.asarray``). The command line
+    writes no label volume, so a 400-slice study never holds a study-sized copy of them; the scene and
+    the views expand them."""
 
     def __init__(self, coarse: np.ndarray, factors: tuple[int, int, int], canonical_shape: tuple[int, int, int],
                  geometry: Geometry) -> None:
@@ -40,7 +41,9 @@ class Prediction:
     ``involvement`` holds the lung volumes and HU-band shares measured at the input's resolution (per
     lung and zone, with the MosMed grade they imply) and ``bands_kji`` the band of every lung voxel
     (``transforms.involvement.BAND_NAMES``; 0 outside the lungs), in the input's storage order: an
-    array, or from ``predict`` a :class:`BandLabels` that ``np.asarray`` turns into one.
+    array, or from ``predict`` an :class:`AnalysisGridLabels` that ``np.asarray`` turns into one.
+    ``lungs_kji`` holds the lungs those figures were measured in, the same way
+    (``transforms.lungs.LUNG_NAMES``: 1 right, 2 left, 0 outside).
     """
 
     label: str
@@ -54,7 +57,8 @@ class Prediction:
     is_demo_model: bool = False
     cnn_probabilities: dict[str, float] = field(default_factory=dict)
     involvement: dict = field(default_factory=dict)
-    bands_kji: np.ndarray | BandLabels | None = field(default=None, repr=False)
+    bands_kji: np.ndarray | AnalysisGridLabels | None = field(default=None, repr=False)
+    lungs_kji: np.ndarray | AnalysisGridLabels | None = field(default=None, repr=False)
 
     # legacy: remove after 0.3. The lesion map's names in 0.2 (``evidence_kji``) and before
     # (``attention_kji``), read-only, so that console scripts written for them still run.

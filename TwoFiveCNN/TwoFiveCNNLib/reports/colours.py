@@ -99,3 +99,10 @@ BAND_COLOURS: dict[int, tuple[int, int, int, float]] = {
     4: (213, 94, 0, 0.9),  # consolidation: vermillion
     5: (110, 110, 110, 0.0),  # vessel: not drawn
 }
+
+# The lungs' segments (transforms.lungs' labels 1 right, 2 left): Okabe-Ito colours none of the bands use,
+# so the lung outlines never read as a band.
+LUNG_COLOURS: dict[int, RGB] = {
+    1: (0, 158, 115),  # right lung: bluish green
+    2: (204, 121, 167),  # left lung: reddish purple
+}

@@ -22,6 +22,14 @@ from ..io.atomic import temporary_path
 from ..io.volume import Geometry, Volume, read_volume, unique_stem
 from ..reports.colours import ACCENT_UNIT, BAND_COLOURS, lesion_map_lut
 from ..transforms.involvement import BAND_NAMES
+from .folders import place_results
+from .segmentations import (
+    band_segment_styles,
+    fill_segmentation,
+    lung_segment_styles,
+    register_converter_rules,
+    style_lung_display,
+)
 
 if TYPE_CHECKING:
     from ..inference.engines import Grader
@@ -52,8 +60,13 @@ _INVOLVEMENT_NODES = {
     "involvement": ("vtkMRMLTableNode", "{} lung involvement"),
     "bands": ("vtkMRMLLabelMapVolumeNode", "{} lung bands"),
     "band_colour": ("vtkMRMLColorTableNode", BAND_COLOUR_NODE_NAME),
+    "involvement_segmentation": ("vtkMRMLSegmentationNode", "{} involvement"),
 }
-_ALL_NODES = {**_NODES, **_INVOLVEMENT_NODES}
+# The lungs the involvement was measured in, present when the prediction carries their labels.
+_LUNG_NODES = {"lung_segmentation": ("vtkMRMLSegmentationNode", "{} lungs")}
+_ALL_NODES = {**_NODES, **_INVOLVEMENT_NODES, **_LUNG_NODES}
+# Colour tables every result shares: kept outside result folders and never removed with a result.
+SHARED_ROLES = ("colour", "band_colour")
 
 
 # legacy: remove after 0.3. Scenes saved by 0.2 and before refer to the lesion map under older roles and
@@ -77,6 +90,8 @@ class PredictionNodes:
     involvement_node: slicer.vtkMRMLTableNode | None = None
     bands_node: slicer.vtkMRMLLabelMapVolumeNode | None = None
     band_colour_node: slicer.vtkMRMLColorTableNode | None = None
+    involvement_segmentation_node: slicer.vtkMRMLSegmentationNode | None = None
+    lung_segmentation_node: slicer.vtkMRMLSegmentationNode | None = None
 
     def by_role(self) -> dict[str, slicer.vtkMRMLNode]:
         """Every node present, by role (the involvement nodes only when involvement was measured)."""
@@ -192,11 +207,13 @@ def _check_prediction(prediction: Prediction, shape_kji: tuple[int, int, int]) -
         )
     if not np.all(np.isfinite(lesion_map)) or lesion_map.min() < -1e-6 or lesion_map.max() > 1 + 1e-6:
         raise ValueError("lesion map must hold finite values in 0..1.")
-    if prediction.bands_kji is not None and np.shape(prediction.bands_kji) != shape_kji:
-        raise ValueError(f"lung band labels have shape {np.shape(prediction.bands_kji)} but the input volume has "
-                         f"{shape_kji} voxels (k, j, i): the prediction was made on another volume.")
-    if prediction.bands_kji is not None and not prediction.involvement:
-        raise ValueError("lung band labels without their involvement figures: the prediction is incomplete.")
+    for what, labels in (("lung band", prediction.bands_kji), ("lung", prediction.lungs_kji)):
+        if labels is not None and np.shape(labels) != shape_kji:
+            raise ValueError(f"{what} labels have shape {np.shape(labels)} but the input volume has "
+                             f"{shape_kji} voxels (k, j, i): the prediction was made on another volume.")
+        if labels is not None and not prediction.involvement:
+            raise ValueError(f"{what} labels without their involvement figures: the prediction is "
+                             f"incomplete.")
     if len(prediction.slice_attention) != shape_kji[0]:
         raise ValueError(
             f"slice attention has {len(prediction.slice_attention)} weights but the input volume "
@@ -393,8 +410,20 @@ def _fill_involvement(nodes: PredictionNodes, prediction: Prediction, input_node
     _fill_colour_table(nodes.band_colour_node, entries,
                        "TwoFiveCNN lung HU bands: emphysema, aerated, ground glass, consolidation, vessel",
                        scene, created)
-    _fill_overlay_volume(nodes.bands_node, np.ascontiguousarray(prediction.bands_kji, dtype=np.uint8), input_node,
-                         nodes.band_colour_node, slicer.vtkMRMLLabelMapVolumeDisplayNode, scene, created)
+    bands = np.ascontiguousarray(prediction.bands_kji, dtype=np.uint8)
+    _fill_overlay_volume(nodes.bands_node, bands, input_node, nodes.band_colour_node,
+                         slicer.vtkMRMLLabelMapVolumeDisplayNode, scene, created)
+    _fill_segmentation(nodes.involvement_segmentation_node, bands, input_node,
+                       band_segment_styles(nodes.band_colour_node), scene, created)
+
+
+def _fill_segmentation(node: slicer.vtkMRMLSegmentationNode, labels_kji: np.ndarray,
+                       input_node: slicer.vtkMRMLScalarVolumeNode, styles: dict, scene: slicer.vtkMRMLScene,
+                       created: list[slicer.vtkMRMLNode]) -> slicer.vtkMRMLSegmentationDisplayNode:
+    """``node``'s segments from ``labels_kji`` (segmentations.fill_segmentation), with a display node."""
+    display = node.GetDisplayNode() or _add_to(scene, slicer.vtkMRMLSegmentationDisplayNode(), created)
+    fill_segmentation(node, labels_kji, input_node, styles, display)
+    return display
 
 
 def _fill_lesion_map(nodes: PredictionNodes, prediction: Prediction, input_node: slicer.vtkMRMLScalarVolumeNode,
@@ -466,7 +495,9 @@ def write_prediction_nodes(
     _check_prediction(prediction, tuple(input_node.GetImageData().GetDimensions())[::-1])
     created: list[slicer.vtkMRMLNode] = []
     try:
-        roles = [*_NODES, *(_INVOLVEMENT_NODES if prediction.bands_kji is not None else ())]
+        register_converter_rules()  # before any segmentation node exists, or it never makes 3D surfaces
+        roles = [*_NODES, *(_INVOLVEMENT_NODES if prediction.bands_kji is not None else ()),
+                 *(_LUNG_NODES if prediction.lungs_kji is not None else ())]
         nodes = PredictionNodes(
             **{f"{role}_node": _find_or_add(scene, input_node, role, created) for role in roles}
         )
@@ -476,17 +507,39 @@ def write_prediction_nodes(
         _fill_plot(nodes, prediction, input_node.GetName())
         if nodes.bands_node is not None:
             _fill_involvement(nodes, prediction, input_node, scene, created)
+        if nodes.lung_segmentation_node is not None:
+            lung_display = _fill_segmentation(nodes.lung_segmentation_node, prediction.lungs_kji, input_node,
+                                              lung_segment_styles(), scene, created)
+            style_lung_display(lung_display)
     except BaseException:
         for node in reversed(created):
             scene.RemoveNode(node)
         raise
+    for role in set(_ALL_NODES) - set(roles) - set(SHARED_ROLES):  # an older run's roles this one lacks
+        stale = _referenced_node(input_node, role)
+        if stale is not None and scene.IsNodePresent(stale):
+            _remove_with_helpers(scene, stale)
     for role in _ALL_NODES:  # a run without involvement leaves no stale references to an older one's
         input_node.RemoveNodeReferenceIDs(ATTRIBUTE_PREFIX + role)
     for role, node in nodes.by_role().items():
         input_node.SetNodeReferenceID(ATTRIBUTE_PREFIX + role, node.GetID())
     for legacy in (reference for references in LEGACY_ROLES.values() for reference in references):
         input_node.RemoveNodeReferenceIDs(ATTRIBUTE_PREFIX + legacy)
+    place_results(scene, input_node,
+                  [node for role, node in nodes.by_role().items() if role not in SHARED_ROLES])
     return nodes
+
+
+def _remove_with_helpers(scene: slicer.vtkMRMLScene, node: slicer.vtkMRMLNode) -> None:
+    """Remove ``node`` with its display and storage nodes, which the scene would otherwise keep."""
+    helpers = [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())] \
+        if node.IsA("vtkMRMLDisplayableNode") else []
+    if node.IsA("vtkMRMLStorableNode") and node.GetStorageNode() is not None:
+        helpers.append(node.GetStorageNode())
+    scene.RemoveNode(node)
+    for helper in helpers:
+        if helper is not None:
+            scene.RemoveNode(helper)
 
 
 def show_overlay(
