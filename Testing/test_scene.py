@@ -520,9 +520,14 @@ def test_lung_involvement_nodes_survive_save_and_reload(chest: Volume, tiny_mode
     np.testing.assert_allclose(ijk_to_ras(bands), ijk_to_ras(node), atol=1e-9)
     assert bands.GetDisplayNode().GetColorNodeID() == colours.GetID()
     assert [colours.GetColorName(v) for v in range(1, 6)] == list(BAND_NAMES.values())
-    assert column(table, "region")[:3] == ["both lungs", "right lung", "right upper"]
-    assert column(table, "volume_ml")[0] == pytest.approx(report["lungs"]["volume_ml"])
-    assert column(table, "involved_percent")[0] == pytest.approx(100 * report["involved_share"])
+    headers = [table.GetColumnName(c) for c in range(table.GetNumberOfColumns())]
+    assert headers == ["Region", "Volume (mL)", "Involved (%)", "Emphysema (%)", "Aerated (%)", "Ground glass (%)",
+                       "Consolidation (%)", "Vessel (%)"]
+    assert column(table, "Region")[:3] == ["both lungs", "right lung", "right upper"]
+    assert column(table, "Volume (mL)")[0] == pytest.approx(report["lungs"]["volume_ml"])
+    assert column(table, "Involved (%)")[0] == pytest.approx(100 * report["involved_share"])
+    assert column(table, "Aerated (%)")[1] == pytest.approx(100 * report["per_lung"]["right"]["bands_share"]["aerated"])
+    assert table.GetColumnUnitLabel("Ground glass (%)") == "%"
     assert table.GetAttribute("TwoFiveCNN.involvementGrade") == "CT-0"
     assert float(table.GetAttribute("TwoFiveCNN.lesionNetworkAddedMl")) == report.get("learned_added_ml", 0.0)
     count = scene.GetNumberOfNodes()
@@ -532,7 +537,7 @@ def test_lung_involvement_nodes_survive_save_and_reload(chest: Volume, tiny_mode
     reloaded_scene = reload(save_scene(scene, tmp_path / "involvement.mrml"))
     found = find_prediction_nodes(node_named(reloaded_scene, "CTChest4", "vtkMRMLScalarVolumeNode"))
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(found.bands_node), result.prediction.bands_kji)
-    assert column(found.involvement_node, "volume_ml") == pytest.approx(column(table, "volume_ml"))
+    assert column(found.involvement_node, "Volume (mL)") == pytest.approx(column(table, "Volume (mL)"))
     assert found.bands_node.GetDisplayNode().GetColorNode().GetColorName(3) == "ground_glass"
     assert found.involvement_node.GetAttribute("TwoFiveCNN.lesionNetworkAddedMl") == \
         table.GetAttribute("TwoFiveCNN.lesionNetworkAddedMl")

@@ -245,3 +245,21 @@ def test_show_3d_builds_closed_surfaces_and_centres_the_view(chest: Volume, ches
     centre = [(bounds[2 * axis] + bounds[2 * axis + 1]) / 2 for axis in range(3)]
     assert camera.GetFocalPoint() == pytest.approx(centre, abs=1.0)
     assert np.subtract(camera.GetPosition(), camera.GetFocalPoint()) == pytest.approx([0, 500, 0])
+
+
+def test_lung_segments_match_the_table_on_a_subsampled_analysis_grid(chest_ct_path: Path, demo_model,
+                                                                     tmp_path: Path):
+    """Thin pixels are analysed on every other voxel: the segments, made on the input's grid from that
+    grid's labels, still hold the lung volumes of the table."""
+    sitk = pytest.importorskip("SimpleITK")
+    fine = tmp_path / "fine.nrrd"
+    middle = sitk.ReadImage(str(chest_ct_path))[:, :, 12:24]  # 12 slices through both lungs: a fast test
+    sitk.WriteImage(sitk.Expand(middle, [4, 4, 1], sitk.sitkNearestNeighbor), str(fine))
+    volume = read_volume(fine)
+    prediction = predict_volume(demo_model, volume)
+    assert prediction.involvement["analysis_spacing_mm"][1] == pytest.approx(2 * volume.spacing_zyx[1])
+    node = add_chest_node(volume, name="fine")
+    nodes = write_prediction_nodes(prediction, node)
+    for side in ("right", "left"):
+        assert segment_volume_ml(segments(nodes.lung_segmentation_node)[f"{side} lung"]) == \
+            pytest.approx(prediction.involvement["per_lung"][side]["volume_ml"], rel=0.01)

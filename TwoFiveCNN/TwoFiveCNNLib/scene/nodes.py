@@ -376,6 +376,15 @@ def _fill_overlay_volume(
     return display
 
 
+# The involvement table's headers, read as they are shown (Lung CT Analyzer's style): name and unit.
+REGION_COLUMN, VOLUME_COLUMN, INVOLVED_COLUMN = "Region", "Volume (mL)", "Involved (%)"
+
+
+def _band_column(band: str) -> str:
+    """A band's share column: "ground_glass" -> "Ground glass (%)"."""
+    return f"{band.replace('_', ' ').capitalize()} (%)"
+
+
 def _fill_involvement(nodes: PredictionNodes, prediction: Prediction, input_node: slicer.vtkMRMLScalarVolumeNode,
                       scene: slicer.vtkMRMLScene, created: list[slicer.vtkMRMLNode]) -> None:
     """The lung-involvement table (both lungs, each lung, each zone) and the HU-band labelmap."""
@@ -384,19 +393,21 @@ def _fill_involvement(nodes: PredictionNodes, prediction: Prediction, input_node
     for lung, record in report["per_lung"].items():
         regions.append((f"{lung} lung", record))
         regions += [(f"{lung} {zone}", figures) for zone, figures in record["zones"].items()]
-    bands = list(BAND_NAMES.values())
     table = nodes.involvement_node
     _fill_table(
         table,
         [
-            _column("region", [name for name, _ in regions], vtk.vtkStringArray),
-            _column("volume_ml", [figures["volume_ml"] for _, figures in regions]),
-            *(_column(f"{band}_ml", [figures["bands_ml"][band] for _, figures in regions]) for band in bands),
-            _column("involved_percent", [100 * figures["involved_share"] for _, figures in regions]),
+            _column(REGION_COLUMN, [name for name, _ in regions], vtk.vtkStringArray),
+            _column(VOLUME_COLUMN, [figures["volume_ml"] for _, figures in regions]),
+            _column(INVOLVED_COLUMN, [100 * figures["involved_share"] for _, figures in regions]),
+            *(_column(_band_column(band), [100 * figures["bands_share"][band] for _, figures in regions])
+              for band in BAND_NAMES.values()),
         ],
     )
-    table.SetColumnUnitLabel("volume_ml", "mL")
-    table.SetColumnDescription("involved_percent", "ground glass + consolidation, % of the region's volume")
+    table.SetColumnUnitLabel(VOLUME_COLUMN, "mL")
+    for column in (INVOLVED_COLUMN, *map(_band_column, BAND_NAMES.values())):
+        table.SetColumnUnitLabel(column, "%")
+    table.SetColumnDescription(INVOLVED_COLUMN, "ground glass + consolidation, % of the region's volume")
     grade = report.get("grade") or ""
     table.SetAttribute(ATTRIBUTE_PREFIX + "involvementGrade", grade)
     table.SetAttribute(ATTRIBUTE_PREFIX + "involvedPercent", f"{100 * report['involved_share']:.2f}")
