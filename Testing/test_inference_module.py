@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from xml.etree import ElementTree
 
 import numpy as np
 import pytest
@@ -155,6 +156,46 @@ def test_overlay_and_jump_drive_the_slice_views(logic, chest, tiny_model):
     for view in views:
         matrix = view.GetSliceToRAS()
         np.testing.assert_allclose([matrix.GetElement(row, 3) for row in range(3)], ras, atol=1e-6)
+
+
+def test_show_results_layout_and_show_3d(logic, chest, tiny_model):
+    """The "Show results" layout names the involvement table and the attention chart; Show 3D builds the
+    segmentations' surfaces and points the 3D view at them."""
+    scene = slicer.mrmlScene
+    node = add_chest_node(chest)
+    camera = scene.AddNewNodeByClass("vtkMRMLCameraNode")
+    for action in (logic.showResults, logic.show3D):
+        with pytest.raises(ValueError, match="no result yet"):
+            action(node)
+    result = logic.process(node, tiny_model, "cpu")
+
+    layout_id = logic.showResults(node)
+    layout = scene.GetSingletonNode("vtkMRMLLayoutNode", "vtkMRMLLayoutNode")
+    assert layout.GetViewArrangement() == layout_id
+    views: dict[str, list[str]] = {}
+    for view in ElementTree.fromstring(layout.GetLayoutDescription(layout_id)).iter("view"):
+        views.setdefault(view.get("class"), []).append(view.get("singletontag"))
+    assert views["vtkMRMLSliceNode"] == ["Red", "Yellow", "Green"] and len(views["vtkMRMLViewNode"]) == 1
+    table_view = scene.GetSingletonNode(views["vtkMRMLTableViewNode"][0], "vtkMRMLTableViewNode")
+    plot_view = scene.GetSingletonNode(views["vtkMRMLPlotViewNode"][0], "vtkMRMLPlotViewNode")
+    assert table_view.GetTableNode().GetName() == "CTChest4 lung involvement"
+    assert table_view.GetTableNodeID() == result.involvement_node.GetID()
+    assert plot_view.GetPlotChartNodeID() == result.plot_chart_node.GetID()
+    count = scene.GetNumberOfNodes()
+    assert logic.showResults(node) == layout_id and scene.GetNumberOfNodes() == count  # no second view nodes
+
+    shown = logic.show3D(node)
+    assert [n.GetID() for n in shown] == [result.lung_segmentation_node.GetID(),
+                                         result.involvement_segmentation_node.GetID()]
+    for segmentation_node in shown:
+        segmentation = segmentation_node.GetSegmentation()
+        for index in range(segmentation.GetNumberOfSegments()):
+            surface = segmentation.GetNthSegment(index).GetRepresentation("Closed surface")
+            assert surface is not None and surface.GetNumberOfPoints() > 0
+    bounds = [0.0] * 6
+    result.lung_segmentation_node.GetRASBounds(bounds)
+    centre = [(bounds[2 * axis] + bounds[2 * axis + 1]) / 2 for axis in range(3)]
+    assert camera.GetFocalPoint() == pytest.approx(centre, abs=1.0)
 
 
 def test_failures_leave_the_scene_unchanged(logic, chest, tiny_model, tmp_path, monkeypatch):

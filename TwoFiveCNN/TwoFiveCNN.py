@@ -732,6 +732,36 @@ class TwoFiveCNNLogic(ScriptedLoadableModuleLogic):
 
         show_overlay(inputVolume, overlayVolume, visible, opacity)
 
+    def _requireResult(self, inputVolume, nodes=None):
+        nodes = nodes if nodes is not None else self.resultNodes(inputVolume)
+        if nodes is None:
+            raise ValueError(_("{name} has no result yet: press Apply first.").format(
+                name=inputVolume.GetName() if inputVolume else "The input"))
+        return nodes
+
+    def showResults(self, inputVolume, nodes=None) -> int:
+        """Switch to the results layout (slice views, 3D view, the involvement table and the attention
+        chart) bound to ``inputVolume``'s result; returns the layout's number."""
+        from TwoFiveCNNLib.scene.layout import show_results_layout
+
+        nodes = self._requireResult(inputVolume, nodes)
+        table = nodes.involvement_node if nodes.involvement_node is not None else nodes.table_node
+        return show_results_layout(inputVolume.GetScene() or slicer.mrmlScene, table, nodes.plot_chart_node)
+
+    def show3D(self, inputVolume, nodes=None) -> list:
+        """Build the lungs' and the involvement's 3D surfaces (on demand: a batch never pays for them),
+        show them and centre the 3D views on them; returns the segmentation nodes shown."""
+        from TwoFiveCNNLib.scene.segmentations import centre_3d_views, show_segmentations_3d
+
+        nodes = self._requireResult(inputVolume, nodes)
+        shown = [node for node in (nodes.lung_segmentation_node, nodes.involvement_segmentation_node) if node]
+        if not shown:
+            raise ValueError(_("{name}'s result has no lung segmentation: run Apply again.").format(
+                name=inputVolume.GetName()))
+        show_segmentations_3d(shown)
+        centre_3d_views(inputVolume.GetScene() or slicer.mrmlScene, shown)
+        return shown
+
     def jumpToMostAttendedSlice(self, inputVolume, nodes=None):
         """Centre every slice view on the input slice with the most attention; returns ``(k, ras)``.
 
@@ -739,12 +769,8 @@ class TwoFiveCNNLogic(ScriptedLoadableModuleLogic):
         """
         from TwoFiveCNNLib.scene.nodes import ATTRIBUTE_PREFIX, jump_to_slice_ras
 
-        nodes = nodes if nodes is not None else self.resultNodes(inputVolume)
-        index = nodes.table_node.GetAttribute(ATTRIBUTE_PREFIX + "mostAttendedSlice") if nodes else None
-        if index is None:
-            raise ValueError(_("{name} has no result yet: press Apply first.").format(
-                name=inputVolume.GetName() if inputVolume else "The input"))
-        sliceIndex = int(index)
+        nodes = self._requireResult(inputVolume, nodes)
+        sliceIndex = int(nodes.table_node.GetAttribute(ATTRIBUTE_PREFIX + "mostAttendedSlice"))
         ras = jump_to_slice_ras(inputVolume, sliceIndex)
         scene = inputVolume.GetScene() or slicer.mrmlScene
         for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceNode")):
