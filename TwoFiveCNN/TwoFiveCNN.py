@@ -85,7 +85,10 @@ involved share, and shows where the lesions are as a lesion map on the input's o
 model or a model file trained with the TwoFiveCNN Training module or <code>twofivecnn train</code>) and
 press Apply. The grade and the class probabilities appear in the panel and in a table node, the lesion
 map (or the lung bands) is overlaid on the slice views, and "Jump to most-attended slice" shows the slice the model relied on
-most. The Batch section grades every volume file of a folder and writes one JSON, lesion-map volume and
+most. The lungs ("right lung", "left lung") and the HU bands are segmentations, and every result sits in one
+folder "TwoFiveCNN: &lt;name&gt;" under the CT's study in the Data module (delete the folder to remove the result).
+"Show results" switches to a layout with the involvement table and the attention plot; "Show 3D" builds the
+segmentations' surfaces. The Batch section grades every volume file of a folder and writes one JSON, lesion-map volume and
 picture per study plus a summary.tsv, exactly like <code>twofivecnn predict</code>.</p>
 <p>PyTorch is needed: install the "PyTorch" extension from the Extensions Manager; PyTorch itself is
 then installed on first use, after asking you.</p>
@@ -211,6 +214,8 @@ class TwoFiveCNNWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.opacitySliderWidget.connect("valueChanged(double)", self.onOverlayChanged)
         self.ui.jumpButton.connect("clicked(bool)", self.onJumpButton)
         self.ui.showPlotButton.connect("clicked(bool)", self.onShowPlotButton)
+        self.ui.showResultsButton.connect("clicked(bool)", self.onShowResultsButton)
+        self.ui.show3DButton.connect("clicked(bool)", self.onShow3DButton)
         self.ui.runBatchButton.connect("clicked(bool)", self.onRunBatchButton)
 
         # The batch runs in a child process: a timer collects its progress, never waiting for it.
@@ -305,8 +310,8 @@ class TwoFiveCNNWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._shownVolume = volumeNode
         nodes = self.logic.resultNodes(volumeNode)
         self.ui.resultTableView.setMRMLTableNode(nodes.table_node if nodes else None)
-        for widget in (self.ui.jumpButton, self.ui.showPlotButton, self.ui.overlayCheckBox,
-                       self.ui.overlayKindComboBox, self.ui.opacitySliderWidget):
+        for widget in (self.ui.jumpButton, self.ui.showPlotButton, self.ui.showResultsButton, self.ui.show3DButton,
+                       self.ui.overlayCheckBox, self.ui.overlayKindComboBox, self.ui.opacitySliderWidget):
             widget.enabled = nodes is not None
         if nodes is None:
             self.ui.resultLabel.text = _("No result yet for {name}.").format(name=volumeNode.GetName()) \
@@ -354,6 +359,14 @@ class TwoFiveCNNWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             nodes = self.logic.resultNodes(self._parameterNode.inputVolume)
             if nodes is not None:
                 slicer.modules.plots.logic().ShowChartInLayout(nodes.plot_chart_node)
+
+    def onShowResultsButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Failed to show the results."), waitCursor=True):
+            self.logic.showResults(self._parameterNode.inputVolume)
+
+    def onShow3DButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Failed to show the results in 3D."), waitCursor=True):
+            self.logic.show3D(self._parameterNode.inputVolume)
 
     def onRunBatchButton(self) -> None:
         parameters = self._parameterNode
