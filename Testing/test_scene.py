@@ -521,12 +521,13 @@ def test_lung_involvement_nodes_survive_save_and_reload(chest: Volume, tiny_mode
     assert bands.GetDisplayNode().GetColorNodeID() == colours.GetID()
     assert [colours.GetColorName(v) for v in range(1, 6)] == list(BAND_NAMES.values())
     headers = [table.GetColumnName(c) for c in range(table.GetNumberOfColumns())]
-    assert headers == ["Region", "Volume (mL)", "Involved (%)", "Emphysema (%)", "Aerated (%)", "Ground glass (%)",
-                       "Consolidation (%)", "Vessel (%)"]
+    assert headers == ["Region", "Volume (mL)", "Involved (%)", "Emphysema (%)", "Aerated (%)",
+                       "Ground glass (%)", "Consolidation (%)", "Vessel (%)"]
     assert column(table, "Region")[:3] == ["both lungs", "right lung", "right upper"]
     assert column(table, "Volume (mL)")[0] == pytest.approx(report["lungs"]["volume_ml"])
     assert column(table, "Involved (%)")[0] == pytest.approx(100 * report["involved_share"])
-    assert column(table, "Aerated (%)")[1] == pytest.approx(100 * report["per_lung"]["right"]["bands_share"]["aerated"])
+    right_aerated = report["per_lung"]["right"]["bands_share"]["aerated"]
+    assert column(table, "Aerated (%)")[1] == pytest.approx(100 * right_aerated)
     assert table.GetColumnUnitLabel("Ground glass (%)") == "%"
     assert table.GetAttribute("TwoFiveCNN.involvementGrade") == "CT-0"
     assert float(table.GetAttribute("TwoFiveCNN.lesionNetworkAddedMl")) == report.get("learned_added_ml", 0.0)

@@ -11,34 +11,19 @@ import pytest
 
 slicer = pytest.importorskip("slicer")
 vtk = pytest.importorskip("vtk")
+import test_scene
+from test_scene import add_chest_node
 from TwoFiveCNNLib.inference.predict import load_model, predict_volume
 from TwoFiveCNNLib.inference.prediction import Prediction
 from TwoFiveCNNLib.io.volume import Volume, read_volume
-from TwoFiveCNNLib.scene.folders import FOLDER_NAME, subject_hierarchy
-from TwoFiveCNNLib.scene.nodes import (
-    SHARED_ROLES,
-    find_prediction_nodes,
-    predict_volume_node,
-    save_scene,
-    write_prediction_nodes,
-)
-from TwoFiveCNNLib.scene.segmentations import CLOSED_SURFACE, centre_3d_views, show_segmentations_3d
+from TwoFiveCNNLib.scene import folders, segmentations
+from TwoFiveCNNLib.scene import nodes as scene_module
 from TwoFiveCNNLib.transforms.involvement import AERATED, BAND_NAMES
 from vtk.util import numpy_support
 
 LABELMAP = "Binary labelmap"
-
-
-@pytest.fixture(autouse=True)
-def mrml_scene():
-    slicer.mrmlScene = slicer.vtkMRMLScene()
-    yield slicer.mrmlScene
-    slicer.mrmlScene.Clear(1)
-
-
-@pytest.fixture(scope="module")
-def chest(chest_ct_path: Path) -> Volume:
-    return read_volume(chest_ct_path)
+# test_scene's fixtures: a fresh application scene per test (autouse) and the real CT, read once.
+mrml_scene, chest = test_scene.mrml_scene, test_scene.chest
 
 
 @pytest.fixture(scope="module")
@@ -51,15 +36,12 @@ def chest_prediction(chest: Volume, demo_model) -> Prediction:
     return predict_volume(demo_model, chest)
 
 
-def add_chest_node(volume: Volume, name: str = "CTChest4"):
-    return slicer.util.addVolumeFromArray(volume.to_original(volume.array), volume.geometry.ijk_to_ras(), name=name)
-
-
-def add_chest_in_study(volume: Volume, scene=None) -> tuple:
+def add_chest_in_study(volume: Volume) -> tuple:
     """The CT under a patient and a study, as the DICOM module loads it; returns (node, study item)."""
     node = add_chest_node(volume)
-    hierarchy = subject_hierarchy(node.GetScene())
-    study = hierarchy.CreateStudyItem(hierarchy.CreateSubjectItem(hierarchy.GetSceneItemID(), "Patient 1"), "CT 2020")
+    hierarchy = folders.subject_hierarchy(node.GetScene())
+    patient = hierarchy.CreateSubjectItem(hierarchy.GetSceneItemID(), "Patient 1")
+    study = hierarchy.CreateStudyItem(patient, "CT 2020")
     hierarchy.CreateItem(study, node)
     return node, study
 
@@ -88,12 +70,12 @@ def table_rows(table_node) -> dict[str, list]:
 
 
 def result_nodes(nodes) -> dict[str, object]:
-    return {role: node for role, node in nodes.by_role().items() if role not in SHARED_ROLES}
+    return {role: node for role, node in nodes.by_role().items() if role not in scene_module.SHARED_ROLES}
 
 
 def test_segments_of_the_lungs_and_bands_match_the_involvement_table(chest: Volume, demo_model):
     node, _study = add_chest_in_study(chest)
-    result = predict_volume_node(node, model=demo_model)
+    result = scene_module.predict_volume_node(node, model=demo_model)
     lungs, involvement = result.lung_segmentation_node, result.involvement_segmentation_node
     assert lungs.GetName() == "CTChest4 lungs" and involvement.GetName() == "CTChest4 involvement"
     assert set(segments(lungs)) == {"right lung", "left lung"}
@@ -119,25 +101,26 @@ def test_segments_of_the_lungs_and_bands_match_the_involvement_table(chest: Volu
             (label != AERATED), name
         shown_ml = segment_volume_ml(segment)
         band = BAND_NAMES[label]
-        assert shown_ml == pytest.approx(result.prediction.involvement["lungs"]["bands_ml"][band], rel=0.01, abs=0.05)
+        expected_ml = result.prediction.involvement["lungs"]["bands_ml"][band]
+        assert shown_ml == pytest.approx(expected_ml, rel=0.01, abs=0.05)
     for node in (lungs, involvement):  # labelmaps are the source; no surface before the user asks for 3D
         segmentation = node.GetSegmentation()
         assert segmentation.GetSourceRepresentationName() == LABELMAP
-        assert not segmentation.ContainsRepresentation(CLOSED_SURFACE)
+        assert not segmentation.ContainsRepresentation(segmentations.CLOSED_SURFACE)
 
 
 def test_every_result_is_in_one_folder_under_the_study_and_a_rerun_keeps_it(chest: Volume,
                                                                            chest_prediction: Prediction):
     scene = slicer.mrmlScene
     node, study = add_chest_in_study(chest)
-    hierarchy = subject_hierarchy(scene)
-    nodes = write_prediction_nodes(chest_prediction, node)
+    hierarchy = folders.subject_hierarchy(scene)
+    nodes = scene_module.write_prediction_nodes(chest_prediction, node)
     results = result_nodes(nodes)
     assert {"lung_segmentation", "involvement_segmentation", "lesion_map", "bands", "table"} <= set(results)
-    folders = {hierarchy.GetItemParent(hierarchy.GetItemByDataNode(n)) for n in results.values()}
-    assert len(folders) == 1
-    folder = folders.pop()
-    assert hierarchy.GetItemName(folder) == FOLDER_NAME.format("CTChest4") == "TwoFiveCNN: CTChest4"
+    parents = {hierarchy.GetItemParent(hierarchy.GetItemByDataNode(n)) for n in results.values()}
+    assert len(parents) == 1
+    folder = parents.pop()
+    assert hierarchy.GetItemName(folder) == folders.FOLDER_NAME.format("CTChest4") == "TwoFiveCNN: CTChest4"
     assert hierarchy.GetItemParent(folder) == study
     children = vtk.vtkIdList()
     hierarchy.GetItemChildren(folder, children)
@@ -147,7 +130,7 @@ def test_every_result_is_in_one_folder_under_the_study_and_a_rerun_keeps_it(ches
         assert not item or hierarchy.GetItemParent(item) != folder
 
     count, ids = scene.GetNumberOfNodes(), {r: n.GetID() for r, n in nodes.by_role().items()}
-    again = write_prediction_nodes(dataclasses.replace(chest_prediction, label="CT-1"), node)
+    again = scene_module.write_prediction_nodes(dataclasses.replace(chest_prediction, label="CT-1"), node)
     assert scene.GetNumberOfNodes() == count
     assert {r: n.GetID() for r, n in again.by_role().items()} == ids
     assert hierarchy.GetItemParent(hierarchy.GetItemByDataNode(again.lung_segmentation_node)) == folder
@@ -158,13 +141,13 @@ def test_every_result_is_in_one_folder_under_the_study_and_a_rerun_keeps_it(ches
     for removed in results.values():
         assert not scene.IsNodePresent(removed)
     assert scene.IsNodePresent(node) and scene.IsNodePresent(nodes.colour_node)
-    assert find_prediction_nodes(node) is None
+    assert scene_module.find_prediction_nodes(node) is None
 
 
 def test_without_a_study_the_folder_is_beside_the_input(chest: Volume, chest_prediction: Prediction):
     node = add_chest_node(chest)  # slicer-core gives it no subject-hierarchy item: one is made
-    hierarchy = subject_hierarchy(slicer.mrmlScene)
-    nodes = write_prediction_nodes(chest_prediction, node)
+    hierarchy = folders.subject_hierarchy(slicer.mrmlScene)
+    nodes = scene_module.write_prediction_nodes(chest_prediction, node)
     folder = hierarchy.GetItemParent(hierarchy.GetItemByDataNode(nodes.table_node))
     assert hierarchy.GetItemName(folder) == "TwoFiveCNN: CTChest4"
     assert hierarchy.GetItemParent(folder) == hierarchy.GetItemParent(hierarchy.GetItemByDataNode(node))
@@ -173,11 +156,12 @@ def test_without_a_study_the_folder_is_beside_the_input(chest: Volume, chest_pre
 def test_a_rerun_removes_the_roles_it_no_longer_produces(chest: Volume, chest_prediction: Prediction):
     scene = slicer.mrmlScene
     node = add_chest_node(chest)
-    full = write_prediction_nodes(chest_prediction, node)
-    gone = [full.involvement_node, full.bands_node, full.involvement_segmentation_node, full.lung_segmentation_node]
+    full = scene_module.write_prediction_nodes(chest_prediction, node)
+    gone = [full.involvement_node, full.bands_node, full.involvement_segmentation_node,
+            full.lung_segmentation_node]
     without = dataclasses.replace(chest_prediction, involvement={}, bands_kji=None, lungs_kji=None)
     count = scene.GetNumberOfNodes()
-    again = write_prediction_nodes(without, node)
+    again = scene_module.write_prediction_nodes(without, node)
     assert again.lung_segmentation_node is None and again.involvement_node is None
     for stale in gone:
         assert not scene.IsNodePresent(stale)
@@ -189,10 +173,10 @@ def test_a_rerun_removes_the_roles_it_no_longer_produces(chest: Volume, chest_pr
 def test_save_and_reload_keep_segmentations_and_hierarchy(chest: Volume, chest_prediction: Prediction,
                                                           tmp_path: Path):
     node, _study = add_chest_in_study(chest)
-    nodes = write_prediction_nodes(chest_prediction, node)
+    nodes = scene_module.write_prediction_nodes(chest_prediction, node)
     expected = {name: segment_volume_ml(s) for name, s in segments(nodes.lung_segmentation_node).items()}
     bands_expected = sorted(segments(nodes.involvement_segmentation_node))
-    mrml = save_scene(slicer.mrmlScene, tmp_path / "graded.mrml")
+    mrml = scene_module.save_scene(slicer.mrmlScene, tmp_path / "graded.mrml")
 
     scene = slicer.vtkMRMLScene()
     scene.SetURL(str(mrml))
@@ -200,23 +184,25 @@ def test_save_and_reload_keep_segmentations_and_hierarchy(chest: Volume, chest_p
     volumes = [scene.GetNthNodeByClass(i, "vtkMRMLScalarVolumeNode")
                for i in range(scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode"))]
     reloaded_input = next(v for v in volumes if v.GetName() == "CTChest4")
-    found = find_prediction_nodes(reloaded_input)
+    found = scene_module.find_prediction_nodes(reloaded_input)
     assert found.lung_segmentation_node is not None
     reloaded = {name: segment_volume_ml(s) for name, s in segments(found.lung_segmentation_node).items()}
     assert reloaded == pytest.approx(expected)
     assert sorted(segments(found.involvement_segmentation_node)) == bands_expected
 
-    hierarchy = subject_hierarchy(scene)
+    hierarchy = folders.subject_hierarchy(scene)
     input_item = hierarchy.GetItemByDataNode(reloaded_input)
     study = hierarchy.GetItemParent(input_item)
     assert hierarchy.GetItemName(study) == "CT 2020" and hierarchy.GetItemLevel(study) == "Study"
     folder = hierarchy.GetItemParent(hierarchy.GetItemByDataNode(found.involvement_segmentation_node))
-    assert hierarchy.GetItemName(folder) == "TwoFiveCNN: CTChest4" and hierarchy.GetItemParent(folder) == study
-    assert {hierarchy.GetItemParent(hierarchy.GetItemByDataNode(n)) for n in result_nodes(found).values()} == {folder}
+    assert hierarchy.GetItemName(folder) == "TwoFiveCNN: CTChest4"
+    assert hierarchy.GetItemParent(folder) == study
+    parents = {hierarchy.GetItemParent(hierarchy.GetItemByDataNode(n)) for n in result_nodes(found).values()}
+    assert parents == {folder}
 
     # A re-run on the reloaded scene updates its nodes in the same folder.
     count = scene.GetNumberOfNodes()
-    again = write_prediction_nodes(chest_prediction, reloaded_input, scene)
+    again = scene_module.write_prediction_nodes(chest_prediction, reloaded_input, scene)
     assert scene.GetNumberOfNodes() == count
     assert again.lung_segmentation_node.GetID() == found.lung_segmentation_node.GetID()
     assert hierarchy.GetItemParent(hierarchy.GetItemByDataNode(again.lung_segmentation_node)) == folder
@@ -225,21 +211,22 @@ def test_save_and_reload_keep_segmentations_and_hierarchy(chest: Volume, chest_p
 def test_show_3d_builds_closed_surfaces_and_centres_the_view(chest: Volume, chest_prediction: Prediction):
     scene = slicer.mrmlScene
     node = add_chest_node(chest)
-    nodes = write_prediction_nodes(chest_prediction, node)
+    nodes = scene_module.write_prediction_nodes(chest_prediction, node)
     camera = scene.AddNewNodeByClass("vtkMRMLCameraNode")
     camera.SetFocalPoint(0, 0, 0)
     camera.SetPosition(0, 500, 0)
     shown = [nodes.lung_segmentation_node, nodes.involvement_segmentation_node]
-    show_segmentations_3d(shown)
+    segmentations.show_segmentations_3d(shown)
     for segmentation_node in shown:
         segmentation = segmentation_node.GetSegmentation()
         assert segmentation.GetSourceRepresentationName() == LABELMAP  # still editable as labelmaps
         for name, segment in segments(segmentation_node).items():
-            surface = segment.GetRepresentation(CLOSED_SURFACE)
+            surface = segment.GetRepresentation(segmentations.CLOSED_SURFACE)
             assert surface is not None and surface.GetNumberOfPoints() > 0, name
-        assert segmentation_node.GetDisplayNode().GetPreferredDisplayRepresentationName3D() == CLOSED_SURFACE
+        display = segmentation_node.GetDisplayNode()
+        assert display.GetPreferredDisplayRepresentationName3D() == segmentations.CLOSED_SURFACE
 
-    assert centre_3d_views(scene, shown) == 1
+    assert segmentations.centre_3d_views(scene, shown) == 1
     bounds = [0.0] * 6
     nodes.lung_segmentation_node.GetRASBounds(bounds)
     centre = [(bounds[2 * axis] + bounds[2 * axis + 1]) / 2 for axis in range(3)]
@@ -259,7 +246,7 @@ def test_lung_segments_match_the_table_on_a_subsampled_analysis_grid(chest_ct_pa
     prediction = predict_volume(demo_model, volume)
     assert prediction.involvement["analysis_spacing_mm"][1] == pytest.approx(2 * volume.spacing_zyx[1])
     node = add_chest_node(volume, name="fine")
-    nodes = write_prediction_nodes(prediction, node)
+    nodes = scene_module.write_prediction_nodes(prediction, node)
     for side in ("right", "left"):
         assert segment_volume_ml(segments(nodes.lung_segmentation_node)[f"{side} lung"]) == \
             pytest.approx(prediction.involvement["per_lung"][side]["volume_ml"], rel=0.01)

@@ -85,10 +85,11 @@ involved share, and shows where the lesions are as a lesion map on the input's o
 model or a model file trained with the TwoFiveCNN Training module or <code>twofivecnn train</code>) and
 press Apply. The grade and the class probabilities appear in the panel and in a table node, the lesion
 map (or the lung bands) is overlaid on the slice views, and "Jump to most-attended slice" shows the slice the model relied on
-most. The lungs ("right lung", "left lung") and the HU bands are segmentations, and every result sits in one
-folder "TwoFiveCNN: &lt;name&gt;" under the CT's study in the Data module (delete the folder to remove the result).
-"Show results" switches to a layout with the involvement table and the attention plot; "Show 3D" builds the
-segmentations' surfaces. The Batch section grades every volume file of a folder and writes one JSON, lesion-map volume and
+most. The lungs ("right lung", "left lung") and the HU bands are segmentations, and every result
+sits in one folder "TwoFiveCNN: &lt;name&gt;" under the CT's study in the Data module (delete the
+folder to remove the result). "Show results" switches to a layout with the involvement table and the
+attention plot; "Show 3D" builds the segmentations' surfaces.
+The Batch section grades every volume file of a folder and writes one JSON, lesion-map volume and
 picture per study plus a summary.tsv, exactly like <code>twofivecnn predict</code>.</p>
 <p>PyTorch is needed: install the "PyTorch" extension from the Extensions Manager; PyTorch itself is
 then installed on first use, after asking you.</p>
@@ -310,8 +311,9 @@ class TwoFiveCNNWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._shownVolume = volumeNode
         nodes = self.logic.resultNodes(volumeNode)
         self.ui.resultTableView.setMRMLTableNode(nodes.table_node if nodes else None)
-        for widget in (self.ui.jumpButton, self.ui.showPlotButton, self.ui.showResultsButton, self.ui.show3DButton,
-                       self.ui.overlayCheckBox, self.ui.overlayKindComboBox, self.ui.opacitySliderWidget):
+        for widget in (self.ui.jumpButton, self.ui.showPlotButton, self.ui.showResultsButton,
+                       self.ui.show3DButton, self.ui.overlayCheckBox, self.ui.overlayKindComboBox,
+                       self.ui.opacitySliderWidget):
             widget.enabled = nodes is not None
         if nodes is None:
             self.ui.resultLabel.text = _("No result yet for {name}.").format(name=volumeNode.GetName()) \

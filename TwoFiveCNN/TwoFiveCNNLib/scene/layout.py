@@ -29,7 +29,8 @@ def results_layout_xml() -> str:
               f'<property name="orientation" action="default">{orientation}</property>'
               f'<property name="viewcolor" action="default">{colour}</property>')
         for tag, orientation, label, colour in _SLICE_VIEWS)
-    bottom = (_view("vtkMRMLViewNode", THREE_D_VIEW_TAG, "1") + _view("vtkMRMLTableViewNode", TABLE_VIEW_TAG, "T")
+    bottom = (_view("vtkMRMLViewNode", THREE_D_VIEW_TAG, "1")
+              + _view("vtkMRMLTableViewNode", TABLE_VIEW_TAG, "T")
               + _view("vtkMRMLPlotViewNode", PLOT_VIEW_TAG, "P"))
     return (f'<layout type="vertical" split="true"><item><layout type="horizontal">{slices}</layout></item>'
             f'<item><layout type="horizontal">{bottom}</layout></item></layout>')
