@@ -4,6 +4,9 @@ every result of one input in one subject-hierarchy folder under its study, surfa
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -250,3 +253,45 @@ def test_lung_segments_match_the_table_on_a_subsampled_analysis_grid(chest_ct_pa
     for side in ("right", "left"):
         assert segment_volume_ml(segments(nodes.lung_segmentation_node)[f"{side} lung"]) == \
             pytest.approx(prediction.involvement["per_lung"][side]["volume_ml"], rel=0.01)
+
+
+def test_predict_scene_files_hold_the_segmentations_in_their_folder(chest_ct_path: Path,
+                                                                    chest_prediction: Prediction, tmp_path: Path):
+    """What ``predict --scene`` writes: the segmentations' files, and the folder beside the input on reload."""
+    mrml = scene_module.save_prediction_scene(chest_prediction, chest_ct_path, tmp_path, "case 1")
+    data = {p.name for p in (tmp_path / "case 1_data").iterdir()}
+    assert {"case_1_lungs.seg.nrrd", "case_1_involvement.seg.nrrd"} <= data
+    scene = test_scene.reload(mrml)
+    found = scene_module.find_prediction_nodes(test_scene.node_named(scene, "case 1", "vtkMRMLScalarVolumeNode"))
+    assert set(segments(found.lung_segmentation_node)) == {"right lung", "left lung"}
+    hierarchy = folders.subject_hierarchy(scene)
+    folder = hierarchy.GetItemParent(hierarchy.GetItemByDataNode(found.lung_segmentation_node))
+    assert hierarchy.GetItemName(folder) == "TwoFiveCNN: case 1"
+    assert hierarchy.GetItemParent(folder) == hierarchy.GetSceneItemID()
+
+
+def test_show_3d_works_on_a_scene_loaded_before_the_library(chest: Volume, chest_prediction: Prediction,
+                                                            tmp_path: Path):
+    """A segmentation made before the converter rules existed (a saved scene loaded by a fresh slicer-core
+    process before TwoFiveCNNLib.scene is imported) still gets its surfaces."""
+    node = add_chest_node(chest)
+    scene_module.write_prediction_nodes(chest_prediction, node)
+    mrml = scene_module.save_scene(slicer.mrmlScene, tmp_path / "graded.mrml")
+    script = f"""
+import slicer
+scene = slicer.vtkMRMLScene()
+scene.SetURL({str(mrml)!r})
+assert scene.Import() == 1
+segmentation = scene.GetFirstNodeByName("CTChest4 lungs")
+assert not segmentation.CreateClosedSurfaceRepresentation()  # made before the rules: cannot convert
+from TwoFiveCNNLib.scene.segmentations import show_segmentations_3d
+show_segmentations_3d([segmentation])
+segments = segmentation.GetSegmentation()
+segment = segments.GetSegment(segments.GetSegmentIdBySegmentName("left lung"))
+print(segment.GetRepresentation("Closed surface").GetNumberOfPoints())
+"""
+    done = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True,
+                          timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(Path(scene_module.__file__).parents[2])})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert int(done.stdout.split()[-1]) > 0

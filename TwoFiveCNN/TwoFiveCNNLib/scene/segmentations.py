@@ -115,6 +115,15 @@ def style_lung_display(display: slicer.vtkMRMLSegmentationDisplayNode) -> None:
     display.SetOpacity3D(LUNG_OPACITY_3D)
 
 
+def _renew_converter(node: slicer.vtkMRMLSegmentationNode) -> None:
+    """Give ``node`` a copy of its segmentation made now. A segmentation takes the converter rules that
+    exist when it is made, so one made before :func:`register_converter_rules` (a scene loaded in
+    slicer-core before this library was used) never converts; its copy, with the same segment IDs, does."""
+    renewed = slicer.vtkSegmentation()
+    renewed.DeepCopy(node.GetSegmentation())
+    node.SetAndObserveSegmentation(renewed)
+
+
 def show_segmentations_3d(nodes: list[slicer.vtkMRMLSegmentationNode]) -> None:
     """Build the closed surfaces of ``nodes`` and show them in the 3D views (the "Show 3D" action).
 
@@ -124,7 +133,9 @@ def show_segmentations_3d(nodes: list[slicer.vtkMRMLSegmentationNode]) -> None:
     register_converter_rules()
     for node in nodes:
         if node.GetSegmentation().GetNumberOfSegments() and not node.CreateClosedSurfaceRepresentation():
-            raise RuntimeError(f"Slicer could not build the 3D surfaces of {node.GetName()!r}.")
+            _renew_converter(node)
+            if not node.CreateClosedSurfaceRepresentation():
+                raise RuntimeError(f"Slicer could not build the 3D surfaces of {node.GetName()!r}.")
         display = node.GetDisplayNode()
         if display is not None:
             display.SetPreferredDisplayRepresentationName3D(CLOSED_SURFACE)
