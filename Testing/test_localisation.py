@@ -16,7 +16,6 @@ from TwoFiveCNNLib.evaluation.localisation import (
     read_masks,
     voxel_auc,
 )
-from TwoFiveCNNLib.inference.predict import load_model
 from TwoFiveCNNLib.io.volume import Geometry, Volume, write_volume
 
 
@@ -68,9 +67,9 @@ def write_masked_cohort(root: Path) -> tuple[Path, Path]:
     return data, masks
 
 
-def test_evaluate_masks_on_phantoms(tmp_path):
+def test_evaluate_masks_on_phantoms(demo_model, tmp_path):
     data, masks = write_masked_cohort(tmp_path)
-    report = evaluate_masks(load_model(None, "cpu"), data, masks)
+    report = evaluate_masks(demo_model, data, masks)
     assert report["studies_with_lesions"] == 1
     rows = {row["study_id"]: row for row in report["studies"]}
     assert rows["study_0"]["voxel_auc"] is None and rows["study_0"]["lesion_voxels"] == 0

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import TINY_TRAIN_ARGS, StopAfter
+from helpers import TINY_TRAIN_ARGS, StopAfter
 from TwoFiveCNNLib.app.cli import comparison_table, main, run_figures
 from TwoFiveCNNLib.data.cache import PreprocessedCache
 from TwoFiveCNNLib.data.cohort import load_cohort

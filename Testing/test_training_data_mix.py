@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_TRAIN_ARGS
+from helpers import TINY_TRAIN_ARGS
 from TwoFiveCNNLib.app.cli import main
 from TwoFiveCNNLib.data.index import DatasetIndex
 from TwoFiveCNNLib.inference.predict import load_model, predict_volume

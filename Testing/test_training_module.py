@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_TRAIN_ARGS
+from helpers import TINY_TRAIN_ARGS, live_members
 
 slicer = pytest.importorskip("slicer")
 
@@ -282,8 +282,6 @@ def test_cancel_leaves_no_model_and_resume_finishes(scene, dataset_csv, cache_di
     process.cancel(timeout=20)
     cancel_seconds = time.monotonic() - started
     if Path("/proc/self/stat").is_file():
-        from test_background_processes import live_members
-
         assert live_members(process.pid) == []  # the whole process tree has gone when cancel returns
     events += run_until_exit(process, timeout=30)
     end = exit_event(events)
