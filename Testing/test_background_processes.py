@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import live_members
 from TwoFiveCNNLib.app import cli
 from TwoFiveCNNLib.app.module_settings import DEVICE_CHOICES, device_option
 from TwoFiveCNNLib.app.processes import (
@@ -48,20 +49,6 @@ CHILD = textwrap.dedent("""
     while True:
         time.sleep(1)
 """)
-
-
-def live_members(pgid: int) -> list[int]:
-    """Processes of group ``pgid`` that are not zombies (an orphan's zombie waits for init, not for us)."""
-    members = []
-    for stat_path in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            stat = stat_path.read_text()
-        except OSError:
-            continue
-        state, _ppid, group = stat[stat.rfind(")") + 2:].split()[:3]
-        if int(group) == pgid and state not in ("Z", "X"):
-            members.append(int(stat_path.parent.name))
-    return members
 
 
 def launch_tree(tmp_path: Path, *flags: str) -> BackgroundProcess:

@@ -48,11 +48,11 @@ def test_half_precision_on_the_cpu_is_refused_clearly(chest_ct_path, tmp_path, c
 
 
 @pytest.mark.slow
-def test_compiled_backbone_gives_the_eager_results(chest_ct_path):
+def test_compiled_backbone_gives_the_eager_results(demo_model, chest_ct_path):
     from TwoFiveCNNLib.inference.engines import load_model
     from TwoFiveCNNLib.inference.predict import predict_path
 
-    eager, _ = predict_path(load_model(None, "cpu"), chest_ct_path)
-    compiled, _ = predict_path(load_model(None, "cpu", compile=True), chest_ct_path)
+    eager, _ = predict_path(demo_model, chest_ct_path)
+    compiled, _ = predict_path(load_model(None, "cpu", compile=True), chest_ct_path)  # its own: compiled
     for name, probability in eager.probabilities.items():
         assert compiled.probabilities[name] == pytest.approx(probability, abs=1e-4)

@@ -109,7 +109,12 @@ def test_the_fusion_read_without_torch_is_torchs():
 def test_acceleration_options_belong_to_torch():
     with pytest.raises(ValueError, match="--half and --compile are options of the torch engine"):
         load_model(None, "cpu", "onnx", compile=True)
-    assert load_model(None, "cpu", "auto", compile=True).engine == "torch"  # compiled lazily, at first use
+    compiled = load_model(None, "cpu", "auto", compile=True)
+    assert compiled.engine == "torch"  # compiled lazily, at first use
+    # Grading runs torch.compile's wrapper of the very embedding the eager grader runs (before 0.3 the
+    # option compiled a function grading never called).
+    assert getattr(compiled._embed, "_torchdynamo_orig_callable", None) == compiled.model.slice_classifier.embed
+    assert not hasattr(load_model(None, "cpu")._embed, "_torchdynamo_orig_callable")
     with pytest.raises(ValueError, match="half precision needs a CUDA GPU"):
         load_model(None, "cpu", "auto", half=True)
 

@@ -410,7 +410,8 @@ def nan_model(tiny_model, tmp_path_factory) -> Path:
     return model.save(tmp_path_factory.mktemp("nan") / "diverged.pt")
 
 
-def test_a_nan_models_failure_names_the_study_and_the_model(nan_model, phantom_cohort, tmp_path, capsys):
+def test_a_nan_models_failure_names_the_study_and_the_model(nan_model, phantom_cohort, cache_dir, tmp_path,
+                                                            capsys):
     study = next((phantom_cohort / "studies" / "CT-1").glob("*.nii.gz"))
     out = tmp_path / "out"
     assert main(["predict", str(study), "--out", str(out), "--model", str(nan_model), "--engine", "torch"]) == 3
@@ -419,7 +420,7 @@ def test_a_nan_models_failure_names_the_study_and_the_model(nan_model, phantom_c
     assert "NaN" in failure[0]
     assert str(nan_model) in (out / "summary.tsv").read_text()
     assert main(["evaluate", "--model", str(nan_model), "--data", str(phantom_cohort), "--subset", "all",
-                 "--cache", str(tmp_path / "cache")]) == 2
+                 "--cache", str(cache_dir)]) == 2
     error = capsys.readouterr().err
     assert str(nan_model) in error and "studies study_" in error and "NaN" in error
 

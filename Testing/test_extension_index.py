@@ -16,10 +16,9 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
+from helpers import MODULES, ROOT, cmake_commands, cmake_variables, parent_assignments
 from PIL import Image
-from test_extension_layout import MODULES, cmake_commands, cmake_variables, parent_assignments
 
-ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parent / "data"
 CATALOG = ROOT / "TwoFiveCNN.json"
 CMAKE = ROOT / "CMakeLists.txt"

@@ -12,16 +12,22 @@ import ast
 import re
 import subprocess
 import sys
-import types
 import unittest
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import ClassVar
 
 import pytest
+from helpers import (
+    MODULES,
+    ROOT,
+    cmake_commands,
+    cmake_variables,
+    find_class,
+    load_module,
+    module_tree,
+    parent_assignments,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
-MODULES = ("TwoFiveCNN", "TwoFiveCNNTraining")
 LIB = ROOT / "TwoFiveCNN" / "TwoFiveCNNLib"
 
 # Top-level imports a module file may make: what Slicer's own Python provides, nothing heavy...
@@ -34,55 +40,6 @@ LIGHT_LIBRARY_MODULES = {"TwoFiveCNNLib.app.module_settings"}
 # --- helpers -------------------------------------------------------------------------------------
 
 
-def cmake_commands(path: Path) -> list[tuple[str, list[str]]]:
-    """``(command, arguments)`` of every CMake command in a file; quoted arguments keep their quotes."""
-    text = path.read_text(encoding="utf-8")
-    token = re.compile(r'"(?:[^"\\]|\\.)*"|#[^\n]*|[()]|[^\s()#"]+')
-    commands, name, arguments, depth, previous = [], None, [], 0, None
-    for match in token.finditer(text):
-        word = match.group(0)
-        if word.startswith("#"):
-            continue
-        if name is None:
-            if word == "(" and previous is not None and re.fullmatch(r"\w+", previous):
-                name, arguments, depth = previous, [], 1
-            previous = word
-            continue
-        if word == "(":
-            depth += 1
-        elif word == ")":
-            depth -= 1
-            if depth == 0:
-                commands.append((name, arguments))
-                name, previous = None, None
-                continue
-        if depth >= 1 and word not in "()":
-            arguments.append(word)
-    return commands
-
-
-def cmake_variables(path: Path) -> dict[str, list[str]]:
-    """Values of ``set(NAME ...)`` with ``${MODULE_NAME}`` expanded and quotes stripped."""
-    values: dict[str, list[str]] = {}
-    for command, arguments in cmake_commands(path):
-        if command.lower() == "set" and arguments:
-            values[arguments[0]] = [a.strip('"') for a in arguments[1:]]
-    module_name = values.get("MODULE_NAME", [""])[0]
-    return {name: [v.replace("${MODULE_NAME}", module_name) for v in value] for name, value in values.items()}
-
-
-def module_tree(module: str) -> ast.Module:
-    path = ROOT / module / f"{module}.py"
-    return ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-
-
-def find_class(tree: ast.Module, name: str) -> ast.ClassDef:
-    for node in tree.body:
-        if isinstance(node, ast.ClassDef) and node.name == name:
-            return node
-    raise AssertionError(f"class {name} not found")
-
-
 def base_names(cls: ast.ClassDef) -> set[str]:
     return {b.id if isinstance(b, ast.Name) else ast.unparse(b) for b in cls.bases}
 
@@ -90,20 +47,6 @@ def base_names(cls: ast.ClassDef) -> set[str]:
 def string_literals(node: ast.AST) -> str:
     """All string constants inside an expression, joined (sees through ``_("...")`` and ``.format``)."""
     return " ".join(n.value for n in ast.walk(node) if isinstance(n, ast.Constant) and isinstance(n.value, str))
-
-
-def parent_assignments(module: str) -> dict[str, ast.expr]:
-    """``self.parent.<attribute> = <value>`` in the module class's ``__init__``."""
-    init = next(n for n in find_class(module_tree(module), module).body
-                if isinstance(n, ast.FunctionDef) and n.name == "__init__")
-    assigned = {}
-    for node in ast.walk(init):
-        if isinstance(node, ast.Assign):
-            for target in node.targets:
-                if (isinstance(target, ast.Attribute) and isinstance(target.value, ast.Attribute)
-                        and target.value.attr == "parent"):
-                    assigned[target.attr] = node.value
-    return assigned
 
 
 def parameter_fields(module: str) -> dict[str, str]:
@@ -404,83 +347,15 @@ def test_icons_are_128_pixel_pngs(icon):
 # --- the modules' own self-tests, on real MRML nodes ---------------------------------------------
 
 
-class _ScriptedLoadableModule:
-    def __init__(self, parent):
-        self.parent = parent
-
-
-class _ScriptedLoadableModuleWidget:
-    def __init__(self, parent=None):
-        self.parent = parent
-
-
-class _ScriptedLoadableModuleLogic:
-    def __init__(self, parent=None):
-        pass
-
-
-class _ScriptedLoadableModuleTest(unittest.TestCase):
-    messages: ClassVar[list[str]] = []  # what the self-tests displayed, e.g. why a test was skipped
-
-    def delayDisplay(self, message, msec=None):
-        type(self).messages.append(message)
-
-
-class _PyTorchUtilsLogic:
-    """What the PyTorch extension offers; in this environment torch is installed already."""
-
-    @staticmethod
-    def torchInstalled():
-        return True
-
-    def installTorch(self, *args, **kwargs):
-        raise AssertionError("torch is installed here; installTorch must not be called")
-
-
-@pytest.fixture
-def slicer_stubbed(monkeypatch, tmp_path):
-    """slicer-core's MRML plus stand-ins for the application-only modules."""
-    slicer = pytest.importorskip("slicer")
-    stubs = {
-        "slicer.ScriptedLoadableModule": {
-            "ScriptedLoadableModule": _ScriptedLoadableModule,
-            "ScriptedLoadableModuleWidget": _ScriptedLoadableModuleWidget,
-            "ScriptedLoadableModuleLogic": _ScriptedLoadableModuleLogic,
-            "ScriptedLoadableModuleTest": _ScriptedLoadableModuleTest,
-        },
-        "slicer.i18n": {"tr": lambda text: text},
-        "slicer.parameterNodeWrapper": {"parameterNodeWrapper": lambda cls: cls,
-                                        "Choice": lambda choices: ("Choice", tuple(choices)),
-                                        "WithinRange": lambda low, high: ("WithinRange", low, high)},
-        "PyTorchUtils": {"PyTorchUtilsLogic": _PyTorchUtilsLogic},
-        "qt": {},  # only the widgets use Qt (QTimer); the self-tests run the logic
-    }
-    for name, attributes in stubs.items():
-        monkeypatch.setitem(sys.modules, name, types.SimpleNamespace(**attributes))
-    monkeypatch.setattr(slicer, "mrmlScene", slicer.vtkMRMLScene(), raising=False)
-    monkeypatch.setattr(slicer, "app", types.SimpleNamespace(temporaryPath=str(tmp_path),
-                                                             testingEnabled=lambda: True), raising=False)
-    return slicer
-
-
-def load_module(module: str):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"_slicer_module_{module}", ROOT / module / f"{module}.py")
-    loaded = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(loaded)
-    return loaded
-
-
 def run_self_tests(test_class) -> list[str]:
     """Run a ``<Module>Test`` class's test_ methods; returns what they displayed."""
-    _ScriptedLoadableModuleTest.messages = []
+    test_class.messages = []
     suite = unittest.TestLoader().loadTestsFromTestCase(test_class)
     assert suite.countTestCases() > 0
     result = unittest.TextTestRunner(stream=sys.stderr, verbosity=0).run(suite)
     problems = [f"{test}: {trace}" for test, trace in result.failures + result.errors]
     assert result.wasSuccessful(), "\n".join(problems)
-    return _ScriptedLoadableModuleTest.messages
+    return test_class.messages
 
 
 @pytest.mark.parametrize("module", MODULES)

@@ -2,7 +2,7 @@
 
 PyTorchUtils (the PyTorch extension) and the application's cursor and dialog exist only inside Slicer:
 they are stand-ins here, recording what the module asks of them. The module files are loaded as in
-test_extension_layout.py (``slicer_stubbed``, ``load_module``) on slicer-core's real MRML.
+test_extension_layout.py (conftest's ``slicer_stubbed``, ``load_module``) on slicer-core's real MRML.
 
 The self-tests are also run in a child process where ``import torch`` fails, as on Slicer's build
 machines: :func:`blocked_self_tests_skip_without_torch` is collected only there (by its own prefix).
@@ -23,7 +23,7 @@ import pytest
 
 pytest.importorskip("slicer")
 
-from test_extension_layout import MODULES, ROOT, load_module, slicer_stubbed  # noqa: F401  (fixture)
+from helpers import MODULES, ROOT, load_module
 from TwoFiveCNNLib.app import module_settings
 from TwoFiveCNNLib.app.module_settings import (
     TORCH_INSTALL_NOTICE,

@@ -17,17 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import write_dicom_series
+from helpers import write_dicom_series
 from TwoFiveCNNLib.app.cli import EXIT_FAILED_STUDIES, main
 from TwoFiveCNNLib.io.volume import Volume, VolumeError, read_volume
 
 MISSING = 16  # the slice left out of the gapped series: mid-chest, through both lungs
 CORNER = (-194.0, -216.0, -340.0)  # LPS position of the first voxel of every series made here
-
-
-@pytest.fixture(scope="module")
-def chest(chest_ct_path: Path) -> Volume:
-    return read_volume(chest_ct_path)
 
 
 def sheared_image(chest: Volume, degrees: float) -> sitk.Image:

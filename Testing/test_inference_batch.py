@@ -17,8 +17,7 @@ import pytest
 
 slicer = pytest.importorskip("slicer")
 
-from test_background_processes import live_members
-from test_extension_layout import load_module, slicer_stubbed  # noqa: F401  (fixture)
+from helpers import find_class, live_members, load_module, module_tree
 from TwoFiveCNNLib.io.manifest import MANIFEST_NAME
 
 STUDIES = 20
@@ -195,7 +194,6 @@ def test_the_inference_widget_polls_and_never_waits():
     import ast
     import re
 
-    from test_extension_layout import find_class, module_tree
 
     widget = find_class(module_tree("TwoFiveCNN"), "TwoFiveCNNWidget")
     calls = {ast.unparse(n.func) for n in ast.walk(widget) if isinstance(n, ast.Call)}

@@ -18,15 +18,8 @@ import pytest
 slicer = pytest.importorskip("slicer")
 vtk = pytest.importorskip("vtk")
 
-from test_extension_layout import load_module, slicer_stubbed  # noqa: F401  (fixture)
-from test_scene import add_chest_node, column, ijk_to_ras, node_named, reload
-from TwoFiveCNNLib.io.volume import Volume, read_volume
+from helpers import add_chest_node, column, ijk_to_ras, load_module, node_named, reload
 from TwoFiveCNNLib.scene.nodes import find_prediction_nodes, save_scene
-
-
-@pytest.fixture(scope="module")
-def chest(chest_ct_path: Path) -> Volume:
-    return read_volume(chest_ct_path)
 
 
 @pytest.fixture

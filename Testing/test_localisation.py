@@ -16,7 +16,6 @@ from TwoFiveCNNLib.evaluation.localisation import (
     read_masks,
     voxel_auc,
 )
-from TwoFiveCNNLib.inference.predict import load_model
 from TwoFiveCNNLib.io.volume import Geometry, Volume, write_volume
 
 
@@ -68,9 +67,9 @@ def write_masked_cohort(root: Path) -> tuple[Path, Path]:
     return data, masks
 
 
-def test_evaluate_masks_on_phantoms(tmp_path):
+def test_evaluate_masks_on_phantoms(demo_model, tmp_path):
     data, masks = write_masked_cohort(tmp_path)
-    report = evaluate_masks(load_model(None, "cpu"), data, masks)
+    report = evaluate_masks(demo_model, data, masks)
     assert report["studies_with_lesions"] == 1
     rows = {row["study_id"]: row for row in report["studies"]}
     assert rows["study_0"]["voxel_auc"] is None and rows["study_0"]["lesion_voxels"] == 0
@@ -98,7 +97,7 @@ def test_masks_on_another_grid_are_refused(tmp_path):
         read_masks(tmp_path, study, shifted)
 
 
-def test_evaluate_masks_from_the_command_line(tmp_path, capsys):
+def test_evaluate_masks_from_the_command_line(cache_dir, tmp_path, capsys):
     import json
 
     from TwoFiveCNNLib.app.cli import main
@@ -106,7 +105,7 @@ def test_evaluate_masks_from_the_command_line(tmp_path, capsys):
     data, masks = write_masked_cohort(tmp_path)
     out = tmp_path / "metrics.json"
     assert main(["evaluate", "--data", str(data), "--masks", str(masks), "--json", str(out), "--subset", "all",
-                 "--cache", str(tmp_path / "cache")]) == 0
+                 "--cache", str(cache_dir)]) == 0
     localisation = json.loads(out.read_text(encoding="utf-8"))["localisation"]
     assert localisation["studies_with_lesions"] == 1 and 0.0 <= localisation["voxel_auc"] <= 1.0
     assert "voxel AUC" in capsys.readouterr().out

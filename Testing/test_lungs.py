@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 from TwoFiveCNNLib.data.phantoms import generate_phantom
-from TwoFiveCNNLib.io.volume import Volume, read_volume, stored_flipped
+from TwoFiveCNNLib.io.volume import Volume, stored_flipped
 from TwoFiveCNNLib.transforms.involvement import (
     BAND_NAMES,
     CONSOLIDATION,
@@ -27,11 +27,6 @@ THIN_SLICE_SEED, THICK_SLICE_SEED = 5, 57
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 2 * float((a & b).sum()) / max(1, int(a.sum() + b.sum()))
-
-
-@pytest.fixture(scope="module")
-def chest(chest_ct_path: Path) -> Volume:
-    return read_volume(chest_ct_path)
 
 
 @pytest.fixture(scope="module")
@@ -150,14 +145,6 @@ def edge_lesions(chest: Volume, reference_lungs: np.ndarray):
                 hu = chest.array.astype(np.int32)
                 hu[lesion] = 30
                 yield hu, lesion
-
-
-def dorsal_band(lung: np.ndarray, spacing_zyx: tuple[float, float, float], depth_mm: float) -> np.ndarray:
-    """The back of ``lung`` (a mask) to ``depth_mm`` from its hindmost voxel in each column of each
-    slice, over its whole height: where dependent consolidation lies."""
-    back = np.where(lung.any(axis=1), lung.shape[1] - 1 - np.argmax(lung[:, ::-1, :], axis=1), -1)  # [z, x]
-    rows = np.arange(lung.shape[1])[None, :, None]
-    return lung & (rows > back[:, None, :] - depth_mm / spacing_zyx[1])
 
 
 def edge_lesions_inside(chest: Volume, reference_lungs: np.ndarray, settings: LungSettings | None = None

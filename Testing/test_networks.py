@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-import TwoFiveCNNLib
 from torch import nn
+from TwoFiveCNNLib.inference.predict import BUNDLED_MODEL
 from TwoFiveCNNLib.io.model_file import load_archive
 from TwoFiveCNNLib.networks.backbones import (
     IMAGENET_BACKBONES,
@@ -30,8 +30,6 @@ from TwoFiveCNNLib.networks.volumetric import (
     build_volume_baseline,
     inflate_acs,
 )
-
-BUNDLED_MODEL = Path(TwoFiveCNNLib.__file__).parent / "inference" / "demo_model.pt"
 
 
 @pytest.fixture(autouse=True)

@@ -48,12 +48,12 @@ def test_the_shipped_export_is_made_from_the_shipped_model_and_current(tmp_path)
         assert (again / name).read_bytes() == (shipped / name).read_bytes(), name
 
 
-def test_demo_model_on_onnx_runtime_predicts_what_torch_predicts(chest_ct_path):
-    torch_model, onnx_model = load_model(None, "cpu", "torch"), load_model(None, "cpu", "onnx")
+def test_demo_model_on_onnx_runtime_predicts_what_torch_predicts(demo_model, chest):
+    torch_model, onnx_model = demo_model, load_model(None, "cpu", "onnx")
     assert (torch_model.engine, onnx_model.engine) == ("torch", "onnxruntime")
     assert load_model(None, "cpu", "auto").engine == "onnxruntime"
     phantom = generate_phantom(3, seed=3, orientation="RAS")
-    for volume in (read_volume(chest_ct_path), Volume.from_original(phantom.array_kji, phantom.geometry)):
+    for volume in (chest, Volume.from_original(phantom.array_kji, phantom.geometry)):
         assert_same_prediction(predict_volume(torch_model, volume), predict_volume(onnx_model, volume))
 
 

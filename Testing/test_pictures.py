@@ -156,13 +156,13 @@ def test_montage_numbers_tiles_and_bars_by_the_given_slice_numbers(tmp_path) -> 
     assert layout.bars.x_ticks == [0, 2, 4, 6, 8, 10, 12, 14, 16, 18]
 
 
-def test_the_prediction_picture_numbers_slices_as_its_json_on_a_feet_first_input(tmp_path, monkeypatch) -> None:
+def test_the_prediction_picture_numbers_slices_as_its_json_on_a_feet_first_input(demo_model, tmp_path,
+                                                                                   monkeypatch) -> None:
     """On a feet-first input the canonical grid runs the other way; the chart must still use the input's numbers."""
     import json
 
     from TwoFiveCNNLib.data.phantoms import generate_phantom
     from TwoFiveCNNLib.inference import outputs
-    from TwoFiveCNNLib.inference.predict import load_model
     from TwoFiveCNNLib.io.volume import write_volume
 
     study = generate_phantom(3, seed=11, orientation="LPI", shape_zyx=(40, 96, 96))
@@ -174,7 +174,7 @@ def test_the_prediction_picture_numbers_slices_as_its_json_on_a_feet_first_input
         return drawn[-1][1]
 
     monkeypatch.setattr(outputs, "lesion_map_montage_png", keep_layout)
-    result = outputs.predict_batch(load_model(None, "cpu"), [source], tmp_path / "out")
+    result = outputs.predict_batch(demo_model, [source], tmp_path / "out")
     assert not result.failures
     record = json.loads((tmp_path / "out" / "feet_first.json").read_text())
     (labels, layout), = drawn

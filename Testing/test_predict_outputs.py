@@ -37,13 +37,12 @@ def feet_first_study() -> Volume:
     return Volume.from_original(phantom.array_kji, phantom.geometry, "feet_first.nii.gz")
 
 
-def test_lesion_map_file_is_the_share_of_involved_bands_within_one_step(feet_first_study, tmp_path):
+def test_lesion_map_file_is_the_share_of_involved_bands_within_one_step(demo_model, feet_first_study, tmp_path):
     """The stored lesion map against the involved share around each voxel counted here by hand from the
     prediction's band labels (the HU lungs and the lesion network's voxels), in the input's own
     (feet-first) storage order."""
-    model = load_model(None, "cpu")
-    assert model.lesion_lungs
-    prediction = predict_volume(model, feet_first_study)
+    assert demo_model.lesion_lungs
+    prediction = predict_volume(demo_model, feet_first_study)
     report = prediction.involvement
     hu_report, hu_bands = lung_involvement(feet_first_study.array, feet_first_study.spacing_zyx)
     assert report["analysis_spacing_mm"] == hu_report["analysis_spacing_mm"] == list(feet_first_study.spacing_zyx)
@@ -67,8 +66,8 @@ def test_lesion_map_file_is_the_share_of_involved_bands_within_one_step(feet_fir
     lesion_voxels = feet_first_study.to_original(involved)
     assert prediction.lesion_map_kji[lesion_voxels].mean() > 0.8
     assert prediction.lesion_map_kji[~lesion_voxels].mean() < 0.05
-    grid, _ = to_model_grid(feet_first_study, model.preprocess)
-    result = model.grade(grid, lung_features(report))
+    grid, _ = to_model_grid(feet_first_study, demo_model.preprocess)
+    result = demo_model.grade(grid, lung_features(report))
     assert list(prediction.probabilities.values()) == pytest.approx(list(result.probabilities), abs=1e-6)
 
     written = write_prediction(prediction, feet_first_study, tmp_path, "study")
@@ -152,10 +151,10 @@ def test_help_and_argument_errors_do_not_import_torch(argv):
     assert run.stdout.strip().splitlines()[-1] == "False False", run.stderr[-2000:]
 
 
-def test_channels_last_backbone_gives_the_contiguous_results(feet_first_study):
+def test_channels_last_backbone_gives_the_contiguous_results(demo_model, feet_first_study):
     """The loaded backbone is channels-last for speed; its grades are those of the plain layout."""
-    fast = load_model(None, "cpu")
-    plain = load_model(None, "cpu")
+    fast = demo_model
+    plain = load_model(None, "cpu")  # its own copy: its layout is changed here
     plain.model.slice_classifier.to(memory_format=torch.contiguous_format)
     a, b = predict_volume(fast, feet_first_study), predict_volume(plain, feet_first_study)
     assert list(a.probabilities.values()) == pytest.approx(list(b.probabilities.values()), abs=1e-4)

@@ -77,12 +77,12 @@ def _stage1_epochs_reported(progress: Path) -> int:
     return sum(json.loads(line)["stage"] == "stage1" for line in lines if line.endswith("}"))
 
 
-def test_training_killed_at_random_points_resumes_to_the_same_model(phantom_cohort, tmp_path):
+def test_training_killed_at_random_points_resumes_to_the_same_model(phantom_cohort, cache_dir, tmp_path):
     """SIGKILL (no clean-up possible) at seeded random moments of stage 1: after a random number of
     epochs plus a random delay, so some kills land mid-epoch and some mid-checkpoint. Each restart
     resumes from the last checkpoint, and the final model equals an uninterrupted run's, weight for weight."""
     command = [sys.executable, "-m", "TwoFiveCNNLib", "train", "--data", str(phantom_cohort),
-               "--cache", str(tmp_path / "cache"), "--in-plane", "48", "--slices", "12", "--stage1-epochs", "5",
+               "--cache", str(cache_dir), "--in-plane", "48", "--slices", "12", "--stage1-epochs", "5",
                "--stage2-epochs", "4", "--stage2-views", "2", "--quiet"]
     subprocess.run([*command, "--out", str(tmp_path / "reference.pt")], check=True, capture_output=True)
 

@@ -10,9 +10,10 @@ import pytest
 slicer = pytest.importorskip("slicer")
 vtk = pytest.importorskip("vtk")
 
+from helpers import add_chest_node, column, ijk_to_ras, node_named, reload
 from TwoFiveCNNLib.inference.predict import load_model
 from TwoFiveCNNLib.inference.prediction import Prediction
-from TwoFiveCNNLib.io.volume import Volume, read_volume
+from TwoFiveCNNLib.io.volume import Volume
 from TwoFiveCNNLib.scene import nodes as scene_module
 from TwoFiveCNNLib.scene.nodes import (
     find_prediction_nodes,
@@ -36,34 +37,6 @@ def mrml_scene():
     slicer.mrmlScene.Clear(1)
 
 
-@pytest.fixture(scope="module")
-def chest(chest_ct_path: Path) -> Volume:
-    return read_volume(chest_ct_path)
-
-
-def oblique(ijk_to_ras: np.ndarray, degrees: float = 20.0) -> np.ndarray:
-    """The same grid tilted about two axes, so no index axis stays aligned with RAS."""
-    a, b = np.radians(degrees), np.radians(degrees / 2)
-    about_z = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
-    about_x = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
-    tilted = ijk_to_ras.copy()
-    tilted[:3, :3] = about_x @ about_z @ ijk_to_ras[:3, :3]
-    return tilted
-
-
-def add_chest_node(volume: Volume, tilt: bool = False, name: str = "CTChest4"):
-    matrix = volume.geometry.ijk_to_ras()
-    return slicer.util.addVolumeFromArray(
-        volume.to_original(volume.array), oblique(matrix) if tilt else matrix, name=name
-    )
-
-
-def ijk_to_ras(node) -> np.ndarray:
-    matrix = vtk.vtkMatrix4x4()
-    node.GetIJKToRASMatrix(matrix)
-    return slicer.util.arrayFromVTKMatrix(matrix)
-
-
 def fake_prediction(node, label: str = "CT-2", seed: int = 0) -> Prediction:
     """A prediction with every property a real one has, made without a model."""
     volume = volume_from_node(node)
@@ -83,12 +56,6 @@ def fake_prediction(node, label: str = "CT-2", seed: int = 0) -> Prediction:
         source=node.GetName(),
         warnings=["a warning; with: separators"],
     )
-
-
-def column(table_node, name: str) -> list:
-    array = table_node.GetTable().GetColumnByName(name)
-    assert array is not None, f"column {name!r} missing"
-    return [array.GetValue(row) for row in range(array.GetNumberOfTuples())]
 
 
 # ---------------------------------------------------------------------------------------------- input
@@ -363,20 +330,6 @@ def test_failure_while_building_removes_the_new_nodes(chest: Volume, monkeypatch
 
 
 # ---------------------------------------------------------------------------------------------- saving
-
-
-def node_named(scene, name: str, class_name: str):
-    found = [scene.GetNthNodeByClass(i, class_name) for i in range(scene.GetNumberOfNodesByClass(class_name))]
-    found = [n for n in found if n.GetName() == name and n.GetClassName() == class_name]
-    assert len(found) == 1, f"expected one {class_name} named {name!r}, found {len(found)}"
-    return found[0]
-
-
-def reload(mrml: Path):
-    scene = slicer.vtkMRMLScene()
-    scene.SetURL(str(mrml))
-    assert scene.Import() == 1, f"{mrml} did not reload"
-    return scene
 
 
 def check_reloaded(

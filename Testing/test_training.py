@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import TINY_TRAIN_ARGS, StopAfter
+from helpers import TINY_TRAIN_ARGS, StopAfter
 from TwoFiveCNNLib.app.cli import comparison_table, main, run_figures
 from TwoFiveCNNLib.data.cache import PreprocessedCache
 from TwoFiveCNNLib.data.cohort import load_cohort
@@ -146,8 +146,8 @@ def test_model_file_from_an_incompatible_version_is_refused(tiny_model, tmp_path
         load_model(future, "cpu")
 
 
-def test_interrupted_training_resumes_to_the_same_model(phantom_cohort, tmp_path):
-    cache = PreprocessedCache(tmp_path / "cache")
+def test_interrupted_training_resumes_to_the_same_model(phantom_cohort, cache_dir, tmp_path):
+    cache = PreprocessedCache(cache_dir)
     reference = train(phantom_cohort, tmp_path / "reference.pt", TINY_CONFIG, ProgressReporter(quiet=True), cache)
 
     out = tmp_path / "resumed.pt"
@@ -162,8 +162,8 @@ def test_interrupted_training_resumes_to_the_same_model(phantom_cohort, tmp_path
     assert reference.metadata["metrics"] == resumed.metadata["metrics"]
 
 
-def test_resume_with_other_settings_is_refused(phantom_cohort, tmp_path):
-    cache = PreprocessedCache(tmp_path / "cache")
+def test_resume_with_other_settings_is_refused(phantom_cohort, cache_dir, tmp_path):
+    cache = PreprocessedCache(cache_dir)
     out = tmp_path / "m.pt"
     with pytest.raises(KeyboardInterrupt):
         train(phantom_cohort, out, TINY_CONFIG, StopAfter(1), cache)
@@ -184,12 +184,12 @@ def test_evaluate_reproduces_the_metrics_the_model_file_records(tiny_model, phan
     assert report["components"]["involvement_only"] == recorded["involvement_only"]
 
 
-def test_recorded_metrics_are_those_of_the_float16_weights(tiny_model, phantom_cohort, tmp_path):
+def test_recorded_metrics_are_those_of_the_float16_weights(tiny_model, phantom_cohort, cache_dir):
     """The file's weights are float16 values, and rounding them again changes no probability."""
     model = SeverityModel.load(tiny_model)
     index = DatasetIndex.load(phantom_cohort)
     studies = Split.from_dict(model.metadata["split"]).subset(index, "test")
-    cohort = load_cohort(studies, model.task, model.preprocess, PreprocessedCache(tmp_path / "cache"),
+    cohort = load_cohort(studies, model.task, model.preprocess, PreprocessedCache(cache_dir),
                          with_lung_features=True)
     stored = study_probabilities(model, cohort)[FUSED]
     model.round_to_stored_precision()
@@ -198,13 +198,13 @@ def test_recorded_metrics_are_those_of_the_float16_weights(tiny_model, phantom_c
         assert torch.equal(parameter, parameter.half().float())
 
 
-def test_binary_task_and_evaluation_json(phantom_cohort, tmp_path):
+def test_binary_task_and_evaluation_json(phantom_cohort, cache_dir, tmp_path):
     out = tmp_path / "binary.pt"
     assert main(["train", "--data", str(phantom_cohort), "--out", str(out), "--task", "binary",
-                 "--cache", str(tmp_path / "cache"), *TINY_TRAIN_ARGS]) == 0
+                 "--cache", str(cache_dir), *TINY_TRAIN_ARGS]) == 0
     assert load_model(out, "cpu").class_names == ("CT-0", "CT-1..4")
     metrics_path = tmp_path / "metrics.json"
-    assert main(["evaluate", "--model", str(out), "--data", str(phantom_cohort), "--cache", str(tmp_path / "cache"),
+    assert main(["evaluate", "--model", str(out), "--data", str(phantom_cohort), "--cache", str(cache_dir),
                  "--json", str(metrics_path), "--confusion", str(tmp_path / "cm.png")]) == 0
     report = json.loads(metrics_path.read_text())
     assert report["subset_description"].startswith("test split"), "never scored on its own training studies"
@@ -212,10 +212,10 @@ def test_binary_task_and_evaluation_json(phantom_cohort, tmp_path):
     assert (tmp_path / "cm.png").exists()
 
 
-def test_progress_json_lines(phantom_cohort, tmp_path):
+def test_progress_json_lines(phantom_cohort, cache_dir, tmp_path):
     log = tmp_path / "progress.jsonl"
     assert main(["train", "--data", str(phantom_cohort), "--out", str(tmp_path / "m.pt"), "--cache",
-                 str(tmp_path / "cache"), "--progress-json", str(log), *TINY_TRAIN_ARGS]) == 0
+                 str(cache_dir), "--progress-json", str(log), *TINY_TRAIN_ARGS]) == 0
     events = [json.loads(line) for line in log.read_text().splitlines()]
     stages = {event["stage"] for event in events}
     assert {"preprocess", "stage1", "stage2", "done"} <= stages
@@ -241,7 +241,7 @@ def test_bad_data_gives_a_clear_error(tmp_path, capsys):
     assert "CT-9" in capsys.readouterr().err
 
 
-def test_torchrun_trains_with_two_cpu_processes(phantom_cohort, tmp_path):
+def test_torchrun_trains_with_two_cpu_processes(phantom_cohort, cache_dir, tmp_path):
     """DistributedDataParallel over gloo: two processes share stage 1, rank 0 writes the model."""
     import subprocess
     import sys
@@ -249,7 +249,7 @@ def test_torchrun_trains_with_two_cpu_processes(phantom_cohort, tmp_path):
     out = tmp_path / "ddp.pt"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", "TwoFiveCNNLib", "train", "--data", str(phantom_cohort), "--out", str(out),
-               "--cache", str(tmp_path / "cache"), *TINY_TRAIN_ARGS]
+               "--cache", str(cache_dir), *TINY_TRAIN_ARGS]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -258,10 +258,10 @@ def test_torchrun_trains_with_two_cpu_processes(phantom_cohort, tmp_path):
     assert not Path(str(out) + ".ckpt").exists()
 
 
-def test_end_to_end_finetuning_runs_and_is_recorded(phantom_cohort, tmp_path):
+def test_end_to_end_finetuning_runs_and_is_recorded(phantom_cohort, cache_dir, tmp_path):
     config = replace(TINY_CONFIG, stage1_epochs=1, finetune_epochs=1)
     model = train(phantom_cohort, tmp_path / "ft.pt", config, ProgressReporter(quiet=True),
-                  PreprocessedCache(tmp_path / "cache"))
+                  PreprocessedCache(cache_dir))
     assert [r["epoch"] for r in model.metadata["history"]["finetune"]] == [1]
     reloaded = SeverityModel.load(tmp_path / "ft.pt")
     assert reloaded.metadata["train_config"]["finetune_epochs"] == 1
@@ -275,11 +275,11 @@ def test_unwritable_output_folder_fails_up_front(tiny_model, chest_ct_path, tmp_
     assert "cannot write to the output folder" in capsys.readouterr().err
 
 
-def test_refit_slice_classifier_matches_the_backbone_again(tiny_model, phantom_cohort, tmp_path):
+def test_refit_slice_classifier_matches_the_backbone_again(tiny_model, phantom_cohort, cache_dir):
     """After fine-tuning moves the backbone, the CAM's linear layer is re-fitted to its features."""
     model = SeverityModel.load(tiny_model)
     cohort = load_cohort(DatasetIndex.load(phantom_cohort).studies, model.task, model.preprocess,
-                         PreprocessedCache(tmp_path / "cache"))
+                         PreprocessedCache(cache_dir))
     embeddings = embed_cohort(model, cohort)[cohort.mask()]
     labels = cohort.labels[cohort.slice_index()[0]]
 
@@ -353,10 +353,10 @@ def test_a_partial_pretrained_file_is_refused_before_any_work(phantom_cohort, tm
     assert sorted(p.name for p in tmp_path.iterdir()) == ["shallow.pt"], "refused up front: no split, cache or model"
 
 
-def test_allow_partial_trains_reports_and_records_the_partial_load(phantom_cohort, tmp_path):
+def test_allow_partial_trains_reports_and_records_the_partial_load(phantom_cohort, cache_dir, tmp_path):
     partial = _backbone_file(tmp_path / "shallow.pt", blocks=(1, 1, 1, 1))
     out, log = tmp_path / "m.pt", tmp_path / "progress.jsonl"
-    assert main(["train", "--data", str(phantom_cohort), "--out", str(out), "--cache", str(tmp_path / "cache"),
+    assert main(["train", "--data", str(phantom_cohort), "--out", str(out), "--cache", str(cache_dir),
                  "--pretrained", str(partial), "--allow-partial", "--progress-json", str(log), *TINY_TRAIN_ARGS]) == 0
     messages = [e["message"] for e in map(json.loads, log.read_text().splitlines()) if e["stage"] == "log"]
     report_line = next(m for m in messages if m.startswith("pretrained weights"))

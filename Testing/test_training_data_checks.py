@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import TINY_TRAIN_ARGS, StopAfter
+from helpers import TINY_TRAIN_ARGS, StopAfter
 from TwoFiveCNNLib.app.cli import main
 from TwoFiveCNNLib.data.cache import PreprocessedCache
 from TwoFiveCNNLib.data.index import DatasetIndex
@@ -162,8 +162,8 @@ def test_hidden_files_are_skipped_in_folders_and_csv_files(phantom_cohort, tmp_p
 # ------------------------------------------------------------------------------------------- resume
 
 
-def test_resume_on_other_data_or_another_split_is_refused(phantom_cohort, tmp_path):
-    cache = PreprocessedCache(tmp_path / "cache")
+def test_resume_on_other_data_or_another_split_is_refused(phantom_cohort, cache_dir, tmp_path):
+    cache = PreprocessedCache(cache_dir)
     rows = two_class_rows(phantom_cohort)
     edited = resaved(rows[-1][0], tmp_path / "study_0006.nii")  # uncompressed: edits keep its size
     rows[-1] = (edited, "CT-1", "study_0006")
@@ -358,11 +358,11 @@ def test_train_replaces_only_what_it_wrote_and_never_an_input(phantom_cohort, tm
     assert pretrained.read_bytes() == weights and no_work_done(cache)
 
 
-def test_evaluate_reports_replace_only_what_evaluate_wrote(phantom_cohort, tmp_path, capsys):
+def test_evaluate_reports_replace_only_what_evaluate_wrote(phantom_cohort, cache_dir, tmp_path, capsys):
     study = studies_of(phantom_cohort, "CT-0")[0]
     data = write_csv(tmp_path / "data.csv", [(study, "CT-0", "study_0001"),
                                              (studies_of(phantom_cohort, "CT-4")[0], "CT-4", "study_0013")])
-    cache = str(tmp_path / "cache")
+    cache = str(cache_dir)
     notes = tmp_path / "notes.json"
     notes.write_text("the user's notes")
     evaluate = ["evaluate", "--data", str(data), "--subset", "all", "--cache", cache]

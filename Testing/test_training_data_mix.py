@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_TRAIN_ARGS
+from helpers import TINY_TRAIN_ARGS
 from TwoFiveCNNLib.app.cli import main
 from TwoFiveCNNLib.data.index import DatasetIndex
 from TwoFiveCNNLib.inference.engines import TorchGrader, load_model
@@ -30,10 +30,10 @@ def synth_cohort(chest_ct_path: Path, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def mixed_model(phantom_cohort, synth_cohort, tmp_path_factory) -> Path:
+def mixed_model(phantom_cohort, synth_cohort, cache_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("mixed") / "mixed.pt"
     assert main(["train", "--data", str(phantom_cohort), "--train-only", str(synth_cohort), "--out", str(out),
-                 "--cache", str(tmp_path_factory.mktemp("cache_mix")), *TINY_TRAIN_ARGS]) == 0
+                 "--cache", str(cache_dir), *TINY_TRAIN_ARGS]) == 0
     return out
 
 
@@ -47,10 +47,11 @@ def test_train_only_studies_train_and_never_validate_or_test(mixed_model, phanto
     assert meta["metrics"]["test"]["twofive"]["n_studies"] == len(meta["split"]["test"])
 
 
-def test_evaluating_the_train_only_data_says_the_model_trained_on_it(mixed_model, synth_cohort, tmp_path):
+def test_evaluating_the_train_only_data_says_the_model_trained_on_it(mixed_model, synth_cohort, cache_dir,
+                                                                     tmp_path):
     report = tmp_path / "report.json"
     assert main(["evaluate", "--model", str(mixed_model), "--data", str(synth_cohort), "--json", str(report),
-                 "--cache", str(tmp_path / "cache")]) == 0
+                 "--cache", str(cache_dir)]) == 0
     assert "WARNING: the model trained on all of them" in json.loads(report.read_text())["subset_description"]
 
 
@@ -68,16 +69,17 @@ def test_the_fusion_is_chosen_on_validation_and_used(mixed_model):
     assert np.allclose(replace(Fusion.from_model(model), cnn_weight=0.25).mix(cnn, involvement), [[0.3, 0.7]])
 
 
-def test_several_datasets_split_as_one_and_evaluate_scores_each_ones_share(phantom_cohort, synth_cohort, tmp_path):
+def test_several_datasets_split_as_one_and_evaluate_scores_each_ones_share(phantom_cohort, synth_cohort,
+                                                                           cache_dir, tmp_path):
     out = tmp_path / "both.pt"
     assert main(["train", "--data", str(phantom_cohort), str(synth_cohort), "--out", str(out),
-                 "--cache", str(tmp_path / "cache"), *TINY_TRAIN_ARGS]) == 0
+                 "--cache", str(cache_dir), *TINY_TRAIN_ARGS]) == 0
     meta = SeverityModel.load(out).metadata
     synth_ids = {s.study_id for s in DatasetIndex.load(synth_cohort).studies}
     assert synth_ids & set(meta["split"]["val"]), "the validation split holds studies of both datasets"
     report = tmp_path / "synth.json"
     assert main(["evaluate", "--model", str(out), "--data", str(synth_cohort), "--json", str(report),
-                 "--cache", str(tmp_path / "cache")]) == 0
+                 "--cache", str(cache_dir)]) == 0
     scored = {row["study_id"] for row in json.loads(report.read_text())["studies"]}
     assert scored == synth_ids & set(meta["split"]["test"])
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_TRAIN_ARGS
+from helpers import TINY_TRAIN_ARGS, live_members
 
 slicer = pytest.importorskip("slicer")
 
@@ -67,11 +67,6 @@ def dataset_csv(scene, tmp_path_factory) -> Path:
     nodes = volume_nodes(scene)
     table = label_table_node(scene, nodes, [true_label(node) for node in nodes])
     return dataset_from_nodes(table, scene, tmp_path_factory.mktemp("export"))
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("cache")
 
 
 def run_until_exit(process: TrainingProcess, on_events: Callable[[list[dict]], object] | None = None,
@@ -282,8 +277,6 @@ def test_cancel_leaves_no_model_and_resume_finishes(scene, dataset_csv, cache_di
     process.cancel(timeout=20)
     cancel_seconds = time.monotonic() - started
     if Path("/proc/self/stat").is_file():
-        from test_background_processes import live_members
-
         assert live_members(process.pid) == []  # the whole process tree has gone when cancel returns
     events += run_until_exit(process, timeout=30)
     end = exit_event(events)

@@ -189,12 +189,12 @@ def test_focus_is_the_most_attended_slice_and_its_strongest_lesion_map(phantom_v
     assert all(s.start <= v < s.stop for v, s in zip((k, j, i), BOX))
 
 
-def test_write_views_png_of_a_real_prediction(phantom_volume: Volume, tmp_path: Path):
+def test_write_views_png_of_a_real_prediction(demo_model, phantom_volume: Volume, tmp_path: Path):
     """The picture ``predict --views`` writes, from the bundled model, leaves slicer.mrmlScene alone."""
-    from TwoFiveCNNLib.inference.predict import load_model, predict_volume
+    from TwoFiveCNNLib.inference.predict import predict_volume
 
     slicer.mrmlScene = slicer.vtkMRMLScene()
-    prediction = predict_volume(load_model(None), phantom_volume)
+    prediction = predict_volume(demo_model, phantom_volume)
     for overlay in ("lesion-map", "bands"):
         path = write_views_png(prediction, phantom_volume, tmp_path / f"{overlay}.png", overlay=overlay)
         with Image.open(path) as image:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import asymmetric_anatomy, sitk_image, write_dicom_series
+from helpers import asymmetric_anatomy, sitk_image, write_dicom_series
 from scipy import ndimage
 from TwoFiveCNNLib.io.volume import Geometry, Volume, VolumeError, canonical_axes, read_volume, write_volume
 
