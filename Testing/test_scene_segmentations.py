@@ -15,8 +15,8 @@ import pytest
 slicer = pytest.importorskip("slicer")
 vtk = pytest.importorskip("vtk")
 import test_scene
-from test_scene import add_chest_node
-from TwoFiveCNNLib.inference.predict import load_model, predict_volume
+from helpers import add_chest_node, node_named, reload
+from TwoFiveCNNLib.inference.predict import predict_volume
 from TwoFiveCNNLib.inference.prediction import Prediction
 from TwoFiveCNNLib.io.volume import Volume, read_volume
 from TwoFiveCNNLib.scene import folders, segmentations
@@ -25,13 +25,7 @@ from TwoFiveCNNLib.transforms.involvement import AERATED, BAND_NAMES
 from vtk.util import numpy_support
 
 LABELMAP = "Binary labelmap"
-# test_scene's fixtures: a fresh application scene per test (autouse) and the real CT, read once.
-mrml_scene, chest = test_scene.mrml_scene, test_scene.chest
-
-
-@pytest.fixture(scope="module")
-def demo_model():
-    return load_model(None, "cpu")  # the bundled demo model: real lungs, involvement and lesion map
+mrml_scene = test_scene.mrml_scene  # a fresh application scene per test (autouse)
 
 
 @pytest.fixture(scope="module")
@@ -261,8 +255,8 @@ def test_predict_scene_files_hold_the_segmentations_in_their_folder(chest_ct_pat
     mrml = scene_module.save_prediction_scene(chest_prediction, chest_ct_path, tmp_path, "case 1")
     data = {p.name for p in (tmp_path / "case 1_data").iterdir()}
     assert {"case_1_lungs.seg.nrrd", "case_1_involvement.seg.nrrd"} <= data
-    scene = test_scene.reload(mrml)
-    found = scene_module.find_prediction_nodes(test_scene.node_named(scene, "case 1", "vtkMRMLScalarVolumeNode"))
+    scene = reload(mrml)
+    found = scene_module.find_prediction_nodes(node_named(scene, "case 1", "vtkMRMLScalarVolumeNode"))
     assert set(segments(found.lung_segmentation_node)) == {"right lung", "left lung"}
     hierarchy = folders.subject_hierarchy(scene)
     folder = hierarchy.GetItemParent(hierarchy.GetItemByDataNode(found.lung_segmentation_node))
