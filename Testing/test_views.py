@@ -57,7 +57,8 @@ def box_prediction(volume: Volume, box: tuple[slice, slice, slice], bands: bool 
         beside = tuple(slice(s.stop, s.stop + (s.stop - s.start)) if axis == 2 else s for axis, s in enumerate(box))
         labels[beside] = AERATED
         band_ml = {name: 1.0 for name in ("emphysema", "aerated", "ground_glass", "consolidation", "vessel")}
-        figures = {"volume_ml": 5.0, "bands_ml": band_ml, "involved_share": 0.2}
+        figures = {"volume_ml": 5.0, "bands_ml": band_ml, "bands_share": {name: 0.2 for name in band_ml},
+                   "involved_share": 0.2}
         prediction.involvement = {"lungs": {**figures, "voxels": 10}, "per_lung": {}, "involved_share": 0.2,
                                   "grade": "CT-1"}
         prediction.bands_kji = labels

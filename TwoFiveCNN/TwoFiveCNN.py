@@ -1042,6 +1042,9 @@ class TwoFiveCNNTest(ScriptedLoadableModuleTest):
         self.assertEqual(sliceIndex, result.prediction.most_attended_slice)
         sliceToRas = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLSliceNode").GetSliceToRAS()
         np.testing.assert_allclose([sliceToRas.GetElement(row, 3) for row in range(3)], ras, atol=1e-6)
+        self.assertEqual(slicer.app.layoutManager().layout, logic.showResults(volumeNode, result))
+        for segmentationNode in logic.show3D(volumeNode, result):
+            self.assertTrue(segmentationNode.GetSegmentation().ContainsRepresentation("Closed surface"))
         self.delayDisplay("Test passed")
 
     def test_process_failure_adds_no_nodes(self):

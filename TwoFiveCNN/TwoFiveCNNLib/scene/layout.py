@@ -52,7 +52,8 @@ def show_results_layout(scene: slicer.vtkMRMLScene, table_node: slicer.vtkMRMLTa
                         chart_node: slicer.vtkMRMLPlotChartNode) -> int:
     """Register the results layout, bind its table view to ``table_node`` (the involvement table) and its
     plot view to ``chart_node`` (the attention chart), and switch to it; returns the layout's number."""
-    layout = _singleton(scene, "vtkMRMLLayoutNode", LAYOUT_NODE_TAG)
+    layout = scene.GetFirstNodeByClass("vtkMRMLLayoutNode") or _singleton(scene, "vtkMRMLLayoutNode",
+                                                                            LAYOUT_NODE_TAG)
     if layout.IsLayoutDescription(RESULTS_LAYOUT_ID):
         layout.SetLayoutDescription(RESULTS_LAYOUT_ID, results_layout_xml())
     else:
