@@ -18,7 +18,7 @@ import vtk
 from vtk.util import numpy_support
 
 from ..reports.colours import LUNG_COLOURS, unit_rgb
-from ..transforms.involvement import AERATED, BAND_NAMES
+from ..transforms.involvement import BAND_NAMES
 from ..transforms.lungs import LUNG_NAMES
 
 CLOSED_SURFACE = "Closed surface"
@@ -53,14 +53,15 @@ def lung_segment_styles() -> dict[int, SegmentStyle]:
 
 
 def band_segment_styles(colour_node: slicer.vtkMRMLColorTableNode) -> dict[int, SegmentStyle]:
-    """One style per band, named and coloured as in the bands' colour table (so the labelmap overlay and
-    the segments agree); the aerated band, most of a healthy lung, is hidden so the involvement shows."""
+    """One style per band, named and coloured as in the bands' colour table, so the labelmap overlay and
+    the segments agree. Bands the table leaves transparent start hidden: the aerated band, most of a
+    healthy lung, and the vessels, so that the involvement shows (the user can show them)."""
     styles = {}
     for label in BAND_NAMES:
         rgba = [0.0] * 4
         colour_node.GetColor(label, rgba)
         styles[label] = SegmentStyle(colour_node.GetColorName(label).replace("_", " "), tuple(rgba[:3]),
-                                     visible=label != AERATED)
+                                     visible=rgba[3] > 0)
     return styles
 
 
