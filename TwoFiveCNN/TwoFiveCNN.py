@@ -1042,7 +1042,8 @@ class TwoFiveCNNTest(ScriptedLoadableModuleTest):
         self.assertEqual(sliceIndex, result.prediction.most_attended_slice)
         sliceToRas = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLSliceNode").GetSliceToRAS()
         np.testing.assert_allclose([sliceToRas.GetElement(row, 3) for row in range(3)], ras, atol=1e-6)
-        self.assertEqual(slicer.app.layoutManager().layout, logic.showResults(volumeNode, result))
+        layoutId = logic.showResults(volumeNode, result)
+        self.assertEqual(slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLLayoutNode").GetViewArrangement(), layoutId)
         for segmentationNode in logic.show3D(volumeNode, result):
             self.assertTrue(segmentationNode.GetSegmentation().ContainsRepresentation("Closed surface"))
         self.delayDisplay("Test passed")
