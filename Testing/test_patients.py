@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +85,8 @@ def test_the_split_file_records_patients_and_refuses_others(patient_csv, tmp_pat
     loaded = Split.load(tmp_path / "split.json")
     assert loaded == split and loaded.fingerprint() == split.fingerprint()
     loaded.check_matches(index)
+    # train --resume compares this fingerprint: the same studies kept together for other patients differ.
+    assert replace(split, patients={}).fingerprint() != split.fingerprint()
     # The same subsets for other patients: another split, refused where it is applied.
     regrouped = [{**row, "patient": "one"}
                  for row in csv.DictReader(patient_csv.read_text(encoding="utf-8").splitlines())]
