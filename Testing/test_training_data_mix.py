@@ -70,18 +70,24 @@ def test_the_fusion_is_chosen_on_validation_and_used(mixed_model):
 
 
 def test_several_datasets_split_as_one_and_evaluate_scores_each_ones_share(phantom_cohort, synth_cohort,
-                                                                           cache_dir, tmp_path):
+                                                                           cache_dir, tmp_path, capsys):
+    """The synth cohort is one patient (its base, CTChest4): split as one dataset with the phantoms, its
+    studies all go to one subset (train, the largest), and evaluate scores only the phantoms' share."""
     out = tmp_path / "both.pt"
     assert main(["train", "--data", str(phantom_cohort), str(synth_cohort), "--out", str(out),
                  "--cache", str(cache_dir), *TINY_TRAIN_ARGS]) == 0
     meta = SeverityModel.load(out).metadata
     synth_ids = {s.study_id for s in DatasetIndex.load(synth_cohort).studies}
-    assert synth_ids & set(meta["split"]["val"]), "the validation split holds studies of both datasets"
-    report = tmp_path / "synth.json"
-    assert main(["evaluate", "--model", str(out), "--data", str(synth_cohort), "--json", str(report),
+    assert synth_ids <= set(meta["split"]["train"]), "one patient's studies in one subset"
+    assert meta["split"]["patients"] == dict.fromkeys(sorted(synth_ids), "CTChest4")
+    report = tmp_path / "phantoms.json"
+    assert main(["evaluate", "--model", str(out), "--data", str(phantom_cohort), "--json", str(report),
                  "--cache", str(cache_dir)]) == 0
     scored = {row["study_id"] for row in json.loads(report.read_text())["studies"]}
-    assert scored == synth_ids & set(meta["split"]["test"])
+    assert scored == set(meta["split"]["test"]) and not scored & synth_ids
+    assert main(["evaluate", "--model", str(out), "--data", str(synth_cohort), "--json", str(report),
+                 "--cache", str(cache_dir)]) != 0
+    assert f"holds none of the studies of {synth_cohort}" in capsys.readouterr().err
 
 
 def test_a_train_only_study_that_is_also_in_the_split_is_refused(phantom_cohort, tmp_path, capsys):

@@ -74,8 +74,9 @@ def run_synth(args) -> int:
 
 def _add_index(sub) -> None:
     p = sub.add_parser("index", help="check a dataset, print its summary and optionally save a split")
-    p.add_argument("data", type=Path, help="MosMed-style folder or CSV (path,label)")
-    p.add_argument("--split", type=Path, help="write a patient-level split JSON here")
+    p.add_argument("data", type=Path, help="MosMed-style folder or CSV (path,label, optionally patient)")
+    p.add_argument("--split", type=Path, help="write a patient-level split JSON here (each patient's studies in "
+                                              "one subset)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fractions", default="0.7,0.15,0.15", help="train,val,test")
     p.add_argument("--folds", type=int, default=0,
@@ -100,7 +101,7 @@ def run_index(args) -> int:
     refuse_copied_files(index.studies, cache)
     if args.read_images:
         refuse_repeated_images(index.studies, cache, _counter("read images"))
-    print(index.summary())
+    print(index.summary(args.folds or sum(f > 0 for f in _fractions(args.fractions))))
     print("  every study a distinct " + ("image (voxels compared)" if args.read_images else
                                          "file (voxels not compared: --read-images)"))
     fold_paths = [args.split.with_name(f"{args.split.stem}_fold{fold}.json") for fold in range(args.folds)] \
@@ -112,12 +113,19 @@ def run_index(args) -> int:
     if args.split and args.folds:
         for fold, (split, path) in enumerate(zip(make_kfold(index, args.folds, args.seed), fold_paths, strict=True)):
             split.save(path)
-            print(f"fold {fold}: train/val = {len(split.train)}/{len(split.val)} -> {path}")
+            print(f"fold {fold}: train/val = {_studies_and_patients(split, ('train', 'val'))} -> {path}")
     elif args.split:
         split = make_split(index, _fractions(args.fractions), args.seed)
         split.save(args.split)
-        print(f"split train/val/test = {len(split.train)}/{len(split.val)}/{len(split.test)} -> {args.split}")
+        print(f"split train/val/test = {_studies_and_patients(split, ('train', 'val', 'test'))} -> {args.split}")
     return 0
+
+
+def _studies_and_patients(split, subsets: tuple[str, ...]) -> str:
+    """``a/b studies of c/d patients``: the subsets' sizes as a split file records them."""
+    studies = [getattr(split, name) for name in subsets]
+    patients = [len({split.patients.get(sid, sid) for sid in ids}) for ids in studies]
+    return f"{'/'.join(str(len(ids)) for ids in studies)} studies of {'/'.join(map(str, patients))} patients"
 
 
 def _fractions(text: str) -> tuple[float, float, float]:

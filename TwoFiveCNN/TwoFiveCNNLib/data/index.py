@@ -2,6 +2,10 @@
 
 A dataset is either a MosMed-style folder (``ROOT/studies/CT-k/...`` or ``ROOT/CT-k/...``) or a
 CSV with ``path,label`` columns; errors name the file and the fix.
+
+A study may name its patient, so that splits keep a patient's studies together: the CSV's ``patient``
+column, a DICOM series' PatientID, or (for a folder ``twofivecnn synth`` made) the base CT its
+``synth.json`` records. A study without one is its own patient.
 """
 
 from __future__ import annotations
@@ -14,11 +18,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..io.dicom_series import dicom_patient_id
 from ..io.volume import VOLUME_SUFFIXES, has_volume_suffix, is_hidden, study_name
 
 CLASS_NAMES = ("CT-0", "CT-1", "CT-2", "CT-3", "CT-4")
 # Below this many studies a class cannot have one study in each of train, val and test.
 MIN_STUDIES_PER_CLASS = 3
+SYNTH_SUMMARY = "synth.json"  # what `twofivecnn synth` writes beside studies/: each study's base CT, its patient
 
 FOLDER_LAYOUT = (
     "ROOT/studies/CT-0..CT-4/<study>.nii.gz or ROOT/CT-0..CT-4/<study> (volume files or DICOM folders)"
@@ -51,16 +57,33 @@ def study_size(path: Path) -> int:
     return path.stat().st_size
 
 
+def base_patient(base_name: str) -> str:
+    """The patient of every study ``synth`` makes from the base CT file ``base_name``: its name without
+    extension. Readable in split files, the same for every cohort made from that file, and equal to the
+    base's own study id when the base is itself a study of a dataset (MosMed's CT-0 studies), so its
+    lesion-inserted variants stay on its side of a split. Two bases of one name are taken for one
+    patient: the cautious side (a split can only be coarser, never leak)."""
+    return study_name(base_name)
+
+
 @dataclass(frozen=True)
 class Study:
-    """One CT study: a unique id (file stem or folder name), where it is, and its class name."""
+    """One CT study: a unique id (file stem or folder name), where it is, its class name, and its patient
+    when known (else the study is its own patient)."""
 
     study_id: str
     path: Path
     label: str
+    patient: str = ""
+
+    @property
+    def patient_id(self) -> str:
+        """The patient splits keep together: the one named, else the study itself."""
+        return self.patient or self.study_id
 
     def to_dict(self) -> dict:
-        return {"study_id": self.study_id, "path": str(self.path), "label": self.label}
+        return {"study_id": self.study_id, "path": str(self.path), "label": self.label,
+                **({"patient": self.patient} if self.patient else {})}
 
 
 @dataclass
@@ -95,6 +118,17 @@ class DatasetIndex:
     def __len__(self) -> int:
         return len(self.studies)
 
+    def patients(self) -> dict[str, list[Study]]:
+        """Each patient's studies, by patient id (sorted by study id, as the index is)."""
+        groups: dict[str, list[Study]] = {}
+        for study in self.studies:
+            groups.setdefault(study.patient_id, []).append(study)
+        return groups
+
+    def named_patients(self) -> dict[str, str]:
+        """study id -> patient, for the studies whose patient is not the study itself (what a split records)."""
+        return {s.study_id: s.patient_id for s in self.studies if s.patient_id != s.study_id}
+
     @classmethod
     def from_folder(cls, path: str | os.PathLike) -> DatasetIndex:
         """Index a MosMed-style folder; every class folder present must hold at least one study."""
@@ -102,6 +136,7 @@ class DatasetIndex:
         if not root.is_dir():
             raise DatasetError(f"{root}: no such folder. Expected a dataset laid out as {FOLDER_LAYOUT}.")
         class_root = root / "studies" if (root / "studies").is_dir() else root
+        recorded = _synth_patients(root)
         studies: list[Study] = []
         for folder in sorted(p for p in class_root.iterdir() if p.is_dir() and not is_hidden(p)):
             label = normalize_label(folder.name)
@@ -110,7 +145,8 @@ class DatasetIndex:
                     f"{folder}: folder {folder.name!r} is not a class; class folders must be named "
                     f"{', '.join(CLASS_NAMES)}. Rename it or move it out of {class_root}."
                 )
-            class_studies = _studies_in_class_folder(folder, label)
+            class_studies = _studies_in_class_folder(folder, label, lambda path: recorded.get(
+                path.relative_to(root).as_posix()))
             if not class_studies:
                 raise DatasetError(
                     f"{folder}: class folder holds no studies. Add volume files "
@@ -125,7 +161,8 @@ class DatasetIndex:
 
     @classmethod
     def from_csv(cls, path: str | os.PathLike) -> DatasetIndex:
-        """Index a CSV with ``path,label`` (optionally ``study_id``), paths relative to the CSV's folder."""
+        """Index a CSV with ``path,label`` (optionally ``study_id`` and ``patient``), paths relative to the
+        CSV's folder."""
         csv_path = Path(path).expanduser().resolve()
         if not csv_path.is_file():
             raise DatasetError(f"{csv_path}: no such CSV file.")
@@ -136,7 +173,8 @@ class DatasetIndex:
             if missing:
                 raise DatasetError(
                     f"{csv_path}: missing column(s) {', '.join(missing)} (found {columns or 'none'}). "
-                    f"The first line must be a header with 'path,label' and optionally 'study_id'."
+                    f"The first line must be a header with 'path,label' and optionally 'study_id' and "
+                    f"'patient'."
                 )
             reader.fieldnames = columns
             rows = [(line, row) for line, row in enumerate(reader, start=2)
@@ -181,11 +219,16 @@ class DatasetIndex:
             counts[study.label] += 1
         return counts
 
-    def summary(self) -> str:
-        """Human-readable class counts, with a warning for classes too small to stratify."""
-        counts = self.counts()
-        lines = [f"{len(self.studies)} studies from {self.source or 'dataset'}"]
-        lines += [f"  {name}: {count}" for name, count in counts.items()]
+    def patient_counts(self) -> dict[str, int]:
+        """Patients with a study of each class (a patient with studies of two grades counts in both)."""
+        return {name: len({s.patient_id for s in self.studies if s.label == name}) for name in self.classes}
+
+    def summary(self, subsets: int = 3) -> str:
+        """Human-readable class counts, with a warning for classes too small to stratify into ``subsets``
+        (train, val and test; or k folds): a patient's studies all go to one subset."""
+        counts, patients = self.counts(), self.patient_counts()
+        lines = [f"{len(self.studies)} studies of {len(self.patients())} patients from {self.source or 'dataset'}"]
+        lines += [f"  {name}: {count} studies of {patients[name]} patients" for name, count in counts.items()]
         if self.skipped:
             lines.append(f"  skipped {len(self.skipped)} hidden file(s) (such as the ._ files macOS writes beside "
                          f"copies; not images): {', '.join(self.skipped[:3])}")
@@ -194,6 +237,14 @@ class DatasetIndex:
             f"for one in each of train, val and test."
             for name, count in counts.items()
             if count < MIN_STUDIES_PER_CLASS
+        ]
+        lines += [
+            f"  warning: {name} has {count} studies but only {patients[name]} patient(s), fewer than the {subsets} "
+            f"subsets; a patient's studies stay in one subset, so some subset has no {name} study. Add "
+            f"{name} studies of other patients, or check the patients (the CSV's patient column, DICOM "
+            f"PatientID, synth's base)."
+            for name, count in counts.items()
+            if count >= MIN_STUDIES_PER_CLASS and 0 < patients[name] < subsets
         ]
         return "\n".join(lines)
 
@@ -208,12 +259,13 @@ class DatasetIndex:
 
     @classmethod
     def from_dict(cls, data: dict) -> DatasetIndex:
-        studies = [Study(s["study_id"], Path(s["path"]), s["label"]) for s in data["studies"]]
+        studies = [Study(s["study_id"], Path(s["path"]), s["label"], s.get("patient", "")) for s in data["studies"]]
         return cls(studies, tuple(data.get("classes", CLASS_NAMES)), data.get("source", ""))
 
 
-def _studies_in_class_folder(folder: Path, label: str) -> list[Study]:
-    """Volume files and DICOM series folders directly inside a class folder (other files are ignored)."""
+def _studies_in_class_folder(folder: Path, label: str, recorded: Callable[[Path], str | None]) -> list[Study]:
+    """Volume files and DICOM series folders directly inside a class folder (other files are ignored),
+    with the patient ``recorded`` for a file (by synth), or a series' PatientID."""
     studies = []
     for entry in sorted(p for p in folder.iterdir() if not is_hidden(p)):
         if entry.is_dir():
@@ -222,10 +274,27 @@ def _studies_in_class_folder(folder: Path, label: str) -> list[Study]:
                     f"{entry}: folder holds no files. A study folder must hold the DICOM files of one "
                     f"series directly; move them up or remove the folder."
                 )
-            studies.append(Study(entry.name, entry, label))
+            studies.append(Study(entry.name, entry, label, dicom_patient_id(entry) or ""))
         elif _is_volume_file(entry):
-            studies.append(Study(study_name(entry), entry, label))
+            studies.append(Study(study_name(entry), entry, label, recorded(entry) or ""))
     return studies
+
+
+def _synth_patients(root: Path) -> dict[str, str]:
+    """Study path (relative to ``root``, as ``synth.json`` writes it) -> patient, for a folder that
+    ``twofivecnn synth`` made: the base each study was made from. Cohorts made before synth recorded a
+    patient name their base, which gives the same patient."""
+    summary = root / SYNTH_SUMMARY
+    if not summary.is_file():
+        return {}
+    try:
+        records = json.loads(summary.read_text(encoding="utf-8"))["studies"]
+        return {str(r["path"]): str(r.get("patient") or base_patient(str(r["base"]))) for r in records}
+    except (ValueError, KeyError, TypeError) as error:
+        raise DatasetError(
+            f"{summary}: not a synth summary ({type(error).__name__}: {error}), so the patients of the "
+            f"studies beside it are unknown. Restore it (re-running the same `twofivecnn synth` command "
+            f"rewrites it), or move it away if the folder is not a synth cohort.") from None
 
 
 def _row_path(row: dict, csv_path: Path) -> Path:
@@ -252,7 +321,8 @@ def _study_from_row(row: dict, csv_path: Path, line: int) -> Study:
             f"{where}: unknown label {raw_label!r} for {path}; use one of {', '.join(CLASS_NAMES)}."
         )
     study_id = (row.get("study_id") or "").strip() or study_name(path)
-    return Study(study_id, path, label)
+    patient = (row.get("patient") or "").strip() or (dicom_patient_id(path) if path.is_dir() else None)
+    return Study(study_id, path, label, patient or "")
 
 
 def same_file(study: Study) -> str:

@@ -53,6 +53,7 @@ from .generated_cohort import (
     present_files,
     study_number,
 )
+from .index import SYNTH_SUMMARY, base_patient
 from .phantoms import _check_counts, check_grade_and_orientation, stretch_axis, study_seed
 from .workers import map_in_order
 
@@ -90,7 +91,6 @@ WALL_HU = 40.0  # soft tissue of the chest wall, for the partial-volume voxels a
 PURE_AIR_HU = -700.0  # outside the lung mask and below this: airway or outside air, left alone
 MIN_LUNG_ML = 100.0  # a base whose lungs are smaller is not a chest CT
 HU_RANGE = (-1024.0, 3071.0)  # the stored range; padding outside the scanner's circle reads as air
-SYNTH_SUMMARY = "synth.json"
 # What a cohort in an output folder must share with the run asked for, to be resumed or repeated there.
 SYNTH_SETTINGS_COMPARED = {"generator": "generator", "version": "generator version", "seed": "--seed",
                            "counts": "--counts", "prefix": "--prefix", "bases": "--base (file names)",
@@ -619,7 +619,7 @@ def synthesize_study(base: BaseCT, grade: int, seed: int, orientation: str | Non
     lesion_kji, _ = _store(lesion.astype(np.uint8), spacing, origin, flips)
     lungs_kji, _ = _store(lungs, spacing, origin, flips)
     nz, ny, nx = study.shape
-    info = {"base": base.name, "grade": grade, "label": f"CT-{grade}", "seed": seed, **lesion_info,
+    info = {"base": base.name, "patient": base_patient(base.name), "grade": grade, "label": f"CT-{grade}", "seed": seed, **lesion_info,
             "lung_voxels": int(np.count_nonzero(lungs)), "lesion_voxels": int(np.count_nonzero(lesion)),
             "orientation": orientation, "direction": list(geometry.direction), "size": [nx, ny, nz],
             "spacing": list(geometry.spacing), "noise_hu": round(noise_hu, 2), "deformation": deformation}

@@ -50,7 +50,9 @@ def choose_studies(model: SeverityModel, index: DatasetIndex, subset: str) -> tu
     by_id = {s.study_id: s for s in index.studies}
     studies = [by_id[sid] for sid in getattr(split, subset) if sid in by_id]
     if not studies:
-        raise ValueError(f"the model's {subset} split is empty; use --subset all or another subset.")
+        where = (f"holds none of the studies of {index.source} (a patient's studies all go to one subset)"
+                 if getattr(split, subset) else "is empty")
+        raise ValueError(f"the model's {subset} split {where}; use --subset all or another subset.")
     return studies, f"{subset} split of {index.source} ({len(studies)} studies, seed {split.seed})"
 
 

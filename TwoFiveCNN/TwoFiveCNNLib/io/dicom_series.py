@@ -26,6 +26,22 @@ DUPLICATE_MM = 0.01
 UNEVEN_TOLERANCE = 0.2
 
 POSITION_TAG, ORIENTATION_TAG = "0020|0032", "0020|0037"  # ImagePositionPatient, ImageOrientationPatient
+PATIENT_ID_TAG = "0010|0020"
+
+
+def dicom_patient_id(folder: Path) -> str | None:
+    """The PatientID of a DICOM series folder, from the header of its first readable file (no pixels are
+    read, so indexing a large archive stays cheap); None when no file has a non-empty one."""
+    reader = sitk.ImageFileReader()
+    for file in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
+        reader.SetFileName(str(file))
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError:  # not an image file (a DICOMDIR, a note): the next one may be
+            continue
+        patient = reader.GetMetaData(PATIENT_ID_TAG).strip() if reader.HasMetaDataKey(PATIENT_ID_TAG) else ""
+        return patient or None
+    return None
 
 
 @dataclass(frozen=True)

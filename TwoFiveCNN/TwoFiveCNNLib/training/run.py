@@ -112,20 +112,41 @@ def load_train_only(paths: Sequence[str | os.PathLike] | None, index: DatasetInd
                     held_out: DatasetIndex | None) -> DatasetIndex | None:
     """Studies that only ever train (synthetic ones, such as ``twofivecnn synth`` makes from a cohort's
     normal CTs): never in validation, test or the held-out scores. Refused if any of them is also a
-    study of the split or of ``held_out``: the same study on both sides would flatter every score."""
+    study of the split or of ``held_out``, or a study of one of their patients: the same study, or the
+    same patient's anatomy, on both sides would flatter every score."""
     if not paths:
         return None
     extra = DatasetIndex.load_all(paths)
-    others = {s.study_id: s for s in index.studies}
-    if held_out is not None:
-        others.update({s.study_id: s for s in held_out.studies})
-    clashes = [s for s in extra.studies if s.study_id in others]
+    others = [*index.studies, *(held_out.studies if held_out is not None else [])]
+    by_id = {s.study_id: s for s in others}
+    clashes = [s for s in extra.studies if s.study_id in by_id]
     if clashes:
         raise DatasetError(
-            f"{clashes[0].path}: study id {clashes[0].study_id!r} is also {others[clashes[0].study_id].path} "
+            f"{clashes[0].path}: study id {clashes[0].study_id!r} is also {by_id[clashes[0].study_id].path} "
             f"({len(clashes)} such studies); train-only studies need ids of their own "
             f"(`twofivecnn synth --prefix synth`).")
+    by_patient = {s.patient_id: s for s in others}
+    shared = [s for s in extra.studies if s.patient_id in by_patient]
+    if shared:
+        other = by_patient[shared[0].patient_id]
+        raise DatasetError(
+            f"{shared[0].path}: this train-only study is of patient {shared[0].patient_id!r}, as is "
+            f"{other.path} of {held_out.source if held_out and other in held_out.studies else index.source} "
+            f"({len(shared)} such train-only studies); the split could put that patient in validation or test "
+            f"while its anatomy trains. Give these studies to --data instead (the split then keeps each "
+            f"patient's studies together), or leave that patient's studies out of --data and --held-out.")
     return extra
+
+
+def hold_out_patients(studies: list[Study], every: int = 5) -> tuple[list[Study], list[Study]]:
+    """``studies`` parted into (train, validation): every ``every``-th patient's studies validate (at
+    least one patient's), so validation measures anatomy the network did not train on. With a single
+    patient there is no such anatomy: every ``every``-th study validates."""
+    patients = sorted({s.patient_id for s in studies})
+    if len(patients) < 2:
+        return [s for i, s in enumerate(studies) if i % every], studies[::every]
+    held = set(patients[::every])
+    return [s for s in studies if s.patient_id not in held], [s for s in studies if s.patient_id in held]
 
 
 def refuse_untrainable(studies: list[Study], task: TaskDefinition,
@@ -181,8 +202,8 @@ def train_lesion_network(model: SeverityModel, subsets: dict[str, list[Study]], 
     """Train the lesion network on the training studies with voxel masks, validated on the validation
     studies with masks; its history, or None when there are no epochs or no such studies."""
     lesion_train, lesion_val = with_masks(subsets["train"]), with_masks(subsets.get("val", []))
-    if not lesion_val:  # e.g. masks only on train-only studies: validate on a fifth of them
-        lesion_train, lesion_val = [s for i, s in enumerate(lesion_train) if i % 5], lesion_train[::5]
+    if not lesion_val:  # e.g. masks only on train-only studies: validate on a fifth of their patients
+        lesion_train, lesion_val = hold_out_patients(lesion_train)
     if config.lesion_epochs <= 0 or not lesion_train or not lesion_val:
         return None
     reporter.message(f"lesion network: {len(lesion_train)} training and {len(lesion_val)} validation studies "
@@ -251,8 +272,9 @@ def train(data: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.P
         "train_only_fingerprint": extra.fingerprint() if extra else None,
         "content_fingerprint": cache.content_fingerprint(trained_studies)})
     resume_state = checkpoint.load() if resume else None  # refused here, before any study is read
-    reporter.message(f"{len(index)} studies; split train/val/test = "
-                     f"{len(split.train)}/{len(split.val)}/{len(split.test)} (seed {split.seed})"
+    reporter.message(f"{len(index)} studies of {len(index.patients())} patients; split train/val/test = "
+                     f"{len(split.train)}/{len(split.val)}/{len(split.test)} studies (seed {split.seed}; "
+                     f"each patient's studies in one subset)"
                      + (f"; {len(extra)} train-only studies from {extra.source}" if extra else "")
                      + (f"; {masked} studies with voxel masks (checked)" if masked else ""))
     subsets = {name: split.subset(index, name) for name in ("train", "val", "test") if getattr(split, name)}
