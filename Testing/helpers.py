@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 from TwoFiveCNNLib.io.progress import ProgressReporter
-from TwoFiveCNNLib.io.volume import Volume
+from TwoFiveCNNLib.io.volume import Geometry, Volume, write_volume
 
 ROOT = Path(__file__).resolve().parents[1]
 MODULES = ("TwoFiveCNN", "TwoFiveCNNTraining")
@@ -245,3 +245,26 @@ def live_members(pgid: int) -> list[int]:
         if int(group) == pgid and state not in ("Z", "X"):
             members.append(int(stat_path.parent.name))
     return members
+
+
+# A tiny study grid for dataset tests (index, splits, patients).
+GEOMETRY = Geometry(size=(40, 40, 10), spacing=(1.0, 1.0, 2.5), origin=(0.0, 0.0, 0.0),
+                    direction=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
+
+
+def write_study(path: Path, seed: int = 0) -> Path:
+    """A tiny int16 CT-like volume; the seed changes its content (and usually its compressed size)."""
+    rng = np.random.default_rng(seed)
+    array = rng.integers(-1000, 400, size=(10, 40, 40)).astype(np.int16)
+    return write_volume(array, GEOMETRY, path)
+
+
+def make_mosmed(root: Path, counts: dict[str, int], studies_folder: bool = True) -> Path:
+    """A MosMed-style dataset with ``counts[class]`` studies named study_NNNN per class."""
+    class_root = root / "studies" if studies_folder else root
+    number = 0
+    for label, count in counts.items():
+        for _ in range(count):
+            number += 1
+            write_study(class_root / label / f"study_{number:04d}.nii.gz", seed=number)
+    return root

@@ -7,33 +7,11 @@ import random
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
+from helpers import make_mosmed, write_study
 from TwoFiveCNNLib.data.index import CLASS_NAMES, DatasetError, DatasetIndex, Study
 from TwoFiveCNNLib.data.splits import Split, allocate, make_kfold, make_split
 from TwoFiveCNNLib.data.tasks import TaskDefinition
-from TwoFiveCNNLib.io.volume import Geometry, write_volume
-
-GEOMETRY = Geometry(size=(40, 40, 10), spacing=(1.0, 1.0, 2.5), origin=(0.0, 0.0, 0.0),
-                    direction=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
-
-
-def write_study(path: Path, seed: int = 0) -> Path:
-    """A tiny int16 CT-like volume; the seed changes its content (and usually its compressed size)."""
-    rng = np.random.default_rng(seed)
-    array = rng.integers(-1000, 400, size=(10, 40, 40)).astype(np.int16)
-    return write_volume(array, GEOMETRY, path)
-
-
-def make_mosmed(root: Path, counts: dict[str, int], studies_folder: bool = True) -> Path:
-    """A MosMed-style dataset with ``counts[class]`` studies named study_NNNN per class."""
-    class_root = root / "studies" if studies_folder else root
-    number = 0
-    for label, count in counts.items():
-        for _ in range(count):
-            number += 1
-            write_study(class_root / label / f"study_{number:04d}.nii.gz", seed=number)
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ closes a cycle is the same tangle, only hidden until it runs. And no room holds 
 from __future__ import annotations
 
 import ast
+import re
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -214,3 +215,13 @@ def test_the_checker_counts_every_function_methods_and_nested_ones_included(tmp_
     (lib / "nested.py").write_text("def outer():\n    def inner():\n" + body(8, 100) + "    return inner\n")
     assert long_functions(lib) == ["method.py:2 m (101 lines)", "nested.py:1 outer (103 lines)",
                                    "nested.py:2 inner (101 lines)"]
+
+
+def test_test_modules_import_no_other_test_module():
+    """Fixtures come from conftest.py by name and plain helpers from helpers.py: a test module that
+    imports another (or conftest itself) runs that module's fixtures and collection side effects twice."""
+    testing = Path(__file__).parent
+    found = [f"{path.name}: {line.strip()}" for path in sorted(testing.glob("*.py"))
+             for line in path.read_text(encoding="utf-8").splitlines()
+             if re.match(r"\s*(from|import)\s+(conftest|test_\w+)\b", line)]
+    assert not found

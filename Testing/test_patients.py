@@ -15,8 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_TRAIN_ARGS, write_dicom_series
-from test_dataset import make_mosmed, write_study
+from helpers import TINY_TRAIN_ARGS, make_mosmed, write_dicom_series, write_study
 from TwoFiveCNNLib.app.cli import main
 from TwoFiveCNNLib.data.index import DatasetError, DatasetIndex
 from TwoFiveCNNLib.data.splits import Split, make_kfold, make_split
