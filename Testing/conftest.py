@@ -133,3 +133,13 @@ def slicer_stubbed(monkeypatch, tmp_path):
     monkeypatch.setattr(slicer, "app", types.SimpleNamespace(temporaryPath=str(tmp_path),
                                                              testingEnabled=lambda: True), raising=False)
     return slicer
+
+
+@pytest.fixture
+def mrml_scene():
+    """A fresh application scene (``slicer.mrmlScene``) for one test, cleared after it."""
+    import slicer
+
+    slicer.mrmlScene = slicer.vtkMRMLScene()
+    yield slicer.mrmlScene
+    slicer.mrmlScene.Clear(1)

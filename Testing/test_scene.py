@@ -30,11 +30,7 @@ from TwoFiveCNNLib.transforms.involvement import BAND_NAMES
 CLASSES = ("CT-0", "CT-1", "CT-2", "CT-3", "CT-4")
 
 
-@pytest.fixture(autouse=True)
-def mrml_scene():
-    slicer.mrmlScene = slicer.vtkMRMLScene()
-    yield slicer.mrmlScene
-    slicer.mrmlScene.Clear(1)
+pytestmark = pytest.mark.usefixtures("mrml_scene")  # a fresh application scene per test (conftest)
 
 
 def fake_prediction(node, label: str = "CT-2", seed: int = 0) -> Prediction:

@@ -14,7 +14,6 @@ import pytest
 
 slicer = pytest.importorskip("slicer")
 vtk = pytest.importorskip("vtk")
-import test_scene
 from helpers import add_chest_node, node_named, reload
 from TwoFiveCNNLib.inference.predict import predict_volume
 from TwoFiveCNNLib.inference.prediction import Prediction
@@ -25,7 +24,7 @@ from TwoFiveCNNLib.transforms.involvement import BAND_NAMES
 from vtk.util import numpy_support
 
 LABELMAP = "Binary labelmap"
-mrml_scene = test_scene.mrml_scene  # a fresh application scene per test (autouse)
+pytestmark = pytest.mark.usefixtures("mrml_scene")  # a fresh application scene per test (conftest)
 
 
 @pytest.fixture(scope="module")
