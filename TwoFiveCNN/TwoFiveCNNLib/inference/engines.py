@@ -160,6 +160,21 @@ def _warn(message: str) -> None:
     warnings.warn(message, stacklevel=4)  # at the line that called load_model
 
 
+def _compiled(function: Callable) -> Callable:
+    """``torch.compile(function)``, or a clear error where torch's compiler cannot start: it reads its own
+    templates in the locale's text encoding, so under a plain C/POSIX locale (ASCII) it fails on import."""
+    import torch
+
+    try:
+        return torch.compile(function)
+    except UnicodeDecodeError:
+        import locale
+
+        raise ValueError(f"--compile: torch.compile cannot start with this process's text encoding "
+                         f"({locale.getpreferredencoding(False)}); set a UTF-8 locale (export LC_ALL=C.UTF-8, "
+                         f"or PYTHONUTF8=1) or leave out --compile.") from None
+
+
 class TorchGrader:
     """Grades with a :class:`SeverityModel` (``model``, kept for what only torch offers, such as bench's
     FLOP counts). Its convolution weights (backbone and lesion network) are laid out channels-last, the
@@ -182,7 +197,7 @@ class TorchGrader:
             model.lesion_net.to(memory_format=torch.channels_last)
         if half:
             model.slice_classifier.half()
-        self._embed = torch.compile(model.slice_classifier.embed) if compile else model.slice_classifier.embed
+        self._embed = _compiled(model.slice_classifier.embed) if compile else model.slice_classifier.embed
         self.name, self.class_names, self.preprocess = model.name, model.class_names, model.preprocess
         self.is_demo, self.lesion_lungs = model.is_demo, model.lesion_lungs
         self.warnings = tuple(model.metadata.get("load_warnings", []))
