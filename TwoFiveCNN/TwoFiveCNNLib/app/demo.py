@@ -9,6 +9,7 @@ from pathlib import Path
 from ..data.cache import PreprocessedCache
 from ..data.phantoms import write_cohort
 from ..evaluation.evaluate import evaluate_dataset
+from ..inference.engines import TorchGrader
 from ..inference.outputs import predict_batch
 from ..io.atomic import write_json_atomic
 from ..io.manifest import OutputManifest
@@ -62,7 +63,7 @@ def run_demo(out: str | Path, quick: bool = False) -> dict:
 
     reporter.message("4/4 predicting held-out studies with pictures and Slicer scenes")
     examples = [held_out[i * held_out_counts[0]] for i in range(len(held_out_counts))]
-    batch = predict_batch(model, examples, out / "predictions", scene_writer=save_prediction_scene)
+    batch = predict_batch(TorchGrader(model), examples, out / "predictions", scene_writer=save_prediction_scene)
     summary = {"seconds": round(time.monotonic() - started, 1), "model": str(out / "model.pt"),
                "held_out": {k: report["metrics"][k] for k in ("balanced_accuracy", "quadratic_weighted_kappa",
                                                                "accuracy", "n_studies")},
