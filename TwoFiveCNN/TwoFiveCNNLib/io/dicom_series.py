@@ -29,17 +29,26 @@ POSITION_TAG, ORIENTATION_TAG = "0020|0032", "0020|0037"  # ImagePositionPatient
 PATIENT_ID_TAG = "0010|0020"
 
 
+def image_header(path: Path) -> sitk.ImageFileReader | None:
+    """One image file's header, read by ITK without its voxels (size, spacing, origin, direction, tags);
+    None when ITK cannot read it (not an image file: a DICOMDIR, a note)."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return None
+    return reader
+
+
 def dicom_patient_id(folder: Path) -> str | None:
     """The PatientID of a DICOM series folder, from the header of its first readable file (no pixels are
     read, so indexing a large archive stays cheap); None when no file has a non-empty one."""
-    reader = sitk.ImageFileReader()
     for file in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
-        reader.SetFileName(str(file))
-        try:
-            reader.ReadImageInformation()
-        except RuntimeError:  # not an image file (a DICOMDIR, a note): the next one may be
+        header = image_header(file)
+        if header is None:  # not an image file: the next one may be
             continue
-        patient = reader.GetMetaData(PATIENT_ID_TAG).strip() if reader.HasMetaDataKey(PATIENT_ID_TAG) else ""
+        patient = header.GetMetaData(PATIENT_ID_TAG).strip() if header.HasMetaDataKey(PATIENT_ID_TAG) else ""
         return patient or None
     return None
 

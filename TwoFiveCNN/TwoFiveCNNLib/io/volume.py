@@ -25,7 +25,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .atomic import atomic_path
-from .dicom_series import read_series_files
+from .dicom_series import image_header, read_series_files
 from .volume_checks import VolumeError, first_line, require_orthogonal
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -405,15 +405,7 @@ def read_image(path: str | os.PathLike, *, allow_uneven_slices: bool = False) ->
 def _header(path: Path) -> sitk.ImageFileReader | None:
     """A volume file's header read (size, spacing, origin, direction; no voxels), or None for folders,
     other files and unreadable headers."""
-    if not path.is_file() or not has_volume_suffix(path):
-        return None
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError:
-        return None
-    return reader
+    return image_header(path) if path.is_file() and has_volume_suffix(path) else None
 
 
 def voxel_count(path: str | os.PathLike) -> int | None:
