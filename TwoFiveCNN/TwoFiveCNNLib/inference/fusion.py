@@ -21,6 +21,7 @@ from ..transforms.involvement import LUNG_FEATURES
 if TYPE_CHECKING:
     from ..networks.severity_model import SeverityModel
 
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Class probabilities of logits along the last axis, in the logits' precision."""
     shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
